@@ -1,0 +1,260 @@
+"""Build the decoded cache: one NIfTI file per item that ``monai.transforms.LoadImage`` reads with spacing.
+
+Array layout follows NIfTI/MONAI conventions: axis 0 runs along the image columns (x), axis 1
+along the rows (y), axis 2 along slices or frames; colour items have a trailing channel axis of
+3 (load those with ``LoadImage(channel_dim=-1)``; the manifest's ``channels`` column says which).
+Volumes get the scanner affine (DICOM LPS converted to RAS); 2D images without patient geometry
+get a diagonal affine with their pixel spacing.
+
+Files are written uncompressed by default (``.nii``): gzip would cost more than decoding the
+DICOM itself; ``compress=True`` writes ``.nii.gz``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from . import pixels
+from .scan import PROJECTION_MODALITIES, describe_error
+from .series import ItemPlan, slice_spacing
+
+CACHE_VERSION = 1
+IMAGES_DIR = "images"
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """Choices that change the cached pixels (part of every item's cache key)."""
+
+    color: str = "keep"  # keep | gray | auto  (see pixels.to_color_mode)
+    voi: str = "record"  # record | apply  (apply bakes VOI into projection X-ray only)
+    compress: bool = False
+
+
+@dataclass
+class ItemResult:
+    """What the pixel pass produced for one item: the manifest row's technical columns and problems."""
+
+    item_id: str
+    image: str | None = None  # relative to the output folder
+    shape: list[int] = field(default_factory=list)
+    spacing: list[float] = field(default_factory=list)
+    frames: int = 1
+    channels: int = 1
+    dtype: str = ""
+    color: str = "gray"
+    intensity: str = "stored"  # HU | rescaled | stored | voi
+    spacing_source: str = "none"
+    uniform_spacing: bool | None = None
+    voi: str = "none"  # window | lut | none
+    window_center: float | None = None
+    window_width: float | None = None
+    voi_applied: bool = False
+    frame_time_ms: float | None = None
+    used_files: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # path -> reason
+    notes: list[str] = field(default_factory=list)
+
+
+def item_key(plan: ItemPlan, fingerprints: dict[str, tuple[int, int]], opts: DecodeOptions) -> str:
+    """Changes whenever a member file, the stacking or a decode option changes."""
+    payload = [CACHE_VERSION, plan.kind, plan.files, [fingerprints[p] for p in plan.files], plan.frame_order, asdict(opts)]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def image_path(item_id: str, opts: DecodeOptions) -> str:
+    return f"{IMAGES_DIR}/{item_id}{'.nii.gz' if opts.compress else '.nii'}"
+
+
+def build_item(plan: ItemPlan, src: Path, out: Path, opts: DecodeOptions, headers: dict[str, dict]) -> ItemResult:
+    """Decode one item and write it to the cache. Bad files are reported in ``failed``, never raised."""
+    res = ItemResult(plan.item_id)
+    try:
+        if plan.kind == "nifti":
+            arr, affine = _read_nifti(src / plan.files[0], res)
+        elif plan.kind == "raster":
+            arr, affine = _read_raster(src / plan.files[0], res, opts)
+        elif plan.kind == "volume":
+            arr, affine = _read_volume(plan, src, res, opts, headers)
+        else:
+            arr, affine = _read_single(plan, src, res, opts)
+    except pixels.PixelDecodeError as exc:
+        res.failed.update({p: str(exc) for p in plan.files if p not in res.failed})
+        return res
+    except Exception as exc:  # any other reader failure: report the file, keep going
+        res.failed.update({p: f"cannot read image: {describe_error(exc)}" for p in plan.files if p not in res.failed})
+        return res
+    if arr is None:
+        return res
+    res.image = image_path(plan.item_id, opts)
+    _write_nifti(arr, affine, out / res.image)
+    res.used_files = [p for p in plan.files if p not in res.failed]
+    return res
+
+
+def _write_nifti(arr: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(arr, affine)
+    img.header.set_xyzt_units("mm")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    if arr.ndim >= 3 and arr.shape[-1] == 3 and arr.dtype == np.uint8:
+        img.header.set_intent("vector")
+    tmp = path.with_name(path.name + ".part" + ("".join(path.suffixes)))
+    nib.save(img, tmp)
+    os.replace(tmp, path)
+
+
+def _affine(iop: list[float] | None, ipp: list[float] | None, spacing: list[float], step: np.ndarray | None) -> np.ndarray:
+    """Voxel (x=column, y=row, z=slice) -> RAS mm."""
+    sr, sc = spacing  # PixelSpacing: between rows, between columns
+    if iop is None or ipp is None:
+        return np.diag([sc, sr, float(np.linalg.norm(step)) if step is not None else 1.0, 1.0])
+    row, col = np.asarray(iop[:3], float), np.asarray(iop[3:], float)
+    if step is None:
+        step = np.cross(row, col)
+    lps = np.eye(4)
+    lps[:3, 0] = row * sc
+    lps[:3, 1] = col * sr
+    lps[:3, 2] = step
+    lps[:3, 3] = ipp
+    return LPS_TO_RAS @ lps
+
+
+def _spacing(h: dict, res: ItemResult) -> list[float]:
+    res.spacing_source = h.get("spacing_source") or "none"
+    return list(h["spacing"]) if h.get("spacing") else [1.0, 1.0]
+
+
+def _record_voi(h: dict, res: ItemResult, p: pixels.Presentation) -> None:
+    if h["voi_lut"]:
+        res.voi = "lut"
+    if h.get("window_center") is not None and h.get("window_width"):
+        res.voi = "window" if res.voi == "none" else res.voi
+        c = float(h["window_center"])  # defined on modality (rescaled) values, as the cache holds
+        res.window_center = (p.lo + p.hi - c) if p.invert else c
+        res.window_width = float(h["window_width"])
+
+
+def _intensity(h: dict, p: pixels.Presentation) -> str:
+    if h["modality"] == "CT" and (p.rescaled or h.get("rescale_type", "").upper() == "HU"):
+        return "HU"
+    return "rescaled" if p.rescaled else "stored"
+
+
+def _read_volume(plan: ItemPlan, src: Path, res: ItemResult, opts: DecodeOptions, headers: dict[str, dict]):
+    h0 = plan.header
+    if plan.frame_order is not None:  # one multi-frame file with per-frame geometry
+        stored = pixels.read_stored(src / plan.files[0], h0)
+        stored = stored[plan.frame_order]
+        p = pixels.plan_presentation([h0])
+        vol = pixels.present(stored, p, h0)
+        positions = plan.positions
+    else:
+        hs = [headers[f] for f in plan.files]
+        p = pixels.plan_presentation(hs)
+        vol = np.empty((len(plan.files), h0["rows"], h0["cols"]), dtype=p.dtype)
+        ok = np.ones(len(plan.files), dtype=bool)
+        for k, (rel, h) in enumerate(zip(plan.files, hs)):
+            try:
+                vol[k] = pixels.present(pixels.read_stored(src / rel, h), p, h)
+            except pixels.PixelDecodeError as exc:
+                res.failed[rel] = str(exc)
+                ok[k] = False
+        if not ok.any():
+            return None, None
+        if not ok.all():
+            vol = vol[ok]
+            res.notes.append(f"{int((~ok).sum())} slice(s) could not be decoded and are missing from the volume")
+        positions = [pos for pos, good in zip(plan.positions, ok) if good]
+    spacing = _spacing(h0, res)
+    iop = h0["iop"] if plan.frame_order is None else h0.get("frame_iop", [h0["iop"]])[0]
+    if len(positions) > 1:
+        mean_step, notes = slice_spacing(positions, iop)
+        res.notes.extend(notes)
+        res.uniform_spacing = not any(n.startswith("non-uniform") for n in notes)
+        step = (np.asarray(positions[-1]) - np.asarray(positions[0])) / (len(positions) - 1)
+    else:
+        step, res.uniform_spacing = None, None
+    affine = _affine(iop, positions[0], spacing, step)
+    res.intensity = _intensity(h0, p)
+    _record_voi(h0, res, p)
+    res.dtype = str(vol.dtype)
+    res.frames = vol.shape[0]
+    arr = vol.transpose(2, 1, 0)  # (slices, rows, cols) C-order -> (x, y, z) F-order: no copy
+    res.shape = list(arr.shape)
+    res.spacing = [spacing[1], spacing[0], float(np.linalg.norm(step)) if step is not None else float(h0.get("thickness") or 1.0)]
+    return arr, affine
+
+
+def _read_single(plan: ItemPlan, src: Path, res: ItemResult, opts: DecodeOptions):
+    """A 2D image or a cine (frames along the third axis)."""
+    h = plan.header
+    path = src / plan.files[0]
+    stored = pixels.read_stored(path, h)
+    p = pixels.plan_presentation([h])
+    colour = stored.ndim == (4 if h["frames"] > 1 else 3)
+    if colour:
+        arr, res.color = pixels.to_color_mode(stored, opts.color)
+    else:
+        arr = pixels.present(stored, p, h)
+        res.intensity = _intensity(h, p)
+        _record_voi(h, res, p)
+        if opts.voi == "apply" and h["modality"] in PROJECTION_MODALITIES and res.voi != "none":
+            arr = pixels.apply_voi(arr, path, h, p)
+            res.voi_applied, res.intensity = True, "voi"
+            res.window_center = res.window_width = None
+    spacing = _spacing(h, res)
+    res.channels = 3 if arr.shape[-1] == 3 and arr.ndim == (4 if h["frames"] > 1 else 3) else 1
+    res.dtype = str(arr.dtype)
+    if h["frames"] > 1:
+        res.frames = arr.shape[0]
+        res.frame_time_ms = h.get("frame_time")
+        arr = arr.transpose((2, 1, 0, 3) if res.channels == 3 else (2, 1, 0))
+        affine = _affine(None, None, spacing, None)
+        res.spacing = [spacing[1], spacing[0], 1.0]
+    else:
+        arr = arr.transpose((1, 0, 2) if res.channels == 3 else (1, 0))
+        affine = _affine(h.get("iop"), h.get("ipp"), spacing, None)
+        res.spacing = [spacing[1], spacing[0]]
+    res.shape = list(arr.shape[:3] if h["frames"] > 1 else arr.shape[:2])
+    return arr, affine
+
+
+def _read_nifti(path: Path, res: ItemResult):
+    """Copy a NIfTI input with a fresh header (descrip, aux_file and extensions may hold identifiers)."""
+    img = nib.load(str(path))
+    hdr = img.header
+    slope, inter = hdr.get_slope_inter()
+    raw = slope in (None, 1.0) and inter in (None, 0.0)
+    arr = np.asanyarray(img.dataobj) if raw else img.get_fdata(dtype=np.float32)
+    zooms = [float(z) for z in hdr.get_zooms()[: min(arr.ndim, 3)]]
+    res.spacing, res.spacing_source = zooms, "nifti"
+    res.shape = list(arr.shape[:3])
+    res.frames = int(arr.shape[2]) if arr.ndim >= 3 else 1
+    res.dtype, res.intensity = str(arr.dtype), "stored" if raw else "rescaled"
+    return arr, img.affine
+
+
+def _read_raster(path: Path, res: ItemResult, opts: DecodeOptions):
+    """PNG / JPEG / PGM / TIFF via Pillow; (x, y[, 3]) with unit spacing (none is known)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.mode in ("P", "PA", "LA", "1", "CMYK", "YCbCr", "RGBA"):
+            im = im.convert("RGB" if im.mode in ("P", "PA", "CMYK", "YCbCr", "RGBA") else "L")
+        arr = np.asarray(im)
+    if arr.ndim == 3:
+        arr, res.color = pixels.to_color_mode(arr[..., :3], opts.color)
+    res.channels = 3 if arr.ndim == 3 else 1
+    res.dtype = str(arr.dtype)
+    arr = arr.transpose((1, 0, 2) if arr.ndim == 3 else (1, 0))
+    res.shape, res.spacing, res.spacing_source = list(arr.shape[:2]), [1.0, 1.0], "none"
+    return arr, np.eye(4)

@@ -1,0 +1,154 @@
+"""The manifest (one row per item) and the join of a labels CSV onto the items.
+
+Columns are the contract of ``DESIGN.md`` ("Ingest output") plus technical columns that later
+stages use (``kind``, ``channels``, ``intensity`` …). Labels are joined in pseudonym space: a
+labels CSV keyed by a DICOM identifier has its key column hashed with the ingest secret, so the
+identifier itself is never written anywhere.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from .deid import Pseudonymizer
+from .scan import LABEL_KEYWORDS
+
+MANIFEST_COLUMNS = [
+    "item_id", "patient", "study", "series", "modality", "body_part", "view", "laterality",
+    "image", "shape", "spacing", "frames", "channels", "kind", "source", "color", "intensity",
+    "spacing_source", "uniform_spacing", "voi", "window_center", "window_width", "voi_applied",
+    "frame_time_ms", "n_files", "series_part",
+]
+# Label columns with these names would copy identifiers into the manifest: they are dropped.
+IDENTIFIER_COLUMNS = {
+    "patientname", "patientid", "patientbirthdate", "otherpatientids", "otherpatientnames",
+    "accessionnumber", "studyinstanceuid", "seriesinstanceuid", "sopinstanceuid", "institutionname",
+    "institutionaddress", "referringphysicianname", "patientaddress", "patienttelephonenumbers",
+    "name", "mrn", "dob", "birthdate", "birth_date", "patient_name", "patient_id",
+}
+
+
+class LabelsError(ValueError):
+    """An unusable labels file or key column (reported to the user as a one-line error)."""
+
+
+def format_list(values) -> str:
+    """``[512, 512, 33]`` -> ``512x512x33`` (floats to 6 significant digits)."""
+    return "x".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in values)
+
+
+def parse_list(text: str, cast=float) -> list:
+    return [cast(v) for v in text.split("x")] if text else []
+
+
+def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    """Atomic CSV write (a crash never leaves half a manifest)."""
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+    os.replace(tmp, path)
+
+
+def read_manifest(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
+    """Rows (as string dicts) and the column order of a manifest."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader), list(reader.fieldnames or [])
+
+
+@dataclass
+class LabelTable:
+    """A labels CSV ready to join: keyed by digest (DICOM keywords) or by relative path."""
+
+    key: str
+    by_key: dict[str, dict[str, str]]
+    columns: list[str]
+    dropped_columns: list[str] = field(default_factory=list)
+    n_rows: int = 0
+
+    @property
+    def is_path_key(self) -> bool:
+        return self.key not in LABEL_KEYWORDS
+
+
+def load_labels(path: str | os.PathLike, key: str, pseudo: Pseudonymizer) -> LabelTable:
+    """Read a labels CSV; ``key`` is a DICOM keyword column (hashed at once) or a file-path column."""
+    p = Path(path)
+    if not p.is_file():
+        raise LabelsError(f"labels file not found: {p}")
+    with open(p, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = [c.strip() for c in (reader.fieldnames or [])]
+        if key not in header:
+            raise LabelsError(f"labels file {p.name} has no column {key!r} (columns: {', '.join(header)})")
+        rows = list(reader)
+    columns, dropped = [], []
+    for c in header:
+        if c == key:
+            continue
+        if c.lower().replace(" ", "") in IDENTIFIER_COLUMNS or c in LABEL_KEYWORDS:
+            dropped.append(c)
+        else:
+            columns.append(c)
+    by_key: dict[str, dict[str, str]] = {}
+    for r in rows:
+        raw = (r.get(key) or "").strip()
+        if not raw:
+            continue
+        k = pseudo.digest(key, raw) if key in LABEL_KEYWORDS else normalize_path(raw)
+        by_key[k] = {c: (r.get(c) or "").strip() for c in columns}
+    return LabelTable(key, by_key, columns, dropped, len(rows))
+
+
+def normalize_path(p: str) -> str:
+    """POSIX separators, no leading ``./``."""
+    s = p.replace("\\", "/")
+    while s.startswith("./"):
+        s = s[2:]
+    return PurePosixPath(s).as_posix() if s else s
+
+
+def join_labels(table: LabelTable, item_keys: dict[str, set[str]]) -> tuple[dict[str, dict[str, str]], dict[str, int]]:
+    """Match label rows to items.
+
+    ``item_keys`` maps item_id -> the keys that identify it (digests of its files' identifiers for a
+    DICOM keyword; its files' relative paths for a path key). A path key also matches when one path
+    is a suffix of the other at a folder boundary (a CSV written relative to a parent folder).
+    Returns item_id -> labels and counts (never the unmatched keys themselves).
+    """
+    index: dict[str, set[str]] = {}
+    for item_id, keys in item_keys.items():
+        for k in keys:
+            index.setdefault(k, set()).add(item_id)
+            if table.is_path_key:
+                parts = k.split("/")
+                for i in range(1, len(parts)):
+                    index.setdefault("/".join(parts[i:]), set()).add(item_id)
+    labels: dict[str, dict[str, str]] = {}
+    matched_rows = 0
+    for k, values in table.by_key.items():
+        hits = index.get(k)
+        if not hits and table.is_path_key:
+            parts = k.split("/")
+            for i in range(1, len(parts)):
+                hits = index.get("/".join(parts[i:]))
+                if hits:
+                    break
+        if not hits:
+            continue
+        matched_rows += 1
+        for item_id in hits:
+            labels.setdefault(item_id, values)
+    counts = {
+        "rows": table.n_rows,
+        "matched_rows": matched_rows,
+        "unmatched_rows": table.n_rows - matched_rows,
+        "items_labelled": len(labels),
+        "items_without_label": len(item_keys) - len(labels),
+    }
+    return labels, counts

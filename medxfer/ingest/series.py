@@ -1,0 +1,190 @@
+"""Group image files into items: 3D volumes, 2D images, cines.
+
+Rules (see ``DESIGN.md``, "Items"):
+
+* duplicates (same SOPInstanceUID) are dropped, the first path in sort order wins;
+* single-frame CT/MR/PT/NM slices are grouped by series, orientation, matrix, echo and temporal
+  position; a group of two or more becomes one volume sorted by position along the slice normal
+  (``ImagePositionPatient · normal``), never by InstanceNumber; a slice of another orientation
+  (a localizer or reference image) lands in a group of its own and becomes a 2D item;
+* projection X-ray (CR, DX, PX, IO, MG …), ultrasound and secondary captures are one 2D item each;
+* a multi-frame file is one item: a volume when it has per-frame geometry (Enhanced CT/MR),
+  otherwise a cine (frames kept in order).
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .scan import PROJECTION_MODALITIES, FileRecord
+
+VOLUME_MODALITIES = {"CT", "MR", "PT", "NM"}
+ORIENTATION_DECIMALS = 3
+
+
+@dataclass
+class ItemPlan:
+    """One item to decode: its files in stack order and the geometry worked out from headers."""
+
+    item_id: str
+    kind: str  # volume | image | cine | nifti | raster
+    files: list[str]
+    header: dict  # the first file's header summary (modality, view, pixel format …)
+    frame_order: list[int] | None = None  # multi-frame volumes: frame indices in spatial order
+    positions: list[list[float]] | None = None  # per slice/frame, in stack order
+    notes: list[str] = field(default_factory=list)
+    series_part: str = "1/1"  # k/N when one DICOM series yields N items (oblique slabs, localizers)
+
+    @property
+    def patient(self) -> str:
+        return self.header.get("patient", "")
+
+
+@dataclass
+class Grouping:
+    items: list[ItemPlan]
+    duplicates: dict[str, str]  # duplicate path -> path of the file kept
+    notes: dict[str, str]  # path -> note for files used in a special way (e.g. localizer kept apart)
+
+
+def _item_id(*parts: str) -> str:
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
+
+
+def _normal(iop: list[float]) -> np.ndarray:
+    row, col = np.asarray(iop[:3]), np.asarray(iop[3:])
+    n = np.cross(row, col)
+    norm = np.linalg.norm(n)
+    return n / norm if norm > 0 else n
+
+
+def group_records(records: list[FileRecord]) -> Grouping:
+    """Turn the header records of usable files into item plans (DICOM, NIfTI and raster alike)."""
+    dicom = sorted((r for r in records if r.kind == "dicom"), key=lambda r: r.path)
+    duplicates: dict[str, str] = {}
+    seen: dict[str, str] = {}
+    unique: list[FileRecord] = []
+    for r in dicom:
+        sop = r.header.get("sop")
+        if sop and sop in seen:
+            duplicates[r.path] = seen[sop]
+            continue
+        if sop:
+            seen[sop] = r.path
+        unique.append(r)
+
+    items: list[ItemPlan] = []
+    notes: dict[str, str] = {}
+    stacks: dict[tuple, list[FileRecord]] = defaultdict(list)
+    for r in unique:
+        h = r.header
+        if h["frames"] > 1:
+            items.append(_multiframe_item(r))
+        elif h["modality"] in VOLUME_MODALITIES and h.get("iop") and h.get("ipp") and h["modality"] not in PROJECTION_MODALITIES:
+            stacks[_stack_key(h)].append(r)
+        else:
+            items.append(ItemPlan(_item_id("image", h["sop"] or r.path), "image", [r.path], h))
+    for key, group in stacks.items():
+        items.extend(_stack_items(group, notes))
+    for r in records:
+        if r.kind in ("nifti", "raster"):
+            items.append(ItemPlan(_item_id(r.kind, r.path), r.kind, [r.path], dict(r.header)))
+    items.sort(key=lambda it: (it.header.get("patient", ""), it.files[0]))
+    _number_series_parts(items)
+    return Grouping(items, duplicates, notes)
+
+
+def _number_series_parts(items: list[ItemPlan]) -> None:
+    """Label items that share a DICOM series (e.g. an axial spine series acquired as one oblique slab per disc)."""
+    by_series: dict[str, list[ItemPlan]] = defaultdict(list)
+    for it in items:
+        if it.kind in ("volume", "image", "cine") and it.header.get("series"):
+            by_series[it.header["series"]].append(it)
+    for members in by_series.values():
+        # volumes first (largest first), then single images; stable within
+        members.sort(key=lambda it: (it.kind != "volume", -len(it.files), it.files[0]))
+        for k, it in enumerate(members, 1):
+            it.series_part = f"{k}/{len(members)}"
+
+
+def _stack_key(h: dict) -> tuple:
+    iop = tuple(np.round(np.asarray(h["iop"]), ORIENTATION_DECIMALS) + 0.0)
+    return (h["series"], iop, h["rows"], h["cols"], h.get("echo"), h.get("temporal"), h["localizer"],
+            h["spp"], h["bits_allocated"])
+
+
+def _stack_items(group: list[FileRecord], notes: dict[str, str]) -> list[ItemPlan]:
+    """A group of parallel slices -> one volume (or 2D images when a single slice or positions collide)."""
+    h0 = group[0].header
+    if len(group) == 1:
+        r = group[0]
+        if h0["localizer"]:
+            notes[r.path] = "localizer kept as its own 2D item"
+        return [ItemPlan(_item_id("image", h0["sop"] or r.path), "image", [r.path], h0)]
+    normal = _normal(h0["iop"])
+    dist = np.array([np.dot(np.asarray(r.header["ipp"]), normal) for r in group])
+    order = np.argsort(dist, kind="stable")
+    group = [group[i] for i in order]
+    dist = dist[order]
+    out: list[ItemPlan] = []
+    # Slices at the same position (repeated acquisitions) cannot share one volume: keep the first, the rest become 2D items.
+    keep = [0]
+    for i in range(1, len(group)):
+        if abs(dist[i] - dist[keep[-1]]) < 1e-3:
+            r = group[i]
+            notes[r.path] = "same position as another slice of the series; kept as its own 2D item"
+            out.append(ItemPlan(_item_id("image", r.header["sop"] or r.path), "image", [r.path], r.header))
+        else:
+            keep.append(i)
+    group = [group[i] for i in keep]
+    if len(group) == 1:
+        out.append(ItemPlan(_item_id("image", h0["sop"] or group[0].path), "image", [group[0].path], group[0].header))
+        return out
+    iop_key = ",".join(f"{x:.3f}" for x in h0["iop"])
+    item_id = _item_id("volume", h0["series"], iop_key, str(h0["rows"]), str(h0["cols"]),
+                       str(h0.get("echo")), str(h0.get("temporal")), str(h0["localizer"]))
+    plan = ItemPlan(item_id, "volume", [r.path for r in group], h0, positions=[r.header["ipp"] for r in group])
+    out.append(plan)
+    return out
+
+
+def _multiframe_item(r: FileRecord) -> ItemPlan:
+    h = r.header
+    frame_ipp = h.get("frame_ipp")
+    frame_iop = h.get("frame_iop")
+    if frame_ipp and frame_iop and len({tuple(np.round(o, ORIENTATION_DECIMALS)) for o in frame_iop}) == 1 \
+            and h["modality"] not in PROJECTION_MODALITIES and h["modality"] != "US":
+        normal = _normal(frame_iop[0])
+        dist = np.array([np.dot(np.asarray(p), normal) for p in frame_ipp])
+        order = [int(i) for i in np.argsort(dist, kind="stable")]
+        if len(set(np.round(dist, 3))) == len(dist):
+            return ItemPlan(_item_id("volume", h["sop"] or r.path), "volume", [r.path], h,
+                            frame_order=order, positions=[frame_ipp[i] for i in order])
+    return ItemPlan(_item_id("cine", h["sop"] or r.path), "cine", [r.path], h)
+
+
+def slice_spacing(positions: list[list[float]], iop: list[float]) -> tuple[float, list[str]]:
+    """Mean spacing along the normal and notes on non-uniform spacing, gaps or tilted stacks."""
+    p = np.asarray(positions, dtype=float)
+    if len(p) < 2:
+        return 0.0, []
+    normal = _normal(iop)
+    steps = np.diff(p @ normal)
+    mean = float(np.mean(steps))
+    notes = []
+    med = float(np.median(steps))
+    if med > 0 and (np.max(np.abs(steps - med)) > max(0.01 * med, 0.01)):
+        gaps = int(np.sum(np.round(steps / med) - 1))
+        note = f"non-uniform slice spacing: steps from {steps.min():.3g} to {steps.max():.3g} mm (median {med:.3g})"
+        if gaps > 0:
+            note += f"; about {gaps} slice(s) missing"
+        notes.append(note)
+    # Positions that drift sideways relative to the normal: gantry tilt or a sheared stack.
+    along = p - np.outer(p @ normal, normal)
+    drift = float(np.max(np.linalg.norm(along - along[0], axis=1)))
+    if drift > 0.5:
+        notes.append(f"slice positions drift {drift:.3g} mm off the slice normal (gantry tilt?); stored as sheared affine")
+    return mean, notes

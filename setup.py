@@ -1,0 +1,4 @@
+# Kept for editable installs with older pip/setuptools; all metadata lives in setup.cfg.
+from setuptools import setup
+
+setup()

@@ -346,9 +346,9 @@ def _counts(files: list[dict], rows: list[dict], decoded: int, label_counts: dic
 
 
 # ---------------------------------------------------------------- index (re-run cache)
-def _atomic_json(path: Path, doc) -> None:
+def _atomic_json(path: Path, doc, indent: int | None = 1) -> None:
     tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(doc, indent=1))
+    tmp.write_text(json.dumps(doc, indent=indent))
     os.replace(tmp, path)
 
 
@@ -365,10 +365,10 @@ def _load_index(out: Path, fingerprint: str) -> dict:
 
 def _save_index(out: Path, fingerprint: str, records: dict[str, FileRecord], results: dict[str, ItemResult], keys: dict[str, str]) -> None:
     (out / STATE_DIR).mkdir(exist_ok=True)
-    items = {item_id: {"key": keys[item_id], "result": asdict(res)} for item_id, res in results.items()}
+    items = {item_id: {"key": keys[item_id], "result": dict(vars(res))} for item_id, res in results.items()}
     doc = {"version": INDEX_VERSION, "secret_fingerprint": fingerprint,
            "files": {rel: rec.to_json() for rel, rec in records.items()}, "items": items}
-    _atomic_json(out / STATE_DIR / "index.json", doc)
+    _atomic_json(out / STATE_DIR / "index.json", doc, indent=None)
 
 
 def _prune(out: Path, keep: set[str]) -> None:

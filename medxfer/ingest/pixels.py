@@ -73,22 +73,27 @@ def plan_presentation(headers: list[dict]) -> Presentation:
     return Presentation(np.dtype(np.float32), slope, intercept, rescaled, invert, lo, hi)
 
 
+def _native_dtype(h: dict) -> np.dtype:
+    return np.dtype(("<i" if h["pixel_representation"] else "<u") + str(h["bits_allocated"] // 8))
+
+
 def read_native(path: Path, h: dict, out: np.ndarray | None = None) -> np.ndarray:
-    """Stored values of a native little-endian single-sample file, read at the known offset."""
+    """Stored values of a native little-endian single-sample file, read at the known offset.
+
+    ``out`` (same item size, C-contiguous) receives the values in place; the stored dtype view of it
+    is returned, so that a volume is filled without an intermediate copy per slice.
+    """
     rows, cols, frames = h["rows"], h["cols"], h["frames"]
-    ba = h["bits_allocated"]
-    dtype = np.dtype({8: "u1", 16: "<u2", 32: "<u4"}[ba])
-    if h["pixel_representation"]:
-        dtype = dtype.newbyteorder("<").str.replace("u", "i")
-        dtype = np.dtype(dtype)
-    expected = rows * cols * frames * dtype.itemsize
+    dtype = _native_dtype(h)
+    shape = (frames, rows, cols) if frames > 1 else (rows, cols)
+    arr = out.view(dtype) if out is not None else np.empty(shape, dtype=dtype)
+    expected = arr.nbytes
     with open(path, "rb") as f:
         f.seek(h["pixel_offset"])
-        arr = np.empty((frames, rows, cols) if frames > 1 else (rows, cols), dtype=dtype) if out is None or out.dtype != dtype else out
         n = f.readinto(memoryview(arr).cast("B"))
     if n < expected:
         raise PixelDecodeError(f"truncated pixel data: {expected} bytes expected, the file holds {n}")
-    bs = h["bits_stored"]
+    ba, bs = h["bits_allocated"], h["bits_stored"]
     if bs < ba:
         if h["pixel_representation"]:  # sign-extend from bits_stored
             shift = ba - bs
@@ -97,6 +102,15 @@ def read_native(path: Path, h: dict, out: np.ndarray | None = None) -> np.ndarra
         else:
             np.bitwise_and(arr, (1 << bs) - 1, out=arr)
     return arr
+
+
+def reads_in_place(h: dict, p: "Presentation") -> bool:
+    """True when stored values can be read straight into a ``p.dtype`` buffer and presented in place."""
+    if not can_read_native(h) or p.dtype.kind not in "iu" or p.dtype.itemsize != h["bits_allocated"] // 8:
+        return False
+    s_lo, s_hi = stored_range(h)
+    info = np.iinfo(p.dtype)
+    return info.min <= s_lo and s_hi <= info.max  # same bits mean the same numbers in either dtype
 
 
 def can_read_native(h: dict) -> bool:

@@ -11,7 +11,7 @@ import os
 import re
 import struct
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -61,7 +61,7 @@ class FileRecord:
     header: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return dict(vars(self))  # fields are JSON-native; asdict's deep copy is slow at 100k files
 
     @classmethod
     def from_json(cls, d: dict) -> "FileRecord":
@@ -397,6 +397,14 @@ def _enhanced_geometry(ds, h: dict) -> None:
             pm = item.get("PixelMeasuresSequence")
             if pm:
                 h["thickness"] = _num(pm[0].get("SliceThickness"))
+    # Enhanced objects keep rescale in PixelValueTransformationSequence (shared, else per frame).
+    for item in ([shared_item] if shared_item is not None else []) + [ds.PerFrameFunctionalGroupsSequence[0]]:
+        pvt = item.get("PixelValueTransformationSequence")
+        if pvt:
+            h["slope"] = _num(pvt[0].get("RescaleSlope"), 1.0)
+            h["intercept"] = _num(pvt[0].get("RescaleIntercept"), 0.0)
+            h["rescale_type"] = str(pvt[0].get("RescaleType", "") or "")
+            break
     if shared_item is not None and shared_item.get("PixelMeasuresSequence") and not h.get("thickness"):
         h["thickness"] = _num(shared_item.PixelMeasuresSequence[0].get("SliceThickness"))
     if all(p is not None for p in positions) and all(o is not None for o in orientations):

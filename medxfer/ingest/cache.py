@@ -256,7 +256,7 @@ def _read_nifti(path: Path, res: ItemResult):
     arr = np.asanyarray(img.dataobj) if raw else img.get_fdata(dtype=np.float32)
     zooms = [float(z) for z in hdr.get_zooms()[: min(arr.ndim, 3)]]
     res.spacing, res.spacing_source = zooms, "nifti"
-    res.shape = list(arr.shape[:3])
+    res.shape = list(arr.shape)  # 4D (time series, DWI) keeps its 4th axis
     res.frames = int(arr.shape[2]) if arr.ndim >= 3 else 1
     res.dtype, res.intensity = str(arr.dtype), "stored" if raw else "rescaled"
     return arr, img.affine
@@ -266,6 +266,11 @@ def _read_raster(path: Path, res: ItemResult, opts: DecodeOptions):
     """PNG / JPEG / PGM / TIFF via Pillow; (x, y[, 3]) with unit spacing (none is known)."""
     from PIL import Image
 
+    if res is not None and path.read_bytes()[:2] in (b"P2", b"P5"):
+        arr = read_pgm(path)
+        res.dtype, res.channels = str(arr.dtype), 1
+        res.shape, res.spacing, res.spacing_source = list(arr.T.shape), [1.0, 1.0], "none"
+        return arr.T, np.eye(4)
     with Image.open(path) as im:
         if im.mode in ("P", "PA", "LA", "1", "CMYK", "YCbCr", "RGBA"):
             im = im.convert("RGB" if im.mode in ("P", "PA", "CMYK", "YCbCr", "RGBA") else "L")
@@ -277,3 +282,30 @@ def _read_raster(path: Path, res: ItemResult, opts: DecodeOptions):
     arr = arr.transpose((1, 0, 2) if arr.ndim == 3 else (1, 0))
     res.shape, res.spacing, res.spacing_source = list(arr.shape[:2]), [1.0, 1.0], "none"
     return arr, np.eye(4)
+
+
+def read_pgm(path: Path) -> np.ndarray:
+    """Netpbm graymap (P5 binary, P2 ASCII) with its stored values, (rows, cols).
+
+    Hand-written because Pillow rescales any maxval other than 255/65535 to the full range
+    (mini-MIAS and many older datasets use such maxvals), which would change the values.
+    """
+    data = path.read_bytes()
+    fields, pos = [], 2
+    while len(fields) < 3:
+        while data[pos:pos + 1].isspace():
+            pos += 1
+        if data[pos:pos + 1] == b"#":
+            pos = data.index(b"\n", pos) + 1
+            continue
+        start = pos
+        while not data[pos:pos + 1].isspace():
+            pos += 1
+        fields.append(int(data[start:pos]))
+    width, height, maxval = fields
+    if data[:2] == b"P2":
+        values = np.array(data[pos:].split(), dtype=np.int64)[: width * height]
+        return values.reshape(height, width).astype(np.uint16 if maxval > 255 else np.uint8)
+    dtype = np.dtype(">u2") if maxval > 255 else np.dtype("u1")
+    arr = np.frombuffer(data, dtype=dtype, count=width * height, offset=pos + 1).reshape(height, width)
+    return arr.astype(dtype.newbyteorder("="))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -58,3 +59,58 @@ class Pseudonymizer:
     def pseudonym(self, domain: str, value: str, *, prefix: str = "", length: int = 12) -> str:
         """A readable pseudonym, e.g. ``pat-3fa94c0b12de``."""
         return prefix + self.digest(domain, value)[:length]
+
+
+def redact_path(rel: str, identifiers: dict[str, str], pseudo: Pseudonymizer) -> str:
+    """``rel`` with every identifier occurring in it replaced by a pseudonym token.
+
+    PACS exports often name folders ``<PatientID>/<StudyInstanceUID>/…`` or after the patient's
+    name; the report must still list every file, so identifier-bearing parts are replaced, e.g.
+    ``MRN0012345/1.2.840…/IM1`` -> ``[PatientID-3fa94c0b]/[StudyInstanceUID-91be0c2a]/IM1``.
+    ``identifiers`` maps a DICOM keyword to the value (PatientName is also split into its parts).
+    """
+    tokens: list[tuple[str, str]] = []
+    for kw, value in identifiers.items():
+        value = str(value or "").strip()
+        if not value:
+            continue
+        parts = [value]
+        if kw == "PatientName":
+            parts += [p for p in re.split(r"[\^= ]+", value) if p]
+        for part in parts:
+            if len(part) >= 3:
+                tokens.append((part, f"[{kw}-{pseudo.digest(kw, value)[:8]}]"))
+    if not tokens:
+        return rel
+    tokens.sort(key=lambda t: -len(t[0]))  # longest first: the full name before its parts
+    pattern = re.compile("|".join(re.escape(t) for t, _ in tokens), re.IGNORECASE)
+    lookup = {t.lower(): r for t, r in tokens}
+    return pattern.sub(lambda m: lookup[m.group(0).lower()], rel)
+
+
+def propagate_redactions(display: dict[str, str]) -> dict[str, str]:
+    """Apply folder redactions learned from some files (DICOM headers) to every file under those folders.
+
+    ``display`` maps each relative path to its display path (equal when nothing was redacted);
+    a README inside ``DOE^JANE/`` must not show the name its DICOM neighbours revealed.
+    """
+    folders: dict[str, str] = {}
+    for rel, shown in display.items():
+        raw_parts, shown_parts = rel.split("/")[:-1], shown.split("/")[:-1]
+        if len(raw_parts) != len(shown_parts):
+            continue
+        for i in range(len(raw_parts)):
+            if raw_parts[i] != shown_parts[i]:
+                folders.setdefault("/".join(raw_parts[: i + 1]), "/".join(shown_parts[: i + 1]))
+    if not folders:
+        return dict(display)
+    out = {}
+    for rel, shown in display.items():
+        parts = rel.split("/")
+        for i in range(len(parts) - 1, 0, -1):
+            prefix = "/".join(parts[:i])
+            if prefix in folders and shown == rel:
+                shown = folders[prefix] + "/" + "/".join(parts[i:])
+                break
+        out[rel] = shown
+    return out

@@ -121,24 +121,29 @@ def join_labels(table: LabelTable, item_keys: dict[str, set[str]]) -> tuple[dict
     is a suffix of the other at a folder boundary (a CSV written relative to a parent folder).
     Returns item_id -> labels and counts (never the unmatched keys themselves).
     """
-    index: dict[str, set[str]] = {}
+    full: dict[str, set[str]] = {}  # exact keys (digests, or whole relative paths)
+    tails: dict[str, set[str]] = {}  # path keys: every folder-boundary tail of an item's path
     for item_id, keys in item_keys.items():
         for k in keys:
-            index.setdefault(k, set()).add(item_id)
+            full.setdefault(k, set()).add(item_id)
             if table.is_path_key:
                 parts = k.split("/")
                 for i in range(1, len(parts)):
-                    index.setdefault("/".join(parts[i:]), set()).add(item_id)
+                    tails.setdefault("/".join(parts[i:]), set()).add(item_id)
     labels: dict[str, dict[str, str]] = {}
-    matched_rows = 0
+    matched_rows = ambiguous_rows = 0
     for k, values in table.by_key.items():
-        hits = index.get(k)
+        hits = full.get(k)
         if not hits and table.is_path_key:
-            parts = k.split("/")
-            for i in range(1, len(parts)):
-                hits = index.get("/".join(parts[i:]))
-                if hits:
-                    break
+            # the CSV path is a tail of an item path (CSV relative to SRC's subfolder) ...
+            hits = tails.get(k)
+            if not hits:
+                # ... or an item path is a tail of the CSV path (CSV relative to a parent of SRC)
+                parts = k.split("/")
+                hits = next((full[t] for t in ("/".join(parts[i:]) for i in range(1, len(parts))) if t in full), None)
+            if hits and len({i for i in hits}) > 1 and k not in full:
+                ambiguous_rows += 1  # e.g. "1.png" under train/ and test/: never guess
+                continue
         if not hits:
             continue
         matched_rows += 1
@@ -148,6 +153,7 @@ def join_labels(table: LabelTable, item_keys: dict[str, set[str]]) -> tuple[dict
         "rows": table.n_rows,
         "matched_rows": matched_rows,
         "unmatched_rows": table.n_rows - matched_rows,
+        "ambiguous_rows": ambiguous_rows,
         "items_labelled": len(labels),
         "items_without_label": len(item_keys) - len(labels),
     }

@@ -23,7 +23,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .cache import IMAGES_DIR, DecodeOptions, ItemResult, build_item, item_key
-from .deid import Pseudonymizer, load_secret
+from .deid import Pseudonymizer, load_secret, propagate_redactions
 from .manifest import MANIFEST_COLUMNS, LabelsError, format_list, join_labels, load_labels, write_csv
 from .scan import LABEL_KEYWORDS, FileRecord, read_file_record, walk
 from .series import Grouping, ItemPlan, group_records
@@ -139,7 +139,7 @@ def ingest(
         _quiet()
         records = _header_pass(src, rels, index, pseudo, pool, progress)
         grouping = group_records(list(records.values()))
-        results, keys, decoded = _pixel_pass(src, out, grouping, records, index, options, pool, progress)
+        results, keys, decoded = _pixel_pass(src, out, grouping, records, index, options, pool, progress, pseudo)
 
     files, items_rows, report_warnings = _account(rels, records, grouping, results, modality, pseudo)
     label_counts = None
@@ -160,7 +160,7 @@ def ingest(
         "options": {**asdict(options), "workers": workers, "labels_key": key, "modality": modality},
     }
     _atomic_json(report, report_doc)
-    _save_index(out, pseudo.fingerprint, records, results, keys)
+    _save_index(out, pseudo, records, results, keys)
     _prune(out, {r["image"] for r in items_rows})
     result = IngestResult(out, manifest, report, counts, seconds, report_warnings)
     log.info(result.summary())
@@ -172,14 +172,14 @@ def _header_pass(src: Path, rels: list[str], index: dict, pseudo: Pseudonymizer,
     todo = []
     known = index.get("files", {})
     for rel in rels:
-        old = known.get(rel)
+        old = known.get(pseudo.digest("FilePath", rel))
         if old is not None:
             try:
                 st = (src / rel).stat()
             except OSError:
                 st = None
             if st is not None and old["size"] == st.st_size and old["mtime_ns"] == st.st_mtime_ns:
-                records[rel] = FileRecord.from_json(old)
+                records[rel] = FileRecord.from_json({**old, "path": rel})
                 continue
         todo.append(rel)
     bar = tqdm(total=len(todo), desc="headers", unit="file", file=sys.stderr, disable=not progress, leave=False)
@@ -199,7 +199,7 @@ def _header_pass(src: Path, rels: list[str], index: dict, pseudo: Pseudonymizer,
 
 
 def _pixel_pass(src: Path, out: Path, grouping: Grouping, records: dict[str, FileRecord], index: dict,
-                opts: DecodeOptions, pool, progress: bool) -> tuple[dict[str, ItemResult], dict[str, str], int]:
+                opts: DecodeOptions, pool, progress: bool, pseudo: Pseudonymizer) -> tuple[dict[str, ItemResult], dict[str, str], int]:
     """Decode the items whose cache key changed; returns results, every item's cache key, and the count decoded."""
     known = index.get("items", {})
     fingerprints = {rel: (rec.size, rec.mtime_ns) for rel, rec in records.items()}
@@ -207,10 +207,10 @@ def _pixel_pass(src: Path, out: Path, grouping: Grouping, records: dict[str, Fil
     keys: dict[str, str] = {}
     todo: list[ItemPlan] = []
     for plan in grouping.items:
-        key = keys[plan.item_id] = item_key(plan, fingerprints, opts)
+        key = keys[plan.item_id] = pseudo.digest("ItemKey", item_key(plan, fingerprints, opts))  # keyed: paths inside
         old = known.get(plan.item_id)
         if old and old["key"] == key and (old["result"]["image"] is None or (out / old["result"]["image"]).exists()):
-            results[plan.item_id] = ItemResult(**old["result"])
+            results[plan.item_id] = _result_from_index(old["result"], plan, pseudo)
             continue
         todo.append(plan)
     # Largest items first so that one big series does not finish last on a single worker.
@@ -249,16 +249,17 @@ def _account(rels, records, grouping: Grouping, results: dict[str, ItemResult], 
             continue
         rows.append(_manifest_row(plans[item_id], res, modality, pseudo))
     rows.sort(key=lambda r: (r["patient"], r["study"], r["series"], r["item_id"]))
+    shown = propagate_redactions({rel: records[rel].display or rel for rel in rels})
     files = []
     for rel in rels:
         rec = records[rel]
-        entry = {"path": rel, "status": "skipped", "item_id": None, "reason": rec.reason}
+        entry = {"path": shown[rel], "status": "skipped", "item_id": None, "reason": rec.reason}
         if rec.kind == "skip":
             entry["category"] = rec.category
         elif rel in grouping.duplicates:
             kept = grouping.duplicates[rel]
             entry.update(status="duplicate", item_id=file_item.get(kept),
-                         reason=f"same SOPInstanceUID as {kept}", category="duplicate")
+                         reason=f"same SOPInstanceUID as {shown[kept]}", category="duplicate")
         else:
             item_id = file_item.get(rel)
             res = results.get(item_id) if item_id else None
@@ -279,7 +280,7 @@ def _manifest_row(plan: ItemPlan, res: ItemResult, modality: str | None, pseudo:
         patient, study, series = h["patient"], h["study"], h["series"]
     else:  # non-DICOM: a BIDS sub-/ses- folder names patient and study, else the file is its own patient
         patient, study, series = _path_identity(plan.files[0], pseudo)
-    kind = plan.kind if plan.kind in ("volume", "cine") else ("volume" if len(res.shape) == 3 and plan.kind == "nifti" else "image")
+    kind = plan.kind if plan.kind in ("volume", "cine") else ("volume" if len(res.shape) >= 3 and plan.kind == "nifti" else "image")
     return {
         "item_id": plan.item_id,
         "patient": "pat-" + patient[:12], "study": "stu-" + study[:12], "series": "ser-" + series[:12],
@@ -363,12 +364,27 @@ def _load_index(out: Path, fingerprint: str) -> dict:
     return doc
 
 
-def _save_index(out: Path, fingerprint: str, records: dict[str, FileRecord], results: dict[str, ItemResult], keys: dict[str, str]) -> None:
+def _save_index(out: Path, pseudo: Pseudonymizer, records: dict[str, FileRecord], results: dict[str, ItemResult], keys: dict[str, str]) -> None:
+    """Paths are stored only as keyed digests (a folder may be named after a patient)."""
     (out / STATE_DIR).mkdir(exist_ok=True)
-    items = {item_id: {"key": keys[item_id], "result": dict(vars(res))} for item_id, res in results.items()}
-    doc = {"version": INDEX_VERSION, "secret_fingerprint": fingerprint,
-           "files": {rel: rec.to_json() for rel, rec in records.items()}, "items": items}
+    path_key = lambda rel: pseudo.digest("FilePath", rel)  # noqa: E731
+    items = {}
+    for item_id, res in results.items():
+        doc = dict(vars(res))
+        doc["used_files"] = [path_key(f) for f in res.used_files]
+        doc["failed"] = {path_key(f): reason for f, reason in res.failed.items()}
+        items[item_id] = {"key": keys[item_id], "result": doc}
+    doc = {"version": INDEX_VERSION, "secret_fingerprint": pseudo.fingerprint,
+           "files": {path_key(rel): {**rec.to_json(), "path": None} for rel, rec in records.items()}, "items": items}
     _atomic_json(out / STATE_DIR / "index.json", doc, indent=None)
+
+
+def _result_from_index(doc: dict, plan: ItemPlan, pseudo: Pseudonymizer) -> ItemResult:
+    paths = {pseudo.digest("FilePath", f): f for f in plan.files}
+    res = ItemResult(**doc)
+    res.used_files = [paths[d] for d in doc["used_files"] if d in paths]
+    res.failed = {paths[d]: reason for d, reason in doc["failed"].items() if d in paths}
+    return res
 
 
 def _prune(out: Path, keep: set[str]) -> None:

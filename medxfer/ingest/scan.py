@@ -19,7 +19,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
-from .deid import Pseudonymizer
+from .deid import Pseudonymizer, redact_path
 
 # Modalities that are one 2D item per image (projection radiography and friends).
 PROJECTION_MODALITIES = {"CR", "DX", "PX", "IO", "MG", "RF", "RG", "XA", "DR", "OP", "XC", "SC", "OT", "ES", "GM"}
@@ -33,6 +33,9 @@ NON_IMAGE_WITH_PIXELS = {
     "RawDataStorage": "raw data",
 }
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# Header values that must never show in a reported path (folders named after them are common).
+PATH_IDENTIFIERS = ("PatientID", "PatientName", "PatientBirthDate", "AccessionNumber", "StudyInstanceUID",
+                    "SeriesInstanceUID", "SOPInstanceUID", "InstitutionName")
 RASTER_MAGIC = {b"\x89PNG": "PNG", b"\xff\xd8\xff": "JPEG", b"P2": "PGM", b"P5": "PGM", b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"BM": "BMP"}
 
 # SNOMED codes (SRT and SCT) and code meanings for mammography views in ViewCodeSequence.
@@ -59,6 +62,7 @@ class FileRecord:
     reason: str | None = None
     category: str | None = None  # machine-readable reason: empty, not_image, unreadable, non_image, ...
     header: dict[str, Any] = field(default_factory=dict)
+    display: str | None = None  # ``path`` with identifier-bearing parts replaced (None: nothing to hide)
 
     def to_json(self) -> dict:
         return dict(vars(self))  # fields are JSON-native; asdict's deep copy is slow at 100k files
@@ -105,15 +109,28 @@ def read_file_record(src: Path, rel: str, pseudo: Pseudonymizer) -> FileRecord:
         return _read_dicom(full, rec, pseudo, has_preamble=head[128:132] == b"DICM")
     if lower.endswith(NIFTI_SUFFIXES):
         rec.kind = "nifti"
+        _path_identity(rec, pseudo)
         return rec
     for magic, fmt in RASTER_MAGIC.items():
         if head.startswith(magic):
             rec.kind = "raster"
-            rec.header = {"format": fmt}
+            _path_identity(rec, pseudo)
+            rec.header["format"] = fmt
             return rec
     rec.reason = "not an image file: no DICOM 'DICM' marker and not NIfTI, PNG, JPEG, PGM or TIFF"
     rec.category = "not_image"
     return rec
+
+
+_BIDS_SUBJECT = re.compile(r"(?:^|/)sub-([A-Za-z0-9]+)")
+
+
+def _path_identity(rec: FileRecord, pseudo: Pseudonymizer) -> None:
+    """Keyed identity of a file without DICOM headers; a BIDS ``sub-<label>`` (often an MRN) is hidden."""
+    rec.header = {"path_key": pseudo.digest("FilePath", rec.path)}
+    m = _BIDS_SUBJECT.search(rec.path)
+    if m:
+        rec.display = redact_path(rec.path, {"BIDSSubject": m.group(1)}, pseudo)
 
 
 def _looks_like_raw_dicom(head: bytes) -> bool:
@@ -137,6 +154,11 @@ def _read_dicom(full: Path, rec: FileRecord, pseudo: Pseudonymizer, *, has_pream
     except Exception as exc:  # pydicom raises a wide variety on corrupt input; classify, never crash
         rec.reason, rec.category = f"unreadable DICOM header: {describe_error(exc)}", "unreadable"
         return rec
+    try:
+        shown = redact_path(rec.path, {kw: str(ds.get(kw, "") or "") for kw in PATH_IDENTIFIERS}, pseudo)
+        rec.display = shown if shown != rec.path else None
+    except Exception:  # a broken identifier element: hide the whole path rather than risk it
+        rec.display = f"[unreadable-identifiers-{pseudo.digest('FilePath', rec.path)[:8]}]"
     try:
         return _classify_dicom(ds, rec, pseudo, pixel_pos, pixel_element, full)
     except Exception as exc:

@@ -91,7 +91,7 @@ def group_records(records: list[FileRecord]) -> Grouping:
         items.extend(_stack_items(group, notes))
     for r in records:
         if r.kind in ("nifti", "raster"):
-            items.append(ItemPlan(_item_id(r.kind, r.path), r.kind, [r.path], dict(r.header)))
+            items.append(ItemPlan(_item_id(r.kind, r.header["path_key"]), r.kind, [r.path], dict(r.header)))
     items.sort(key=lambda it: (it.header.get("patient", ""), it.files[0]))
     _number_series_parts(items)
     return Grouping(items, duplicates, notes)

@@ -22,3 +22,17 @@ def test_short_secret_is_refused(tmp_path):
     (tmp_path / "s").write_text("short")
     with pytest.raises(ValueError, match="at least 16"):
         load_secret(tmp_path / "s")
+
+
+def test_redact_path_hides_identifiers_and_neighbours(tmp_path):
+    from medxfer.ingest.deid import propagate_redactions, redact_path
+
+    p = Pseudonymizer(b"k" * 32)
+    ids = {"PatientID": "MRN0042", "PatientName": "DOE^JANE", "StudyInstanceUID": "1.2.3.4.5"}
+    shown = redact_path("Doe_Jane/MRN0042/1.2.3.4.5/IM1.dcm", ids, p)
+    assert "MRN0042" not in shown and "1.2.3.4.5" not in shown and "doe" not in shown.lower() and "jane" not in shown.lower()
+    assert shown.endswith("/IM1.dcm") and shown.count("/") == 3
+    assert redact_path("export/IM1.dcm", ids, p) == "export/IM1.dcm"
+    display = {"Doe_Jane/MRN0042/1.2.3.4.5/IM1.dcm": shown, "Doe_Jane/MRN0042/README.txt": "Doe_Jane/MRN0042/README.txt"}
+    out = propagate_redactions(display)
+    assert out["Doe_Jane/MRN0042/README.txt"] == "/".join(shown.split("/")[:2]) + "/README.txt"

@@ -190,15 +190,21 @@ def test_workers_give_identical_output(tmp_path):
     assert rows1 == rows2 and rep1["files"] == rep2["files"]
 
 
-def test_pacs_export_labels_and_no_identifier_anywhere(tmp_path, caplog, capfd):
+@pytest.mark.parametrize("layout", ["cd", "loose"])  # loose: folders named <PatientID>/...
+def test_pacs_export_labels_and_no_identifier_anywhere(tmp_path, caplog, capfd, layout):
     labels = tmp_path / "labels.csv"
-    exp = synthetic.write_pacs_export(tmp_path / "src", n_patients=3, ct_slices=6, labels_csv=labels)
+    exp = synthetic.write_pacs_export(tmp_path / "src", n_patients=3, ct_slices=6, labels_csv=labels,
+                                      with_dicomdir=layout == "cd", layout=layout)
+    # a file without headers beside the DICOM: in the loose layout it sits in a folder named by PatientID
+    notes = (exp.root / exp.patients[0].patient_id if layout == "loose" else exp.root) / "notes.txt"
+    notes.write_text("not an image")
     with open(labels, "a") as f:
         f.write("NOT-A-PATIENT,1\n")
     caplog.set_level(logging.DEBUG)
     rows, report, res = run(exp.root, tmp_path / "out", labels=labels, key="PatientID", workers=2,
                             options=DecodeOptions(compress=True), progress=True)
-    assert report["counts"]["files"] == len(exp.files)
+    assert report["counts"]["files"] == len(exp.files) + 1
+    assert any(f["path"].startswith("[PatientID-") and f["path"].endswith("/notes.txt") for f in report["files"]) == (layout == "loose")
     assert report["counts"]["labels"]["unmatched_rows"] == 1
     assert report["counts"]["labels"]["items_without_label"] == 0
     assert all(r["label"] in ("0", "1") for r in rows)

@@ -35,7 +35,13 @@ def test_cd_export_with_dicomdir_every_file_accounted(pydicom_test_files, tmp_pa
     res = ingest(src, tmp_path / "out", workers=2)
     report = json.loads(res.report.read_text())
     on_disk = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
-    assert sorted(f["path"] for f in report["files"]) == on_disk  # every file exactly once
+    assert len(report["files"]) == len(on_disk)  # every file exactly once
+    # One patient's folder is named after their PatientID (77654033/CR1/6154): the report hides it.
+    shown = {f["path"] for f in report["files"]}
+    assert len(shown) == len(on_disk)
+    assert not [p for p in shown if "77654033" in p]
+    assert any(p.startswith("[PatientID-") and p.endswith("/CR1/6154") for p in shown)
+    assert {p for p in on_disk if not p.startswith("77654033")} <= shown  # other paths unchanged
     by_path = {f["path"]: f for f in report["files"]}
     assert by_path["DICOMDIR"]["status"] == "skipped" and "DICOMDIR" in by_path["DICOMDIR"]["reason"]
     assert all(f["reason"] for f in report["files"] if f["status"] != "used")

@@ -69,6 +69,7 @@ def redact_path(rel: str, identifiers: dict[str, str], pseudo: Pseudonymizer) ->
     ``MRN0012345/1.2.840…/IM1`` -> ``[PatientID-3fa94c0b]/[StudyInstanceUID-91be0c2a]/IM1``.
     ``identifiers`` maps a DICOM keyword to the value (PatientName is also split into its parts).
     """
+    lower = rel.lower()
     tokens: list[tuple[str, str]] = []
     for kw, value in identifiers.items():
         value = str(value or "").strip()
@@ -77,9 +78,11 @@ def redact_path(rel: str, identifiers: dict[str, str], pseudo: Pseudonymizer) ->
         parts = [value]
         if kw == "PatientName":
             parts += [p for p in re.split(r"[\^= ]+", value) if p]
-        for part in parts:
-            if len(part) >= 3:
-                tokens.append((part, f"[{kw}-{pseudo.digest(kw, value)[:8]}]"))
+        # substring test first: almost no path holds an identifier, and this runs once per file
+        hits = [part for part in parts if len(part) >= 3 and part.lower() in lower]
+        if hits:
+            token = f"[{kw}-{pseudo.digest(kw, value)[:8]}]"
+            tokens.extend((part, token) for part in hits)
     if not tokens:
         return rel
     tokens.sort(key=lambda t: -len(t[0]))  # longest first: the full name before its parts

@@ -137,9 +137,12 @@ def ingest(
 
     with warnings.catch_warnings(), _pool(workers, secret) as pool:
         _quiet()
+        t_walk = time.perf_counter()
         records = _header_pass(src, rels, index, pseudo, pool, progress)
+        t_headers = time.perf_counter()
         grouping = group_records(list(records.values()))
         results, keys, decoded = _pixel_pass(src, out, grouping, records, index, options, pool, progress, pseudo)
+        t_pixels = time.perf_counter()
 
     files, items_rows, report_warnings = _account(rels, records, grouping, results, modality, pseudo)
     label_counts = None
@@ -156,6 +159,8 @@ def ingest(
     report = out / "ingest_report.json"
     report_doc = {
         "files": files, "counts": counts, "warnings": report_warnings, "seconds": round(seconds, 3),
+        "seconds_by_step": {"walk": round(t_walk - t0, 3), "headers": round(t_headers - t_walk, 3),
+                            "pixels": round(t_pixels - t_headers, 3), "write": round(seconds - (t_pixels - t0), 3)},
         "secret_fingerprint": pseudo.fingerprint,
         "options": {**asdict(options), "workers": workers, "labels_key": key, "modality": modality},
     }

@@ -50,6 +50,63 @@ _VIEW_MEANINGS = [("cranio-caudal exaggerated lateral", "XCCL"), ("cranio-caudal
                   ("medio-lateral", "ML"), ("latero-medial", "LM")]
 
 
+_BINARY_VR = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "AT": "I"}
+
+
+class FastHeader:
+    """Read element values straight from pydicom's raw elements.
+
+    pydicom converts an element on first access through its hook machinery (~25 µs each); the
+    header summary reads ~50 elements per file, which made the header pass three times slower
+    than ``dcmread`` itself. Plain text and binary numeric VRs are decoded here; sequences and
+    anything unusual fall back to pydicom. Text is decoded as latin-1 (identifiers are only hashed).
+    """
+
+    def __init__(self, ds):
+        self.ds = ds
+        implicit, little = ds.original_encoding
+        self._endian = "<" if little in (True, None) else ">"
+
+    def __contains__(self, keyword: str) -> bool:
+        return self.get(keyword) not in (None, "", [])
+
+    def get(self, keyword: str, default=None):
+        tag = _tag(keyword)
+        try:
+            elem = self.ds.get_item(tag)
+        except (KeyError, ValueError):
+            elem = None
+        if elem is None:
+            return default
+        if not isinstance(elem, pydicom.dataelem.RawDataElement):
+            value = elem.value
+            return default if value is None else value
+        vr = elem.VR or pydicom.datadict.dictionary_VR(tag)
+        raw = elem.value
+        if raw is None or len(raw) == 0:
+            return default
+        if vr in _BINARY_VR:
+            fmt = _BINARY_VR[vr]
+            n = len(raw) // struct.calcsize(fmt)
+            vals = struct.unpack(f"{self._endian}{n}{fmt}", raw[: n * struct.calcsize(fmt)])
+            return vals[0] if n == 1 else list(vals)
+        if vr in ("SQ", "OB", "OW", "OF", "OD", "OL", "OV", "UN", "US or SS", "OB or OW", "US or OW"):
+            return self.ds.get(keyword, default)  # pydicom's own conversion
+        parts = raw.decode("latin-1").split("\\")
+        parts = [p.strip(" \x00") for p in parts]
+        return parts[0] if len(parts) == 1 else parts
+
+
+_TAG_CACHE: dict[str, int] = {}
+
+
+def _tag(keyword: str) -> int:
+    tag = _TAG_CACHE.get(keyword)
+    if tag is None:
+        tag = _TAG_CACHE[keyword] = pydicom.datadict.tag_for_keyword(keyword)
+    return tag
+
+
 @dataclass
 class FileRecord:
     """What the header pass learned about one file. ``kind`` is one of
@@ -155,12 +212,13 @@ def _read_dicom(full: Path, rec: FileRecord, pseudo: Pseudonymizer, *, has_pream
         rec.reason, rec.category = f"unreadable DICOM header: {describe_error(exc)}", "unreadable"
         return rec
     try:
-        shown = redact_path(rec.path, {kw: str(ds.get(kw, "") or "") for kw in PATH_IDENTIFIERS}, pseudo)
+        fh = FastHeader(ds)
+        shown = redact_path(rec.path, {kw: _text(fh.get(kw, "")) for kw in PATH_IDENTIFIERS}, pseudo)
         rec.display = shown if shown != rec.path else None
     except Exception:  # a broken identifier element: hide the whole path rather than risk it
         rec.display = f"[unreadable-identifiers-{pseudo.digest('FilePath', rec.path)[:8]}]"
     try:
-        return _classify_dicom(ds, rec, pseudo, pixel_pos, pixel_element, full)
+        return _classify_dicom(FastHeader(ds), rec, pseudo, pixel_pos, pixel_element, full)
     except Exception as exc:
         rec.kind, rec.header = "skip", {}
         rec.reason, rec.category = f"broken DICOM header: {describe_error(exc)}", "broken_header"
@@ -181,11 +239,12 @@ def _has_pixel_data(ds, pixel_element: bytes, full: Path) -> bool:
     return False
 
 
-def _classify_dicom(ds, rec: FileRecord, pseudo: Pseudonymizer, pixel_pos: int, pixel_element: bytes, full: Path) -> FileRecord:
+def _classify_dicom(fh: FastHeader, rec: FileRecord, pseudo: Pseudonymizer, pixel_pos: int, pixel_element: bytes, full: Path) -> FileRecord:
+    ds = fh.ds
     meta = getattr(ds, "file_meta", None)
-    sop_class = UID(str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else "")))
+    sop_class = UID(str(fh.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else "")))
     sop_name = sop_class.name if sop_class else "unknown SOP class"
-    if sop_class.keyword == "MediaStorageDirectoryStorage" or "DirectoryRecordSequence" in ds:
+    if sop_class.keyword == "MediaStorageDirectoryStorage" or "DirectoryRecordSequence" in fh:
         n = len(ds.get("DirectoryRecordSequence", []))
         rec.kind, rec.category = "skip", "dicomdir"
         rec.reason = f"DICOMDIR index ({n} directory records, no pixels); the files it lists are ingested on their own"
@@ -201,11 +260,11 @@ def _classify_dicom(ds, rec: FileRecord, pseudo: Pseudonymizer, pixel_pos: int, 
         rec.category = "non_image"
         rec.reason = f"non-image DICOM: {NON_IMAGE_WITH_PIXELS[sop_class.keyword]} ({sop_name}) is not ingested as an image"
         return rec
-    if not ds.get("SOPInstanceUID") and not (meta and meta.get("MediaStorageSOPInstanceUID")):
+    if not fh.get("SOPInstanceUID") and not (meta and meta.get("MediaStorageSOPInstanceUID")):
         rec.category, rec.reason = "broken_header", "broken header: SOPInstanceUID (0008,0018) is missing"
         return rec
     for kw, tag in (("Rows", "(0028,0010)"), ("Columns", "(0028,0011)"), ("BitsAllocated", "(0028,0100)")):
-        v = ds.get(kw)
+        v = fh.get(kw)
         if v is None or (isinstance(v, int) and v <= 0):
             rec.category = "broken_header"
             rec.reason = f"broken header: {kw} {tag} is {'missing' if v is None else 'not positive'}"
@@ -219,7 +278,7 @@ def _classify_dicom(ds, rec: FileRecord, pseudo: Pseudonymizer, pixel_pos: int, 
         rec.category, rec.reason = "no_decoder", codec_problem
         return rec
     rec.kind = "dicom"
-    rec.header = _summarize(ds, pseudo, ts, pixel_pos, pixel_element)
+    rec.header = _summarize(fh, pseudo, ts, pixel_pos, pixel_element)
     return rec
 
 
@@ -229,11 +288,12 @@ def _transfer_syntax(ds) -> UID | None:
     if ts:
         return UID(str(ts))
     # Raw datasets: pydicom inferred the encoding while reading.
-    if getattr(ds, "is_implicit_VR", None) is not None and ds.is_little_endian is not None:
-        if ds.is_implicit_VR:
-            return pydicom.uid.ImplicitVRLittleEndian
-        return pydicom.uid.ExplicitVRLittleEndian if ds.is_little_endian else pydicom.uid.ExplicitVRBigEndian
-    return None
+    implicit, little = ds.original_encoding
+    if implicit is None or little is None:
+        return None
+    if implicit:
+        return pydicom.uid.ImplicitVRLittleEndian
+    return pydicom.uid.ExplicitVRLittleEndian if little else pydicom.uid.ExplicitVRBigEndian
 
 
 def _codec_problem(ts: UID) -> str | None:
@@ -252,6 +312,15 @@ def _codec_problem(ts: UID) -> str | None:
                         for k, v in decoder.missing_dependencies.items()) if isinstance(
         decoder.missing_dependencies, dict) else ", ".join(decoder.missing_dependencies)
     return f"cannot decode {ts.name}: no decoder installed (needs {missing or 'pylibjpeg plugins or python-gdcm'})"
+
+
+def _text(v) -> str:
+    """A value as text; multi-valued as DICOM writes them (backslash-joined)."""
+    if v is None:
+        return ""
+    if isinstance(v, (list, tuple, pydicom.multival.MultiValue)):
+        return "\\".join(str(x) for x in v)
+    return str(v)
 
 
 def _floats(v, n: int) -> list[float] | None:
@@ -276,22 +345,23 @@ def _num(v, default=None):
         return default
 
 
-def _summarize(ds, pseudo: Pseudonymizer, ts: UID, pixel_pos: int, pixel_element: bytes) -> dict[str, Any]:
+def _summarize(fh: FastHeader, pseudo: Pseudonymizer, ts: UID, pixel_pos: int, pixel_element: bytes) -> dict[str, Any]:
     """The de-identified header summary the later passes need. Identifiers only as keyed digests."""
+    ds = fh.ds
     meta = getattr(ds, "file_meta", None)
     ident = {
-        "PatientID": str(ds.get("PatientID", "") or ""),
-        "AccessionNumber": str(ds.get("AccessionNumber", "") or ""),
-        "StudyInstanceUID": str(ds.get("StudyInstanceUID", "") or ""),
-        "SeriesInstanceUID": str(ds.get("SeriesInstanceUID", "") or ""),
-        "SOPInstanceUID": str(ds.get("SOPInstanceUID", "") or (meta.get("MediaStorageSOPInstanceUID", "") if meta else "")),
+        "PatientID": str(fh.get("PatientID", "") or ""),
+        "AccessionNumber": str(fh.get("AccessionNumber", "") or ""),
+        "StudyInstanceUID": str(fh.get("StudyInstanceUID", "") or ""),
+        "SeriesInstanceUID": str(fh.get("SeriesInstanceUID", "") or ""),
+        "SOPInstanceUID": str(fh.get("SOPInstanceUID", "") or (meta.get("MediaStorageSOPInstanceUID", "") if meta else "")),
     }
     keys = {kw: pseudo.digest(kw, v) for kw, v in ident.items() if v.strip()}
     # Patient identity: the ID; else name + birth date; else the study (each study its own patient).
     if ident["PatientID"].strip():
         patient_key = keys["PatientID"]
-    elif str(ds.get("PatientName", "") or "").strip():
-        patient_key = pseudo.digest("PatientNameBirthDate", f"{ds.PatientName}|{ds.get('PatientBirthDate', '')}")
+    elif str(fh.get("PatientName", "") or "").strip():
+        patient_key = pseudo.digest("PatientNameBirthDate", f"{_text(fh.get('PatientName'))}|{_text(fh.get('PatientBirthDate', ''))}")
     else:
         patient_key = pseudo.digest("StudyInstanceUID", ident["StudyInstanceUID"] or ident["SOPInstanceUID"])
     study_key = keys.get("StudyInstanceUID") or pseudo.digest("StudyFallback", patient_key)
@@ -308,61 +378,61 @@ def _summarize(ds, pseudo: Pseudonymizer, ts: UID, pixel_pos: int, pixel_element
             length = struct.unpack("<I", pixel_element[4:8])[0] if len(pixel_element) >= 8 else None
             header_len = 8
     encapsulated = bool(ts.is_compressed)
-    image_type = [str(x).upper() for x in (ds.get("ImageType") or [])]
-    frames = int(_num(ds.get("NumberOfFrames"), 1) or 1)
+    image_type = [x.upper() for x in _text(fh.get("ImageType")).split("\\") if x]
+    frames = int(_num(fh.get("NumberOfFrames"), 1) or 1)
     h: dict[str, Any] = {
         "keys": keys,
         "patient": patient_key, "study": study_key, "series": series_key,
         "sop": keys.get("SOPInstanceUID"),
-        "modality": str(ds.get("Modality", "") or "").upper(),
-        "sop_class": str(ds.get("SOPClassUID", "") or ""),
+        "modality": str(fh.get("Modality", "") or "").upper(),
+        "sop_class": str(fh.get("SOPClassUID", "") or ""),
         "ts": str(ts),
-        "rows": int(ds.Rows), "cols": int(ds.Columns), "frames": max(frames, 1),
-        "spp": int(ds.get("SamplesPerPixel", 1) or 1),
-        "photometric": str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").upper(),
-        "bits_allocated": int(ds.BitsAllocated),
-        "bits_stored": int(ds.get("BitsStored", ds.BitsAllocated) or ds.BitsAllocated),
-        "pixel_representation": int(ds.get("PixelRepresentation", 0) or 0),
-        "planar": int(ds.get("PlanarConfiguration", 0) or 0),
-        "slope": _num(ds.get("RescaleSlope"), 1.0), "intercept": _num(ds.get("RescaleIntercept"), 0.0),
-        "rescale_type": str(ds.get("RescaleType", "") or ""),
-        "window_center": _num(ds.get("WindowCenter")), "window_width": _num(ds.get("WindowWidth")),
-        "voi_lut": "VOILUTSequence" in ds,
+        "rows": int(fh.get("Rows")), "cols": int(fh.get("Columns")), "frames": max(frames, 1),
+        "spp": int(fh.get("SamplesPerPixel", 1) or 1),
+        "photometric": str(fh.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").upper(),
+        "bits_allocated": int(fh.get("BitsAllocated")),
+        "bits_stored": int(fh.get("BitsStored") or fh.get("BitsAllocated")),
+        "pixel_representation": int(fh.get("PixelRepresentation", 0) or 0),
+        "planar": int(fh.get("PlanarConfiguration", 0) or 0),
+        "slope": _num(fh.get("RescaleSlope"), 1.0), "intercept": _num(fh.get("RescaleIntercept"), 0.0),
+        "rescale_type": str(fh.get("RescaleType", "") or ""),
+        "window_center": _num(fh.get("WindowCenter")), "window_width": _num(fh.get("WindowWidth")),
+        "voi_lut": "VOILUTSequence" in fh,
         "image_type": image_type,
         "localizer": "LOCALIZER" in image_type,
-        "iop": _floats(ds.get("ImageOrientationPatient"), 6),
-        "ipp": _floats(ds.get("ImagePositionPatient"), 3),
-        "thickness": _num(ds.get("SliceThickness")),
-        "echo": _num(ds.get("EchoNumbers")), "temporal": _num(ds.get("TemporalPositionIdentifier")),
-        "acquisition": _num(ds.get("AcquisitionNumber")),
-        "body_part": str(ds.get("BodyPartExamined", "") or "").upper(),
-        "frame_time": _num(ds.get("FrameTime")),
+        "iop": _floats(fh.get("ImageOrientationPatient"), 6),
+        "ipp": _floats(fh.get("ImagePositionPatient"), 3),
+        "thickness": _num(fh.get("SliceThickness")),
+        "echo": _num(fh.get("EchoNumbers")), "temporal": _num(fh.get("TemporalPositionIdentifier")),
+        "acquisition": _num(fh.get("AcquisitionNumber")),
+        "body_part": str(fh.get("BodyPartExamined", "") or "").upper(),
+        "frame_time": _num(fh.get("FrameTime")),
         "pixel_offset": pixel_pos + header_len if length is not None and not encapsulated else None,
         "pixel_length": length if not encapsulated else None,
         "encapsulated": encapsulated,
     }
-    h["spacing"], h["spacing_source"] = _pixel_spacing(ds)
-    h["view"] = _view(ds)
-    h["laterality"] = _laterality(ds)
-    if frames > 1 and "PerFrameFunctionalGroupsSequence" in ds:
+    h["spacing"], h["spacing_source"] = _pixel_spacing(fh)
+    h["view"] = _view(fh)
+    h["laterality"] = _laterality(fh)
+    if frames > 1 and "PerFrameFunctionalGroupsSequence" in fh:
         _enhanced_geometry(ds, h)
     return h
 
 
-def _pixel_spacing(ds) -> tuple[list[float] | None, str]:
+def _pixel_spacing(fh: FastHeader) -> tuple[list[float] | None, str]:
     """(row spacing, column spacing) in mm and where it came from."""
     for kw in ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing"):
-        v = _floats(ds.get(kw), 2)
+        v = _floats(fh.get(kw), 2)
         if v and all(x > 0 for x in v):
             return v, kw
-    shared = ds.get("SharedFunctionalGroupsSequence")
+    shared = fh.get("SharedFunctionalGroupsSequence")
     if shared:
         pm = shared[0].get("PixelMeasuresSequence")
         if pm:
             v = _floats(pm[0].get("PixelSpacing"), 2)
             if v and all(x > 0 for x in v):
                 return v, "PixelMeasuresSequence"
-    regions = ds.get("SequenceOfUltrasoundRegions")
+    regions = fh.get("SequenceOfUltrasoundRegions")
     if regions:
         r = regions[0]
         dx, dy = _num(r.get("PhysicalDeltaX")), _num(r.get("PhysicalDeltaY"))
@@ -372,11 +442,11 @@ def _pixel_spacing(ds) -> tuple[list[float] | None, str]:
     return None, "none"
 
 
-def _view(ds) -> str:
-    vp = str(ds.get("ViewPosition", "") or "").strip().upper()
+def _view(fh: FastHeader) -> str:
+    vp = str(fh.get("ViewPosition", "") or "").strip().upper()
     if vp:
         return vp
-    seq = ds.get("ViewCodeSequence")
+    seq = fh.get("ViewCodeSequence")
     if seq:
         code = str(seq[0].get("CodeValue", "") or "")
         if code in _VIEW_CODES:
@@ -388,13 +458,13 @@ def _view(ds) -> str:
     return ""
 
 
-def _laterality(ds) -> str:
+def _laterality(fh: FastHeader) -> str:
     for kw in ("ImageLaterality", "Laterality"):
-        v = str(ds.get(kw, "") or "").strip().upper()
+        v = str(fh.get(kw, "") or "").strip().upper()
         if v:
             return v
     for seq_kw in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
-        seq = ds.get(seq_kw)
+        seq = fh.get(seq_kw)
         if seq:
             fa = seq[0].get("FrameAnatomySequence")
             if fa and fa[0].get("FrameLaterality"):

@@ -107,6 +107,7 @@ def main() -> None:
     ap.add_argument("--ct-series", type=int, default=6)
     ap.add_argument("--slices", type=int, default=300)
     ap.add_argument("--radiographs", type=int, default=250)
+    ap.add_argument("--repeat", type=int, default=3, help="best of N interleaved runs per row")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
 
@@ -118,29 +119,41 @@ def main() -> None:
     for f in files:  # warm the page cache equally for every row
         f.read_bytes()
 
-    rows = []
-    base = bare_loop(files, args.data / "scratch")
-    rows.append(("baseline (dcmread+pixel_array+np.save)", len(files) / base, 1.0, ""))
+    # Each row is the best of --repeat runs, interleaved, so a burst of load on a shared machine
+    # does not land on one row only.
+    base, w_sec, w_peak, re_sec, re_peak, decoded = float("inf"), {1: float("inf"), 2: float("inf")}, {1: 0, 2: 0}, float("inf"), 0, 0
+    # Every timed row starts with no dirty pages pending (os.sync) and deletes what an earlier row
+    # wrote, so no row pays for flushing another row's output.
+    for _ in range(args.repeat):
+        os.sync()
+        base = min(base, bare_loop(files, args.data / "scratch"))
+        for w in (1, 2):
+            out = args.data / f"out_w{w}"
+            shutil.rmtree(out, ignore_errors=True)
+            os.sync()
+            sec, peak, counts = run_ingest(src, out, w)
+            assert counts["files"] == len(files), counts
+            w_sec[w], w_peak[w] = min(w_sec[w], sec), max(w_peak[w], peak)
+        shutil.rmtree(args.data / "out_w1", ignore_errors=True)
+        os.sync()
+        sec2, peak2, counts2 = run_ingest(src, args.data / "out_w2", 2)
+        re_sec, re_peak, decoded = min(re_sec, sec2), max(re_peak, peak2), max(decoded, counts2["decoded"])
+    shutil.rmtree(args.data / "out_w2", ignore_errors=True)
+    rows = [("baseline (dcmread+pixel_array+np.save)", len(files) / base, 1.0, "")]
     ct_dirs = sorted(d for d in src.iterdir() if d.is_dir() and d.name.startswith("ct"))[:1]
     if ct_dirs:
         mt, mn = monai_series(ct_dirs)
+        os.sync()
         bare_ct = bare_loop(sorted(ct_dirs[0].iterdir()), args.data / "scratch")
-        rows.append(("MONAI LoadImage(PydicomReader), one CT series", mn / mt, (mn / mt) / (mn / bare_ct),
+        rows.append(("MONAI LoadImage(PydicomReader), one CT series", mn / mt, bare_ct / mt,
                      "ratio vs the bare loop on the same series"))
     results = {"files": len(files), "baseline_files_per_s": len(files) / base}
-    first = None
     for w in (1, 2):
-        out = args.data / f"out_w{w}"
-        shutil.rmtree(out, ignore_errors=True)
-        sec, peak, counts = run_ingest(src, out, w)
-        assert counts["files"] == len(files), counts
-        rows.append((f"medxfer ingest --workers {w}", len(files) / sec, base / sec, f"peak RSS {peak:.0f} MB"))
-        results[f"w{w}_ratio"], results[f"w{w}_peak_mb"] = base / sec, peak
-        first = sec
-    sec2, peak2, counts2 = run_ingest(src, args.data / "out_w2", 2)
-    rows.append(("medxfer ingest again (unchanged source)", len(files) / sec2, first / sec2,
-                 f"x faster than the first run; {counts2['decoded']} items re-decoded; peak RSS {peak2:.0f} MB"))
-    results["reingest_speedup"] = first / sec2
+        rows.append((f"medxfer ingest --workers {w}", len(files) / w_sec[w], base / w_sec[w], f"peak RSS {w_peak[w]:.0f} MB"))
+        results[f"w{w}_ratio"], results[f"w{w}_peak_mb"] = base / w_sec[w], w_peak[w]
+    rows.append(("medxfer ingest again (unchanged source)", len(files) / re_sec, w_sec[2] / re_sec,
+                 f"x faster than the first --workers 2 run; {decoded} items re-decoded; peak RSS {re_peak:.0f} MB"))
+    results["reingest_speedup"] = w_sec[2] / re_sec
 
     print(f"\n{'row':48s} {'files/s':>9s} {'ratio':>7s}  note")
     for name, fps, ratio, note in rows:

@@ -81,6 +81,9 @@ def build_item(plan: ItemPlan, src: Path, out: Path, opts: DecodeOptions, header
             arr, affine = _read_nifti(src / plan.files[0], res)
         elif plan.kind == "raster":
             arr, affine = _read_raster(src / plan.files[0], res, opts)
+        elif plan.kind == "volume" and plan.frame_order is None and not opts.compress:
+            _stream_volume(plan, src, out, res, headers)
+            return res
         elif plan.kind == "volume":
             arr, affine = _read_volume(plan, src, res, opts, headers)
         else:
@@ -102,27 +105,40 @@ def build_item(plan: ItemPlan, src: Path, out: Path, opts: DecodeOptions, header
 NIFTI_DATA_OFFSET = 352  # 348-byte header + 4-byte extension flag (no extensions)
 
 
-def _write_nifti(arr: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    """Write atomically. Uncompressed F-contiguous arrays (every DICOM item: the (slices, rows, cols)
-    buffer transposed) go out as header + one buffer write; nibabel's writer would copy them in
-    thousands of small chunks, which costs more than decoding the DICOM did."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = nib.Nifti1Image(arr, affine)
-    hdr = img.header
+def _nifti_header(shape: tuple[int, ...], dtype: np.dtype, affine: np.ndarray) -> nib.Nifti1Header:
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape(shape)
+    hdr.set_data_dtype(dtype)
     hdr.set_xyzt_units("mm")
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    if arr.ndim >= 3 and arr.shape[-1] == 3 and arr.dtype == np.uint8:
+    hdr.set_qform(affine, code=1)
+    hdr.set_sform(affine, code=1)
+    hdr.set_data_offset(NIFTI_DATA_OFFSET)
+    hdr["scl_slope"], hdr["scl_inter"] = np.nan, np.nan
+    if len(shape) >= 3 and shape[-1] == 3 and dtype == np.uint8:
         hdr.set_intent("vector")
-    tmp = path.with_name(path.name + ".part" + ("".join(path.suffixes)))
+    return hdr
+
+
+def _write_header(f, hdr: nib.Nifti1Header) -> None:
+    f.write(hdr.binaryblock)
+    f.write(b"\x00" * (NIFTI_DATA_OFFSET - len(hdr.binaryblock)))
+
+
+def _part(path: Path) -> Path:
+    return path.with_name(path.name + ".part" + "".join(path.suffixes))
+
+
+def _write_nifti(arr: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    """Write atomically. Uncompressed F-contiguous arrays (2D DICOM images: the (rows, cols) buffer
+    transposed) go out as header + one buffer write, without nibabel's chunked copy."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _part(path)
     if path.suffix == ".nii" and arr.flags.f_contiguous and arr.dtype.byteorder in ("=", "<", "|"):
-        hdr.set_data_offset(NIFTI_DATA_OFFSET)
-        hdr["scl_slope"], hdr["scl_inter"] = np.nan, np.nan
         with open(tmp, "wb") as f:
-            f.write(hdr.binaryblock)
-            f.write(b"\x00" * (NIFTI_DATA_OFFSET - len(hdr.binaryblock)))
+            _write_header(f, _nifti_header(arr.shape, arr.dtype, affine))
             f.write(memoryview(arr.T if arr.ndim > 1 else arr).cast("B"))
     else:
+        img = nib.Nifti1Image(arr, affine, header=_nifti_header(arr.shape, arr.dtype, affine))
         nib.save(img, tmp)
     os.replace(tmp, path)
 
@@ -164,53 +180,93 @@ def _intensity(h: dict, p: pixels.Presentation) -> str:
     return "rescaled" if p.rescaled else "stored"
 
 
+def _decode_slices(plan: ItemPlan, src: Path, res: ItemResult, p: pixels.Presentation, hs: list[dict], buf: np.ndarray | None):
+    """Yield (k, presented slice) in spatial order; failed slices go to ``res.failed``.
+
+    With ``buf`` (a reusable (rows, cols) buffer of the output dtype) native slices are read into it
+    and presented in place: no allocation per slice."""
+    for k, (rel, h) in enumerate(zip(plan.files, hs)):
+        try:
+            if buf is not None and pixels.reads_in_place(h, p):  # the common CT/MR case
+                pixels.read_native(src / rel, h, out=buf)
+                yield k, pixels.present(buf, p, h)
+            else:
+                yield k, pixels.present(pixels.read_stored(src / rel, h), p, h)
+        except pixels.PixelDecodeError as exc:
+            res.failed[rel] = str(exc)
+
+
+def _volume_geometry(plan: ItemPlan, res: ItemResult, p: pixels.Presentation, positions: list, n: int, rows: int, cols: int) -> np.ndarray:
+    """Fill the result's geometry columns for a volume of ``n`` slices; return its affine."""
+    h0 = plan.header
+    spacing = _spacing(h0, res)
+    iop = h0["iop"] if plan.frame_order is None else h0.get("frame_iop", [h0["iop"]])[0]
+    if len(positions) > 1:
+        _, notes = slice_spacing(positions, iop)
+        res.notes.extend(notes)
+        res.uniform_spacing = not any(n_.startswith("non-uniform") for n_ in notes)
+        step = (np.asarray(positions[-1]) - np.asarray(positions[0])) / (len(positions) - 1)
+    else:
+        step, res.uniform_spacing = None, None
+    res.intensity = _intensity(h0, p)
+    _record_voi(h0, res, p)
+    res.dtype, res.frames, res.shape = str(p.dtype), n, [cols, rows, n]
+    res.spacing = [spacing[1], spacing[0], float(np.linalg.norm(step)) if step is not None else float(h0.get("thickness") or 1.0)]
+    if len(plan.files) > n:
+        res.notes.append(f"{len(plan.files) - n} slice(s) could not be decoded and are missing from the volume")
+    return _affine(iop, positions[0], spacing, step)
+
+
+def _stream_volume(plan: ItemPlan, src: Path, out: Path, res: ItemResult, headers: dict[str, dict]) -> None:
+    """Decode a single-frame series slice by slice straight into its NIfTI file.
+
+    NIfTI's (x, y, z) order puts each slice's (rows, cols) buffer contiguously, so slices are
+    appended as they are decoded through one reused buffer; the header is written last, when
+    the slices that decoded (and so the geometry) are known. Memory stays at one slice.
+    """
+    h0 = plan.header
+    hs = [headers[f] for f in plan.files]
+    p = pixels.plan_presentation(hs)
+    rows, cols = h0["rows"], h0["cols"]
+    path = out / image_path(plan.item_id, DecodeOptions())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _part(path)
+    good: list[int] = []
+    buf = np.empty((rows, cols), dtype=p.dtype)
+    with open(tmp, "wb") as f:
+        f.seek(NIFTI_DATA_OFFSET)
+        for k, arr in _decode_slices(plan, src, res, p, hs, buf):
+            f.write(memoryview(np.ascontiguousarray(arr, dtype=p.dtype)).cast("B"))
+            good.append(k)
+        if good:
+            affine = _volume_geometry(plan, res, p, [plan.positions[k] for k in good], len(good), rows, cols)
+            f.seek(0)
+            _write_header(f, _nifti_header((cols, rows, len(good)), p.dtype, affine))
+    if not good:
+        tmp.unlink(missing_ok=True)
+        return
+    os.replace(tmp, path)
+    res.image = image_path(plan.item_id, DecodeOptions())
+    res.used_files = [f for f in plan.files if f not in res.failed]
+
+
 def _read_volume(plan: ItemPlan, src: Path, res: ItemResult, opts: DecodeOptions, headers: dict[str, dict]):
+    """A volume in memory: Enhanced multi-frame files, and series written compressed (.nii.gz)."""
     h0 = plan.header
     if plan.frame_order is not None:  # one multi-frame file with per-frame geometry
-        stored = pixels.read_stored(src / plan.files[0], h0)
-        stored = stored[plan.frame_order]
         p = pixels.plan_presentation([h0])
-        vol = pixels.present(stored, p, h0)
+        vol = pixels.present(pixels.read_stored(src / plan.files[0], h0)[plan.frame_order], p, h0)
         positions = plan.positions
     else:
         hs = [headers[f] for f in plan.files]
         p = pixels.plan_presentation(hs)
-        vol = np.empty((len(plan.files), h0["rows"], h0["cols"]), dtype=p.dtype)
-        ok = np.ones(len(plan.files), dtype=bool)
-        for k, (rel, h) in enumerate(zip(plan.files, hs)):
-            try:
-                if pixels.reads_in_place(h, p):  # the common CT/MR case: no per-slice copy
-                    pixels.read_native(src / rel, h, out=vol[k])
-                    pixels.present(vol[k], p, h)
-                else:
-                    vol[k] = pixels.present(pixels.read_stored(src / rel, h), p, h)
-            except pixels.PixelDecodeError as exc:
-                res.failed[rel] = str(exc)
-                ok[k] = False
-        if not ok.any():
+        decoded = list(_decode_slices(plan, src, res, p, hs, None))
+        if not decoded:
             return None, None
-        if not ok.all():
-            vol = vol[ok]
-            res.notes.append(f"{int((~ok).sum())} slice(s) could not be decoded and are missing from the volume")
-        positions = [pos for pos, good in zip(plan.positions, ok) if good]
-    spacing = _spacing(h0, res)
-    iop = h0["iop"] if plan.frame_order is None else h0.get("frame_iop", [h0["iop"]])[0]
-    if len(positions) > 1:
-        mean_step, notes = slice_spacing(positions, iop)
-        res.notes.extend(notes)
-        res.uniform_spacing = not any(n.startswith("non-uniform") for n in notes)
-        step = (np.asarray(positions[-1]) - np.asarray(positions[0])) / (len(positions) - 1)
-    else:
-        step, res.uniform_spacing = None, None
-    affine = _affine(iop, positions[0], spacing, step)
-    res.intensity = _intensity(h0, p)
-    _record_voi(h0, res, p)
-    res.dtype = str(vol.dtype)
-    res.frames = vol.shape[0]
-    arr = vol.transpose(2, 1, 0)  # (slices, rows, cols) C-order -> (x, y, z) F-order: no copy
-    res.shape = list(arr.shape)
-    res.spacing = [spacing[1], spacing[0], float(np.linalg.norm(step)) if step is not None else float(h0.get("thickness") or 1.0)]
-    return arr, affine
+        vol = np.stack([a for _, a in decoded]).astype(p.dtype, copy=False)
+        positions = [plan.positions[k] for k, _ in decoded]
+    affine = _volume_geometry(plan, res, p, positions, vol.shape[0], h0["rows"], h0["cols"])
+    return vol.transpose(2, 1, 0), affine  # (slices, rows, cols) C-order -> (x, y, z) F-order: no copy
 
 
 def _read_single(plan: ItemPlan, src: Path, res: ItemResult, opts: DecodeOptions):

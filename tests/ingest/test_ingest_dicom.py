@@ -235,3 +235,17 @@ def test_loadimage_reads_every_kind_with_spacing(tmp_path, patient):
         spacing = [float(x) for x in r["spacing"].split("x")]
         np.testing.assert_allclose(img.pixdim.numpy()[: len(spacing)], spacing, rtol=1e-5)
         assert list(img.shape[1:]) == [int(x) for x in r["shape"].split("x")]
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["streamed", "in-memory"])
+def test_undecodable_slice_is_reported_and_left_out_of_the_volume(tmp_path, patient, compress):
+    info = synthetic.ct_series(tmp_path / "src", patient, n_slices=6)
+    data = info.paths[2].read_bytes()
+    info.paths[2].write_bytes(data[: len(data) - 1000])  # pixel data cut short
+    rows, report, _ = run(tmp_path / "src", tmp_path / "out", options=DecodeOptions(compress=compress))
+    (vol,) = rows
+    assert vol["frames"] == "5" and vol["n_files"] == "5" and vol["uniform_spacing"] == "0"
+    bad = next(f for f in report["files"] if f["path"] == info.paths[2].name)
+    assert bad["status"] == "skipped" and bad["reason"].startswith("truncated pixel data")
+    np.testing.assert_array_equal(cached(tmp_path / "out", vol), np.delete(info.volume_hu, 2, axis=0))
+    assert any("could not be decoded" in w["message"] for w in report["warnings"])

@@ -109,6 +109,8 @@ def run_ingest(src: Path, out: Path, workers: int) -> tuple[float, float, dict]:
     if proc.returncode != 0:
         raise SystemExit(f"ingest failed: {err}")
     report = json.loads((out / "ingest_report.json").read_text())
+    if os.environ.get("MEDXFER_BENCH_VERBOSE"):
+        print(f"  workers={workers}: {report['seconds']:.2f} s {report['seconds_by_step']}", flush=True)
     return report["seconds"], peak / 2**20, report["counts"]
 
 
@@ -148,7 +150,7 @@ def main() -> None:
             sec, peak, counts = run_ingest(src, out, w)
             assert counts["files"] == len(files), counts
             w_sec[w], w_peak[w] = min(w_sec[w], sec), max(w_peak[w], peak)
-        shutil.rmtree(out1, ignore_errors=True)
+            shutil.rmtree(out1, ignore_errors=True)  # out2 stays for the re-ingest row
         fresh_start()
         sec2, peak2, counts2 = run_ingest(src, out2, 2)
         re_sec, re_peak, decoded = min(re_sec, sec2), max(re_peak, peak2), max(decoded, counts2["decoded"])

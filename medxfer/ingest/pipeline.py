@@ -25,7 +25,7 @@ from tqdm import tqdm
 from .cache import IMAGES_DIR, DecodeOptions, ItemResult, build_item, item_key
 from .deid import Pseudonymizer, load_secret, propagate_redactions
 from .manifest import MANIFEST_COLUMNS, LabelsError, format_list, join_labels, load_labels, write_csv
-from .scan import LABEL_KEYWORDS, FileRecord, read_file_record, walk
+from .scan import FileRecord, read_file_record, walk
 from .series import Grouping, ItemPlan, group_records
 
 log = logging.getLogger("medxfer.ingest")

@@ -13,7 +13,7 @@ import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pydicom
 from pydicom.errors import InvalidDicomError
@@ -518,8 +518,3 @@ def describe_error(exc: BaseException, *, scrub: bool = True) -> str:
     if len(msg) > 400:
         msg = msg[:400] + "…"
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
-
-
-def iter_file_records(src: Path, rels: list[str], pseudo: Pseudonymizer) -> Iterator[FileRecord]:
-    for rel in rels:
-        yield read_file_record(src, rel, pseudo)

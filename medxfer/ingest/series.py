@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -35,12 +35,7 @@ class ItemPlan:
     header: dict  # the first file's header summary (modality, view, pixel format …)
     frame_order: list[int] | None = None  # multi-frame volumes: frame indices in spatial order
     positions: list[list[float]] | None = None  # per slice/frame, in stack order
-    notes: list[str] = field(default_factory=list)
     series_part: str = "1/1"  # k/N when one DICOM series yields N items (oblique slabs, localizers)
-
-    @property
-    def patient(self) -> str:
-        return self.header.get("patient", "")
 
 
 @dataclass

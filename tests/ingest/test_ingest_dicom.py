@@ -168,7 +168,7 @@ def test_broken_files_reported_and_run_goes_on(tmp_path, patient):
 
 
 def test_rerun_decodes_nothing_and_changes_are_picked_up(tmp_path, patient):
-    info = synthetic.ct_series(tmp_path / "src" / "ct", patient, n_slices=5)
+    synthetic.ct_series(tmp_path / "src" / "ct", patient, n_slices=5)
     synthetic.radiograph(tmp_path / "src" / "dx.dcm", patient)
     rows1, rep1, _ = run(tmp_path / "src", tmp_path / "out")
     mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "images").iterdir()}

@@ -61,59 +61,71 @@ class Pseudonymizer:
         return prefix + self.digest(domain, value)[:length]
 
 
-def redact_path(rel: str, identifiers: dict[str, str], pseudo: Pseudonymizer) -> str:
-    """``rel`` with every identifier occurring in it replaced by a pseudonym token.
+# Identifier values become keyed "path tokens"; a path is shown with every part whose digest is a
+# token replaced. Only digests are kept (in the index too), so redaction works on re-runs without
+# storing any identifier, and it reaches every file in the export (a README in a folder named
+# after a patient, a PNG named by MRN), not only the DICOM files that named the identifier.
+_RUN = re.compile(r"[^\W_]+(?:\.[^\W_]+)*")  # letters/digits, dots inside (UIDs, file.ext)
+_DATE = re.compile(r"(?<!\d)\d{4}[-._]\d{2}[-._]\d{2}(?!\d)")
+TOKEN_CHARS = 16
 
-    PACS exports often name folders ``<PatientID>/<StudyInstanceUID>/…`` or after the patient's
-    name; the report must still list every file, so identifier-bearing parts are replaced, e.g.
-    ``MRN0012345/1.2.840…/IM1`` -> ``[PatientID-3fa94c0b]/[StudyInstanceUID-91be0c2a]/IM1``.
-    ``identifiers`` maps a DICOM keyword to the value (PatientName is also split into its parts).
-    """
-    lower = rel.lower()
-    tokens: list[tuple[str, str]] = []
+
+def path_tokens(identifiers: dict[str, str], pseudo: Pseudonymizer) -> set[str]:
+    """Keyed digests of the identifier strings that must never show in a reported path."""
+    out = set()
     for kw, value in identifiers.items():
         value = str(value or "").strip()
         if not value:
             continue
-        parts = [value]
+        forms = {value}
         if kw == "PatientName":
-            parts += [p for p in re.split(r"[\^= ]+", value) if p]
-        # substring test first: almost no path holds an identifier, and this runs once per file
-        hits = [part for part in parts if len(part) >= 3 and part.lower() in lower]
-        if hits:
-            token = f"[{kw}-{pseudo.digest(kw, value)[:8]}]"
-            tokens.extend((part, token) for part in hits)
-    if not tokens:
-        return rel
-    tokens.sort(key=lambda t: -len(t[0]))  # longest first: the full name before its parts
-    pattern = re.compile("|".join(re.escape(t) for t, _ in tokens), re.IGNORECASE)
-    lookup = {t.lower(): r for t, r in tokens}
-    return pattern.sub(lambda m: lookup[m.group(0).lower()], rel)
-
-
-def propagate_redactions(display: dict[str, str]) -> dict[str, str]:
-    """Apply folder redactions learned from some files (DICOM headers) to every file under those folders.
-
-    ``display`` maps each relative path to its display path (equal when nothing was redacted);
-    a README inside ``DOE^JANE/`` must not show the name its DICOM neighbours revealed.
-    """
-    folders: dict[str, str] = {}
-    for rel, shown in display.items():
-        raw_parts, shown_parts = rel.split("/")[:-1], shown.split("/")[:-1]
-        if len(raw_parts) != len(shown_parts):
-            continue
-        for i in range(len(raw_parts)):
-            if raw_parts[i] != shown_parts[i]:
-                folders.setdefault("/".join(raw_parts[: i + 1]), "/".join(shown_parts[: i + 1]))
-    if not folders:
-        return dict(display)
-    out = {}
-    for rel, shown in display.items():
-        parts = rel.split("/")
-        for i in range(len(parts) - 1, 0, -1):
-            prefix = "/".join(parts[:i])
-            if prefix in folders and shown == rel:
-                shown = folders[prefix] + "/" + "/".join(parts[i:])
-                break
-        out[rel] = shown
+            forms |= {p for p in re.split(r"[\^= ,]+", value) if p}
+        if kw == "PatientBirthDate" and len(value) == 8 and value.isdigit():
+            forms.add(f"{value[:4]}-{value[4:6]}-{value[6:]}")
+        out |= {_token(f, pseudo) for f in forms if len(f) >= 3}
     return out
+
+
+def _token(text: str, pseudo: Pseudonymizer) -> str:
+    return pseudo.digest("PathToken", text.lower())[:TOKEN_CHARS]
+
+
+class PathRedactor:
+    """Replace identifier-bearing parts of relative paths by ``[id-xxxxxxxx]``."""
+
+    def __init__(self, tokens: set[str], pseudo: Pseudonymizer):
+        self.tokens, self.pseudo = tokens, pseudo
+        self._segments: dict[str, str] = {}
+
+    def __call__(self, rel: str) -> str:
+        if not self.tokens:
+            return rel
+        return "/".join(self._segment(s) for s in rel.split("/"))
+
+    def _hit(self, text: str) -> str | None:
+        if len(text) < 3:
+            return None
+        t = _token(text, self.pseudo)
+        return f"[id-{t[:8]}]" if t in self.tokens else None
+
+    def _segment(self, seg: str) -> str:
+        if seg in self._segments:
+            return self._segments[seg]
+        shown = self._hit(seg)
+        if shown is None:  # dates written with separators (1970-01-01) against the DICOM form 19700101
+            shown = _RUN.sub(self._run, _DATE.sub(lambda m: self._hit(re.sub(r"\D", "", m.group(0))) or m.group(0), seg))
+        self._segments[seg] = shown
+        return shown
+
+    def _run(self, m: re.Match) -> str:
+        run = m.group(0)
+        hit = self._hit(run)
+        if hit:
+            return hit
+        if "." in run:  # MRN0012345.dcm, 1.2.840….dcm: the stem; else any dotted piece
+            stem, ext = run.rsplit(".", 1)
+            hit = self._hit(stem)
+            if hit:
+                return f"{hit}.{ext}"
+            return ".".join(self._hit(p) or p for p in run.split("."))
+        return run

@@ -23,7 +23,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .cache import IMAGES_DIR, DecodeOptions, ItemResult, build_item, item_key
-from .deid import Pseudonymizer, load_secret, propagate_redactions
+from .deid import PathRedactor, Pseudonymizer, load_secret
 from .manifest import MANIFEST_COLUMNS, LabelsError, format_list, join_labels, load_labels, write_csv
 from .scan import FileRecord, read_file_record, walk
 from .series import Grouping, ItemPlan, group_records
@@ -254,7 +254,9 @@ def _account(rels, records, grouping: Grouping, results: dict[str, ItemResult], 
             continue
         rows.append(_manifest_row(plans[item_id], res, modality, pseudo))
     rows.sort(key=lambda r: (r["patient"], r["study"], r["series"], r["item_id"]))
-    shown = propagate_redactions({rel: records[rel].display or rel for rel in rels})
+    tokens = set().union(*(records[rel].id_tokens for rel in rels)) if rels else set()
+    redact = PathRedactor(tokens, pseudo)
+    shown = {rel: redact(rel) for rel in rels}
     files = []
     for rel in rels:
         rec = records[rel]

@@ -19,7 +19,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
-from .deid import Pseudonymizer, redact_path
+from .deid import Pseudonymizer, path_tokens
 
 # Modalities that are one 2D item per image (projection radiography and friends).
 PROJECTION_MODALITIES = {"CR", "DX", "PX", "IO", "MG", "RF", "RG", "XA", "DR", "OP", "XC", "SC", "OT", "ES", "GM"}
@@ -50,6 +50,7 @@ _VIEW_MEANINGS = [("cranio-caudal exaggerated lateral", "XCCL"), ("cranio-caudal
                   ("medio-lateral", "ML"), ("latero-medial", "LM")]
 
 
+_CHARSET_VR = {"PN", "LO", "SH", "ST", "LT", "UT", "UC"}
 _BINARY_VR = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "AT": "I"}
 
 
@@ -66,6 +67,13 @@ class FastHeader:
         self.ds = ds
         implicit, little = ds.original_encoding
         self._endian = "<" if little in (True, None) else ">"
+        self._encodings: list[str] | None = None
+        charset = self.get("SpecificCharacterSet")
+        if charset and charset not in ("ISO_IR 6", "ISO_IR 100"):
+            try:
+                self._encodings = pydicom.charset.convert_encodings(charset if isinstance(charset, list) else [charset])
+            except Exception:
+                self._encodings = None
 
     def __contains__(self, keyword: str) -> bool:
         return self.get(keyword) not in (None, "", [])
@@ -92,7 +100,11 @@ class FastHeader:
             return vals[0] if n == 1 else list(vals)
         if vr in ("SQ", "OB", "OW", "OF", "OD", "OL", "OV", "UN", "US or SS", "OB or OW", "US or OW"):
             return self.ds.get(keyword, default)  # pydicom's own conversion
-        parts = raw.decode("latin-1").split("\\")
+        if self._encodings and vr in _CHARSET_VR:  # names in UTF-8, GB18030, JIS …
+            text = pydicom.charset.decode_bytes(raw, self._encodings, {0x5C, 0x5E, 0x3D} if vr == "PN" else {0x5C})
+        else:
+            text = raw.decode("latin-1")
+        parts = text.split("\\")
         parts = [p.strip(" \x00") for p in parts]
         return parts[0] if len(parts) == 1 else parts
 
@@ -119,7 +131,7 @@ class FileRecord:
     reason: str | None = None
     category: str | None = None  # machine-readable reason: empty, not_image, unreadable, non_image, ...
     header: dict[str, Any] = field(default_factory=dict)
-    display: str | None = None  # ``path`` with identifier-bearing parts replaced (None: nothing to hide)
+    id_tokens: list[str] = field(default_factory=list)  # keyed digests of identifiers to hide in paths
 
     def to_json(self) -> dict:
         return dict(vars(self))  # fields are JSON-native; asdict's deep copy is slow at 100k files
@@ -187,7 +199,7 @@ def _path_identity(rec: FileRecord, pseudo: Pseudonymizer) -> None:
     rec.header = {"path_key": pseudo.digest("FilePath", rec.path)}
     m = _BIDS_SUBJECT.search(rec.path)
     if m:
-        rec.display = redact_path(rec.path, {"BIDSSubject": m.group(1)}, pseudo)
+        rec.id_tokens = sorted(path_tokens({"BIDSSubject": m.group(1)}, pseudo))
 
 
 def _looks_like_raw_dicom(head: bytes) -> bool:
@@ -213,10 +225,9 @@ def _read_dicom(full: Path, rec: FileRecord, pseudo: Pseudonymizer, *, has_pream
         return rec
     try:
         fh = FastHeader(ds)
-        shown = redact_path(rec.path, {kw: _text(fh.get(kw, "")) for kw in PATH_IDENTIFIERS}, pseudo)
-        rec.display = shown if shown != rec.path else None
-    except Exception:  # a broken identifier element: hide the whole path rather than risk it
-        rec.display = f"[unreadable-identifiers-{pseudo.digest('FilePath', rec.path)[:8]}]"
+        rec.id_tokens = sorted(path_tokens({kw: _text(fh.get(kw, "")) for kw in PATH_IDENTIFIERS}, pseudo))
+    except Exception:  # a broken identifier element: hide this file's own name rather than risk it
+        rec.id_tokens = sorted(path_tokens({"FileName": rec.path.rsplit("/", 1)[-1]}, pseudo))
     try:
         return _classify_dicom(FastHeader(ds), rec, pseudo, pixel_pos, pixel_element, full)
     except Exception as exc:

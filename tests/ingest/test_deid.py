@@ -24,15 +24,19 @@ def test_short_secret_is_refused(tmp_path):
         load_secret(tmp_path / "s")
 
 
-def test_redact_path_hides_identifiers_and_neighbours(tmp_path):
-    from medxfer.ingest.deid import propagate_redactions, redact_path
+def test_path_redactor_hides_identifiers_wherever_they_appear():
+    from medxfer.ingest.deid import PathRedactor, path_tokens
 
     p = Pseudonymizer(b"k" * 32)
-    ids = {"PatientID": "MRN0042", "PatientName": "DOE^JANE", "StudyInstanceUID": "1.2.3.4.5"}
-    shown = redact_path("Doe_Jane/MRN0042/1.2.3.4.5/IM1.dcm", ids, p)
-    assert "MRN0042" not in shown and "1.2.3.4.5" not in shown and "doe" not in shown.lower() and "jane" not in shown.lower()
-    assert shown.endswith("/IM1.dcm") and shown.count("/") == 3
-    assert redact_path("export/IM1.dcm", ids, p) == "export/IM1.dcm"
-    display = {"Doe_Jane/MRN0042/1.2.3.4.5/IM1.dcm": shown, "Doe_Jane/MRN0042/README.txt": "Doe_Jane/MRN0042/README.txt"}
-    out = propagate_redactions(display)
-    assert out["Doe_Jane/MRN0042/README.txt"] == "/".join(shown.split("/")[:2]) + "/README.txt"
+    ids = {"PatientID": "MRN0042", "PatientName": "DOE^JANE", "StudyInstanceUID": "1.2.3.4.5", "PatientBirthDate": "19700101"}
+    redact = PathRedactor(path_tokens(ids, p), p)
+    for path in ("Doe_Jane/MRN0042/1.2.3.4.5/IM1.dcm", "png/MRN0042.png", "x/doe jane 1970-01-01/report.txt",
+                 "DOE^JANE/1.2.3.4.5.dcm"):
+        shown = redact(path)
+        low = shown.lower()
+        assert not any(s in low for s in ("mrn0042", "doe", "jane", "1.2.3.4.5", "1970")), (path, shown)
+        assert shown.count("/") == path.count("/") and "[id-" in shown
+    assert redact("png/MRN0042.png").endswith(".png")
+    assert redact("export/IM1.dcm") == "export/IM1.dcm"
+    assert redact("x/1.2.3.4.6/IM1") == "x/1.2.3.4.6/IM1"  # another UID is not hidden by accident
+    assert PathRedactor(path_tokens(ids, Pseudonymizer(b"o" * 32)), p)("MRN0042/a") == "MRN0042/a"  # keyed

@@ -204,7 +204,7 @@ def test_pacs_export_labels_and_no_identifier_anywhere(tmp_path, caplog, capfd, 
     rows, report, res = run(exp.root, tmp_path / "out", labels=labels, key="PatientID", workers=2,
                             options=DecodeOptions(compress=True), progress=True)
     assert report["counts"]["files"] == len(exp.files) + 1
-    assert any(f["path"].startswith("[PatientID-") and f["path"].endswith("/notes.txt") for f in report["files"]) == (layout == "loose")
+    assert any(f["path"].startswith("[id-") and f["path"].endswith("/notes.txt") for f in report["files"]) == (layout == "loose")
     assert report["counts"]["labels"]["unmatched_rows"] == 1
     assert report["counts"]["labels"]["items_without_label"] == 0
     assert all(r["label"] in ("0", "1") for r in rows)

@@ -29,7 +29,7 @@ def _rows_by_path(res) -> tuple[dict[str, dict], dict]:
     by_id = {r["item_id"]: r for r in rows}
     # The report hides identifier-bearing path parts (a BIDS subject label may be an MRN): the tests
     # know the label they wrote and put it back to look rows up by their source path.
-    unredact = lambda p: re.sub(r"\[BIDSSubject-[0-9a-f]{8}\]", "MRN12345", p)  # noqa: E731
+    unredact = lambda p: re.sub(r"\[id-[0-9a-f]{8}\]", "MRN12345", p)  # noqa: E731
     by_path = {unredact(f["path"]): by_id[f["item_id"]] for f in report["files"] if f["status"] == "used"}
     return by_path, report
 

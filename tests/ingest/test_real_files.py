@@ -40,7 +40,7 @@ def test_cd_export_with_dicomdir_every_file_accounted(pydicom_test_files, tmp_pa
     shown = {f["path"] for f in report["files"]}
     assert len(shown) == len(on_disk)
     assert not [p for p in shown if "77654033" in p]
-    assert any(p.startswith("[PatientID-") and p.endswith("/CR1/6154") for p in shown)
+    assert any(p.startswith("[id-") and p.endswith("/CR1/6154") for p in shown)
     assert {p for p in on_disk if not p.startswith("77654033")} <= shown  # other paths unchanged
     by_path = {f["path"]: f for f in report["files"]}
     assert by_path["DICOMDIR"]["status"] == "skipped" and "DICOMDIR" in by_path["DICOMDIR"]["reason"]

@@ -82,11 +82,12 @@ def path_tokens(identifiers: dict[str, str], pseudo: Pseudonymizer) -> set[str]:
             forms |= {p for p in re.split(r"[\^= ,]+", value) if p}
         if kw == "PatientBirthDate" and len(value) == 8 and value.isdigit():
             forms.add(f"{value[:4]}-{value[4:6]}-{value[6:]}")
-        out |= {_token(f, pseudo) for f in forms if len(f) >= 3}
+        out |= {identifier_token(f, pseudo) for f in forms if len(f) >= 3}
     return out
 
 
-def _token(text: str, pseudo: Pseudonymizer) -> str:
+def identifier_token(text: str, pseudo: Pseudonymizer) -> str:
+    """The keyed digest under which an identifier string (case-insensitive) is recognised."""
     return pseudo.digest("PathToken", text.lower())[:TOKEN_CHARS]
 
 
@@ -105,7 +106,7 @@ class PathRedactor:
     def _hit(self, text: str) -> str | None:
         if len(text) < 3:
             return None
-        t = _token(text, self.pseudo)
+        t = identifier_token(text, self.pseudo)
         return f"[id-{t[:8]}]" if t in self.tokens else None
 
     def _segment(self, seg: str) -> str:

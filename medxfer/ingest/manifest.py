@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .deid import Pseudonymizer
+from .deid import Pseudonymizer, identifier_token
 from .scan import LABEL_KEYWORDS
 
 MANIFEST_COLUMNS = [
@@ -21,13 +22,18 @@ MANIFEST_COLUMNS = [
     "spacing_source", "uniform_spacing", "voi", "window_center", "window_width", "voi_applied",
     "frame_time_ms", "n_files", "series_part",
 ]
-# Label columns with these names would copy identifiers into the manifest: they are dropped.
-IDENTIFIER_COLUMNS = {
-    "patientname", "patientid", "patientbirthdate", "otherpatientids", "otherpatientnames",
-    "accessionnumber", "studyinstanceuid", "seriesinstanceuid", "sopinstanceuid", "institutionname",
-    "institutionaddress", "referringphysicianname", "patientaddress", "patienttelephonenumbers",
-    "name", "mrn", "dob", "birthdate", "birth_date", "patient_name", "patient_id",
-}
+# Label columns whose names look like identifiers are dropped: any word of the name, or the whole
+# name with separators removed, in these sets ("pleural_fluid" stays; "Patient-Name", "date_of_birth" go).
+IDENTIFIER_WORDS = {"name", "names", "mrn", "dob", "birth", "birthdate", "accession", "uid", "institution",
+                    "address", "phone", "telephone", "physician", "ssn", "email", "id", "pid", "patid"}
+IDENTIFIER_NAMES = {"patientid", "patientname", "dateofbirth", "birthdate", "accessionnumber", "studyuid",
+                    "seriesuid", "sopuid", "studyinstanceuid", "seriesinstanceuid", "sopinstanceuid",
+                    "otherpatientids", "medicalrecordnumber", "institutionname", "referringphysicianname"}
+
+
+def looks_like_identifier_column(name: str) -> bool:
+    words = [w for w in re.split(r"[^a-z0-9]+", name.lower()) if w]
+    return bool(set(words) & IDENTIFIER_WORDS) or "".join(words) in IDENTIFIER_NAMES
 
 
 class LabelsError(ValueError):
@@ -76,33 +82,48 @@ class LabelTable:
         return self.key not in LABEL_KEYWORDS
 
 
-def load_labels(path: str | os.PathLike, key: str, pseudo: Pseudonymizer) -> LabelTable:
-    """Read a labels CSV; ``key`` is a DICOM keyword column (hashed at once) or a file-path column."""
+def load_labels(path: str | os.PathLike, key: str, pseudo: Pseudonymizer, id_tokens: set[str] | None = None) -> LabelTable:
+    """Read a labels CSV; ``key`` is a DICOM keyword column (hashed at once) or a file-path column.
+
+    Columns named like identifiers, and columns holding a value that is an identifier seen in the
+    headers (``id_tokens``, keyed digests from the header pass), are dropped, never copied.
+    Error messages never quote the file's content (a header-less CSV's first row is data).
+    """
     p = Path(path)
     if not p.is_file():
         raise LabelsError(f"labels file not found: {p}")
-    with open(p, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = [c.strip() for c in (reader.fieldnames or [])]
-        if key not in header:
-            raise LabelsError(f"labels file {p.name} has no column {key!r} (columns: {', '.join(header)})")
-        rows = list(reader)
+    try:
+        with open(p, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = [c.strip() for c in next(reader, [])]
+            rows = [dict(zip(header, (v.strip() for v in r))) for r in reader if any(v.strip() for v in r)]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise LabelsError(f"labels file {p.name} is not a UTF-8 CSV ({type(exc).__name__}); save it as UTF-8") from None
+    if key not in header:
+        raise LabelsError(f"labels file {p.name} has no column named {key!r} in its first row "
+                          f"({len(header)} columns; the first row must name the columns)")
     columns, dropped = [], []
     for c in header:
         if c == key:
             continue
-        if c.lower().replace(" ", "") in IDENTIFIER_COLUMNS or c in LABEL_KEYWORDS:
+        if c in LABEL_KEYWORDS or looks_like_identifier_column(c) or _holds_identifiers(rows, c, pseudo, id_tokens):
             dropped.append(c)
         else:
             columns.append(c)
     by_key: dict[str, dict[str, str]] = {}
     for r in rows:
-        raw = (r.get(key) or "").strip()
+        raw = r.get(key) or ""
         if not raw:
             continue
         k = pseudo.digest(key, raw) if key in LABEL_KEYWORDS else normalize_path(raw)
-        by_key[k] = {c: (r.get(c) or "").strip() for c in columns}
+        by_key[k] = {c: r.get(c) or "" for c in columns}
     return LabelTable(key, by_key, columns, dropped, len(rows))
+
+
+def _holds_identifiers(rows: list[dict], column: str, pseudo: Pseudonymizer, id_tokens: set[str] | None) -> bool:
+    if not id_tokens:
+        return False
+    return any(len(v) >= 3 and identifier_token(v, pseudo) in id_tokens for v in (r.get(column) or "" for r in rows))
 
 
 def normalize_path(p: str) -> str:

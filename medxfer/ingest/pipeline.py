@@ -144,9 +144,11 @@ def ingest(
         results, keys, decoded = _pixel_pass(src, out, grouping, records, index, options, pool, progress, pseudo)
         t_pixels = time.perf_counter()
 
-    files, items_rows, report_warnings = _account(rels, records, grouping, results, modality, pseudo)
+    tokens = set().union(*(rec.id_tokens for rec in records.values()))
+    files, items_rows, report_warnings = _account(rels, records, grouping, results, modality, pseudo, tokens)
     label_counts = None
     if label_table is not None:
+        label_table = load_labels(labels, key, pseudo, tokens)  # again, now that the identifiers are known
         label_counts = _join(label_table, items_rows, grouping, records)
     columns = MANIFEST_COLUMNS + ([c for c in label_table.columns if c not in MANIFEST_COLUMNS] if label_table else [])
     manifest = out / "manifest.csv"
@@ -239,7 +241,8 @@ def _pixel_pass(src: Path, out: Path, grouping: Grouping, records: dict[str, Fil
     return results, keys, len(todo)
 
 
-def _account(rels, records, grouping: Grouping, results: dict[str, ItemResult], modality: str | None, pseudo: Pseudonymizer):
+def _account(rels, records, grouping: Grouping, results: dict[str, ItemResult], modality: str | None,
+             pseudo: Pseudonymizer, tokens: set[str]):
     """Every file exactly once in the report; one manifest row per item that produced an image."""
     file_item: dict[str, str] = {}
     for plan in grouping.items:
@@ -254,7 +257,6 @@ def _account(rels, records, grouping: Grouping, results: dict[str, ItemResult], 
             continue
         rows.append(_manifest_row(plans[item_id], res, modality, pseudo))
     rows.sort(key=lambda r: (r["patient"], r["study"], r["series"], r["item_id"]))
-    tokens = set().union(*(records[rel].id_tokens for rel in rels)) if rels else set()
     redact = PathRedactor(tokens, pseudo)
     shown = {rel: redact(rel) for rel in rels}
     files = []

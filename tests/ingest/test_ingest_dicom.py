@@ -249,3 +249,36 @@ def test_undecodable_slice_is_reported_and_left_out_of_the_volume(tmp_path, pati
     assert bad["status"] == "skipped" and bad["reason"].startswith("truncated pixel data")
     np.testing.assert_array_equal(cached(tmp_path / "out", vol), np.delete(info.volume_hu, 2, axis=0))
     assert any("could not be decoded" in w["message"] for w in report["warnings"])
+
+
+def test_labels_never_copy_identifiers(tmp_path, patient):
+    from medxfer.ingest.manifest import looks_like_identifier_column
+
+    synthetic.ct_series(tmp_path / "src", patient, n_slices=3)
+    labels = tmp_path / "labels.csv"
+    labels.write_text(
+        " PatientID , label,accession_number,patient_mrn,Patient-Name,date_of_birth,study_uid,pleural_fluid,free_text\n"
+        f"{patient.patient_id},1,{patient.accession},MRN0012345,{patient.name},{patient.birth_date},1.2.3,yes,{patient.name}\n")
+    rows, report, _ = run(tmp_path / "src", tmp_path / "out", labels=labels, key="PatientID")
+    (row,) = rows
+    assert (row["label"], row["pleural_fluid"]) == ("1", "yes")  # header names are stripped
+    for gone in ("accession_number", "patient_mrn", "Patient-Name", "date_of_birth", "study_uid", "free_text"):
+        assert gone not in row  # free_text holds the patient's name: dropped by value
+    assert any("dropped" in w["message"] for w in report["warnings"])
+    assert find_identifiers(tmp_path / "out", patient.identifiers()) == []
+    assert not looks_like_identifier_column("pleural_fluid") and looks_like_identifier_column("Patient ID")
+
+
+def test_labels_errors_never_quote_the_file(tmp_path, patient):
+    from medxfer.ingest import IngestError
+
+    synthetic.ct_series(tmp_path / "src", patient, n_slices=2)
+    headerless = tmp_path / "h.csv"
+    headerless.write_text(f"{patient.patient_id},{patient.name},1\n")
+    with pytest.raises(IngestError) as err:
+        run(tmp_path / "src", tmp_path / "out", labels=headerless, key="PatientID")
+    assert patient.patient_id not in str(err.value) and "first row" in str(err.value)
+    latin = tmp_path / "l.csv"
+    latin.write_bytes("PatientID,label\nX,\xe9\n".encode("cp1252"))
+    with pytest.raises(IngestError, match="UTF-8"):
+        run(tmp_path / "src", tmp_path / "out", labels=latin, key="PatientID")

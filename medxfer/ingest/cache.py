@@ -96,12 +96,21 @@ def build_item(plan: ItemPlan, src: Path, out: Path, opts: DecodeOptions, header
         return res
     if arr is None:
         return res
+    if max(arr.shape) > NIFTI1_MAX_DIM:
+        res.failed.update({p: f"image too large for NIfTI-1: a dimension of {max(arr.shape)} exceeds {NIFTI1_MAX_DIM} "
+                              "(whole-slide or very long cine images are not supported)" for p in plan.files})
+        return res
+    try:
+        _write_nifti(arr, affine, out / image_path(plan.item_id, opts))
+    except OSError as exc:  # disk full, permissions: reported per file, the run goes on
+        res.failed.update({p: f"cannot write the cached image: {exc.strerror or type(exc).__name__}" for p in plan.files})
+        return res
     res.image = image_path(plan.item_id, opts)
-    _write_nifti(arr, affine, out / res.image)
     res.used_files = [p for p in plan.files if p not in res.failed]
     return res
 
 
+NIFTI1_MAX_DIM = 32767  # dims are int16 in the NIfTI-1 header
 NIFTI_DATA_OFFSET = 352  # 348-byte header + 4-byte extension flag (no extensions)
 
 
@@ -228,6 +237,9 @@ def _stream_volume(plan: ItemPlan, src: Path, out: Path, res: ItemResult, header
     hs = [headers[f] for f in plan.files]
     p = pixels.plan_presentation(hs)
     rows, cols = h0["rows"], h0["cols"]
+    if max(rows, cols, len(plan.files)) > NIFTI1_MAX_DIM:
+        res.failed.update({f: f"image too large for NIfTI-1 (a dimension exceeds {NIFTI1_MAX_DIM})" for f in plan.files})
+        return
     path = out / image_path(plan.item_id, DecodeOptions())
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _part(path)

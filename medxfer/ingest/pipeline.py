@@ -31,6 +31,8 @@ from .series import Grouping, ItemPlan, group_records
 log = logging.getLogger("medxfer.ingest")
 INDEX_VERSION = 1
 STATE_DIR = ".medxfer"
+# Skips that a re-run must try again: a decoder may have been installed, a medium may read now.
+RETRY_CATEGORIES = {"no_decoder", "unreadable"}
 
 
 class IngestError(Exception):
@@ -111,6 +113,11 @@ def ingest(
     src, out = Path(src).resolve(), Path(out).resolve()
     if not src.is_dir():
         raise IngestError(f"source folder not found: {src}")
+    if out == src:
+        raise IngestError("--out must not be the source folder (the cache would be ingested as input next time)")
+    if secret_file is not None and any(Path(secret_file).resolve().is_relative_to(d) for d in (src, out)):
+        raise IngestError("the secret file must not be inside the source or output folder: "
+                          "whoever holds it can recompute the pseudonyms")
     if labels is not None and not key:
         raise IngestError("--labels needs --key COLUMN (a DICOM keyword such as PatientID, or a file-path column)")
     workers = max(1, workers or os.cpu_count() or 1)
@@ -130,10 +137,8 @@ def ingest(
     out.mkdir(parents=True, exist_ok=True)
     index = _load_index(out, pseudo.fingerprint)
 
-    rels = walk(src)
-    if out.is_relative_to(src) and out != src:  # never ingest our own output
-        inner = out.relative_to(src).as_posix() + "/"
-        rels = [r for r in rels if not r.startswith(inner)]
+    walked = walk(src, outputs=(out,))
+    rels = walked.files
 
     with warnings.catch_warnings(), _pool(workers, secret) as pool:
         _quiet()
@@ -145,7 +150,11 @@ def ingest(
         t_pixels = time.perf_counter()
 
     tokens = set().union(*(rec.id_tokens for rec in records.values()))
-    files, items_rows, report_warnings = _account(rels, records, grouping, results, modality, pseudo, tokens)
+    redact = PathRedactor(tokens, pseudo)
+    files, items_rows, report_warnings = _account(rels, records, grouping, results, modality, pseudo, redact)
+    files += [{"path": redact(rel), "status": "skipped", "item_id": None, "reason": reason, "category": "excluded"}
+              for rel, reason in walked.excluded.items()]
+    files.sort(key=lambda f: f["path"])
     label_counts = None
     if label_table is not None:
         label_table = load_labels(labels, key, pseudo, tokens)  # again, now that the identifiers are known
@@ -185,7 +194,8 @@ def _header_pass(src: Path, rels: list[str], index: dict, pseudo: Pseudonymizer,
                 st = (src / rel).stat()
             except OSError:
                 st = None
-            if st is not None and old["size"] == st.st_size and old["mtime_ns"] == st.st_mtime_ns:
+            if (st is not None and old["size"] == st.st_size and old["mtime_ns"] == st.st_mtime_ns
+                    and old["category"] not in RETRY_CATEGORIES):
                 records[rel] = FileRecord.from_json({**old, "path": rel})
                 continue
         todo.append(rel)
@@ -216,7 +226,8 @@ def _pixel_pass(src: Path, out: Path, grouping: Grouping, records: dict[str, Fil
     for plan in grouping.items:
         key = keys[plan.item_id] = pseudo.digest("ItemKey", item_key(plan, fingerprints, opts))  # keyed: paths inside
         old = known.get(plan.item_id)
-        if old and old["key"] == key and (old["result"]["image"] is None or (out / old["result"]["image"]).exists()):
+        if old and old["key"] == key and not old["result"]["failed"] and (
+                old["result"]["image"] is None or (out / old["result"]["image"]).exists()):
             results[plan.item_id] = _result_from_index(old["result"], plan, pseudo)
             continue
         todo.append(plan)
@@ -242,7 +253,7 @@ def _pixel_pass(src: Path, out: Path, grouping: Grouping, records: dict[str, Fil
 
 
 def _account(rels, records, grouping: Grouping, results: dict[str, ItemResult], modality: str | None,
-             pseudo: Pseudonymizer, tokens: set[str]):
+             pseudo: Pseudonymizer, redact: PathRedactor):
     """Every file exactly once in the report; one manifest row per item that produced an image."""
     file_item: dict[str, str] = {}
     for plan in grouping.items:
@@ -257,7 +268,6 @@ def _account(rels, records, grouping: Grouping, results: dict[str, ItemResult], 
             continue
         rows.append(_manifest_row(plans[item_id], res, modality, pseudo))
     rows.sort(key=lambda r: (r["patient"], r["study"], r["series"], r["item_id"]))
-    redact = PathRedactor(tokens, pseudo)
     shown = {rel: redact(rel) for rel in rels}
     files = []
     for rel in rels:

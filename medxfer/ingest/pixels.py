@@ -88,9 +88,12 @@ def read_native(path: Path, h: dict, out: np.ndarray | None = None) -> np.ndarra
     shape = (frames, rows, cols) if frames > 1 else (rows, cols)
     arr = out.view(dtype) if out is not None else np.empty(shape, dtype=dtype)
     expected = arr.nbytes
-    with open(path, "rb") as f:
-        f.seek(h["pixel_offset"])
-        n = f.readinto(memoryview(arr).cast("B"))
+    try:
+        with open(path, "rb") as f:
+            f.seek(h["pixel_offset"])
+            n = f.readinto(memoryview(arr).cast("B"))
+    except OSError as exc:  # vanished, unreadable medium: this file only
+        raise PixelDecodeError(f"cannot read file: {exc.strerror or type(exc).__name__}") from None
     if n < expected:
         raise PixelDecodeError(f"truncated pixel data: {expected} bytes expected, the file holds {n}")
     ba, bs = h["bits_allocated"], h["bits_stored"]
@@ -131,9 +134,11 @@ def read_stored(path: Path, h: dict) -> np.ndarray:
                 arr = pydicom.pixels.apply_color_lut(arr, ds)
     except PixelDecodeError:
         raise
+    except OSError as exc:
+        raise PixelDecodeError(f"cannot read file: {exc.strerror or type(exc).__name__}") from None
     except Exception as exc:  # decoder plugins raise many types; the file is reported, the run goes on
         ts = UID(h["ts"])
-        raise PixelDecodeError(f"cannot decode pixel data ({ts.name or ts}): {describe_error(exc, scrub=False)}") from exc
+        raise PixelDecodeError(f"cannot decode pixel data ({ts.name or ts}): {describe_error(exc, scrub='paths')}") from exc
     return arr
 
 

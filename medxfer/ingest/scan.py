@@ -141,19 +141,49 @@ class FileRecord:
         return cls(**d)
 
 
-def walk(src: Path) -> list[str]:
-    """Every regular file under ``src`` (hidden ones too: they must be accounted for), sorted."""
-    out = []
-    for root, dirs, files in os.walk(src, followlinks=False):
+@dataclass
+class Walk:
+    files: list[str]  # every regular file to ingest, relative, sorted
+    excluded: dict[str, str]  # relative path -> reason (files we saw but must not ingest, folders we could not list)
+
+
+def walk(src: Path, outputs: tuple[Path, ...] = ()) -> Walk:
+    """Every file under ``src``, following folder links once (a link loop is not walked twice).
+
+    Files inside a medxfer output folder (``outputs``, or any folder holding ``.medxfer/index.json``:
+    an earlier OUT placed inside SRC) are listed as excluded, never ingested; a folder that cannot
+    be listed is reported as excluded too.
+    """
+    files: list[str] = []
+    excluded: dict[str, str] = {}
+    seen: set[tuple[int, int]] = set()
+    output_roots = [o.relative_to(src).as_posix() for o in outputs if o.is_relative_to(src) and o != src]
+
+    def onerror(err: OSError) -> None:
+        rel = os.path.relpath(err.filename, src) if err.filename else "?"
+        excluded[Path(rel).as_posix() + "/"] = f"cannot list folder: {err.strerror or type(err).__name__}"
+
+    for root, dirs, names in os.walk(src, followlinks=True, onerror=onerror):
+        st = os.stat(root)
+        if (st.st_dev, st.st_ino) in seen:  # a link back to a folder already walked
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirs.sort()
-        rel_root = os.path.relpath(root, src)
-        for name in files:
-            full = os.path.join(root, name)
-            if os.path.islink(full) and not os.path.exists(full):
-                out.append(Path(rel_root, name).as_posix())  # dangling link: reported as unreadable
-                continue
-            out.append(Path(rel_root, name).as_posix() if rel_root != "." else name)
-    return sorted(out)
+        rel_root = Path(os.path.relpath(root, src)).as_posix()
+        if (Path(root) / STATE_MARK).is_file():
+            output_roots.append(rel_root)
+        inside_output = any(o == "." or rel_root == o or rel_root.startswith(o + "/") for o in output_roots)
+        for name in names:
+            rel = f"{rel_root}/{name}" if rel_root != "." else name
+            if inside_output:
+                excluded[rel] = "inside a medxfer output folder (the cache, manifest or report of an ingest)"
+            else:
+                files.append(rel)
+    return Walk(sorted(files), excluded)
+
+
+STATE_MARK = ".medxfer/index.json"
 
 
 def read_file_record(src: Path, rel: str, pseudo: Pseudonymizer) -> FileRecord:
@@ -519,12 +549,18 @@ def _enhanced_geometry(ds, h: dict) -> None:
 _QUOTED = re.compile(r"""(['"]).*?\1""")
 
 
-def describe_error(exc: BaseException, *, scrub: bool = True) -> str:
-    """A short, person-readable error text. ``scrub`` removes quoted values: header-parsing errors
-    quote element values, which may be identifiers (decoder errors quote only codec names)."""
+def describe_error(exc: BaseException, *, scrub: bool | str = True) -> str:
+    """A short, person-readable error text.
+
+    ``scrub=True`` removes every quoted value: header-parsing errors quote element values, which
+    may be identifiers. ``scrub="paths"`` (decoder errors, which quote codec names worth keeping)
+    removes quoted values that look like paths or hold a ``^`` (a DICOM name)."""
     lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
     msg = " ".join(lines)  # decoder plugins list one failure per line: keep them all
-    if scrub:
+    if scrub == "paths":
+        msg = _QUOTED.sub(lambda m: "'…'" if any(c in m.group(0) for c in "/\\^") else m.group(0), msg)
+        msg = re.sub(r"(/[^\s'\"]+)+", "…", msg)  # unquoted absolute paths too
+    elif scrub:
         msg = _QUOTED.sub("'…'", msg)
     if len(msg) > 400:
         msg = msg[:400] + "…"

@@ -282,3 +282,44 @@ def test_labels_errors_never_quote_the_file(tmp_path, patient):
     latin.write_bytes("PatientID,label\nX,\xe9\n".encode("cp1252"))
     with pytest.raises(IngestError, match="UTF-8"):
         run(tmp_path / "src", tmp_path / "out", labels=latin, key="PatientID")
+
+
+def test_output_and_secret_placement(tmp_path, patient):
+    from medxfer.ingest import IngestError
+
+    synthetic.ct_series(tmp_path / "src", patient, n_slices=3)
+    with pytest.raises(IngestError, match="must not be the source"):
+        run(tmp_path / "src", tmp_path / "src")
+    (tmp_path / "src" / "secret").write_text("s" * 64)
+    with pytest.raises(IngestError, match="secret file must not be inside"):
+        run(tmp_path / "src", tmp_path / "out", secret_file=tmp_path / "src" / "secret")
+    (tmp_path / "src" / "secret").unlink()
+    # OUT inside SRC: its files are listed as excluded, never ingested, run after run
+    for _ in range(3):
+        rows, report, _ = run(tmp_path / "src", tmp_path / "src" / "cohort")
+        assert len(rows) == 1 and report["counts"]["used"] == 3
+    assert all(f["category"] == "excluded" for f in report["files"] if f["path"].startswith("cohort/"))
+
+
+def test_symlinked_folders_walked_once(tmp_path, patient):
+    synthetic.ct_series(tmp_path / "real" / "ct", patient, n_slices=3)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "linked").symlink_to(tmp_path / "real")
+    (tmp_path / "real" / "loop").symlink_to(tmp_path / "real")  # a link loop
+    rows, report, _ = run(tmp_path / "src", tmp_path / "out")
+    assert [r["frames"] for r in rows] == ["3"]
+    assert report["counts"]["used"] == 3
+
+
+def test_missing_decoder_is_retried_on_the_next_run(tmp_path, patient, monkeypatch):
+    info = synthetic.ct_series(tmp_path / "plain", patient, n_slices=2, rows=40, cols=40)
+    for p in info.paths:
+        synthetic.compress_file(p, tmp_path / "src" / p.name, JPEG2000Lossless)
+    from medxfer.ingest import scan
+
+    with monkeypatch.context() as m:
+        m.setattr(scan, "_codec_problem", lambda ts: f"cannot decode {ts.name}: no decoder installed (test)")
+        rows, report, _ = run(tmp_path / "src", tmp_path / "out")
+    assert rows == [] and {f["category"] for f in report["files"]} == {"no_decoder"}
+    rows, report, _ = run(tmp_path / "src", tmp_path / "out")  # the decoder is installed now
+    assert len(rows) == 1 and report["counts"]["used"] == 2

@@ -22,7 +22,7 @@ import numpy as np
 from .scan import PROJECTION_MODALITIES, FileRecord
 
 VOLUME_MODALITIES = {"CT", "MR", "PT", "NM"}
-ORIENTATION_DECIMALS = 3
+ORIENTATION_DECIMALS = 3  # multi-frame orientation comparison
 
 
 @dataclass
@@ -105,44 +105,87 @@ def _number_series_parts(items: list[ItemPlan]) -> None:
             it.series_part = f"{k}/{len(members)}"
 
 
+ORIENTATION_TOLERANCE = 1e-3  # direction-cosine difference (~0.06°) under which slices count as parallel
+
+
 def _stack_key(h: dict) -> tuple:
-    iop = tuple(np.round(np.asarray(h["iop"]), ORIENTATION_DECIMALS) + 0.0)
-    return (h["series"], iop, h["rows"], h["cols"], h.get("echo"), h.get("temporal"), h["localizer"],
-            h["spp"], h["bits_allocated"])
+    """Slices that may share a volume: same series, matrix, pixel format, spacing, echo and phase."""
+    spacing = tuple(np.round(h["spacing"], 4)) if h.get("spacing") else None
+    return (h["series"], h["rows"], h["cols"], h.get("echo"), h.get("temporal"), h["localizer"], h["spp"],
+            h["bits_allocated"], h["pixel_representation"], h["photometric"], spacing)
+
+
+def _orientation_clusters(group: list[FileRecord]) -> list[list[FileRecord]]:
+    """Split by orientation with a tolerance (rounding would split 0.0005001 from 0.0004999)."""
+    clusters: list[tuple[np.ndarray, list[FileRecord]]] = []
+    for r in group:
+        iop = np.asarray(r.header["iop"], dtype=float)
+        for ref, members in clusters:
+            if np.max(np.abs(iop - ref)) < ORIENTATION_TOLERANCE:
+                members.append(r)
+                break
+        else:
+            clusters.append((iop, [r]))
+    return [members for _, members in clusters]
 
 
 def _stack_items(group: list[FileRecord], notes: dict[str, str]) -> list[ItemPlan]:
-    """A group of parallel slices -> one volume (or 2D images when a single slice or positions collide)."""
+    out: list[ItemPlan] = []
+    for cluster in _orientation_clusters(group):
+        out.extend(_cluster_items(cluster, notes))
+    return out
+
+
+def _repeats(group: list[FileRecord], dist: np.ndarray) -> list[list[int]]:
+    """Indices (in spatial order) of the sub-stacks with one slice per position.
+
+    Repeated acquisitions at the same positions (a dynamic series, a repeat scan, DWI directions
+    without a distinguishing tag) are split by AcquisitionNumber when that separates them, else by
+    repeat order (the k-th slice seen at each position goes to stack k)."""
+    pos = np.round(dist, 3)
+    if len(set(pos)) == len(pos):
+        return [list(range(len(group)))]
+    by_acq: dict = defaultdict(list)
+    for i, r in enumerate(group):
+        by_acq[r.header.get("acquisition")].append(i)
+    if len(by_acq) > 1 and all(len(set(pos[ix])) == len(ix) for ix in by_acq.values()):
+        return [by_acq[k] for k in sorted(by_acq, key=lambda a: (a is None, a or 0))]
+    stacks: list[list[int]] = []
+    seen: dict[float, int] = defaultdict(int)
+    for i, p_ in enumerate(pos):
+        k = seen[p_]
+        seen[p_] += 1
+        if k == len(stacks):
+            stacks.append([])
+        stacks[k].append(i)
+    return stacks
+
+
+def _cluster_items(group: list[FileRecord], notes: dict[str, str]) -> list[ItemPlan]:
+    """Parallel slices -> volume(s) sorted along the normal; a lone slice -> a 2D item."""
     h0 = group[0].header
-    if len(group) == 1:
-        r = group[0]
-        if h0["localizer"]:
-            notes[r.path] = "localizer kept as its own 2D item"
-        return [ItemPlan(_item_id("image", h0["sop"] or r.path), "image", [r.path], h0)]
     normal = _normal(h0["iop"])
     dist = np.array([np.dot(np.asarray(r.header["ipp"]), normal) for r in group])
     order = np.argsort(dist, kind="stable")
-    group = [group[i] for i in order]
-    dist = dist[order]
+    group, dist = [group[i] for i in order], dist[order]
     out: list[ItemPlan] = []
-    # Slices at the same position (repeated acquisitions) cannot share one volume: keep the first, the rest become 2D items.
-    keep = [0]
-    for i in range(1, len(group)):
-        if abs(dist[i] - dist[keep[-1]]) < 1e-3:
-            r = group[i]
-            notes[r.path] = "same position as another slice of the series; kept as its own 2D item"
+    stacks = _repeats(group, dist)
+    for k, ix in enumerate(stacks):
+        members = [group[i] for i in ix]
+        if len(members) == 1:
+            r = members[0]
+            if r.header["localizer"]:
+                notes[r.path] = "localizer kept as its own 2D item"
+            elif len(group) > 1:
+                notes[r.path] = "the only slice of its orientation or repeat in the series: kept as a 2D item"
             out.append(ItemPlan(_item_id("image", r.header["sop"] or r.path), "image", [r.path], r.header))
-        else:
-            keep.append(i)
-    group = [group[i] for i in keep]
-    if len(group) == 1:
-        out.append(ItemPlan(_item_id("image", h0["sop"] or group[0].path), "image", [group[0].path], group[0].header))
-        return out
-    iop_key = ",".join(f"{x:.3f}" for x in h0["iop"])
-    item_id = _item_id("volume", h0["series"], iop_key, str(h0["rows"]), str(h0["cols"]),
-                       str(h0.get("echo")), str(h0.get("temporal")), str(h0["localizer"]))
-    plan = ItemPlan(item_id, "volume", [r.path for r in group], h0, positions=[r.header["ipp"] for r in group])
-    out.append(plan)
+            continue
+        if len(stacks) > 1:
+            for r in members:
+                notes[r.path] = f"repeated acquisition at the same positions: stack {k + 1} of {len(stacks)}"
+        item_id = _item_id("volume", *(r.header["sop"] or r.path for r in members))
+        out.append(ItemPlan(item_id, "volume", [r.path for r in members], members[0].header,
+                            positions=[r.header["ipp"] for r in members]))
     return out
 
 

@@ -323,3 +323,34 @@ def test_missing_decoder_is_retried_on_the_next_run(tmp_path, patient, monkeypat
     assert rows == [] and {f["category"] for f in report["files"]} == {"no_decoder"}
     rows, report, _ = run(tmp_path / "src", tmp_path / "out")  # the decoder is installed now
     assert len(rows) == 1 and report["counts"]["used"] == 2
+
+
+def _retag(paths, **values):
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        for k, v in values.items():
+            setattr(ds, k, v)
+        ds.save_as(p)
+
+
+@pytest.mark.parametrize("acquisition_numbers", [True, False], ids=["by-AcquisitionNumber", "by-repeat-order"])
+def test_repeated_acquisitions_become_separate_volumes(tmp_path, patient, acquisition_numbers):
+    a = synthetic.ct_series(tmp_path / "src" / "a", patient, n_slices=4, volume=np.full((4, 64, 64), 100.0))
+    b = synthetic.ct_series(tmp_path / "src" / "b", patient, n_slices=4, volume=np.full((4, 64, 64), 900.0))
+    uid = pydicom.dcmread(a.paths[0]).SeriesInstanceUID
+    _retag(b.paths, SeriesInstanceUID=uid, StudyInstanceUID=pydicom.dcmread(a.paths[0]).StudyInstanceUID)
+    if acquisition_numbers:
+        _retag(a.paths, AcquisitionNumber=1)
+        _retag(b.paths, AcquisitionNumber=2)
+    rows, report, _ = run(tmp_path / "src", tmp_path / "out")
+    assert len(rows) == 2 and {r["frames"] for r in rows} == {"4"} and len({r["series"] for r in rows}) == 1
+    means = sorted(float(cached(tmp_path / "out", r).mean()) for r in rows)
+    assert means == [100.0, 900.0]  # never a mix of the two acquisitions
+
+
+def test_orientation_jitter_does_not_split_a_series(tmp_path, patient):
+    info = synthetic.ct_series(tmp_path / "src", patient, n_slices=6)
+    for k, p in enumerate(info.paths):  # scanner rounding noise across the 1e-3 rounding boundary
+        _retag([p], ImageOrientationPatient=[1, 0, 0.0005001 if k % 2 else 0.0004999, 0, 1, 0])
+    rows, _, _ = run(tmp_path / "src", tmp_path / "out")
+    assert [r["frames"] for r in rows] == ["6"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -64,8 +64,14 @@ class ItemResult:
 
 
 def item_key(plan: ItemPlan, fingerprints: dict[str, tuple[int, int]], opts: DecodeOptions) -> str:
-    """Changes whenever a member file, the stacking or a decode option changes."""
-    payload = [CACHE_VERSION, plan.kind, plan.files, [fingerprints[p] for p in plan.files], plan.frame_order, asdict(opts)]
+    """Changes whenever a member file, the stacking or a decode option *that applies to it* changes
+    (``--color`` only for colour items, ``--voi`` only for projection X-ray)."""
+    h = plan.header
+    colour = plan.kind == "raster" or h.get("spp", 1) > 1 or str(h.get("photometric", "")).startswith(("RGB", "YBR", "PALETTE"))
+    relevant = {"compress": opts.compress,
+                "color": opts.color if colour else None,
+                "voi": opts.voi if h.get("modality") in PROJECTION_MODALITIES else None}
+    payload = [CACHE_VERSION, plan.kind, plan.files, [fingerprints[p] for p in plan.files], plan.frame_order, relevant]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -266,8 +272,14 @@ def _read_volume(plan: ItemPlan, src: Path, res: ItemResult, opts: DecodeOptions
     """A volume in memory: Enhanced multi-frame files, and series written compressed (.nii.gz)."""
     h0 = plan.header
     if plan.frame_order is not None:  # one multi-frame file with per-frame geometry
-        p = pixels.plan_presentation([h0])
-        vol = pixels.present(pixels.read_stored(src / plan.files[0], h0)[plan.frame_order], p, h0)
+        stored = pixels.read_stored(src / plan.files[0], h0)[plan.frame_order]
+        if h0.get("frame_rescale"):  # rescale differs per frame: float, frame by frame
+            per_frame = [dict(h0, slope=sl, intercept=ic) for sl, ic in (h0["frame_rescale"][i] for i in plan.frame_order)]
+            p = pixels.plan_presentation(per_frame)
+            vol = np.stack([pixels.present(f, p, hf) for f, hf in zip(stored, per_frame)])
+        else:
+            p = pixels.plan_presentation([h0])
+            vol = pixels.present(stored, p, h0)
         positions = plan.positions
     else:
         hs = [headers[f] for f in plan.files]

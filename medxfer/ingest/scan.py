@@ -284,7 +284,8 @@ def _classify_dicom(fh: FastHeader, rec: FileRecord, pseudo: Pseudonymizer, pixe
     ds = fh.ds
     meta = getattr(ds, "file_meta", None)
     sop_class = UID(str(fh.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else "")))
-    sop_name = sop_class.name if sop_class else "unknown SOP class"
+    # Only registered names: an unregistered value is free text and might hold anything.
+    sop_name = sop_class.name if sop_class and sop_class.is_valid and sop_class.name != str(sop_class) else "an unregistered SOP class"
     if sop_class.keyword == "MediaStorageDirectoryStorage" or "DirectoryRecordSequence" in fh:
         n = len(ds.get("DirectoryRecordSequence", []))
         rec.kind, rec.category = "skip", "dicomdir"
@@ -342,7 +343,7 @@ def _codec_problem(ts: UID) -> str | None:
     if not ts.is_compressed:
         if ts.is_transfer_syntax or ts in (pydicom.uid.DeflatedExplicitVRLittleEndian,):
             return None
-        return f"unsupported transfer syntax {ts} (not a DICOM standard transfer syntax)"
+        return "unsupported transfer syntax (not a DICOM standard transfer syntax)"
     try:
         decoder = pydicom.pixels.get_decoder(ts)
     except NotImplementedError:
@@ -353,6 +354,15 @@ def _codec_problem(ts: UID) -> str | None:
                         for k, v in decoder.missing_dependencies.items()) if isinstance(
         decoder.missing_dependencies, dict) else ", ".join(decoder.missing_dependencies)
     return f"cannot decode {ts.name}: no decoder installed (needs {missing or 'pylibjpeg plugins or python-gdcm'})"
+
+
+def _code_string(v: str) -> str:
+    """A DICOM code string as copied to the manifest: upper-case letters, digits, space, ``_``; ≤ 16.
+
+    These columns (modality, body part, view) are copied from headers, so they are held to the
+    code-string alphabet: free text (which could hold anything, a name included) does not pass."""
+    v = str(v or "").strip().upper()
+    return v if len(v) <= 16 and re.fullmatch(r"[A-Z0-9 _]*", v) else ""
 
 
 def _text(v) -> str:
@@ -453,8 +463,10 @@ def _summarize(fh: FastHeader, pseudo: Pseudonymizer, ts: UID, pixel_pos: int, p
         "encapsulated": encapsulated,
     }
     h["spacing"], h["spacing_source"] = _pixel_spacing(fh)
-    h["view"] = _view(fh)
-    h["laterality"] = _laterality(fh)
+    h["view"] = _code_string(_view(fh))
+    h["laterality"] = _laterality(fh) if _laterality(fh) in ("L", "R", "B", "U") else ""
+    h["modality"] = _code_string(h["modality"])
+    h["body_part"] = _code_string(h["body_part"])
     if frames > 1 and "PerFrameFunctionalGroupsSequence" in fh:
         _enhanced_geometry(ds, h)
     return h
@@ -530,14 +542,24 @@ def _enhanced_geometry(ds, h: dict) -> None:
             pm = item.get("PixelMeasuresSequence")
             if pm:
                 h["thickness"] = _num(pm[0].get("SliceThickness"))
-    # Enhanced objects keep rescale in PixelValueTransformationSequence (shared, else per frame).
-    for item in ([shared_item] if shared_item is not None else []) + [ds.PerFrameFunctionalGroupsSequence[0]]:
-        pvt = item.get("PixelValueTransformationSequence")
-        if pvt:
-            h["slope"] = _num(pvt[0].get("RescaleSlope"), 1.0)
-            h["intercept"] = _num(pvt[0].get("RescaleIntercept"), 0.0)
-            h["rescale_type"] = str(pvt[0].get("RescaleType", "") or "")
-            break
+    # Enhanced objects keep rescale in PixelValueTransformationSequence: shared, or per frame
+    # (then it may differ between frames, e.g. PET or scaled MR: kept per frame).
+    pvt = shared_item.get("PixelValueTransformationSequence") if shared_item is not None else None
+    if pvt:
+        h["slope"], h["intercept"] = _num(pvt[0].get("RescaleSlope"), 1.0), _num(pvt[0].get("RescaleIntercept"), 0.0)
+        h["rescale_type"] = str(pvt[0].get("RescaleType", "") or "")
+    else:
+        per_frame = []
+        for item in ds.PerFrameFunctionalGroupsSequence:
+            pvt = item.get("PixelValueTransformationSequence")
+            per_frame.append([_num(pvt[0].get("RescaleSlope"), 1.0), _num(pvt[0].get("RescaleIntercept"), 0.0)]
+                             if pvt else [1.0, 0.0])
+        if per_frame:
+            h["slope"], h["intercept"] = per_frame[0]
+            first_pvt = ds.PerFrameFunctionalGroupsSequence[0].get("PixelValueTransformationSequence")
+            h["rescale_type"] = str(first_pvt[0].get("RescaleType", "") or "") if first_pvt else ""
+            if any(fr != per_frame[0] for fr in per_frame):
+                h["frame_rescale"] = per_frame
     if shared_item is not None and shared_item.get("PixelMeasuresSequence") and not h.get("thickness"):
         h["thickness"] = _num(shared_item.PixelMeasuresSequence[0].get("SliceThickness"))
     if all(p is not None for p in positions) and all(o is not None for o in orientations):

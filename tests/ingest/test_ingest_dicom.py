@@ -354,3 +354,18 @@ def test_orientation_jitter_does_not_split_a_series(tmp_path, patient):
         _retag([p], ImageOrientationPatient=[1, 0, 0.0005001 if k % 2 else 0.0004999, 0, 1, 0])
     rows, _, _ = run(tmp_path / "src", tmp_path / "out")
     assert [r["frames"] for r in rows] == ["6"]
+
+
+def test_enhanced_per_frame_rescale(tmp_path, patient):
+    info = synthetic.enhanced_mr(tmp_path / "src" / "e.dcm", patient, frames=4, shuffle_frames=False)
+    ds = pydicom.dcmread(info.path)
+    for k, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        pvt = pydicom.Dataset()
+        pvt.RescaleSlope, pvt.RescaleIntercept, pvt.RescaleType = k + 1, 10 * k, "US"
+        item.PixelValueTransformationSequence = pydicom.Sequence([pvt])
+    ds.save_as(info.path)
+    rows, _, _ = run(tmp_path / "src", tmp_path / "out")
+    got = cached(tmp_path / "out", rows[0])
+    expected = np.stack([info.image[k].astype(np.float32) * (k + 1) + 10 * k for k in range(4)])
+    np.testing.assert_allclose(got, expected)
+    assert rows[0]["intensity"] == "rescaled"

@@ -17,7 +17,7 @@ import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -147,11 +147,14 @@ def ingest(
         t_headers = time.perf_counter()
         grouping = group_records(list(records.values()))
         results, keys, decoded = _pixel_pass(src, out, grouping, records, index, options, pool, progress, pseudo)
+        superseded = _retry_with_duplicates(src, out, grouping, records, results, options)
+        for item_id, _, _ in superseded.values():
+            keys.pop(item_id, None)  # built from a copy: not remembered, rebuilt (cheaply) next time
         t_pixels = time.perf_counter()
 
     tokens = set().union(*(rec.id_tokens for rec in records.values()))
     redact = PathRedactor(tokens, pseudo)
-    files, items_rows, report_warnings = _account(rels, records, grouping, results, modality, pseudo, redact)
+    files, items_rows, report_warnings = _account(rels, records, grouping, results, modality, pseudo, redact, superseded)
     files += [{"path": redact(rel), "status": "skipped", "item_id": None, "reason": reason, "category": "excluded"}
               for rel, reason in walked.excluded.items()]
     files.sort(key=lambda f: f["path"])
@@ -253,7 +256,7 @@ def _pixel_pass(src: Path, out: Path, grouping: Grouping, records: dict[str, Fil
 
 
 def _account(rels, records, grouping: Grouping, results: dict[str, ItemResult], modality: str | None,
-             pseudo: Pseudonymizer, redact: PathRedactor):
+             pseudo: Pseudonymizer, redact: PathRedactor, superseded: dict[str, tuple[str, str, str]]):
     """Every file exactly once in the report; one manifest row per item that produced an image."""
     file_item: dict[str, str] = {}
     for plan in grouping.items:
@@ -275,10 +278,19 @@ def _account(rels, records, grouping: Grouping, results: dict[str, ItemResult], 
         entry = {"path": shown[rel], "status": "skipped", "item_id": None, "reason": rec.reason}
         if rec.kind == "skip":
             entry["category"] = rec.category
+        elif rel in superseded:
+            item_id, reason, used = superseded[rel]
+            entry.update(reason=f"{reason}; its copy {shown[used]} (same SOPInstanceUID) was used instead",
+                         category="decode")
         elif rel in grouping.duplicates:
             kept = grouping.duplicates[rel]
-            entry.update(status="duplicate", item_id=file_item.get(kept),
-                         reason=f"same SOPInstanceUID as {shown[kept]}", category="duplicate")
+            kept_res = results.get(file_item.get(kept, ""))
+            if kept_res is not None and kept_res.image is not None and kept not in kept_res.failed:
+                entry.update(status="duplicate", item_id=file_item.get(kept),
+                             reason=f"same SOPInstanceUID as {shown[kept]}", category="duplicate")
+            else:
+                entry.update(reason=f"same SOPInstanceUID as {shown[kept]}, and neither copy could be decoded",
+                             category="decode")
         else:
             item_id = file_item.get(rel)
             res = results.get(item_id) if item_id else None
@@ -290,6 +302,32 @@ def _account(rels, records, grouping: Grouping, results: dict[str, ItemResult], 
                 entry.update(reason="not assigned to any item", category="internal")
         files.append(entry)
     return files, rows, warns
+
+
+def _retry_with_duplicates(src: Path, out: Path, grouping: Grouping, records: dict[str, FileRecord],
+                           results: dict[str, ItemResult], opts: DecodeOptions) -> dict[str, tuple[str, str, str]]:
+    """When a file failed to decode and another copy (same SOPInstanceUID) exists, rebuild its item
+    from the copy. Returns failed file -> (item_id, its reason, the copy used)."""
+    copies: dict[str, list[str]] = {}
+    for dup, kept in sorted(grouping.duplicates.items()):
+        copies.setdefault(kept, []).append(dup)
+    superseded: dict[str, tuple[str, str, str]] = {}
+    for plan in grouping.items:
+        res = results.get(plan.item_id)
+        swaps = {f: copies[f][0] for f in (res.failed if res else {}) if copies.get(f)}
+        if not swaps:
+            continue
+        files = [swaps.get(f, f) for f in plan.files]
+        trial = replace(plan, files=files, header=records[files[0]].header)
+        new = build_item(trial, src, out, opts, {f: records[f].header for f in files} if plan.kind == "volume" else {})
+        if len(new.failed) >= len(res.failed):
+            continue
+        for bad, copy in swaps.items():
+            superseded[bad] = (plan.item_id, res.failed[bad], copy)
+            del grouping.duplicates[copy]
+        plan.files, plan.header = files, trial.header
+        results[plan.item_id] = new
+    return superseded
 
 
 def _manifest_row(plan: ItemPlan, res: ItemResult, modality: str | None, pseudo: Pseudonymizer) -> dict:
@@ -389,6 +427,8 @@ def _save_index(out: Path, pseudo: Pseudonymizer, records: dict[str, FileRecord]
     path_key = lambda rel: pseudo.digest("FilePath", rel)  # noqa: E731
     items = {}
     for item_id, res in results.items():
+        if item_id not in keys:
+            continue
         doc = dict(vars(res))
         doc["used_files"] = [path_key(f) for f in res.used_files]
         doc["failed"] = {path_key(f): reason for f, reason in res.failed.items()}

@@ -369,3 +369,19 @@ def test_enhanced_per_frame_rescale(tmp_path, patient):
     expected = np.stack([info.image[k].astype(np.float32) * (k + 1) + 10 * k for k in range(4)])
     np.testing.assert_allclose(got, expected)
     assert rows[0]["intensity"] == "rescaled"
+
+
+def test_a_broken_copy_falls_back_to_its_intact_duplicate(tmp_path, patient):
+    dx = synthetic.radiograph(tmp_path / "src" / "b_copy" / "dx.dcm", patient)
+    (tmp_path / "src" / "a_copy").mkdir()
+    data = dx.path.read_bytes()
+    (tmp_path / "src" / "a_copy" / "dx.dcm").write_bytes(data[:-2000])  # sorts first, is kept, fails
+    rows, report, _ = run(tmp_path / "src", tmp_path / "out")
+    assert len(rows) == 1
+    np.testing.assert_array_equal(cached(tmp_path / "out", rows[0]), dx.image)
+    for _ in range(2):  # the same on a re-run
+        by = {f["path"]: f for f in report["files"]}
+        assert by["b_copy/dx.dcm"]["status"] == "used"
+        assert by["a_copy/dx.dcm"]["status"] == "skipped" and "was used instead" in by["a_copy/dx.dcm"]["reason"]
+        rows, report, _ = run(tmp_path / "src", tmp_path / "out")
+        assert len(rows) == 1

@@ -88,6 +88,9 @@ def read_native(path: Path, h: dict, out: np.ndarray | None = None) -> np.ndarra
     shape = (frames, rows, cols) if frames > 1 else (rows, cols)
     arr = out.view(dtype) if out is not None else np.empty(shape, dtype=dtype)
     expected = arr.nbytes
+    if h.get("pixel_length") is not None and h["pixel_length"] < expected:
+        raise PixelDecodeError(f"broken header: PixelData holds {h['pixel_length']} bytes, "
+                               f"Rows x Columns x frames x BitsAllocated need {expected}")
     try:
         with open(path, "rb") as f:
             f.seek(h["pixel_offset"])

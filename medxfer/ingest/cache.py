@@ -12,7 +12,6 @@ DICOM itself; ``compress=True`` writes ``.nii.gz``.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,8 +70,11 @@ def item_key(plan: ItemPlan, fingerprints: dict[str, tuple[int, int]], opts: Dec
     relevant = {"compress": opts.compress,
                 "color": opts.color if colour else None,
                 "voi": opts.voi if h.get("modality") in PROJECTION_MODALITIES else None}
-    payload = [CACHE_VERSION, plan.kind, plan.files, [fingerprints[p] for p in plan.files], plan.frame_order, relevant]
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    digest = hashlib.sha256(f"{CACHE_VERSION}|{plan.kind}|{plan.frame_order}|{sorted(relevant.items())}".encode())
+    for p in plan.files:  # a plain stream, not json: this runs for every item on every re-run
+        size, mtime = fingerprints[p]
+        digest.update(f"\x00{p}\x00{size}\x00{mtime}".encode())
+    return digest.hexdigest()
 
 
 def image_path(item_id: str, opts: DecodeOptions) -> str:

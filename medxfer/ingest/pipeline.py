@@ -143,7 +143,7 @@ def ingest(
     with warnings.catch_warnings(), _pool(workers, secret) as pool:
         _quiet()
         t_walk = time.perf_counter()
-        records = _header_pass(src, rels, index, pseudo, pool, progress)
+        records, reread = _header_pass(src, rels, index, pseudo, pool, progress)
         t_headers = time.perf_counter()
         grouping = group_records(list(records.values()))
         results, keys, decoded = _pixel_pass(src, out, grouping, records, index, options, pool, progress, pseudo)
@@ -179,14 +179,17 @@ def ingest(
         "options": {**asdict(options), "workers": workers, "labels_key": key, "modality": modality},
     }
     _atomic_json(report, report_doc)
-    _save_index(out, pseudo, records, results, keys)
+    if decoded or reread or set(keys) != set(index.get("items", {})) or len(records) != len(index.get("files", {})):
+        _save_index(out, pseudo, records, results, keys)  # an unchanged re-run leaves the index as it is
     _prune(out, {r["image"] for r in items_rows})
     result = IngestResult(out, manifest, report, counts, seconds, report_warnings)
     log.info(result.summary())
     return result
 
 
-def _header_pass(src: Path, rels: list[str], index: dict, pseudo: Pseudonymizer, pool, progress: bool) -> dict[str, FileRecord]:
+def _header_pass(src: Path, rels: list[str], index: dict, pseudo: Pseudonymizer, pool, progress: bool) -> tuple[dict[str, FileRecord], int]:
+    """Header records for every file: from the index when size and mtime are unchanged, else read.
+    Returns the records and how many files were (re-)read."""
     records: dict[str, FileRecord] = {}
     todo = []
     known = index.get("files", {})
@@ -215,7 +218,7 @@ def _header_pass(src: Path, rels: list[str], index: dict, pseudo: Pseudonymizer,
                 records[rec.path] = rec
             bar.update(chunk)
     bar.close()
-    return records
+    return records, len(todo)
 
 
 def _pixel_pass(src: Path, out: Path, grouping: Grouping, records: dict[str, FileRecord], index: dict,

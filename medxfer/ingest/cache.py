@@ -66,7 +66,7 @@ def item_key(plan: ItemPlan, fingerprints: dict[str, tuple[int, int]], opts: Dec
     """Changes whenever a member file, the stacking or a decode option *that applies to it* changes
     (``--color`` only for colour items, ``--voi`` only for projection X-ray)."""
     h = plan.header
-    colour = plan.kind == "raster" or h.get("spp", 1) > 1 or str(h.get("photometric", "")).startswith(("RGB", "YBR", "PALETTE"))
+    colour = plan.kind == "raster" or pixels.is_colour(h)
     relevant = {"compress": opts.compress,
                 "color": opts.color if colour else None,
                 "voi": opts.voi if h.get("modality") in PROJECTION_MODALITIES else None}
@@ -104,9 +104,7 @@ def build_item(plan: ItemPlan, src: Path, out: Path, opts: DecodeOptions, header
         return res
     if arr is None:
         return res
-    if max(arr.shape) > NIFTI1_MAX_DIM:
-        res.failed.update({p: f"image too large for NIfTI-1: a dimension of {max(arr.shape)} exceeds {NIFTI1_MAX_DIM} "
-                              "(whole-slide or very long cine images are not supported)" for p in plan.files})
+    if _too_large(arr.shape, plan, res):
         return res
     try:
         _write_nifti(arr, affine, out / image_path(plan.item_id, opts))
@@ -120,6 +118,15 @@ def build_item(plan: ItemPlan, src: Path, out: Path, opts: DecodeOptions, header
 
 NIFTI1_MAX_DIM = 32767  # dims are int16 in the NIfTI-1 header
 NIFTI_DATA_OFFSET = 352  # 348-byte header + 4-byte extension flag (no extensions)
+
+
+def _too_large(shape: tuple[int, ...], plan: ItemPlan, res: ItemResult) -> bool:
+    """NIfTI-1 stores dimensions as int16: a larger item is reported per file, not written."""
+    if max(shape) <= NIFTI1_MAX_DIM:
+        return False
+    res.failed.update({p: f"image too large for NIfTI-1: a dimension of {max(shape)} exceeds {NIFTI1_MAX_DIM} "
+                          "(whole-slide or very long cine images are not supported)" for p in plan.files})
+    return True
 
 
 def _nifti_header(shape: tuple[int, ...], dtype: np.dtype, affine: np.ndarray) -> nib.Nifti1Header:
@@ -245,8 +252,7 @@ def _stream_volume(plan: ItemPlan, src: Path, out: Path, res: ItemResult, header
     hs = [headers[f] for f in plan.files]
     p = pixels.plan_presentation(hs)
     rows, cols = h0["rows"], h0["cols"]
-    if max(rows, cols, len(plan.files)) > NIFTI1_MAX_DIM:
-        res.failed.update({f: f"image too large for NIfTI-1 (a dimension exceeds {NIFTI1_MAX_DIM})" for f in plan.files})
+    if _too_large((cols, rows, len(plan.files)), plan, res):
         return
     path = out / image_path(plan.item_id, DecodeOptions())
     path.parent.mkdir(parents=True, exist_ok=True)

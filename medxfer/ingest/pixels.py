@@ -48,6 +48,11 @@ def stored_range(h: dict) -> tuple[int, int]:
     return 0, (1 << bits) - 1
 
 
+def is_colour(h: dict) -> bool:
+    """RGB, YBR or palette pixel data (decoded to RGB; no rescale, no MONOCHROME1 inversion)."""
+    return h.get("spp", 1) > 1 or str(h.get("photometric", "")).startswith(("RGB", "YBR", "PALETTE"))
+
+
 def plan_presentation(headers: list[dict]) -> Presentation:
     """Pick output dtype and rescale for an item whose slices have these headers."""
     h0 = headers[0]
@@ -58,7 +63,7 @@ def plan_presentation(headers: list[dict]) -> Presentation:
     intercept = next(iter(intercepts)) if len(intercepts) == 1 else None
     s_lo, s_hi = stored_range(h0)
     invert = h0["photometric"] == "MONOCHROME1"
-    if h0["spp"] > 1 or h0["photometric"].startswith(("RGB", "YBR", "PALETTE")):
+    if is_colour(h0):
         return Presentation(np.dtype(np.uint8 if h0["bits_allocated"] <= 8 else np.uint16), 1.0, 0.0, False, False, 0, 0)
     if slope is None or intercept is None:  # per-slice rescale differs (e.g. PET): float per slice
         lo = min(s_lo * s + i for s in slopes for i in intercepts)

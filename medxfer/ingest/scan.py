@@ -464,7 +464,8 @@ def _summarize(fh: FastHeader, pseudo: Pseudonymizer, ts: UID, pixel_pos: int, p
     }
     h["spacing"], h["spacing_source"] = _pixel_spacing(fh)
     h["view"] = _code_string(_view(fh))
-    h["laterality"] = _laterality(fh) if _laterality(fh) in ("L", "R", "B", "U") else ""
+    laterality = _laterality(fh)
+    h["laterality"] = laterality if laterality in ("L", "R", "B", "U") else ""
     h["modality"] = _code_string(h["modality"])
     h["body_part"] = _code_string(h["body_part"])
     if frames > 1 and "PerFrameFunctionalGroupsSequence" in fh:

@@ -22,7 +22,7 @@ import numpy as np
 from .scan import PROJECTION_MODALITIES, FileRecord
 
 VOLUME_MODALITIES = {"CT", "MR", "PT", "NM"}
-ORIENTATION_DECIMALS = 3  # multi-frame orientation comparison
+ORIENTATION_TOLERANCE = 1e-3  # direction-cosine difference (~0.06°) under which slices/frames count as parallel
 
 
 @dataclass
@@ -103,9 +103,6 @@ def _number_series_parts(items: list[ItemPlan]) -> None:
         members.sort(key=lambda it: (it.kind != "volume", -len(it.files), it.files[0]))
         for k, it in enumerate(members, 1):
             it.series_part = f"{k}/{len(members)}"
-
-
-ORIENTATION_TOLERANCE = 1e-3  # direction-cosine difference (~0.06°) under which slices count as parallel
 
 
 def _stack_key(h: dict) -> tuple:
@@ -193,7 +190,7 @@ def _multiframe_item(r: FileRecord) -> ItemPlan:
     h = r.header
     frame_ipp = h.get("frame_ipp")
     frame_iop = h.get("frame_iop")
-    if frame_ipp and frame_iop and len({tuple(np.round(o, ORIENTATION_DECIMALS)) for o in frame_iop}) == 1 \
+    if frame_ipp and frame_iop and np.max(np.abs(np.asarray(frame_iop, float) - np.asarray(frame_iop[0], float))) < ORIENTATION_TOLERANCE \
             and h["modality"] not in PROJECTION_MODALITIES and h["modality"] != "US":
         normal = _normal(frame_iop[0])
         dist = np.array([np.dot(np.asarray(p), normal) for p in frame_ipp])

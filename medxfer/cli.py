@@ -88,5 +88,98 @@ def split(dir, folds, stratify, seed):
     click.echo(f"split: {summary['patients']} patients, {summary['items']} items into {folds} folds (items per fold {sizes})", err=True)
 
 
+@main.group()
+def weights() -> None:
+    """Pretrained weights: import files you supply into the local registry, list them.
+
+    Nothing is downloaded: ImageNet, RadImageNet or your own weights are files you import once
+    (sha256 recorded and checked at every load). Weights sources for training are then
+    `scratch`, an imported NAME, `file:PATH` or `run:<mlflow run id>`.
+    """
+
+
+@weights.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--name", required=True, help="Source name, e.g. imagenet or radimagenet (one name serves several archs).")
+@click.option("--arch", required=True, help="Encoder architecture (`medxfer weights archs` lists them).")
+@click.option("--format", "fmt", type=click.Choice(["auto", "torchvision", "keras-h5", "radimagenet-pt", "medxfer"]),
+              default="auto", show_default=True, help="File format (auto: HDF5 is Keras, else by the keys).")
+@click.option("--preprocessing", type=click.Choice(["imagenet", "caffe", "caffe-keras", "tf", "scratch"]), default=None,
+              help="Input preprocessing the weights expect (default: what the format and arch imply).")
+@click.option("--sha256", "expected_sha256", default=None, help="Expected sha256 of FILE (e.g. the published one).")
+@click.option("--note", default="", help="Free-text provenance (where the file came from).")
+@click.option("--replace", is_flag=True, help="Replace an existing NAME/ARCH entry.")
+def weights_import(file, name, arch, fmt, preprocessing, expected_sha256, note, replace):
+    """Convert FILE once into the registry ($MEDXFER_HOME/weights/NAME/ARCH.pt + .json).
+
+    \b
+    Example:
+      medxfer weights import RadImageNet-ResNet50_notop.h5 --name radimagenet --arch resnet50_keras
+      medxfer weights import resnet50-0676ba61.pth --name imagenet --arch resnet50
+      medxfer weights import mobilenet_2_5_224_tf_no_top.h5 --name imagenet --arch mobilenet_v1_025
+    """
+    from .models import WeightsError, import_weights
+
+    try:
+        record = import_weights(file, name, arch, fmt=fmt, preprocessing=preprocessing,
+                                expected_sha256=expected_sha256, note=note, replace=replace)
+    except (WeightsError, ValueError) as exc:
+        _fail(str(exc))
+    prep = record.preprocessing
+    click.echo(f"imported {record.name} for {record.arch} ({record.format}, {record.source_file})\n"
+               f"  sha256 source    {record.source_sha256}\n  sha256 converted {record.sha256}\n"
+               f"  preprocessing    {prep['mode']}: {prep['note']} "
+               f"[{record.provenance.get('preprocessing_reason', '')}]")
+    skipped = record.provenance.get("skipped_head")
+    if skipped:
+        click.echo(f"  head left out    {', '.join(skipped)}")
+
+
+@weights.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the full records as JSON.")
+def weights_list(as_json):
+    """List imported weights: name, arch, format, preprocessing, sha256.
+
+    \b
+    Example:
+      medxfer weights list
+    """
+    import json
+
+    from .models import WeightsError, list_weights
+
+    try:
+        records = list_weights()
+    except WeightsError as exc:
+        _fail(str(exc))
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in records], indent=2))
+        return
+    if not records:
+        click.echo("no weights imported yet (medxfer weights import FILE --name NAME --arch ARCH); "
+                   "sources always available: scratch, file:PATH, run:RUN_ID")
+        return
+    rows = [("NAME", "ARCH", "FORMAT", "PREPROCESSING", "SHA256", "SOURCE FILE")]
+    rows += [(r.name, r.arch, r.format, r.preprocessing.get("mode", ""), r.sha256[:12], r.source_file)
+             for r in records]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+@weights.command("archs")
+def weights_archs():
+    """List encoder architectures and which weight files fit each.
+
+    \b
+    Example:
+      medxfer weights archs
+    """
+    from .models import ARCHS
+
+    for spec in ARCHS.values():
+        click.echo(f"{spec.name:18s} {spec.layout:12s} {spec.description}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -18,8 +18,9 @@ SECRET_BYTES = 32
 
 def default_secret_file() -> Path:
     """``$MEDXFER_HOME/secret`` (default ``~/.medxfer/secret``)."""
-    home = Path(os.environ.get("MEDXFER_HOME", Path.home() / ".medxfer"))
-    return home / "secret"
+    from ..home import medxfer_home
+
+    return medxfer_home() / "secret"
 
 
 def load_secret(path: str | os.PathLike | None = None, *, create: bool = True) -> bytes:

@@ -1,0 +1,21 @@
+"""Encoders with swappable pretrained weights (``create_encoder``), their classifier and UNet.
+
+>>> enc = create_encoder("resnet50", weights="imagenet", in_channels=1)   # doctest: +SKIP
+>>> clf = create_classifier("densenet121", weights="radimagenet", num_classes=2, freeze="top:10")  # doctest: +SKIP
+"""
+from .classifier import Classifier, create_classifier
+from .encoders import ARCHS, ArchSpec, Encoder, arch_spec, build_encoder, flexunet_name
+from .factory import create_encoder, weights_params
+from .freeze import FreezeSummary, apply_freeze, parameter_groups, parse_policy
+from .preprocessing import PRESETS, Preprocessing, preset
+from .segmenter import create_segmenter
+from .weights import (CHECKPOINT_ARTIFACT, FORMATS, WeightsError, WeightsRecord, adapt_stem, convert_weights,
+                      import_weights, list_weights, load_strict, resolve_weights, save_checkpoint)
+
+__all__ = [
+    "ARCHS", "ArchSpec", "CHECKPOINT_ARTIFACT", "Classifier", "Encoder", "FORMATS", "FreezeSummary", "PRESETS",
+    "Preprocessing", "WeightsError", "WeightsRecord", "adapt_stem", "apply_freeze", "arch_spec", "build_encoder",
+    "convert_weights", "create_classifier", "create_encoder", "create_segmenter", "flexunet_name", "import_weights",
+    "list_weights", "load_strict", "parameter_groups", "parse_policy", "preset", "resolve_weights", "save_checkpoint",
+    "weights_params",
+]

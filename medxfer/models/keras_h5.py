@@ -1,0 +1,262 @@
+"""Keras ``.h5`` weights → PyTorch state dicts for the Keras-layout encoders.
+
+Read with ``h5py`` only (no TensorFlow/Keras at run time). Layouts users have:
+
+- TF-Keras 2 ``model.save("x.h5")``: ``model_weights/<layer>/<layer>/kernel:0`` with a
+  ``weight_names`` attribute per layer group (the published RadImageNet ``*_notop.h5``);
+- TF-Keras 2 / Keras 1–2 ``model.save_weights("x.h5")``: the same layer groups at the root
+  (the keras-applications ImageNet files such as ``mobilenet_2_5_224_tf_no_top.h5``);
+- Keras 3 legacy ``model.save("x.h5")``: ``model_weights/<layer>/<layer>/kernel`` (no ``:0``).
+
+Keras 3 native ``.weights.h5`` files are refused with a message: they name layers by class and
+graph position (``conv2d_17``), not by layer name.
+
+Layer names are normalised (``conv1/conv`` in TF-Keras DenseNet is ``conv1_conv`` in Keras 3).
+Kernels are transposed to PyTorch order; the stem keeps the source's input-channel order (BGR
+for caffe-mode weights: the preprocessing record flips the image instead).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+
+class KerasImportError(ValueError):
+    """A Keras file that cannot become the requested encoder (message names file and reason)."""
+
+
+@dataclass
+class KerasWeights:
+    """Weights of a Keras model, by normalised layer name, in file order."""
+
+    layers: dict[str, list[tuple[str | None, np.ndarray]]]
+    layout: str
+    keras_version: str | None = None
+    backend: str | None = None
+    model_config: str | None = None
+
+
+def _attr_str(value) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def normalise_layer_name(name: str) -> str:
+    """``conv1/conv`` → ``conv1_conv`` (TF-Keras 2 DenseNet names vs Keras 3)."""
+    return name.replace("/", "_")
+
+
+def read_keras_h5(path: str | Path) -> KerasWeights:
+    """All weights of a Keras ``.h5`` file, without Keras; raises :class:`KerasImportError`."""
+    import h5py  # imported here: only Keras imports need it
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise KerasImportError(f"{path}: not a readable HDF5 file ({exc})") from None
+    with f:
+        version, backend = _attr_str(f.attrs.get("keras_version")), _attr_str(f.attrs.get("backend"))
+        config = _attr_str(f.attrs.get("model_config"))
+        try:
+            if "layer_names" in f.attrs or "model_weights" in f:
+                root = f["model_weights"] if "model_weights" in f else f
+                layout = ("keras3-legacy-h5" if version and version.startswith("3") else "tf-keras-model") \
+                    if "model_weights" in f else "tf-keras-weights"
+                version = version or _attr_str(root.attrs.get("keras_version"))
+                backend = backend or _attr_str(root.attrs.get("backend"))
+                layers = {}
+                for raw in root.attrs["layer_names"]:
+                    name = _attr_str(raw)
+                    group = root[name]
+                    names = [_attr_str(w) for w in group.attrs.get("weight_names", [])]
+                    if not names:
+                        continue
+                    values = []
+                    for wname in names:
+                        kind = wname.rsplit("/", 1)[-1].split(":")[0]
+                        values.append((kind, np.asarray(group[wname])))
+                    layers[normalise_layer_name(name)] = values
+            elif "layers" in f and "vars" in f:
+                # Keras 3 native .weights.h5 names layers by class and graph position
+                # ("conv2d_17"), not by layer name: mapping them would rest on Keras's internal
+                # topological order, so refuse with the way out instead of guessing.
+                raise KerasImportError(
+                    f"{path}: a Keras 3 native .weights.h5 file, which stores layers by class and position "
+                    "rather than by name; re-save the model in Keras as legacy HDF5 (model.save('model.h5')) "
+                    "and import that")
+            else:
+                raise KerasImportError(f"{path}: HDF5 file without Keras weights (no layer_names, "
+                                       "model_weights or layers group)")
+        except KerasImportError:
+            raise
+        except (KeyError, OSError, ValueError) as exc:
+            raise KerasImportError(f"{path}: damaged Keras file ({exc})") from None
+    if not layers:
+        raise KerasImportError(f"{path}: the Keras file holds no weights")
+    return KerasWeights(layers=layers, layout=layout, keras_version=version, backend=backend, model_config=config)
+
+
+# ----------------------------------------------------------------------------- layer maps
+# keras layer name → (PyTorch module prefix, kind); kind is "conv", "dwconv" or "bn".
+
+def _resnet50_keras_map() -> dict[str, tuple[str, str]]:
+    m = {"conv1_conv": ("conv1", "conv"), "conv1_bn": ("bn1", "bn")}
+    for stage, count in zip(range(2, 6), (3, 4, 6, 3)):
+        for b in range(1, count + 1):
+            prefix, torch_prefix = f"conv{stage}_block{b}", f"layer{stage - 1}.{b - 1}"
+            for i in (1, 2, 3):
+                m[f"{prefix}_{i}_conv"] = (f"{torch_prefix}.conv{i}", "conv")
+                m[f"{prefix}_{i}_bn"] = (f"{torch_prefix}.bn{i}", "bn")
+            if b == 1:
+                m[f"{prefix}_0_conv"] = (f"{torch_prefix}.downsample.0", "conv")
+                m[f"{prefix}_0_bn"] = (f"{torch_prefix}.downsample.1", "bn")
+    return m
+
+
+def _densenet121_map() -> dict[str, tuple[str, str]]:
+    m = {"conv1_conv": ("features.conv0", "conv"), "conv1_bn": ("features.norm0", "bn"), "bn": ("features.norm5", "bn")}
+    for stage, count in zip(range(2, 6), (6, 12, 24, 16)):
+        for i in range(1, count + 1):
+            k, t = f"conv{stage}_block{i}", f"features.denseblock{stage - 1}.denselayer{i}.layers"
+            m[f"{k}_0_bn"] = (f"{t}.norm1", "bn")
+            m[f"{k}_1_conv"] = (f"{t}.conv1", "conv")
+            m[f"{k}_1_bn"] = (f"{t}.norm2", "bn")
+            m[f"{k}_2_conv"] = (f"{t}.conv2", "conv")
+        if stage < 5:
+            m[f"pool{stage}_bn"] = (f"features.transition{stage - 1}.norm", "bn")
+            m[f"pool{stage}_conv"] = (f"features.transition{stage - 1}.conv", "conv")
+    return m
+
+
+def _mobilenet_v1_map() -> dict[str, tuple[str, str]]:
+    m = {"conv1": ("conv1", "conv"), "conv1_bn": ("conv1_bn", "bn")}
+    for i in range(1, 14):
+        m[f"conv_dw_{i}"] = (f"layers.{i - 1}.dw", "dwconv")
+        m[f"conv_dw_{i}_bn"] = (f"layers.{i - 1}.dw_bn", "bn")
+        m[f"conv_pw_{i}"] = (f"layers.{i - 1}.pw", "conv")
+        m[f"conv_pw_{i}_bn"] = (f"layers.{i - 1}.pw_bn", "bn")
+    return m
+
+
+KERAS_ARCH_MAPS = {
+    "resnet50_keras": _resnet50_keras_map,
+    "densenet121": _densenet121_map,
+    **{f"mobilenet_v1_{a}": _mobilenet_v1_map for a in ("025", "050", "075", "100")},
+}
+
+# Keras BatchNormalization epsilon each network was trained with.
+KERAS_BN_EPS = {"resnet50_keras": 1.001e-5, "densenet121": 1.001e-5,
+                **{f"mobilenet_v1_{a}": 1e-3 for a in ("025", "050", "075", "100")}}
+
+_HEAD_LAYER = re.compile(r"^(predictions|fc\d*|dense(_\d+)?|logits|conv_preds|classifier.*)$")
+
+
+def detect_keras_arch(weights: KerasWeights) -> str | None:
+    """Best guess of the medxfer arch a Keras file holds (for error messages and ``--arch`` checks)."""
+    names = set(weights.layers)
+    if {"conv2_block1_0_conv", "conv5_block3_3_conv"} <= names:
+        return "resnet50_keras"
+    if {"res2a_branch2a", "res5c_branch2c"} <= names:
+        # Keras <= 2.2 ResNet50: BatchNorm eps 1e-3 and, in early versions, an unpadded max-pool —
+        # a different network from keras.applications >= 2.3; not supported rather than guessed.
+        return "Keras <= 2.2 ResNet50 (res2a_branch2a names; not supported: re-save it from keras >= 2.3)"
+    if "pool2_conv" in names and "conv2_block1_0_bn" in names:
+        blocks4 = sum(1 for n in names if re.fullmatch(r"conv4_block\d+_1_conv", n))
+        return "densenet121" if blocks4 == 24 else f"densenet (conv4 has {blocks4} layers, not DenseNet121)"
+    if "conv_dw_1" in names and "conv1" in names:
+        stem = weights.layers["conv1"][0][1]
+        alpha = {8: "025", 16: "050", 24: "075", 32: "100"}.get(stem.shape[-1])
+        return f"mobilenet_v1_{alpha}" if alpha else f"mobilenet_v1 (stem width {stem.shape[-1]})"
+    return None
+
+
+def _named(values: list[tuple[str | None, np.ndarray]], layer: str) -> dict[str, np.ndarray]:
+    if all(name is not None for name, _ in values):
+        out = {}
+        for name, arr in values:
+            out["kernel" if name == "depthwise_kernel" else name] = arr
+        return out
+    raise KerasImportError(f"layer {layer}: weights without names")
+
+
+def _convert_layer(prefix: str, kind: str, values, layer: str) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    if kind == "bn":
+        named = _named(values, layer)
+        if "moving_mean" not in named or "moving_variance" not in named:
+            raise KerasImportError(f"layer {layer}: BatchNormalization without moving statistics")
+        size = named["moving_mean"].shape[0]
+        out[f"{prefix}.weight"] = torch.from_numpy(np.array(named.get("gamma", np.ones(size)), dtype=np.float32))
+        out[f"{prefix}.bias"] = torch.from_numpy(np.array(named.get("beta", np.zeros(size)), dtype=np.float32))
+        out[f"{prefix}.running_mean"] = torch.from_numpy(np.array(named["moving_mean"], dtype=np.float32))
+        out[f"{prefix}.running_var"] = torch.from_numpy(np.array(named["moving_variance"], dtype=np.float32))
+        return out
+    named = _named(values, layer)
+    kernel = np.asarray(named["kernel"], dtype=np.float32)
+    if kernel.ndim != 4:
+        raise KerasImportError(f"layer {layer}: kernel of shape {kernel.shape} is not a 2D convolution")
+    if kind == "dwconv":  # (kh, kw, in, multiplier) → (in * multiplier, 1, kh, kw)
+        kh, kw, cin, mult = kernel.shape
+        weight = kernel.transpose(2, 3, 0, 1).reshape(cin * mult, 1, kh, kw)
+    else:  # (kh, kw, in, out) → (out, in, kh, kw)
+        weight = kernel.transpose(3, 2, 0, 1)
+    out[f"{prefix}.weight"] = torch.from_numpy(np.ascontiguousarray(weight))
+    if "bias" in named:
+        out[f"{prefix}.bias"] = torch.from_numpy(np.array(named["bias"], dtype=np.float32))
+    return out
+
+
+@dataclass
+class KerasConversion:
+    """A converted state dict and what the conversion decided."""
+
+    state_dict: dict[str, torch.Tensor]
+    skipped_layers: list[str] = field(default_factory=list)
+    layout: str = ""
+    keras_version: str | None = None
+    bn_eps: float | None = None
+
+
+def keras_to_state_dict(weights: KerasWeights, arch: str, path: str | Path = "") -> KerasConversion:
+    """Convert for ``arch``; every weighted layer must map (classifier heads are skipped and listed)."""
+    detected = detect_keras_arch(weights)
+    map_fn = KERAS_ARCH_MAPS.get(arch)
+    if map_fn is None:
+        hint = f" — it looks like {detected}: use --arch {detected}" if detected and detected in KERAS_ARCH_MAPS else ""
+        if arch == "resnet50":
+            hint = (" — Keras ResNet50 is v1 (stride in the first 1x1 conv, conv biases); it loads into "
+                    "--arch resnet50_keras, never into the torchvision layout")
+        raise KerasImportError(f"{path}: Keras .h5 weights cannot load into {arch!r}; Keras-layout encoders: "
+                               f"{', '.join(KERAS_ARCH_MAPS)}{hint}")
+    layer_map = map_fn()
+    unmapped = [n for n in weights.layers if n not in layer_map]
+    heads = [n for n in unmapped if _HEAD_LAYER.match(n)]
+    foreign = [n for n in unmapped if n not in heads]
+    missing = [n for n in layer_map if n not in weights.layers]
+    if foreign or missing:
+        guess = f"; the file looks like {detected}" if detected and detected != arch else ""
+        raise KerasImportError(
+            f"{path}: not a Keras {arch}{guess}: " + "; ".join(
+                part for part in (_listing("layers missing from the file", missing),
+                                  _listing("layers the encoder does not have", foreign)) if part))
+    state: dict[str, torch.Tensor] = {}
+    for name, (prefix, kind) in layer_map.items():
+        try:
+            state.update(_convert_layer(prefix, kind, weights.layers[name], name))
+        except KerasImportError as exc:
+            raise KerasImportError(f"{path}: {exc}") from None
+    return KerasConversion(state_dict=state, skipped_layers=heads, layout=weights.layout,
+                           keras_version=weights.keras_version, bn_eps=KERAS_BN_EPS.get(arch))
+
+
+def _listing(label: str, names: list[str], limit: int = 8) -> str:
+    if not names:
+        return ""
+    more = f" … and {len(names) - limit} more" if len(names) > limit else ""
+    return f"{label} ({len(names)}): {', '.join(names[:limit])}{more}"

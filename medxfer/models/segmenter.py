@@ -1,0 +1,31 @@
+"""UNet segmentation: MONAI ``FlexibleUNet`` over a registry encoder with a weights source."""
+from __future__ import annotations
+
+import os
+
+from monai.networks.nets import FlexibleUNet
+
+from .encoders import flexunet_name
+from .factory import create_encoder
+from .freeze import apply_freeze
+
+
+def create_segmenter(arch: str, weights: str = "scratch", in_channels: int = 1, out_channels: int = 2,
+                     freeze: str = "none", decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16),
+                     home: str | os.PathLike | None = None) -> FlexibleUNet:
+    """``FlexibleUNet(backbone="medxfer-<arch>")`` with the encoder's weights loaded strictly.
+
+    The input's height and width must be multiples of 32. The network carries the encoder's
+    ``weights_record``, ``preprocessing`` and ``freeze_summary``.
+    """
+    net = FlexibleUNet(in_channels=in_channels, out_channels=out_channels, backbone=flexunet_name(arch),
+                       pretrained=False, decoder_channels=decoder_channels, spatial_dims=2)
+    loaded = create_encoder(arch, weights, in_channels, home)
+    net.encoder.load_state_dict(loaded.state_dict())
+    if loaded.weights_record.arch_options.get("bn_eps") is not None:
+        net.encoder.set_bn_eps(float(loaded.weights_record.arch_options["bn_eps"]))
+    for attr in ("weights_record", "preprocessing", "stem_adaptation"):
+        setattr(net.encoder, attr, getattr(loaded, attr))
+        setattr(net, attr, getattr(loaded, attr))
+    net.freeze_summary = apply_freeze(net.encoder, freeze)
+    return net

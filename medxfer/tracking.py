@@ -1,0 +1,45 @@
+"""MLflow store location and small helpers shared by training, studies and weight sources.
+
+Default store: ``sqlite:///mlruns/mlflow.db`` with artifacts under ``mlruns/artifacts``
+(relative to the working directory); ``MLFLOW_TRACKING_URI`` overrides (a remote server works
+unchanged).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+DEFAULT_ARTIFACT_ROOT = "mlruns/artifacts"
+
+
+def tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI`` or the project default; creates ``mlruns/`` for the default."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri == DEFAULT_TRACKING_URI:
+        Path("mlruns").mkdir(exist_ok=True)
+    return uri
+
+
+class RunNotFound(ValueError):
+    """An MLflow run id that the store does not hold, or a run without the artifact asked for."""
+
+
+def download_run_artifact(run_id: str, artifact_path: str, dst: str | os.PathLike | None = None) -> Path:
+    """Download one artifact of ``run_id`` from the tracking store; a clear error if absent."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri())
+    try:
+        client.get_run(run_id)
+    except MlflowException as exc:
+        # the tracking URI is not repeated: a server URI can carry credentials
+        raise RunNotFound(f"run:{run_id}: no such MLflow run in the tracking store "
+                          f"({exc.message.splitlines()[0]})") from None
+    dst = Path(dst) if dst else Path(tempfile.mkdtemp(prefix="medxfer-run-"))
+    try:
+        return Path(client.download_artifacts(run_id, artifact_path, str(dst)))
+    except (MlflowException, OSError) as exc:
+        raise RunNotFound(f"run:{run_id}: the run has no artifact {artifact_path!r} ({str(exc).splitlines()[0]})") from None

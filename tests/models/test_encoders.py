@@ -1,0 +1,81 @@
+"""Encoder registry: feature-map contract, FlexibleUNet with every encoder × channels × source."""
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
+
+from medxfer.models import (ARCHS, build_encoder, create_classifier, create_encoder, create_segmenter, flexunet_name,
+                            import_weights, save_checkpoint)
+from medxfer.models.preprocessing import SCRATCH
+
+from .conftest import log_checkpoint_run
+
+SOURCES = ("scratch", "NAME", "file", "run")
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_encoder_returns_five_maps_at_strides_2_to_32(arch):
+    encoder = build_encoder(arch).eval()
+    with torch.no_grad():
+        features = encoder(torch.zeros(1, 3, 64, 96))
+    assert [tuple(f.shape[2:]) for f in features] == [(64 // s, 96 // s) for s in (2, 4, 8, 16, 32)]
+    assert tuple(f.shape[1] for f in features) == encoder.feature_channels
+    assert flexunet_name(arch) in FLEXUNET_BACKBONE.register_dict
+
+
+@pytest.fixture(scope="module")
+def weight_sources(tmp_path_factory):
+    """For every arch: a medxfer checkpoint file (distinct random weights), the same file imported
+    under a NAME, and logged to an MLflow run — the four sources a segmenter can start from."""
+    import mlflow  # noqa: F401 - fail early if missing
+
+    root = tmp_path_factory.mktemp("sources")
+    home = root / "home"
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    out = {}
+    for i, arch in enumerate(ARCHS):
+        torch.manual_seed(100 + i)
+        encoder = build_encoder(arch)
+        ckpt = save_checkpoint(root / arch / "medxfer_checkpoint.pt", encoder, SCRATCH)
+        import_weights(ckpt, "selfpre", arch, home=home)
+        out[arch] = {"state": encoder.state_dict(), "file": ckpt, "run": log_checkpoint_run(uri, ckpt, root)}
+    return {"home": home, "uri": uri, "arch": out}
+
+
+@pytest.mark.parametrize("source", SOURCES)
+@pytest.mark.parametrize("in_channels", [1, 3])
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_flexible_unet_trains_with_every_encoder_channels_and_source(arch, in_channels, source, weight_sources,
+                                                                     monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", weight_sources["uri"])
+    info = weight_sources["arch"][arch]
+    weights = {"scratch": "scratch", "NAME": "selfpre", "file": f"file:{info['file']}",
+               "run": f"run:{info['run']}"}[source]
+    net = create_segmenter(arch, weights, in_channels=in_channels, out_channels=3, home=weight_sources["home"])
+    if source != "scratch":  # the encoder holds the source's weights (stem adapted for 1 channel)
+        deep = [k for k in info["state"] if k.endswith("weight") and info["state"][k].ndim == 4][-1]
+        assert torch.equal(net.encoder.state_dict()[deep], info["state"][deep])
+        assert net.stem_adaptation.startswith("rgb-summed" if in_channels == 1 else "as trained")
+    net.train()
+    x = torch.randn(2, in_channels, 64, 64)
+    y = net(x)
+    assert y.shape == (2, 3, 64, 64)
+    y.square().mean().backward()
+    grads = [p.grad for p in net.encoder.parameters() if p.requires_grad]
+    assert grads and all(g is not None for g in grads[:3]) and float(grads[0].abs().sum()) > 0
+
+
+def test_classifier_pools_the_deepest_map():
+    clf = create_classifier("densenet121", "scratch", num_classes=4, in_channels=1, dropout=0.2).eval()
+    assert clf.head.in_features == ARCHS["densenet121"].feature_channels[-1]
+    with torch.no_grad():
+        assert clf(torch.randn(3, 1, 64, 64)).shape == (3, 4)
+        assert clf.features(torch.randn(3, 1, 64, 64)).shape == (3, 1024)
+
+
+def test_encoders_never_download():
+    with pytest.raises(ValueError, match="never downloads"):
+        ARCHS["resnet18"].builder(arch="resnet18", pretrained=True)
+    enc = create_encoder("resnet18")
+    assert enc.weights_record.name == "scratch" and enc.preprocessing.mode == "scratch"

@@ -181,5 +181,123 @@ def weights_archs():
         click.echo(f"{spec.name:18s} {spec.layout:12s} {spec.description}")
 
 
+def _extra_overrides(args: list[str]) -> dict:
+    """``--key value`` / ``--key=value`` pairs after the known options → bundle overrides."""
+    from .engine import parse_override
+
+    overrides, i = {}, 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) < 3:
+            _fail(f"unexpected argument {arg!r}: bundle overrides are --key value")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args):
+                _fail(f"override --{key} needs a value")
+            value, i = args[i + 1], i + 1
+        overrides[key.replace("-", "_") if key not in ("bundle_root",) else key] = parse_override(value)
+        i += 1
+    return overrides
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The first medxfer error in an exception chain (MONAI wraps config errors in RuntimeError)."""
+    seen = exc
+    while seen is not None:
+        if type(seen).__module__.startswith("medxfer") or isinstance(seen, FileNotFoundError):
+            return seen
+        if seen.__cause__ is None and seen.__context__ is None:
+            return seen  # the innermost error says more than MONAI's "Failed to evaluate"
+        seen = seen.__cause__ or seen.__context__
+    return exc
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("bundle")
+@click.option("--manifest", required=True, type=click.Path(dir_okay=False, path_type=str),
+              help="DIR/manifest.csv from medxfer ingest + medxfer split.")
+@click.option("--label", required=True, help="Label column (classification) or mask column (segmentation).")
+@click.option("--encoder", required=True, help="Encoder architecture (medxfer weights archs).")
+@click.option("--weights", default="scratch", show_default=True,
+              help="Weights source: scratch, an imported NAME, file:PATH or run:RUN_ID.")
+@click.option("--freeze", default="none", show_default=True, help="none, all or top:K.")
+@click.option("--fold", type=int, default=0, show_default=True,
+              help="Test fold K (validation is the next fold, training the rest).")
+@click.pass_context
+def train(ctx, bundle, manifest, label, encoder, weights, freeze, fold):
+    """Train BUNDLE (classification | segmentation | a bundle folder) on one fold, tracked in MLflow.
+
+    Any other bundle setting is an override: --epochs 30 --lr 1e-4 --image_size 256
+    --batch_size 32 --in_channels 3 --modalities '["PX"]' --class_weighting true.
+
+    \b
+    Example:
+      medxfer train classification --manifest cohort/manifest.csv --label finding \\
+          --encoder resnet50_keras --weights radimagenet --freeze top:10 --fold 2 --epochs 30
+    """
+    from .engine import train_bundle
+
+    overrides = _extra_overrides(ctx.args)
+    overrides.update(manifest=manifest, label=label, encoder=encoder, weights=weights, freeze=freeze, fold=fold)
+    try:
+        result = train_bundle(bundle, **overrides)
+    except Exception as exc:  # noqa: BLE001 - one line for the user, the chain under -v
+        cause = _root_cause(exc)
+        logging.getLogger("medxfer").debug("training failed", exc_info=exc)
+        _fail(f"{type(cause).__name__}: {cause}" if not type(cause).__module__.startswith("medxfer") else str(cause))
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if k.startswith("test_"))
+    click.echo(f"run {result.run_name} ({result.run_id or 'not tracked'}): {shown}")
+    click.echo(f"outputs: {result.output_dir}; browse: medxfer ui")
+
+
+@main.command()
+@click.argument("run_id")
+@click.argument("data", type=click.Path(exists=True, path_type=str))
+@click.option("--out", default=None, type=click.Path(file_okay=False, path_type=str),
+              help="Output folder (default DATA/predictions/RUN_ID).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+def predict(run_id, data, out, batch_size):
+    """Predict with the model of MLflow run RUN_ID on DATA, a folder made by medxfer ingest.
+
+    Writes predictions.csv (item_id, p_<class>…, predicted); labels and folds are not needed.
+
+    \b
+    Example:
+      medxfer ingest new_export/ --out new_cohort
+      medxfer predict 3f2a9c… new_cohort
+    """
+    from .engine.predict import predict as run_predict
+
+    try:
+        path = run_predict(run_id, data, out, batch_size=batch_size)
+    except Exception as exc:  # noqa: BLE001
+        cause = _root_cause(exc)
+        _fail(str(cause) if type(cause).__module__.startswith("medxfer") else f"{type(cause).__name__}: {cause}")
+    click.echo(f"predictions: {path}")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind (the default keeps the UI on this machine).")
+@click.option("--port", type=int, default=5000, show_default=True)
+def ui(host, port):
+    """Start the MLflow UI on the project store (MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db).
+
+    \b
+    Example:
+      medxfer ui            # then open http://127.0.0.1:5000
+    """
+    import os
+
+    from .tracking import tracking_uri, ui_command
+
+    uri = tracking_uri()
+    if not uri.startswith(("sqlite:", "file:", "/", "mysql", "postgresql", "mssql")) and "://" in uri:
+        _fail(f"MLFLOW_TRACKING_URI points at a tracking server ({uri.split('://')[0]}://…): open its own UI")
+    cmd = ui_command(host, port)
+    click.echo(f"MLflow UI on http://{host}:{port} (store {uri})", err=True)
+    os.execv(cmd[0], cmd)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

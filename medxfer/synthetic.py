@@ -1006,3 +1006,110 @@ def _write_dicomdir(root: Path, stage: Path, kinds: dict[str, list[Path]]) -> di
     out = {kind: [where[sop_of[p]] for p in paths] for kind, paths in kinds.items()}
     out["dicomdir"] = [root / "DICOMDIR"]
     return out
+
+
+# --------------------------------------------------------------------------- a learnable dental cohort
+def _panoramic_image(rng: np.random.Generator, finding: bool, rows: int, cols: int, maxval: int) -> np.ndarray:
+    """A panoramic-like image: jaw arch of bright teeth on a soft background; ``finding`` adds a
+    supernumerary tooth (an extra, smaller bright crown) between the arches."""
+    yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float32)
+    img = 0.25 + 0.1 * np.exp(-((xx - cols / 2) ** 2) / (2 * (cols / 3) ** 2))
+    for upper in (True, False):
+        n_teeth = 14
+        for k in range(n_teeth):
+            t = (k + 0.5) / n_teeth
+            cx = cols * (0.12 + 0.76 * t) + rng.normal(0, 1.5)
+            bend = (t - 0.5) ** 2 * rows * 0.5
+            cy = rows * (0.40 if upper else 0.62) + (-bend if upper else bend) * 0.4 + rng.normal(0, 1.0)
+            rx, ry = cols * 0.022, rows * (0.09 if upper else 0.085)
+            img += 0.45 * (((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1.0)
+    if finding:
+        cx = cols * rng.uniform(0.3, 0.7)
+        cy = rows * rng.uniform(0.49, 0.53)
+        img += 0.55 * (((xx - cx) / (cols * 0.016)) ** 2 + ((yy - cy) / (rows * 0.04)) ** 2 <= 1.0)
+    img += rng.normal(0, 0.04, img.shape)
+    return np.clip(img / 1.4, 0, 1) * maxval
+
+
+def _ceph_image(rng: np.random.Generator, rows: int, cols: int, maxval: int) -> np.ndarray:
+    """A lateral-cephalogram-like image: skull outline and jaw, no finding."""
+    yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float32)
+    skull = ((xx - cols * 0.5) / (cols * 0.38)) ** 2 + ((yy - rows * 0.42) / (rows * 0.36)) ** 2
+    img = 0.2 + 0.5 * ((skull <= 1.0) & (skull >= 0.8)) + 0.15 * (skull < 0.8)
+    jaw = ((xx - cols * 0.55) / (cols * 0.25)) ** 2 + ((yy - rows * 0.8) / (rows * 0.12)) ** 2
+    img += 0.35 * ((jaw <= 1.0) & (jaw >= 0.6))
+    img += rng.normal(0, 0.04, img.shape)
+    return np.clip(img, 0, 1) * maxval
+
+
+def write_dental_export(root: PathLike, *, n_patients: int = 24, rows: int = 96, cols: int = 192,
+                        ceph: bool = True, rng: np.random.Generator | None = None,
+                        labels_csv: PathLike | None = None) -> ExportInfo:
+    """A dental PACS export: per patient one panoramic (PX, RLE or J2K lossless) and, with ``ceph``,
+    one lateral cephalogram (DX). Half the patients (alternating) have a supernumerary tooth, a
+    finding a small CNN learns in a few epochs. Headers carry realistic fake identifiers.
+
+    ``labels_csv``: ``PatientID,supernumerary`` (1/0) for every patient.
+    """
+    rng, root = _rng(rng), Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    patients = [new_patient(i, rng) for i in range(n_patients)]
+    files: list[Path] = []
+    kinds: dict[str, list[Path]] = {"px": [], "ceph": []}
+    labels = []
+    for i, p in enumerate(patients):
+        finding = i % 2 == 1
+        labels.append((p.patient_id, int(finding)))
+        folder = root / "DICOM" / f"PAT{i + 1:04d}"
+        px = radiograph(folder / "STU0001" / "SER0001" / "IM000001", p, modality="PX", rows=rows, cols=cols,
+                        view_position=None, body_part="JAW", bits_stored=12, window=(2048, 4096),
+                        image=_panoramic_image(rng, finding, rows, cols, 4095),
+                        transfer_syntax=(RLELossless, JPEG2000Lossless)[i % 2], rng=rng)
+        kinds["px"].append(px.path)
+        files.append(px.path)
+        if ceph:
+            c = radiograph(folder / "STU0001" / "SER0002" / "IM000001", p, modality="DX", rows=cols, cols=rows * 2 - 32,
+                           view_position="LL", body_part="SKULL", bits_stored=12, window=(2048, 4096),
+                           image=_ceph_image(rng, cols, rows * 2 - 32, 4095), rng=rng,
+                           study_uid=px.study_uid)
+            kinds["ceph"].append(c.path)
+            files.append(c.path)
+    if labels_csv is not None:
+        with open(labels_csv, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["PatientID", "supernumerary"])
+            w.writerows(labels)
+    identifiers = sorted({s for p in patients for s in p.identifiers()})
+    return ExportInfo(root=root, files=files, patients=patients, n_items_expected=len(files),
+                      identifiers=identifiers, kinds=kinds)
+
+
+def write_lesion_pngs(root: PathLike, *, n_images: int = 16, size: tuple[int, int] = (96, 128),
+                      rng: np.random.Generator | None = None) -> Path:
+    """Ultrasound-like 8-bit PNGs with one dark elliptical lesion each and its binary mask PNG
+    (BUSI's layout: ``images/``, ``masks/`` and ``labels.csv`` with ``image,mask,patient`` columns,
+    paths relative to ``root``). Returns the labels CSV."""
+    from PIL import Image
+
+    rng, root = _rng(rng), Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    rows, cols = size
+    yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float32)
+    lines = []
+    for i in range(n_images):
+        speckle = rng.gamma(2.0, 0.5, (rows, cols)).astype(np.float32)
+        img = 110 + 25 * (yy / rows) + 30 * (speckle - 1)
+        cy, cx = rng.uniform(0.3, 0.7) * rows, rng.uniform(0.3, 0.7) * cols
+        ry, rx = rng.uniform(0.1, 0.2) * rows, rng.uniform(0.1, 0.2) * cols
+        lesion = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+        img[lesion] = 35 + 12 * (speckle[lesion] - 1)
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / "images" / f"case{i:03d}.png")
+        Image.fromarray((lesion * 255).astype(np.uint8)).save(root / "masks" / f"case{i:03d}_mask.png")
+        lines.append((f"images/case{i:03d}.png", f"masks/case{i:03d}_mask.png", f"P{i:03d}"))
+    labels = root / "labels.csv"
+    with open(labels, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "mask", "group"])
+        w.writerows(lines)
+    return labels

@@ -31,6 +31,7 @@ def download_run_artifact(run_id: str, artifact_path: str, dst: str | os.PathLik
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep stderr for real messages
     client = mlflow.MlflowClient(tracking_uri=tracking_uri())
     try:
         client.get_run(run_id)
@@ -43,3 +44,11 @@ def download_run_artifact(run_id: str, artifact_path: str, dst: str | os.PathLik
         return Path(client.download_artifacts(run_id, artifact_path, str(dst)))
     except (MlflowException, OSError) as exc:
         raise RunNotFound(f"run:{run_id}: the run has no artifact {artifact_path!r} ({str(exc).splitlines()[0]})") from None
+
+
+def ui_command(host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    """The ``mlflow ui`` command line for the project store (bound to ``host``)."""
+    import sys
+
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(), "--host", host,
+            "--port", str(port)]

@@ -1,0 +1,297 @@
+"""Classification pieces the bundle config wires together: transforms, validation metrics,
+test evaluation with predictions CSV / ROC plot / checkpoint, and the MLflow bookkeeping.
+
+Model selection uses validation AUC; the operating point (Youden's J) is chosen on the
+validation predictions and applied to the test set, so test sensitivity/specificity are not
+tuned on the test cases (when validation holds one class only, the test set's own Youden point
+is used and the record says so).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from ignite.metrics import Metric
+from monai.transforms import Compose, RandAffined, RandAdjustContrastd, RandFlipd, ToTensord
+
+from ..models.preprocessing import Preprocessing
+from ..transforms import WeightsNormalized
+from ..transforms.presets import LoadItemd, ModalityPresetd, ResizeWithPadd
+from .data import Cohort
+from .mlflow_run import load_best_checkpoint, log_outcome
+
+logger = logging.getLogger(__name__)
+ITEM_KEYS = ("label",)
+
+
+# ----------------------------------------------------------------------------- transforms
+
+def deterministic_transforms(image_size: int, in_channels: int, keys: Sequence[str] = ("image",),
+                             modes: Sequence[str] = ("area",)) -> list:
+    """Load → modality preset → resize-with-pad: cached once by MONAI's ``CacheDataset``."""
+    return [LoadItemd(keys[0], in_channels=in_channels), ModalityPresetd(keys[0]),
+            ResizeWithPadd(list(keys), image_size, mode=list(modes))]
+
+
+def augmentations(keys: Sequence[str] = ("image",), flip: bool = False, modes: Sequence[str] = ("bilinear",),
+                  prob: float = 0.5) -> list:
+    """Mild geometric and contrast augmentation (no flips by default: laterality can matter)."""
+    out = [RandAffined(list(keys), prob=prob, rotate_range=0.15, scale_range=0.1, translate_range=8,
+                       mode=list(modes), padding_mode="zeros"),
+           RandAdjustContrastd(keys[0], prob=prob * 0.6, gamma=(0.8, 1.25))]
+    if flip:
+        out.append(RandFlipd(list(keys), prob=0.5, spatial_axis=0))
+    return out
+
+
+def classification_transforms(image_size: int, in_channels: int, preprocessing: Preprocessing | dict,
+                              augment: bool) -> Compose:
+    """The full pipeline: deterministic part, augmentation (training only), weights normalisation."""
+    steps = deterministic_transforms(image_size, in_channels)
+    if augment:
+        steps += augmentations()
+    steps += [WeightsNormalized("image", preprocessing, in_channels), ToTensord(["image", "label"], track_meta=False)]
+    return Compose(steps)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def _probabilities(pred) -> torch.Tensor:
+    pred = torch.stack(list(pred)) if isinstance(pred, (list, tuple)) else pred
+    return torch.softmax(pred.float(), dim=-1)
+
+
+def _labels(label) -> torch.Tensor:
+    label = torch.stack([torch.as_tensor(x) for x in label]) if isinstance(label, (list, tuple)) else label
+    return torch.as_tensor(label).long().reshape(-1)
+
+
+class ValidationAUC(Metric):
+    """ROC AUC (one-vs-rest macro for more than two classes) from logits; NaN when undefined."""
+
+    def __init__(self, num_classes: int, output_transform=lambda x: x):
+        self.num_classes = num_classes
+        super().__init__(output_transform=output_transform)
+
+    def reset(self) -> None:
+        self._p: list[torch.Tensor] = []
+        self._y: list[torch.Tensor] = []
+
+    def update(self, output) -> None:
+        pred, label = output
+        self._p.append(_probabilities(pred).detach().cpu())
+        self._y.append(_labels(label).cpu())
+
+    def compute(self) -> float:
+        """AUC, or -inf when undefined (one class in the validation set): never "best"."""
+        value = roc_auc(torch.cat(self._y).numpy(), torch.cat(self._p).numpy()) if self._y else math.nan
+        return value if math.isfinite(value) else -math.inf
+
+
+class ValidationLoss(Metric):
+    """Mean cross-entropy of the validation set."""
+
+    def reset(self) -> None:
+        self._sum, self._n = 0.0, 0
+
+    def update(self, output) -> None:
+        pred, label = output
+        pred = torch.stack(list(pred)) if isinstance(pred, (list, tuple)) else pred
+        label = _labels(label).to(pred.device)
+        self._sum += float(torch.nn.functional.cross_entropy(pred.float(), label, reduction="sum"))
+        self._n += int(label.numel())
+
+    def compute(self) -> float:
+        return self._sum / max(self._n, 1)
+
+
+def roc_auc(y: np.ndarray, prob: np.ndarray) -> float:
+    """Binary AUC of class 1, or macro one-vs-rest AUC; NaN when a class is absent."""
+    from sklearn.metrics import roc_auc_score
+
+    present = np.unique(y)
+    if len(present) < 2:
+        return math.nan
+    if prob.shape[1] == 2:
+        return float(roc_auc_score(y, prob[:, 1]))
+    if len(present) < prob.shape[1]:
+        return math.nan
+    return float(roc_auc_score(y, prob, multi_class="ovr", average="macro"))
+
+
+def youden_thresholds(y: np.ndarray, prob: np.ndarray) -> list[float] | None:
+    """Per class (one-vs-rest) threshold maximising sensitivity + specificity - 1; None if undefined."""
+    from sklearn.metrics import roc_curve
+
+    classes = [1] if prob.shape[1] == 2 else list(range(prob.shape[1]))
+    out = []
+    for c in classes:
+        positives = y == c
+        if positives.all() or not positives.any():
+            return None
+        fpr, tpr, thr = roc_curve(positives, prob[:, c])
+        best = int(np.argmax(tpr - fpr))
+        out.append(float(min(thr[best], 1.0)))
+    return out
+
+
+def classification_metrics(y: np.ndarray, prob: np.ndarray, thresholds: list[float] | None,
+                           prefix: str = "test_") -> dict[str, float]:
+    """AUC, accuracy (argmax) and sensitivity / specificity at the given Youden thresholds
+    (macro over one-vs-rest classes for multi-class)."""
+    metrics = {f"{prefix}auc": roc_auc(y, prob), f"{prefix}accuracy": float((prob.argmax(1) == y).mean())}
+    if thresholds is None:
+        thresholds = youden_thresholds(y, prob)
+    if thresholds is not None:
+        classes = [1] if prob.shape[1] == 2 else list(range(prob.shape[1]))
+        sens, spec = [], []
+        for c, t in zip(classes, thresholds):
+            called, positive = prob[:, c] >= t, y == c
+            if positive.any():
+                sens.append(float(called[positive].mean()))
+            if (~positive).any():
+                spec.append(float((~called[~positive]).mean()))
+        metrics[f"{prefix}sensitivity"] = float(np.mean(sens)) if sens else math.nan
+        metrics[f"{prefix}specificity"] = float(np.mean(spec)) if spec else math.nan
+    return metrics
+
+
+# ----------------------------------------------------------------------------- test evaluation
+
+@torch.no_grad()
+def predict_items(network: torch.nn.Module, items: list[dict], transform, device: torch.device | str,
+                  batch_size: int = 16, num_workers: int = 0) -> np.ndarray:
+    """Softmax probabilities (N, C) for ``items`` in order."""
+    from monai.data import DataLoader, Dataset
+
+    network.eval()
+    loader = DataLoader(Dataset(items, transform), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    out = []
+    for batch in loader:
+        logits = network(batch["image"].to(device))
+        out.append(torch.softmax(logits.float(), 1).cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 0))
+
+
+def write_predictions(path: Path, items: list[dict], prob: np.ndarray, classes: list[str]) -> Path:
+    """``item_id, fold, label, y, p_<class>…`` (and ``p`` = P(class 1) for a binary task)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = ["item_id", "fold", "label", "y"] + [f"p_{c}" for c in classes] + (["p"] if len(classes) == 2 else [])
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(columns)
+        for item, p in zip(items, prob):
+            row = [item["item_id"], item["fold"], classes[int(item["label"])], int(item["label"])]
+            row += [f"{v:.6f}" for v in p] + ([f"{p[1]:.6f}"] if len(classes) == 2 else [])
+            w.writerow(row)
+    return path
+
+
+def plot_roc(path: Path, y: np.ndarray, prob: np.ndarray, classes: list[str], title: str) -> Path | None:
+    """ROC curve(s) of the test set as PNG (one-vs-rest curves for multi-class)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
+    drawn = False
+    for c in ([1] if len(classes) == 2 else range(len(classes))):
+        positive = y == c
+        if positive.all() or not positive.any():
+            continue
+        fpr, tpr, _ = roc_curve(positive, prob[:, c])
+        ax.plot(fpr, tpr, label=f"{classes[c]} (AUC {roc_auc((positive).astype(int), np.stack([1 - prob[:, c], prob[:, c]], 1)):.3f})")
+        drawn = True
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1.01))
+    if drawn:
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def run_params(config: dict[str, Any], cohort: Cohort, network, manifest: str | Path) -> dict[str, str]:
+    """Params of a classification run: grid keys, data summary (no paths), weights and preprocessing."""
+    from ..models import weights_params
+
+    params = {k: str(config[k]) for k in ("task", "encoder", "weights", "freeze", "lr", "encoder_lr_scale", "fold",
+                                          "seed", "epochs", "batch_size", "image_size", "in_channels", "dropout",
+                                          "class_weighting", "augment", "label") if k in config}
+    params.update({"data.manifest_sha256": file_sha256(manifest), "data.classes": json.dumps(cohort.classes),
+                   **{f"data.n_{k}": str(v) for k, v in cohort.counts().items()},
+                   "data.train_class_counts": json.dumps(cohort.class_counts("train"))})
+    params.update(weights_params(network.encoder))
+    params["freeze.trainable_parameters"] = str(network.freeze_summary.trainable_parameters)
+    return params
+
+
+def class_weights(cohort: Cohort, enabled: bool, device) -> torch.Tensor | None:
+    """Inverse-frequency class weights (mean 1) for the loss, or None."""
+    if not enabled:
+        return None
+    counts = torch.tensor(cohort.class_counts("train"), dtype=torch.float32).clamp(min=1)
+    weights = counts.sum() / (len(counts) * counts)
+    return weights.to(device)
+
+
+# ----------------------------------------------------------------------------- end of training
+
+def finalize(network: torch.nn.Module, cohort: Cohort, run_config: dict[str, Any], tracker, output_dir: str | Path,
+             device: torch.device | str, batch_size: int = 16, num_workers: int = 0,
+             config_files: Sequence[str] = (), evaluator=None, selection: str | None = None) -> dict[str, float]:
+    """Best checkpoint → validation and test predictions → metrics, predictions CSV, ROC plot,
+    medxfer checkpoint; all logged to the run, which is then closed. Returns the test metrics."""
+    from ..models.weights import CHECKPOINT_ARTIFACT, save_checkpoint
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = network.module if hasattr(network, "module") else network  # DDP
+    if selection is None:  # after training: the checkpoint MONAI's CheckpointSaver kept
+        selection = load_best_checkpoint(model, out, evaluator, "validation AUC")
+    transform = classification_transforms(int(run_config["image_size"]), int(run_config["in_channels"]),
+                                          model.preprocessing, augment=False)
+    val_y = np.array([int(i["label"]) for i in cohort.val])
+    test_y = np.array([int(i["label"]) for i in cohort.test])
+    val_prob = predict_items(model, cohort.val, transform, device, batch_size, num_workers)
+    test_prob = predict_items(model, cohort.test, transform, device, batch_size, num_workers)
+    thresholds = youden_thresholds(val_y, val_prob) if len(val_y) else None
+    metrics = classification_metrics(test_y, test_prob, thresholds)
+    metrics.update({k.replace("test_", "best_val_"): v for k, v in
+                    classification_metrics(val_y, val_prob, thresholds).items() if k.endswith("auc")})
+    predictions = write_predictions(out / "predictions.csv", cohort.test, test_prob, cohort.classes)
+    roc = plot_roc(out / "roc.png", test_y, test_prob, cohort.classes,
+                   f"{run_config.get('encoder')} / {run_config.get('weights')} · fold {cohort.fold}")
+    checkpoint = save_checkpoint(out / CHECKPOINT_ARTIFACT, model.encoder,
+                                 head={k: v for k, v in model.head.state_dict().items()},
+                                 provenance={"task": "classification", "classes": list(cohort.classes),
+                                             "run_name": getattr(tracker, "name", ""), "fold": cohort.fold})
+    summary = {"metrics": metrics, "model_selection": selection,
+               "youden_threshold_source": "validation" if thresholds is not None else "test",
+               "youden_thresholds": thresholds, "classes": cohort.classes, "counts": cohort.counts(),
+               "config": run_config}
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    (out / "run_config.json").write_text(json.dumps(run_config, indent=2, default=str) + "\n")
+    log_outcome(tracker, metrics, {"model_selection": selection,
+                                   "youden_threshold_source": summary["youden_threshold_source"]},
+                [predictions, roc, out / "metrics.json", out / "run_config.json"], checkpoint, config_files)
+    return metrics

@@ -1,0 +1,157 @@
+"""From an ingested manifest to the train / validation / test item lists of one fold.
+
+Fold roles (documented contract): with K folds and ``fold = k``, fold ``k`` is the **test** set,
+fold ``(k + 1) mod K`` the **validation** set (model selection, early stopping), and every other
+fold is **training**. Running ``fold = 0 … K-1`` therefore tests every item exactly once, and
+a test item never influences the checkpoint chosen for it.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..ingest.manifest import parse_list, read_manifest
+
+
+class CohortError(ValueError):
+    """A manifest that cannot feed training (message says what to run or fix)."""
+
+
+@dataclass
+class Cohort:
+    """Items of one fold, as dicts that MONAI dictionary transforms read."""
+
+    task: str
+    label: str
+    classes: list[str]
+    fold: int
+    folds: list[int]
+    train: list[dict] = field(default_factory=list)
+    val: list[dict] = field(default_factory=list)
+    test: list[dict] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def counts(self) -> dict[str, int]:
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+    def class_counts(self, role: str = "train") -> list[int]:
+        counts = [0] * self.num_classes
+        for item in getattr(self, role):
+            counts[int(item["label"])] += 1
+        return counts
+
+
+def fold_roles(folds: list[int], fold: int) -> dict[str, list[int]]:
+    """``{"test": [k], "val": [next], "train": [rest]}`` for the sorted fold numbers."""
+    folds = sorted(set(folds))
+    if fold not in folds:
+        raise CohortError(f"fold {fold} is not in the manifest (folds {folds})")
+    if len(folds) < 3:
+        raise CohortError(f"{len(folds)} folds: at least 3 are needed (test, validation, training); "
+                          "run medxfer split with --folds 3 or more")
+    i = folds.index(fold)
+    val = folds[(i + 1) % len(folds)]
+    return {"test": [fold], "val": [val], "train": [f for f in folds if f not in (fold, val)]}
+
+
+def _window(row: dict, key: str) -> float:
+    """The recorded VOI window, unless ingest already baked it into the pixels (``voi_applied``)."""
+    if row.get("voi_applied") == "1" or not row.get(key):
+        return float("nan")
+    return float(row[key].split("\\")[0])
+
+
+def _item(row: dict, root: Path) -> dict:
+    shape = parse_list(row.get("shape", ""), int)
+    return {
+        "image": str(root / row["image"]),
+        "image_path": str(root / row["image"]),  # kept when "image" becomes a tensor
+        "item_id": row["item_id"],
+        "fold": int(row["fold"]),
+        "modality": row.get("modality", "") or "OT",
+        "body_part": row.get("body_part", ""),
+        "view": row.get("view", ""),
+        "laterality": row.get("laterality", ""),
+        "channels": int(row.get("channels") or 1),
+        "shape": shape,
+        # pixel spacing only where a header gave one (raster images have none)
+        "spacing": parse_list(row.get("spacing", ""), float) if row.get("spacing_source") not in (None, "", "none")
+        else [],
+        "window_center": _window(row, "window_center"),
+        "window_width": _window(row, "window_width"),
+    }
+
+
+def load_cohort(manifest: str | os.PathLike, label: str, fold: int = 0, task: str = "classification",
+                mask_column: str = "mask", classes: list[str] | None = None,
+                modalities: list[str] | None = None, mask_root: str | os.PathLike | None = None) -> Cohort:
+    """Read ``manifest`` (``medxfer ingest`` + ``medxfer split``) into a :class:`Cohort`.
+
+    Classification: ``label`` is the class column (rows without a value are skipped and counted);
+    classes are the sorted distinct values unless ``classes`` fixes their order. Segmentation:
+    ``mask_column`` holds a mask image path relative to the manifest (``label`` then names it).
+    ``modalities`` keeps only items of those modalities (a PACS export mixes PX and ceph DX).
+    Mask paths are absolute or relative to ``mask_root`` (default: the manifest's folder); a
+    missing mask file is an error that names it.
+    """
+    path = Path(manifest)
+    if not path.is_file():
+        raise CohortError(f"{path}: no such manifest (run medxfer ingest first)")
+    rows, columns = read_manifest(path)
+    if "fold" not in columns:
+        raise CohortError(f"{path}: no fold column; run `medxfer split {path.parent} --folds K` first")
+    column = label if task == "classification" else (mask_column if mask_column in columns else label)
+    if column not in columns:
+        raise CohortError(f"{path}: no column {column!r}; columns: {', '.join(columns)}")
+    root = path.parent
+    skipped = {"other_modality": 0, "no_label": 0, "no_fold": 0, "volume": 0}
+    keep = {m.upper() for m in modalities} if modalities else None
+    usable = []
+    for row in rows:
+        if keep is not None and (row.get("modality") or "").upper() not in keep:
+            skipped["other_modality"] += 1
+        elif not row.get(column):
+            skipped["no_label"] += 1
+        elif row.get("fold", "") == "":
+            skipped["no_fold"] += 1
+        elif row.get("kind") == "volume" or len(parse_list(row.get("shape", ""), int)) - (
+                1 if int(row.get("channels") or 1) > 1 else 0) > 2:
+            skipped["volume"] += 1  # the bundles are 2D
+        else:
+            usable.append(row)
+    if not usable:
+        raise CohortError(f"{path}: no usable item (skipped: {skipped})")
+    if task == "classification":
+        values = sorted({r[column] for r in usable})
+        classes = list(classes) if classes else values
+        unknown = set(values) - set(classes)
+        if unknown:
+            raise CohortError(f"label values {sorted(unknown)} are not among classes {classes}")
+        if len(classes) < 2:
+            raise CohortError(f"column {column!r} has a single class {classes}: nothing to classify")
+    else:
+        classes = ["background", "foreground"]
+    folds = sorted({int(r["fold"]) for r in usable})
+    roles = fold_roles(folds, fold)
+    cohort = Cohort(task=task, label=column, classes=classes, fold=fold, folds=folds,
+                    skipped={k: v for k, v in skipped.items() if v})
+    for row in usable:
+        item = _item(row, root)
+        if task == "classification":
+            item["label"] = classes.index(row[column])
+            item["label_name"] = row[column]
+        else:
+            mask = Path(row[column])
+            mask = mask if mask.is_absolute() else Path(mask_root or root) / mask
+            if not mask.is_file():
+                raise CohortError(f"item {row['item_id']}: mask file {mask} not found (set mask_root to the "
+                                  "folder the mask paths are relative to)")
+            item["label"] = str(mask)
+        role = next(r for r, fs in roles.items() if item["fold"] in fs)
+        getattr(cohort, role).append(item)
+    return cohort

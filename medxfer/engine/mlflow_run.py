@@ -1,0 +1,177 @@
+"""One MLflow run per training, written through ``MlflowClient`` (no global fluent state, so
+several runs — a study, DDP ranks — never step on each other).
+
+Names follow ``../shared/DESIGN.md``: experiment ``medxfer/<study or "train">``, run name
+``{task}/{encoder}/{weights}/{freeze}/lr{lr}/fold{k}/seed{s}``. Only rank 0 writes. Nothing
+from a DICOM header reaches here: params are grid keys, hashes and counts.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from ..tracking import DEFAULT_ARTIFACT_ROOT, DEFAULT_TRACKING_URI, tracking_uri
+
+
+def run_name(task: str, encoder: str, weights: str, freeze: str, lr: float, fold: int, seed: int) -> str:
+    """The deterministic run name of one cell × fold × seed."""
+    return f"{task}/{encoder}/{weights}/{freeze}/lr{lr:g}/fold{fold}/seed{seed}"
+
+
+def _is_rank_zero() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+class RunTracker:
+    """Start, fill and close one MLflow run; a no-op on ranks other than 0 or when disabled."""
+
+    def __init__(self, experiment: str, name: str, params: dict[str, Any] | None = None,
+                 tags: dict[str, str] | None = None, enabled: bool = True, parent_run_id: str | None = None):
+        self.experiment = experiment
+        self.name = name
+        self.params = {k: str(v) for k, v in (params or {}).items()}
+        self.tags = dict(tags or {})
+        self.enabled = enabled and _is_rank_zero()
+        self.parent_run_id = parent_run_id
+        self.run_id: str | None = None
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            import mlflow
+
+            self._client = mlflow.MlflowClient(tracking_uri=tracking_uri())
+        return self._client
+
+    def _experiment_id(self) -> str:
+        exp = self.client.get_experiment_by_name(self.experiment)
+        if exp is not None:
+            return exp.experiment_id
+        location = None
+        if (os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI) == DEFAULT_TRACKING_URI:
+            location = (Path(DEFAULT_ARTIFACT_ROOT).resolve()).as_uri()
+        try:
+            return self.client.create_experiment(self.experiment, artifact_location=location)
+        except Exception:  # noqa: BLE001 - created concurrently by another process
+            return self.client.get_experiment_by_name(self.experiment).experiment_id
+
+    def start(self) -> str | None:
+        """Create the run and log params and tags; returns the run id (None when disabled)."""
+        if not self.enabled:
+            return None
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+        tags = dict(self.tags)
+        if self.parent_run_id:
+            tags[MLFLOW_PARENT_RUN_ID] = self.parent_run_id
+        run = self.client.create_run(self._experiment_id(), run_name=self.name, tags=tags)
+        self.run_id = run.info.run_id
+        self.log_params(self.params)
+        return self.run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        if not self.run_id:
+            return
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Finite metrics only (an undefined AUC on a one-class validation set is skipped)."""
+        if not self.run_id:
+            return
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()
+                 if v is not None and math.isfinite(float(v))]
+        if items:
+            self.client.log_batch(self.run_id, metrics=items)
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        if self.run_id:
+            self.client.log_artifact(self.run_id, str(path), artifact_path=artifact_path)
+
+    def set_tag(self, key: str, value: str) -> None:
+        if self.run_id:
+            self.client.set_tag(self.run_id, key, value)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self.run_id:
+            self.client.set_terminated(self.run_id, status=status)
+
+    # --- ignite glue -----------------------------------------------------------------------
+    def attach(self, trainer, evaluator=None) -> None:
+        """Log ``train_loss`` (epoch mean) from ``trainer`` and every metric of ``evaluator``
+        (``val_*``) after each validation, with the training epoch as step."""
+        from ignite.engine import Events
+
+        losses: list[float] = []
+
+        @trainer.on(Events.EPOCH_STARTED)
+        def _reset(engine):
+            losses.clear()
+
+        @trainer.on(Events.ITERATION_COMPLETED)
+        def _collect(engine):
+            out = engine.state.output
+            out = out[0] if isinstance(out, list) else out
+            if isinstance(out, dict) and "loss" in out:
+                losses.append(float(out["loss"]))
+
+        @trainer.on(Events.EPOCH_COMPLETED)
+        def _log_train(engine):
+            if losses:
+                self.log_metrics({"train_loss": sum(losses) / len(losses)}, step=engine.state.epoch)
+
+        if evaluator is not None:
+            @evaluator.on(Events.EPOCH_COMPLETED)
+            def _log_val(engine):
+                self.log_metrics(dict(engine.state.metrics), step=trainer.state.epoch)
+
+
+def load_best_checkpoint(model, output_dir: str | os.PathLike, evaluator=None, metric: str = "validation AUC") -> str:
+    """Load the checkpoint MONAI's ``CheckpointSaver`` kept (``best_model*.pt``) into ``model``;
+    returns how the tested model was selected. An undefined key metric on every epoch (-inf, e.g.
+    a one-class validation set) is not a selection: the last epoch is tested and said so."""
+    import logging
+
+    import torch
+
+    best = sorted(Path(output_dir).glob("best_model*.pt"))
+    best_metric = getattr(getattr(evaluator, "state", None), "best_metric", None)
+    if best_metric is not None and not math.isfinite(float(best_metric)):
+        best = []
+    if not best:
+        logging.getLogger(__name__).warning("no best checkpoint (%s undefined): testing the last epoch", metric)
+        return f"last epoch ({metric} undefined)"
+    state = torch.load(best[-1], map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"] if "model" in state else state)
+    return f"best {metric}"
+
+
+def log_outcome(tracker: RunTracker | None, metrics: dict[str, float], tags: dict[str, str],
+                artifacts: list, checkpoint: Path, config_files=()) -> None:
+    """Final metrics, tags, artifacts, the medxfer checkpoint (at its contract path) and the bundle
+    configs of a run; then the run is closed as FINISHED."""
+    if tracker is None:
+        return
+    from ..models.weights import CHECKPOINT_ARTIFACT
+
+    tracker.log_metrics(metrics)
+    for key, value in tags.items():
+        tracker.set_tag(key, value)
+    for path in artifacts:
+        if path is not None:
+            tracker.log_artifact(path)
+    tracker.log_artifact(checkpoint, CHECKPOINT_ARTIFACT.rsplit("/", 1)[0])
+    for f in config_files:
+        tracker.log_artifact(f, "bundle_configs")
+    tracker.finish()

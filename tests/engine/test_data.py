@@ -1,0 +1,49 @@
+"""Manifest → fold roles and item lists."""
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from medxfer.engine import CohortError, fold_roles, load_cohort
+
+
+def test_fold_roles_rotate_test_and_validation():
+    assert fold_roles([0, 1, 2, 3], 0) == {"test": [0], "val": [1], "train": [2, 3]}
+    assert fold_roles([0, 1, 2, 3], 3) == {"test": [3], "val": [0], "train": [1, 2]}
+    with pytest.raises(CohortError, match="at least 3"):
+        fold_roles([0, 1], 0)
+    with pytest.raises(CohortError, match="fold 7 is not in the manifest"):
+        fold_roles([0, 1, 2], 7)
+
+
+def test_cohort_is_patient_level_and_every_item_is_tested_once(dental_cohort):
+    tested = []
+    for fold in range(4):
+        c = load_cohort(dental_cohort.manifest, "supernumerary", fold=fold, modalities=["PX"])
+        assert c.classes == ["0", "1"] and c.counts() == {"train": 8, "val": 4, "test": 4}
+        assert {i["fold"] for i in c.test} == {fold} and {i["fold"] for i in c.val} == {(fold + 1) % 4}
+        assert c.skipped == {"other_modality": 16}
+        assert all(i["modality"] == "PX" and i["label"] in (0, 1) for i in c.train)
+        tested += [i["item_id"] for i in c.test]
+    assert len(tested) == len(set(tested)) == 16
+    both = load_cohort(dental_cohort.manifest, "supernumerary", fold=0)
+    assert sum(both.counts().values()) == 32 and "other_modality" not in both.skipped
+
+
+def test_errors_say_what_to_do(dental_cohort, tmp_path):
+    with pytest.raises(CohortError, match="no column 'sex'"):
+        load_cohort(dental_cohort.manifest, "sex")
+    rows = list(csv.DictReader(open(dental_cohort.manifest)))
+    columns = [c for c in rows[0] if c != "fold"]
+    unsplit = tmp_path / "manifest.csv"
+    with open(unsplit, "w", newline="") as f:
+        w = csv.DictWriter(f, columns, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    with pytest.raises(CohortError, match="run `medxfer split"):
+        load_cohort(unsplit, "supernumerary")
+    with pytest.raises(CohortError, match="single class"):
+        load_cohort(dental_cohort.manifest, "body_part", modalities=["PX"])
+    with pytest.raises(CohortError, match="no such manifest"):
+        load_cohort(tmp_path / "nope.csv", "x")

@@ -41,10 +41,13 @@ def deterministic_transforms(image_size: int, in_channels: int, keys: Sequence[s
 
 
 def augmentations(keys: Sequence[str] = ("image",), flip: bool = False, modes: Sequence[str] = ("bilinear",),
-                  prob: float = 0.5) -> list:
-    """Mild geometric and contrast augmentation (no flips by default: laterality can matter)."""
+                  prob: float = 0.5, image_size: int | None = None) -> list:
+    """Mild geometric and contrast augmentation (no flips by default: laterality can matter).
+
+    With ``image_size`` the affine's sampling grid is built once and reused (``cache_grid``)."""
+    size = {"spatial_size": (image_size, image_size), "cache_grid": True} if image_size else {}
     out = [RandAffined(list(keys), prob=prob, rotate_range=0.15, scale_range=0.1, translate_range=8,
-                       mode=list(modes), padding_mode="zeros"),
+                       mode=list(modes), padding_mode="zeros", **size),
            RandAdjustContrastd(keys[0], prob=prob * 0.6, gamma=(0.8, 1.25))]
     if flip:
         out.append(RandFlipd(list(keys), prob=0.5, spatial_axis=0))
@@ -56,7 +59,7 @@ def classification_transforms(image_size: int, in_channels: int, preprocessing: 
     """The full pipeline: deterministic part, augmentation (training only), weights normalisation."""
     steps = deterministic_transforms(image_size, in_channels)
     if augment:
-        steps += augmentations()
+        steps += augmentations(image_size=image_size)
     steps += [WeightsNormalized("image", preprocessing, in_channels), ToTensord(["image", "label"], track_meta=False)]
     return Compose(steps)
 

@@ -64,7 +64,7 @@ def segmentation_transforms(image_size: int, in_channels: int, preprocessing: Pr
 
     steps = [load_image, LoadMaskd("label"), preset, ResizeWithPadd(["image", "label"], image_size, ["area", "nearest"])]
     if augment:
-        steps += augmentations(("image", "label"), modes=("bilinear", "nearest"))
+        steps += augmentations(("image", "label"), modes=("bilinear", "nearest"), image_size=image_size)
     steps += [WeightsNormalized("image", preprocessing, in_channels), ToTensord(["image", "label"], track_meta=False)]
     return Compose(steps)
 

@@ -78,16 +78,17 @@ def train_bundle(bundle: str | os.PathLike, config: str = "train", **overrides: 
     logging.getLogger("monai.bundle.workflows").setLevel(logging.ERROR)
     workflow = ConfigWorkflow(config_file=[str(c) for c in configs], meta_file=str(root / "configs" / "metadata.json"),
                               logging_file=False, workflow_type="train", **overrides)
-    workflow.initialize()
-    missing = workflow.check_properties()
-    if missing:
-        raise BundleError(f"{root}: the bundle lacks required properties {missing}")
     try:
+        workflow.initialize()
+        missing = workflow.check_properties()
+        if missing:
+            raise BundleError(f"{root}: the bundle lacks required properties {missing}")
         workflow.run()
         metrics = workflow.finalize()
     except BaseException:
-        tracker = workflow.parser.get_parsed_content("tracker")
-        tracker.finish("FAILED")  # a crashed run is marked, never left RUNNING
+        tracker = workflow.parser.ref_resolver.resolved_content.get("tracker")
+        if tracker is not None:
+            tracker.finish("FAILED")  # a crashed run is marked, never left RUNNING
         raise
     metrics = next((m for m in (metrics or []) if isinstance(m, dict)), {})
     tracker = workflow.parser.get_parsed_content("tracker")

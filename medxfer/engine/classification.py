@@ -240,6 +240,8 @@ def run_params(config: dict[str, Any], cohort: Cohort, network, manifest: str | 
     params = {k: str(config[k]) for k in ("task", "encoder", "weights", "freeze", "lr", "encoder_lr_scale", "fold",
                                           "seed", "epochs", "batch_size", "image_size", "in_channels", "dropout",
                                           "class_weighting", "augment", "label") if k in config}
+    if cohort.num_classes == 2:  # sensitivity / specificity and AUC are for this class
+        params["data.positive_class"] = cohort.classes[1]
     params.update({"data.manifest_sha256": file_sha256(manifest), "data.classes": json.dumps(cohort.classes),
                    **{f"data.n_{k}": str(v) for k, v in cohort.counts().items()},
                    "data.train_class_counts": json.dumps(cohort.class_counts("train"))})

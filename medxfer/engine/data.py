@@ -7,6 +7,7 @@ a test item never influences the checkpoint chosen for it.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +68,10 @@ def _window(row: dict, key: str) -> float:
 
 
 def _item(row: dict, root: Path) -> dict:
-    shape = parse_list(row.get("shape", ""), int)
+    # fixed-length metadata so any mix of items collates into a batch
+    shape = (parse_list(row.get("shape", ""), int) + [0, 0])[:2]
+    spacing = parse_list(row.get("spacing", ""), float) if row.get("spacing_source") not in (None, "", "none") else []
+    spacing = (spacing + [math.nan, math.nan])[:2]
     return {
         "image": str(root / row["image"]),
         "image_path": str(root / row["image"]),  # kept when "image" becomes a tensor
@@ -78,10 +82,8 @@ def _item(row: dict, root: Path) -> dict:
         "view": row.get("view", ""),
         "laterality": row.get("laterality", ""),
         "channels": int(row.get("channels") or 1),
-        "shape": shape,
-        # pixel spacing only where a header gave one (raster images have none)
-        "spacing": parse_list(row.get("spacing", ""), float) if row.get("spacing_source") not in (None, "", "none")
-        else [],
+        "shape": shape,  # width, height (NIfTI x, y)
+        "spacing": spacing,  # mm; NaN where no header gave one (raster images)
         "window_center": _window(row, "window_center"),
         "window_width": _window(row, "window_width"),
     }
@@ -126,6 +128,9 @@ def load_cohort(manifest: str | os.PathLike, label: str, fold: int = 0, task: st
             usable.append(row)
     if not usable:
         raise CohortError(f"{path}: no usable item (skipped: {skipped})")
+    if isinstance(classes, str):
+        raise CohortError(f"classes must be a list (JSON on the command line: --classes '[\"normal\", \"abnormal\"]'), "
+                          f"got {classes!r}")
     if task == "classification":
         values = sorted({r[column] for r in usable})
         classes = list(classes) if classes else values

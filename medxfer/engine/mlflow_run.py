@@ -104,8 +104,10 @@ class RunTracker:
             self.client.set_tag(self.run_id, key, value)
 
     def finish(self, status: str = "FINISHED") -> None:
-        if self.run_id:
+        """Close the run once (later calls do nothing)."""
+        if self.run_id and not getattr(self, "_finished", False):
             self.client.set_terminated(self.run_id, status=status)
+            self._finished = True
 
     # --- ignite glue -----------------------------------------------------------------------
     def attach(self, trainer, evaluator=None) -> None:
@@ -135,6 +137,11 @@ class RunTracker:
             @evaluator.on(Events.EPOCH_COMPLETED)
             def _log_val(engine):
                 self.log_metrics(dict(engine.state.metrics), step=trainer.state.epoch)
+
+        @trainer.on(Events.EXCEPTION_RAISED)
+        def _failed(engine, exc):  # also for `python -m monai.bundle run` and torchrun, not only train_bundle
+            self.finish("FAILED")
+            raise exc
 
 
 def load_best_checkpoint(model, output_dir: str | os.PathLike, evaluator=None, metric: str = "validation AUC") -> str:

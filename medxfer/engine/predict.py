@@ -33,6 +33,7 @@ class RunModel:
     network: torch.nn.Module
     classes: list[str]
     config: dict[str, Any]
+    params: dict[str, str] | None = None
 
     @property
     def preprocessing(self):
@@ -69,7 +70,25 @@ def load_run_model(run_id: str) -> RunModel:
     network.encoder.preprocessing = Preprocessing.from_dict(ckpt["preprocessing"])
     if task == "segmentation":  # the Classifier exposes its encoder's record as a property
         network.preprocessing = network.encoder.preprocessing
-    return RunModel(run_id=run_id, task=task, network=network.eval(), classes=classes, config=config)
+    import mlflow
+
+    from ..tracking import tracking_uri
+
+    params = dict(mlflow.MlflowClient(tracking_uri=tracking_uri()).get_run(run_id).data.params)
+    return RunModel(run_id=run_id, task=task, network=network.eval(), classes=classes, config=config, params=params)
+
+
+def check_evaluation_fold(run_model: RunModel, fold: int, manifest: str | os.PathLike) -> None:
+    """Refuse to evaluate a run on its own cohort's training or validation folds (inflated metrics):
+    on the manifest it was trained on, only its test fold is a test."""
+    from .classification import file_sha256
+
+    trained_on = (run_model.params or {}).get("data.manifest_sha256")
+    trained_fold = int(run_model.config.get("fold", -1))
+    if trained_on and trained_on == file_sha256(manifest) and int(fold) != trained_fold:
+        raise CohortError(f"run:{run_model.run_id} was tested on fold {trained_fold} of this manifest; fold {fold} "
+                          "was among its training or validation folds (evaluate it on --fold "
+                          f"{trained_fold}, or on another cohort)")
 
 
 def manifest_items(manifest: str | os.PathLike, modalities: list[str] | None = None) -> list[dict]:

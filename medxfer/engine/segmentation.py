@@ -4,7 +4,9 @@ overlays, test evaluation with a per-case CSV (for paired Wilcoxon tests), and c
 Masks come from the manifest's mask column (PNG or NIfTI, nonzero = foreground) in the same
 pixel grid as the cached image. HD95 is reported in pixels of the network input and, when the
 manifest records the pixel spacing, in millimetres (the resize keeps the aspect ratio, so one
-scale factor converts).
+scale factor converts). A case with one empty mask (a missed lesion, a false positive on an
+empty truth) has no HD95: the mean is over the others and ``test_hd95_undefined_cases`` counts
+them (Dice, which is 0 there, carries the penalty).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from monai.transforms import Compose, LoadImage, MapTransform, ToTensord
 from ..ingest.manifest import parse_list
 from ..models.preprocessing import Preprocessing
 from ..transforms import WeightsNormalized
-from .classification import augmentations, deterministic_transforms, file_sha256
+from .classification import augmentations, file_sha256
 from .data import Cohort
 from .mlflow_run import load_best_checkpoint, log_outcome
 
@@ -43,8 +45,8 @@ class LoadMaskd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             m = torch.as_tensor(self.loader(d[key]))
-            if m.ndim == 3:  # RGB(A) mask image: any channel set
-                m = m.amax(-1)
+            if m.ndim == 3:  # RGB(A) mask image: any colour channel set (alpha ignored)
+                m = m[..., :3].amax(-1)
             mask = (m > 0).float()[None]
             image = d.get("image")
             if image is not None and tuple(image.shape[1:]) != tuple(mask.shape[1:]):
@@ -59,10 +61,12 @@ def segmentation_transforms(image_size: int, in_channels: int, preprocessing: Pr
     """Image and mask: load, preset, resize-with-pad (mask nearest), augmentation, normalisation."""
     if image_size % 32:
         raise ValueError(f"image_size {image_size}: the UNet needs a multiple of 32")
-    load_image, preset, _ = deterministic_transforms(image_size, in_channels)
-    from ..transforms.presets import ResizeWithPadd
+    from ..transforms.presets import LoadItemd, ModalityPresetd, ResizeWithPadd
 
-    steps = [load_image, LoadMaskd("label"), preset, ResizeWithPadd(["image", "label"], image_size, ["area", "nearest"])]
+    # no mirroring of right mammograms here: masks and predicted NIfTI masks stay on the image grid
+    steps = [LoadItemd("image", in_channels=in_channels), LoadMaskd("label"),
+             ModalityPresetd("image", mirror_right_mg=False),
+             ResizeWithPadd(["image", "label"], image_size, ["area", "nearest"])]
     if augment:
         steps += augmentations(("image", "label"), modes=("bilinear", "nearest"), image_size=image_size)
     steps += [WeightsNormalized("image", preprocessing, in_channels), ToTensord(["image", "label"], track_meta=False)]
@@ -92,7 +96,7 @@ def mm_per_pixel(item: dict, image_size: int) -> float | None:
     """Millimetres per network pixel after resize-with-pad (isotropic pixel spacing assumed)."""
     spacing = item.get("spacing") or []
     shape = item.get("shape") or []
-    if not spacing or not shape:
+    if not spacing or not shape or not math.isfinite(float(spacing[0])):
         return None
     return float(spacing[0]) * max(shape[:2]) / image_size
 
@@ -155,7 +159,9 @@ def summarize(rows: list[dict], prefix: str = "test_") -> dict[str, float]:
         values = [r[key] for r in rows if math.isfinite(r[key])]
         return float(np.mean(values)) if values else math.nan
 
-    return {f"{prefix}dice": mean("dice"), f"{prefix}hd95": mean("hd95_px"), f"{prefix}hd95_mm": mean("hd95_mm")}
+    undefined = sum(1 for r in rows if not math.isfinite(r["hd95_px"]))
+    return {f"{prefix}dice": mean("dice"), f"{prefix}hd95": mean("hd95_px"), f"{prefix}hd95_mm": mean("hd95_mm"),
+            f"{prefix}hd95_undefined_cases": float(undefined)}
 
 
 def run_params(config: dict[str, Any], cohort: Cohort, network, manifest: str | Path) -> dict[str, str]:

@@ -146,6 +146,8 @@ def ingest(
         records, reread = _header_pass(src, rels, index, pseudo, pool, progress)
         t_headers = time.perf_counter()
         grouping = group_records(list(records.values()))
+        for plan in grouping.items:  # the ids leave ingest (file names, manifests, MLflow): keyed, like pseudonyms
+            plan.item_id = pseudo.digest("item", plan.item_id)[:16]
         results, keys, decoded = _pixel_pass(src, out, grouping, records, index, options, pool, progress, pseudo)
         superseded = _retry_with_duplicates(src, out, grouping, records, results, options)
         for item_id, _, _ in superseded.values():

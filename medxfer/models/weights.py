@@ -89,6 +89,12 @@ class WeightsRecord:
         return {k: v for k, v in out.items() if v != ""}
 
 
+def source_label(source: str) -> str:
+    """A weights source as it may appear in run names and params: ``file:`` keeps the base name
+    only (a folder path can carry a person's name)."""
+    return f"file:{Path(source[len('file:'):]).name}" if source.startswith("file:") else source
+
+
 def scratch_record(arch: str) -> WeightsRecord:
     """The record of a randomly initialised encoder."""
     return WeightsRecord(name="scratch", arch=arch, format="scratch", preprocessing=SCRATCH.to_dict(),

@@ -59,6 +59,7 @@ def test_train_logs_params_epochs_test_metrics_and_artifacts(dental_cohort, mlfl
                 "weights.name", "weights.stem", "preprocessing.mode", "data.manifest_sha256", "data.n_train"):
         assert key in params, key
     assert params["data.n_train"] == "8" and params["preprocessing.mode"] == "scratch"
+    assert params["data.positive_class"] == "1"
     for metric in ("train_loss", "val_auc", "val_loss"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1, 2], metric
     for metric in ("test_auc", "test_accuracy", "test_sensitivity", "test_specificity"):
@@ -161,12 +162,19 @@ def test_ddp_training_with_gloo_on_two_processes(dental_cohort, tmp_path):
 def test_evaluate_config_tests_a_trained_run_on_another_fold(dental_cohort, mlflow_store):
     trained = train_bundle("classification", manifest=str(dental_cohort.manifest), label="supernumerary",
                            **dict(SMALL, epochs=1))
+    # image size, channels, modalities and the test fold come from the run itself
     evaluated = train_bundle("classification", config="evaluate", manifest=str(dental_cohort.manifest),
-                             label="supernumerary", mlflow_run_id=trained.run_id, fold=0, image_size=64,
-                             modalities=["PX"])
+                             label="supernumerary", mlflow_run_id=trained.run_id)
     assert evaluated.metrics["test_auc"] == pytest.approx(trained.metrics["test_auc"])  # same model, same fold
     client, runs = _runs(mlflow_store, "medxfer/evaluate")
     assert len(runs) == 1 and runs[0].data.tags["model_selection"] == "the evaluated run"
+    with pytest.raises(Exception) as err:  # its training folds are no test
+        train_bundle("classification", config="evaluate", manifest=str(dental_cohort.manifest),
+                     label="supernumerary", mlflow_run_id=trained.run_id, fold=2)
+    assert "was among its training or validation folds" in repr(err.value.__cause__ or err.value) or \
+        "was among its training or validation folds" in str(err.value)
+    _, runs = _runs(mlflow_store, "medxfer/evaluate")
+    assert all(r.info.status != "RUNNING" for r in runs)
 
 
 def test_multiclass_with_class_weighting(dental_cohort, mlflow_store, tmp_path):
@@ -229,3 +237,24 @@ def test_a_remote_tracking_server_works_unchanged(dental_cohort, tmp_path, monke
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_file_weights_keep_only_the_base_name_and_failed_setups_close_their_run(dental_cohort, mlflow_store,
+                                                                                 tmp_path):
+    from medxfer.models import save_checkpoint
+
+    folder = tmp_path / "weights_of_SMITH_JOHN"
+    encoder = create_encoder("resnet18", in_channels=1)
+    save_checkpoint(folder / "self.pt", encoder)
+    result = train_bundle("classification", manifest=str(dental_cohort.manifest), label="supernumerary",
+                          **dict(SMALL, epochs=1, weights=f"file:{folder / 'self.pt'}"))
+    assert result.run_name == "classification/resnet18/file:self.pt/none/lr0.001/fold0/seed0"
+    client, runs = _runs(mlflow_store)
+    assert runs[0].data.params["weights"] == "file:self.pt"
+    assert find_identifiers(tmp_path, ["SMITH_JOHN"]) == []  # store, artifacts, outputs
+
+    with pytest.raises(Exception):  # fails while caching the dataset, after the run was opened
+        train_bundle("classification", manifest=str(dental_cohort.manifest), label="supernumerary",
+                     **dict(SMALL, epochs=1, image_size=-4))
+    _, runs = _runs(mlflow_store)
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]

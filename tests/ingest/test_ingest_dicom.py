@@ -218,10 +218,13 @@ def test_pacs_export_labels_and_no_identifier_anywhere(tmp_path, caplog, capfd, 
     # labels join on the same pseudonyms under the same secret; another secret gives other pseudonyms
     rows_again, _, _ = run(exp.root, tmp_path / "out2", labels=labels, key="PatientID")
     assert sorted(r["patient"] for r in rows_again) == sorted(r["patient"] for r in rows)
+    assert sorted(r["item_id"] for r in rows_again) == sorted(r["item_id"] for r in rows)
     other = tmp_path / "other_secret"
     other.write_text("x" * 64)
     rows_other, _, _ = run(exp.root, tmp_path / "out3", secret_file=other)
     assert not {r["patient"] for r in rows_other} & {r["patient"] for r in rows}
+    # item ids (file names, MLflow artifacts) are keyed too: not a plain hash of the SOP UID
+    assert not {r["item_id"] for r in rows_other} & {r["item_id"] for r in rows}
 
 
 def test_loadimage_reads_every_kind_with_spacing(tmp_path, patient):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import logging
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,7 +26,6 @@ from ..transforms.presets import LoadItemd, ModalityPresetd, ResizeWithPadd
 from .data import Cohort
 from .mlflow_run import load_best_checkpoint, log_outcome
 
-logger = logging.getLogger(__name__)
 ITEM_KEYS = ("label",)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import math
 from collections.abc import Hashable, Mapping
 from pathlib import Path
@@ -24,14 +23,12 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import Compose, LoadImage, MapTransform, ToTensord
 
-from ..ingest.manifest import parse_list
 from ..models.preprocessing import Preprocessing
 from ..transforms import WeightsNormalized
 from .classification import augmentations, file_sha256
 from .data import Cohort
 from .mlflow_run import load_best_checkpoint, log_outcome
 
-logger = logging.getLogger(__name__)
 
 
 class LoadMaskd(MapTransform):

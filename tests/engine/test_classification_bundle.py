@@ -6,10 +6,8 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from medxfer.cli import main

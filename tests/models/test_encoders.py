@@ -28,8 +28,6 @@ def test_encoder_returns_five_maps_at_strides_2_to_32(arch):
 def weight_sources(tmp_path_factory):
     """For every arch: a medxfer checkpoint file (distinct random weights), the same file imported
     under a NAME, and logged to an MLflow run — the four sources a segmenter can start from."""
-    import mlflow  # noqa: F401 - fail early if missing
-
     root = tmp_path_factory.mktemp("sources")
     home = root / "home"
     uri = f"sqlite:///{root / 'mlflow.db'}"

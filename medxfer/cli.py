@@ -212,6 +212,13 @@ def _root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
+def _fail_from(exc: BaseException, what: str) -> None:
+    """One line naming the root cause (medxfer's own message as is, others with their type)."""
+    cause = _root_cause(exc)
+    logging.getLogger("medxfer").debug(what, exc_info=exc)
+    _fail(str(cause) if type(cause).__module__.startswith("medxfer") else f"{type(cause).__name__}: {cause}")
+
+
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.argument("bundle")
 @click.option("--manifest", required=True, type=click.Path(dir_okay=False, path_type=str),
@@ -242,9 +249,7 @@ def train(ctx, bundle, manifest, label, encoder, weights, freeze, fold):
     try:
         result = train_bundle(bundle, **overrides)
     except Exception as exc:  # noqa: BLE001 - one line for the user, the chain under -v
-        cause = _root_cause(exc)
-        logging.getLogger("medxfer").debug("training failed", exc_info=exc)
-        _fail(f"{type(cause).__name__}: {cause}" if not type(cause).__module__.startswith("medxfer") else str(cause))
+        _fail_from(exc, "training failed")
     shown = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if k.startswith("test_"))
     click.echo(f"run {result.run_name} ({result.run_id or 'not tracked'}): {shown}")
     click.echo(f"outputs: {result.output_dir}; browse: medxfer ui")
@@ -270,9 +275,8 @@ def predict(run_id, data, out, batch_size):
 
     try:
         path = run_predict(run_id, data, out, batch_size=batch_size)
-    except Exception as exc:  # noqa: BLE001
-        cause = _root_cause(exc)
-        _fail(str(cause) if type(cause).__module__.startswith("medxfer") else f"{type(cause).__name__}: {cause}")
+    except Exception as exc:  # noqa: BLE001 - one line for the user, the chain under -v
+        _fail_from(exc, "prediction failed")
     click.echo(f"predictions: {path}")
 
 

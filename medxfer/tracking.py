@@ -26,19 +26,27 @@ class RunNotFound(ValueError):
     """An MLflow run id that the store does not hold, or a run without the artifact asked for."""
 
 
+def get_run(run_id: str):
+    """The MLflow run ``run_id`` of the project store; :class:`RunNotFound` if it has none."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow.MlflowClient(tracking_uri=tracking_uri()).get_run(run_id)
+    except MlflowException as exc:
+        # the tracking URI is not repeated: a server URI can carry credentials
+        raise RunNotFound(f"run:{run_id}: no such MLflow run in the tracking store "
+                          f"({exc.message.splitlines()[0]})") from None
+
+
 def download_run_artifact(run_id: str, artifact_path: str, dst: str | os.PathLike | None = None) -> Path:
     """Download one artifact of ``run_id`` from the tracking store; a clear error if absent."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep stderr for real messages
+    get_run(run_id)
     client = mlflow.MlflowClient(tracking_uri=tracking_uri())
-    try:
-        client.get_run(run_id)
-    except MlflowException as exc:
-        # the tracking URI is not repeated: a server URI can carry credentials
-        raise RunNotFound(f"run:{run_id}: no such MLflow run in the tracking store "
-                          f"({exc.message.splitlines()[0]})") from None
     dst = Path(dst) if dst else Path(tempfile.mkdtemp(prefix="medxfer-run-"))
     try:
         return Path(client.download_artifacts(run_id, artifact_path, str(dst)))

@@ -9,7 +9,6 @@ is used and the record says so).
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -21,6 +20,7 @@ from ignite.metrics import Metric
 from monai.transforms import Compose, RandAffined, RandAdjustContrastd, RandFlipd, ToTensord
 
 from ..models.preprocessing import Preprocessing
+from ..models.weights import sha256_file
 from ..transforms import WeightsNormalized
 from ..transforms.presets import LoadItemd, ModalityPresetd, ResizeWithPadd
 from .data import Cohort
@@ -223,13 +223,6 @@ def plot_roc(path: Path, y: np.ndarray, prob: np.ndarray, classes: list[str], ti
     return path
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def run_params(config: dict[str, Any], cohort: Cohort, network, manifest: str | Path) -> dict[str, str]:
     """Params of a classification run: grid keys, data summary (no paths), weights and preprocessing."""
@@ -240,7 +233,7 @@ def run_params(config: dict[str, Any], cohort: Cohort, network, manifest: str | 
                                           "class_weighting", "augment", "label") if k in config}
     if cohort.num_classes == 2:  # sensitivity / specificity and AUC are for this class
         params["data.positive_class"] = cohort.classes[1]
-    params.update({"data.manifest_sha256": file_sha256(manifest), "data.classes": json.dumps(cohort.classes),
+    params.update({"data.manifest_sha256": sha256_file(manifest), "data.classes": json.dumps(cohort.classes),
                    **{f"data.n_{k}": str(v) for k, v in cohort.counts().items()},
                    "data.train_class_counts": json.dumps(cohort.class_counts("train"))})
     params.update(weights_params(network.encoder))

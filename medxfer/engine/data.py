@@ -60,6 +60,12 @@ def fold_roles(folds: list[int], fold: int) -> dict[str, list[int]]:
     return {"test": [fold], "val": [val], "train": [f for f in folds if f not in (fold, val)]}
 
 
+def is_2d(row: dict) -> bool:
+    """A 2D item (image, or RGB image): what the 2D bundles can use; volumes and cines are not."""
+    spatial = len(parse_list(row.get("shape", ""), int)) - (1 if int(row.get("channels") or 1) > 1 else 0)
+    return row.get("kind") != "volume" and spatial <= 2
+
+
 def _window(row: dict, key: str) -> float:
     """The recorded VOI window, unless ingest already baked it into the pixels (``voi_applied``)."""
     if row.get("voi_applied") == "1" or not row.get(key):
@@ -121,8 +127,7 @@ def load_cohort(manifest: str | os.PathLike, label: str, fold: int = 0, task: st
             skipped["no_label"] += 1
         elif row.get("fold", "") == "":
             skipped["no_fold"] += 1
-        elif row.get("kind") == "volume" or len(parse_list(row.get("shape", ""), int)) - (
-                1 if int(row.get("channels") or 1) > 1 else 0) > 2:
+        elif not is_2d(row):
             skipped["volume"] += 1  # the bundles are 2D
         else:
             usable.append(row)

@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 
-from ..ingest.manifest import parse_list, read_manifest
+from ..ingest.manifest import read_manifest
 from ..models import create_classifier, load_strict
 from ..models.weights import CHECKPOINT_ARTIFACT, WeightsError, safe_torch_load
-from ..tracking import RunNotFound, download_run_artifact
-from .data import CohortError, _item
+from ..tracking import RunNotFound, download_run_artifact, get_run
+from .data import CohortError, _item, is_2d
 
 
 @dataclass
@@ -69,22 +69,18 @@ def load_run_model(run_id: str) -> RunModel:
     network.encoder.preprocessing = Preprocessing.from_dict(ckpt["preprocessing"])
     if task == "segmentation":  # the Classifier exposes its encoder's record as a property
         network.preprocessing = network.encoder.preprocessing
-    import mlflow
-
-    from ..tracking import tracking_uri
-
-    params = dict(mlflow.MlflowClient(tracking_uri=tracking_uri()).get_run(run_id).data.params)
+    params = dict(get_run(run_id).data.params)
     return RunModel(run_id=run_id, task=task, network=network.eval(), classes=classes, config=config, params=params)
 
 
 def check_evaluation_fold(run_model: RunModel, fold: int, manifest: str | os.PathLike) -> None:
     """Refuse to evaluate a run on its own cohort's training or validation folds (inflated metrics):
     on the manifest it was trained on, only its test fold is a test."""
-    from .classification import file_sha256
+    from ..models.weights import sha256_file
 
     trained_on = (run_model.params or {}).get("data.manifest_sha256")
     trained_fold = int(run_model.config.get("fold", -1))
-    if trained_on and trained_on == file_sha256(manifest) and int(fold) != trained_fold:
+    if trained_on and trained_on == sha256_file(manifest) and int(fold) != trained_fold:
         raise CohortError(f"run:{run_model.run_id} was tested on fold {trained_fold} of this manifest; fold {fold} "
                           "was among its training or validation folds (evaluate it on --fold "
                           f"{trained_fold}, or on another cohort)")
@@ -101,8 +97,7 @@ def manifest_items(manifest: str | os.PathLike, modalities: list[str] | None = N
     keep = {m.upper() for m in modalities} if modalities else None
     items = []
     for row in rows:
-        shape = parse_list(row.get("shape", ""), int)
-        if row.get("kind") == "volume" or len(shape) - (1 if int(row.get("channels") or 1) > 1 else 0) > 2:
+        if not is_2d(row):
             continue
         if keep is not None and (row.get("modality") or "").upper() not in keep:
             continue
@@ -185,17 +180,10 @@ class PredictionWriter:
 
 def _run_task(run_id: str) -> str:
     """``classification`` or ``segmentation``: the ``task`` param of the run."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from ..tracking import tracking_uri
-
     try:
-        run = mlflow.MlflowClient(tracking_uri=tracking_uri()).get_run(run_id)
-    except MlflowException as exc:
-        raise WeightsError(f"run:{run_id}: no such MLflow run in the tracking store "
-                           f"({exc.message.splitlines()[0]})") from None
-    return run.data.params.get("task", "classification")
+        return get_run(run_id).data.params.get("task", "classification")
+    except RunNotFound as exc:
+        raise WeightsError(str(exc)) from None
 
 
 def predict(run_id: str, data: str | os.PathLike, out: str | os.PathLike | None = None,

@@ -25,7 +25,8 @@ from monai.transforms import Compose, LoadImage, MapTransform, ToTensord
 
 from ..models.preprocessing import Preprocessing
 from ..transforms import WeightsNormalized
-from .classification import augmentations, file_sha256
+from ..models.weights import sha256_file
+from .classification import augmentations
 from .data import Cohort
 from .mlflow_run import load_best_checkpoint, log_outcome
 
@@ -166,7 +167,7 @@ def run_params(config: dict[str, Any], cohort: Cohort, network, manifest: str | 
     from ..models import weights_params
 
     params = {k: str(config[k]) for k in config}
-    params.update({"data.manifest_sha256": file_sha256(manifest),
+    params.update({"data.manifest_sha256": sha256_file(manifest),
                    **{f"data.n_{k}": str(v) for k, v in cohort.counts().items()}})
     params.update(weights_params(network.encoder))
     params["freeze.trainable_parameters"] = str(network.freeze_summary.trainable_parameters)

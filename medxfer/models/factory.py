@@ -17,20 +17,25 @@ def create_encoder(arch: str, weights: str = "scratch", in_channels: int = 3,
     """
     if in_channels not in (1, 3):
         raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
-    encoder = arch_spec(arch).build(in_channels)
-    resolved = resolve_weights(weights, arch, home)
+    return load_weights(arch_spec(arch).build(in_channels), weights, home)
+
+
+def load_weights(encoder: Encoder, weights: str = "scratch", home: str | os.PathLike | None = None) -> Encoder:
+    """Load the weights a source names into an already built encoder (e.g. the one inside a
+    FlexibleUNet) strictly, and attach ``weights_record``, ``preprocessing`` and ``stem_adaptation``."""
+    resolved = resolve_weights(weights, encoder.arch, home)
     if resolved is None:
-        record, note = scratch_record(arch), "random"
+        record, note = scratch_record(encoder.arch), "random"
     else:
         record = resolved.record
-        state, note = adapt_stem(resolved.state_dict, encoder.stem_weight, in_channels,
+        state, note = adapt_stem(resolved.state_dict, encoder.stem_weight, encoder.in_channels,
                                  record.preprocessing_record, encoder.stem_norm)
         if "bn_eps" in record.arch_options:
             encoder.set_bn_eps(float(record.arch_options["bn_eps"]))
         load_strict(encoder, state, source=f"weights {weights!r}")
     encoder.weights_record = record
     encoder.stem_adaptation = note
-    encoder.preprocessing = record.preprocessing_record.for_channels(in_channels)
+    encoder.preprocessing = record.preprocessing_record.for_channels(encoder.in_channels)
     return encoder
 
 

@@ -6,7 +6,7 @@ import os
 from monai.networks.nets import FlexibleUNet
 
 from .encoders import flexunet_name
-from .factory import create_encoder
+from .factory import load_weights
 from .freeze import apply_freeze
 
 
@@ -20,12 +20,8 @@ def create_segmenter(arch: str, weights: str = "scratch", in_channels: int = 1, 
     """
     net = FlexibleUNet(in_channels=in_channels, out_channels=out_channels, backbone=flexunet_name(arch),
                        pretrained=False, decoder_channels=decoder_channels, spatial_dims=2)
-    loaded = create_encoder(arch, weights, in_channels, home)
-    net.encoder.load_state_dict(loaded.state_dict())
-    if loaded.weights_record.arch_options.get("bn_eps") is not None:
-        net.encoder.set_bn_eps(float(loaded.weights_record.arch_options["bn_eps"]))
+    load_weights(net.encoder, weights, home)
     for attr in ("weights_record", "preprocessing", "stem_adaptation"):
-        setattr(net.encoder, attr, getattr(loaded, attr))
-        setattr(net, attr, getattr(loaded, attr))
+        setattr(net, attr, getattr(net.encoder, attr))
     net.freeze_summary = apply_freeze(net.encoder, freeze)
     return net

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 
 import click
 
@@ -25,6 +26,10 @@ def main(verbose: bool) -> None:
     them in a tracked study grid.
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s")
+    # MONAI announces on import that an optional GPU codec is absent: not news on a CPU machine
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables"
+    warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
 
 
 @main.command()
@@ -200,23 +205,12 @@ def _extra_overrides(args: list[str]) -> dict:
     return overrides
 
 
-def _root_cause(exc: BaseException) -> BaseException:
-    """The first medxfer error in an exception chain (MONAI wraps config errors in RuntimeError)."""
-    seen = exc
-    while seen is not None:
-        if type(seen).__module__.startswith("medxfer") or isinstance(seen, FileNotFoundError):
-            return seen
-        if seen.__cause__ is None and seen.__context__ is None:
-            return seen  # the innermost error says more than MONAI's "Failed to evaluate"
-        seen = seen.__cause__ or seen.__context__
-    return exc
-
-
 def _fail_from(exc: BaseException, what: str) -> None:
     """One line naming the root cause (medxfer's own message as is, others with their type)."""
-    cause = _root_cause(exc)
+    from .engine.bundles import error_summary
+
     logging.getLogger("medxfer").debug(what, exc_info=exc)
-    _fail(str(cause) if type(cause).__module__.startswith("medxfer") else f"{type(cause).__name__}: {cause}")
+    _fail(error_summary(exc))
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -301,6 +295,116 @@ def ui(host, port):
     cmd = ui_command(host, port)
     click.echo(f"MLflow UI on http://{host}:{port} (store {uri})", err=True)
     os.execv(cmd[0], cmd)
+
+
+@main.command()
+@click.option("--out", "out", default="medxfer-demo", show_default=True, type=click.Path(file_okay=False, path_type=str),
+              help="Folder for the export, cohort, demo weights registry and report.")
+@click.option("--quick", is_flag=True, help="A smaller, faster run (one encoder, tiny images): a smoke test.")
+def demo(out, quick):
+    """The main job on an embedded default: a dental PACS export with fake identifiers →
+    ingest → split → self-pretraining on cephalograms → study (2 encoders × scratch / self-
+    pretrained × freeze none / all × 3 folds) → report. About 4 minutes on 2 CPU cores.
+
+    \b
+    Example:
+      medxfer demo            # then open the printed report, or run `medxfer ui`
+    """
+    import os
+
+    from .demo import DemoSettings, run_demo
+
+    try:
+        result = run_demo(out, DemoSettings.quick() if quick else DemoSettings(), echo=lambda s: click.echo(s, err=True))
+    except Exception as exc:  # noqa: BLE001
+        _fail_from(exc, "demo failed")
+    click.echo(f"report: {result.report}")
+    store = os.environ.get("MLFLOW_TRACKING_URI")
+    click.echo(f"browse the runs: {'MLFLOW_TRACKING_URI=' + store + ' ' if store else ''}medxfer ui   "
+               f"(experiment medxfer/{result.study}; {result.seconds / 60:.1f} min)")
+
+
+@main.group()
+def study() -> None:
+    """Study grids: run a spec (resumable, shardable), then report the comparison."""
+
+
+@study.command("run")
+@click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=str))
+@click.option("--shard", "shard_text", default=None, metavar="I/N",
+              help="Run the I-th of N disjoint slices of the grid (Slurm arrays, several machines on one tracking server).")
+@click.option("--dry-run", is_flag=True, help="Print the runs and which are already done; run nothing.")
+def study_run(spec, shard_text, dry_run):
+    """Run every cell × fold × seed of SPEC that is not finished yet.
+
+    One MLflow experiment `medxfer/<name>`, a parent run `study/<name>` and a child run per
+    cell × fold × seed tagged with its config_hash. Re-running skips finished runs and re-runs
+    failed or orphaned (killed) ones. Exit code 1 when a run failed (the others still ran).
+
+    \b
+    Example:
+      medxfer study run study.yaml --dry-run
+      medxfer study run study.yaml --shard 2/4      # e.g. SLURM_ARRAY_TASK_ID=2 of 4
+      medxfer study report dental-ceph-sex
+    """
+    from .study import SpecError, load_spec, parse_shard
+    from .study.runner import dry_run as plan, run_study
+
+    try:
+        parsed = load_spec(spec)
+        shard_index = parse_shard(shard_text)
+    except SpecError as exc:
+        _fail(str(exc))
+    if dry_run:
+        try:
+            rows = plan(parsed, shard_index)
+        except Exception as exc:  # noqa: BLE001 - e.g. an unreachable tracking server
+            _fail_from(exc, "dry run failed")
+        for planned, state in rows:
+            click.echo(f"{planned.index + 1:>4}  {state:<8} {planned.name}  config_hash={planned.config_hash}")
+        counts = {s: sum(1 for _, x in rows if x == s) for s in ("done", "todo", "failed", "running")}
+        click.echo(f"{len(rows)} runs in this shard: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v), err=True)
+        return
+    try:
+        outcome = run_study(parsed, shard_index, echo=lambda line: click.echo(line, err=True),
+                            quiet=not logging.getLogger().isEnabledFor(logging.INFO))
+    except Exception as exc:  # noqa: BLE001
+        _fail_from(exc, "study failed")
+    click.echo(f"study {parsed.name}: {len(outcome.ran)} ran, {len(outcome.already_done)} already done, "
+               f"{len(outcome.failed)} failed; grid {outcome.done_in_grid}/{outcome.total} finished "
+               f"(parent run {outcome.parent_run_id})", err=True)
+    if outcome.failed:
+        for name, reason in outcome.failed:
+            click.echo(f"  failed: {name}: {reason}", err=True)
+        sys.exit(1)
+
+
+@study.command("report")
+@click.argument("name")
+@click.option("--out", "out", default=None, type=click.Path(file_okay=False, path_type=str),
+              help="Output folder (default reports/<name>).")
+@click.option("--resamples", type=click.IntRange(min=2000), default=2000, show_default=True,
+              help="Bootstrap resamples for the CIs.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+def study_report(name, out, resamples, seed):
+    """Statistics and plots of study NAME: report.html, report.md, results.csv (also logged to
+    the study's parent run).
+
+    \b
+    Example:
+      medxfer study report dental-ceph-sex --out reports/dental
+    """
+    from .study.report import ReportError, build_report
+
+    try:
+        paths = build_report(name, out_dir=out, n_resamples=resamples, seed=seed)
+    except ReportError as exc:
+        _fail(str(exc))
+    except Exception as exc:  # noqa: BLE001
+        _fail_from(exc, "report failed")
+    for key in ("report.html", "report.md", "results.csv"):
+        if key in paths:
+            click.echo(f"{key}: {paths[key]}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1026,18 +1026,23 @@ def _panoramic_image(rng: np.random.Generator, finding: bool, rows: int, cols: i
     if finding:
         cx = cols * rng.uniform(0.3, 0.7)
         cy = rows * rng.uniform(0.49, 0.53)
-        img += 0.55 * (((xx - cx) / (cols * 0.016)) ** 2 + ((yy - cy) / (rows * 0.04)) ** 2 <= 1.0)
+        img += 0.6 * (((xx - cx) / (cols * 0.024)) ** 2 + ((yy - cy) / (rows * 0.06)) ** 2 <= 1.0)
     img += rng.normal(0, 0.04, img.shape)
     return np.clip(img / 1.4, 0, 1) * maxval
 
 
-def _ceph_image(rng: np.random.Generator, rows: int, cols: int, maxval: int) -> np.ndarray:
-    """A lateral-cephalogram-like image: skull outline and jaw, no finding."""
+def _ceph_image(rng: np.random.Generator, rows: int, cols: int, maxval: int, male: bool = False) -> np.ndarray:
+    """A lateral-cephalogram-like image: skull outline and jaw. Sex shows as it does on real
+    cephalograms, on average: a more prominent brow ridge and a larger, heavier mandible in men
+    (with individual variation, so the task is learnable but not trivial)."""
     yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float32)
     skull = ((xx - cols * 0.5) / (cols * 0.38)) ** 2 + ((yy - rows * 0.42) / (rows * 0.36)) ** 2
     img = 0.2 + 0.5 * ((skull <= 1.0) & (skull >= 0.8)) + 0.15 * (skull < 0.8)
-    jaw = ((xx - cols * 0.55) / (cols * 0.25)) ** 2 + ((yy - rows * 0.8) / (rows * 0.12)) ** 2
-    img += 0.35 * ((jaw <= 1.0) & (jaw >= 0.6))
+    scale = (1.12 if male else 1.0) + rng.normal(0, 0.04)
+    jaw = ((xx - cols * 0.55) / (cols * 0.25 * scale)) ** 2 + ((yy - rows * 0.8) / (rows * 0.12 * scale)) ** 2
+    img += 0.35 * ((jaw <= 1.0) & (jaw >= (0.45 if male else 0.6)))
+    brow = ((xx - cols * 0.2) / (cols * 0.06)) ** 2 + ((yy - rows * 0.3) / (rows * 0.05)) ** 2
+    img += (0.3 if male else 0.1) * (1 + rng.normal(0, 0.3)) * (brow <= 1.0)
     img += rng.normal(0, 0.04, img.shape)
     return np.clip(img, 0, 1) * maxval
 
@@ -1046,10 +1051,11 @@ def write_dental_export(root: PathLike, *, n_patients: int = 24, rows: int = 96,
                         ceph: bool = True, rng: np.random.Generator | None = None,
                         labels_csv: PathLike | None = None) -> ExportInfo:
     """A dental PACS export: per patient one panoramic (PX, RLE or J2K lossless) and, with ``ceph``,
-    one lateral cephalogram (DX). Half the patients (alternating) have a supernumerary tooth, a
-    finding a small CNN learns in a few epochs. Headers carry realistic fake identifiers.
+    one lateral cephalogram (DX). Half the patients have a supernumerary tooth (patients 1, 2 of
+    every 4, independent of sex), a finding a small CNN learns; the cephalograms show sex (the
+    dental study's second task). Headers carry realistic fake identifiers.
 
-    ``labels_csv``: ``PatientID,supernumerary`` (1/0) for every patient.
+    ``labels_csv``: ``PatientID,supernumerary,sex`` (1/0, F/M) for every patient.
     """
     rng, root = _rng(rng), Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -1058,8 +1064,8 @@ def write_dental_export(root: PathLike, *, n_patients: int = 24, rows: int = 96,
     kinds: dict[str, list[Path]] = {"px": [], "ceph": []}
     labels = []
     for i, p in enumerate(patients):
-        finding = i % 2 == 1
-        labels.append((p.patient_id, int(finding)))
+        finding = i % 4 in (1, 2)  # independent of sex, which alternates
+        labels.append((p.patient_id, int(finding), p.sex))
         folder = root / "DICOM" / f"PAT{i + 1:04d}"
         px = radiograph(folder / "STU0001" / "SER0001" / "IM000001", p, modality="PX", rows=rows, cols=cols,
                         view_position=None, body_part="JAW", bits_stored=12, window=(2048, 4096),
@@ -1070,14 +1076,14 @@ def write_dental_export(root: PathLike, *, n_patients: int = 24, rows: int = 96,
         if ceph:
             c = radiograph(folder / "STU0001" / "SER0002" / "IM000001", p, modality="DX", rows=cols, cols=rows * 2 - 32,
                            view_position="LL", body_part="SKULL", bits_stored=12, window=(2048, 4096),
-                           image=_ceph_image(rng, cols, rows * 2 - 32, 4095), rng=rng,
+                           image=_ceph_image(rng, cols, rows * 2 - 32, 4095, male=p.sex == "M"), rng=rng,
                            study_uid=px.study_uid)
             kinds["ceph"].append(c.path)
             files.append(c.path)
     if labels_csv is not None:
         with open(labels_csv, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["PatientID", "supernumerary"])
+            w.writerow(["PatientID", "supernumerary", "sex"])
             w.writerows(labels)
     identifiers = sorted({s for p in patients for s in p.identifiers()})
     return ExportInfo(root=root, files=files, patients=patients, n_items_expected=len(files),

@@ -54,6 +54,45 @@ def download_run_artifact(run_id: str, artifact_path: str, dst: str | os.PathLik
         raise RunNotFound(f"run:{run_id}: the run has no artifact {artifact_path!r} ({str(exc).splitlines()[0]})") from None
 
 
+def client():
+    """An ``MlflowClient`` on the project store (never the fluent global API: several runs, one process)."""
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=tracking_uri())
+
+
+def experiment_id(mlflow_client, name: str, create: bool = True) -> str | None:
+    """The id of experiment ``name``; created (artifacts under ``mlruns/artifacts`` for the default
+    store) when absent and ``create``, else None. Safe when another process creates it concurrently."""
+    exp = mlflow_client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    if not create:
+        return None
+    location = None
+    if (os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI) == DEFAULT_TRACKING_URI:
+        location = Path(DEFAULT_ARTIFACT_ROOT).resolve().as_uri()
+    try:
+        return mlflow_client.create_experiment(name, artifact_location=location)
+    except Exception:  # noqa: BLE001 - created concurrently by another process
+        return mlflow_client.get_experiment_by_name(name).experiment_id
+
+
+def search_all_runs(mlflow_client, experiment_id: str, filter_string: str, order_by: list[str] | None = None) -> list:
+    """Every active run of an experiment matching ``filter_string`` (all pages)."""
+    from mlflow.entities import ViewType
+
+    out, token = [], None
+    while True:
+        page = mlflow_client.search_runs([experiment_id], filter_string=filter_string,
+                                         run_view_type=ViewType.ACTIVE_ONLY, max_results=1000, order_by=order_by,
+                                         page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
 def ui_command(host: str = "127.0.0.1", port: int = 5000) -> list[str]:
     """The ``mlflow ui`` command line for the project store (bound to ``host``)."""
     import sys

@@ -45,6 +45,25 @@ def parse_override(value: str) -> Any:
         return value
 
 
+def root_cause(exc: BaseException) -> BaseException:
+    """The first medxfer error in an exception chain (MONAI wraps config errors in RuntimeError)."""
+    seen = exc
+    while seen is not None:
+        if type(seen).__module__.startswith("medxfer") or isinstance(seen, FileNotFoundError):
+            return seen
+        if seen.__cause__ is None and seen.__context__ is None:
+            return seen  # the innermost error says more than MONAI's "Failed to evaluate"
+        seen = seen.__cause__ or seen.__context__
+    return exc
+
+
+def error_summary(exc: BaseException) -> str:
+    """One line naming the root cause: medxfer's own message as is, others with their type."""
+    cause = root_cause(exc)
+    text = str(cause) if type(cause).__module__.startswith("medxfer") else f"{type(cause).__name__}: {cause}"
+    return text.splitlines()[0] if text else type(cause).__name__
+
+
 @dataclass
 class TrainResult:
     """What one bundle run produced."""

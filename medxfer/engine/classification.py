@@ -230,7 +230,7 @@ def run_params(config: dict[str, Any], cohort: Cohort, network, manifest: str | 
 
     params = {k: str(config[k]) for k in ("task", "encoder", "weights", "freeze", "lr", "encoder_lr_scale", "fold",
                                           "seed", "epochs", "batch_size", "image_size", "in_channels", "dropout",
-                                          "class_weighting", "augment", "label") if k in config}
+                                          "class_weighting", "augment", "label", "feature_cache") if k in config}
     if cohort.num_classes == 2:  # sensitivity / specificity and AUC are for this class
         params["data.positive_class"] = cohort.classes[1]
     params.update({"data.manifest_sha256": sha256_file(manifest), "data.classes": json.dumps(cohort.classes),
@@ -254,22 +254,36 @@ def class_weights(cohort: Cohort, enabled: bool, device) -> torch.Tensor | None:
 
 def finalize(network: torch.nn.Module, cohort: Cohort, run_config: dict[str, Any], tracker, output_dir: str | Path,
              device: torch.device | str, batch_size: int = 16, num_workers: int = 0,
-             config_files: Sequence[str] = (), evaluator=None, selection: str | None = None) -> dict[str, float]:
+             config_files: Sequence[str] = (), evaluator=None, selection: str | None = None,
+             features: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
     """Best checkpoint → validation and test predictions → metrics, predictions CSV, ROC plot,
-    medxfer checkpoint; all logged to the run, which is then closed. Returns the test metrics."""
+    medxfer checkpoint; all logged to the run, which is then closed. Returns the test metrics.
+
+    With ``features`` (a frozen encoder's cached pooled features, see :mod:`.features`) the head
+    predicts from them: the same numbers as the full network, without recomputing the encoder."""
     from ..models.weights import CHECKPOINT_ARTIFACT, save_checkpoint
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = network.module if hasattr(network, "module") else network  # DDP
     if selection is None:  # after training: the checkpoint MONAI's CheckpointSaver kept
-        selection = load_best_checkpoint(model, out, evaluator, "validation AUC")
+        # (the head alone when it trained from cached features: the encoder never changed)
+        from .features import FeatureHead
+
+        selection = load_best_checkpoint(FeatureHead(model) if features is not None else model, out, evaluator,
+                                         "validation AUC")
     transform = classification_transforms(int(run_config["image_size"]), int(run_config["in_channels"]),
                                           model.preprocessing, augment=False)
     val_y = np.array([int(i["label"]) for i in cohort.val])
     test_y = np.array([int(i["label"]) for i in cohort.test])
-    val_prob = predict_items(model, cohort.val, transform, device, batch_size, num_workers)
-    test_prob = predict_items(model, cohort.test, transform, device, batch_size, num_workers)
+    if features is not None:
+        from .features import predict_features
+
+        val_prob = predict_features(model, cohort.val, features, device)
+        test_prob = predict_features(model, cohort.test, features, device)
+    else:
+        val_prob = predict_items(model, cohort.val, transform, device, batch_size, num_workers)
+        test_prob = predict_items(model, cohort.test, transform, device, batch_size, num_workers)
     thresholds = youden_thresholds(val_y, val_prob) if len(val_y) else None
     metrics = classification_metrics(test_y, test_prob, thresholds)
     metrics.update({k.replace("test_", "best_val_"): v for k, v in

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..tracking import DEFAULT_ARTIFACT_ROOT, DEFAULT_TRACKING_URI, tracking_uri
+from ..tracking import experiment_id, tracking_uri
 
 
 def run_name(task: str, encoder: str, weights: str, freeze: str, lr: float, fold: int, seed: int) -> str:
@@ -46,18 +46,6 @@ class RunTracker:
             self._client = mlflow.MlflowClient(tracking_uri=tracking_uri())
         return self._client
 
-    def _experiment_id(self) -> str:
-        exp = self.client.get_experiment_by_name(self.experiment)
-        if exp is not None:
-            return exp.experiment_id
-        location = None
-        if (os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI) == DEFAULT_TRACKING_URI:
-            location = (Path(DEFAULT_ARTIFACT_ROOT).resolve()).as_uri()
-        try:
-            return self.client.create_experiment(self.experiment, artifact_location=location)
-        except Exception:  # noqa: BLE001 - created concurrently by another process
-            return self.client.get_experiment_by_name(self.experiment).experiment_id
-
     def start(self) -> str | None:
         """Create the run and log params and tags; returns the run id (None when disabled)."""
         if not self.enabled:
@@ -67,7 +55,7 @@ class RunTracker:
         tags = dict(self.tags)
         if self.parent_run_id:
             tags[MLFLOW_PARENT_RUN_ID] = self.parent_run_id
-        run = self.client.create_run(self._experiment_id(), run_name=self.name, tags=tags)
+        run = self.client.create_run(experiment_id(self.client, self.experiment), run_name=self.name, tags=tags)
         self.run_id = run.info.run_id
         self.log_params(self.params)
         return self.run_id

@@ -38,6 +38,11 @@ Blocks = list[tuple[str, list[nn.Module]]]
 KERAS_BN_EPS = 1.001e-5  # keras.applications ResNet/DenseNet
 KERAS_DEFAULT_BN_EPS = 1e-3  # keras BatchNormalization default (MobileNet, EfficientNet)
 KERAS_BN_MOMENTUM = 0.01  # Keras momentum 0.99 is PyTorch momentum 0.01
+# Momentum used for training, whatever the architecture's origin: PyTorch's default. Keras' 0.99
+# (MONAI's EfficientNet, the Keras layouts) suits long ImageNet runs; on a study's small cohort the
+# running statistics would stay near their initial values and a scratch network would be evaluated
+# with them (constant predictions). Momentum is not a weight: imported weights are unaffected.
+TRAIN_BN_MOMENTUM = 0.1
 
 
 class Encoder(nn.Module, BaseEncoder):
@@ -79,6 +84,12 @@ class Encoder(nn.Module, BaseEncoder):
             for name in self.frozen_blocks:
                 modules[name].eval()
         return self
+
+    def set_bn_momentum(self, momentum: float = TRAIN_BN_MOMENTUM) -> None:
+        """Set the running-statistics momentum of every BatchNorm layer."""
+        for module in self.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = momentum
 
     def set_bn_eps(self, eps: float) -> None:
         """Set the epsilon of every BatchNorm layer (weights trained with another eps)."""

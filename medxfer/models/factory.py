@@ -24,6 +24,7 @@ def load_weights(encoder: Encoder, weights: str = "scratch", home: str | os.Path
     """Load the weights a source names into an already built encoder (e.g. the one inside a
     FlexibleUNet) strictly, and attach ``weights_record``, ``preprocessing`` and ``stem_adaptation``."""
     resolved = resolve_weights(weights, encoder.arch, home)
+    encoder.set_bn_momentum()
     if resolved is None:
         record, note = scratch_record(encoder.arch), "random"
     else:

@@ -507,6 +507,18 @@ class ResolvedWeights:
     state_dict: dict[str, torch.Tensor]
 
 
+def imported_record(source: str, arch: str, home: str | os.PathLike | None = None) -> WeightsRecord | None:
+    """The registry record of an imported name for ``arch`` without loading its weights; None when
+    ``source`` is not an imported name (scratch, file:, run:, unknown)."""
+    if not _NAME_RE.match(source) or source == "scratch":
+        return None
+    record_path = _paths(source, arch, home)[1]
+    try:
+        return WeightsRecord.from_dict(json.loads(record_path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
 def resolve_weights(source: str, arch: str, home: str | os.PathLike | None = None) -> ResolvedWeights | None:
     """The weights ``source`` names for ``arch`` (``None`` for ``scratch``)."""
     arch_spec(arch)

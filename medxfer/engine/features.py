@@ -1,0 +1,129 @@
+"""Frozen-encoder feature cache: with ``freeze: all`` the encoder is a fixed function, so its
+pooled features of an item are computed once and every head that trains on that encoder —
+other learning rates, dropouts, folds, seeds — reads them from disk.
+
+Cache layout: ``<cache_dir>/<extractor key>/<item key>.pt``, one small tensor per item, written
+atomically (write + rename), so shards on several machines can share a cache folder.
+
+- The extractor key hashes the encoder's actual parameters and buffers (imported weights,
+  ``run:`` checkpoints and seeded scratch initialisations alike), its preprocessing, the input
+  size and channels, and this module's transform version.
+- The item key hashes the item's metadata (image path, window, shape) and the image file's size
+  and modification time, so a re-ingested image is recomputed.
+
+What this excludes: augmentation. A cached head sees every training image as it is, each epoch;
+the record says ``augment = false`` and ``feature_cache = true``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+TRANSFORM_VERSION = 1  # bump when the deterministic image pipeline changes meaning
+_ITEM_KEYS_IGNORED = {"label", "fold"}
+
+
+class FeatureHead(nn.Module):
+    """The trainable part of a :class:`~medxfer.models.classifier.Classifier` on pooled features:
+    ``head(dropout(x))``. It shares its modules with the classifier, so training it trains the
+    classifier's head."""
+
+    def __init__(self, classifier: nn.Module) -> None:
+        super().__init__()
+        self.dropout = classifier.dropout
+        self.head = classifier.head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(x))
+
+
+def extractor_key(network: nn.Module, image_size: int, in_channels: int) -> str:
+    """A hash of everything that decides an item's features besides the item itself."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"arch": type(network.encoder).__name__, "image_size": int(image_size),
+                         "in_channels": int(in_channels), "transform_version": TRANSFORM_VERSION,
+                         "preprocessing": network.preprocessing.params() if hasattr(network.preprocessing, "params")
+                         else str(network.preprocessing)}, sort_keys=True, default=str).encode())
+    for name, tensor in network.encoder.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def item_key(item: dict[str, Any]) -> str:
+    """A hash of an item's image file and the metadata its preset reads."""
+    meta = {k: v for k, v in item.items() if k not in _ITEM_KEYS_IGNORED}
+    try:
+        st = os.stat(item["image_path"])
+        meta["file"] = [st.st_size, st.st_mtime_ns]
+    except OSError:
+        meta["file"] = None
+    return hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _save_atomic(tensor: torch.Tensor, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(tensor, tmp)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def cached_features(network: nn.Module, items: list[dict], image_size: int, in_channels: int,
+                    cache_dir: str | os.PathLike, device: torch.device | str, batch_size: int = 16,
+                    num_workers: int = 0) -> dict[str, torch.Tensor]:
+    """Pooled encoder features (C,) per ``item_id`` for ``items``: read from ``cache_dir`` where
+    present, computed (in batches, eval mode) and written where not."""
+    from monai.data import DataLoader, Dataset
+
+    from .classification import classification_transforms
+
+    if any(p.requires_grad for p in network.encoder.parameters()):
+        raise ValueError("the feature cache needs a frozen encoder (freeze: all)")
+    folder = Path(cache_dir) / extractor_key(network, image_size, in_channels)
+    folder.mkdir(parents=True, exist_ok=True)
+    keys = {item["item_id"]: item_key(item) for item in items}
+    missing = [item for item in items if not (folder / f"{keys[item['item_id']]}.pt").exists()]
+    if missing:
+        was_training = network.training
+        network.eval()
+        transform = classification_transforms(image_size, in_channels, network.preprocessing, augment=False)
+        loader = DataLoader(Dataset(missing, transform), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+        for batch in loader:
+            feats = network.features(batch["image"].to(device)).float().cpu()
+            for item_id, f in zip(batch["item_id"], feats):
+                _save_atomic(f.clone(), folder / f"{keys[item_id]}.pt")
+        network.train(was_training)
+    return {item_id: torch.load(folder / f"{key}.pt", map_location="cpu", weights_only=True)
+            for item_id, key in keys.items()}
+
+
+def feature_items(features: dict[str, torch.Tensor], items: list[dict]) -> list[dict]:
+    """Dataset records ``{"image": features, "label": y, "item_id"}`` for a MONAI ``Dataset``."""
+    return [{"image": features[i["item_id"]], "label": torch.tensor(int(i["label"])), "item_id": i["item_id"]}
+            for i in items]
+
+
+@torch.no_grad()
+def predict_features(network: nn.Module, items: list[dict], features: dict[str, torch.Tensor],
+                     device: torch.device | str, batch_size: int = 256) -> np.ndarray:
+    """Softmax probabilities (N, C) of the classifier's head on cached features, in item order."""
+    head = FeatureHead(network)
+    head.eval()
+    out = []
+    for start in range(0, len(items), batch_size):
+        x = torch.stack([features[i["item_id"]] for i in items[start:start + batch_size]]).to(device)
+        out.append(torch.softmax(head(x).float(), 1).cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 0))
+
+
+def all_items(cohort) -> list[dict]:
+    """Every item of a cohort (train, validation, test): what one cache fill computes."""
+    return list(cohort.train) + list(cohort.val) + list(cohort.test)

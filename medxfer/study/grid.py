@@ -1,0 +1,131 @@
+"""Expanding a study spec into runs: cells × folds × seeds, each with a deterministic name, the
+bundle overrides it runs with, and a ``config_hash`` that decides whether it is already done.
+
+Order is fixed (grid keys in spec order, values in list order, then fold, then seed), so
+``--shard I/N`` — every N-th run starting at the I-th — gives the same disjoint slices on every
+machine, and the union of the N shards is the grid.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from ..engine.mlflow_run import run_name
+from ..models.weights import source_label
+from .spec import NAME_KEYS, NOT_HASHED, SpecError, StudySpec
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One cell × fold × seed of a study."""
+
+    index: int
+    name: str
+    cell: str
+    cell_values: dict[str, Any]
+    fold: int
+    seed: int
+    overrides: dict[str, Any] = field(hash=False)
+    config_hash: str
+    cell_hash: str
+
+    def tags(self, study: str, grid_keys: list[str]) -> dict[str, str]:
+        """The child run's MLflow tags (see ``docs/study-mlflow-layout.md``)."""
+        tags = {"medxfer.study": study, "medxfer.role": "cell", "config_hash": self.config_hash,
+                "cell_hash": self.cell_hash, "cell": self.cell, "fold": str(self.fold), "seed": str(self.seed),
+                "medxfer.grid_keys": ",".join(grid_keys), "task": self.name.split("/", 1)[0]}
+        tags.update({k: _tag_value(k, v) for k, v in self.cell_values.items() if k in grid_keys})
+        return tags
+
+
+def _tag_value(key: str, value: Any) -> str:
+    if key == "weights":
+        return source_label(str(value))
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+@lru_cache(maxsize=64)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    from ..models.weights import sha256_file
+
+    return sha256_file(path)
+
+
+def _weights_identity(source: str, arch: str) -> str:
+    """What a weights source *is*, for the hash: the file's sha256 for imported names and ``file:``
+    (re-importing other weights under the same name is a new configuration), the source otherwise
+    (``scratch``; ``run:<id>`` names one immutable checkpoint)."""
+    if source == "scratch" or source.startswith("run:"):
+        return source
+    if source.startswith("file:"):
+        path = Path(source[5:]).expanduser()
+        if path.is_file():
+            st = path.stat()
+            return "sha256:" + _file_sha256(str(path.resolve()), st.st_size, st.st_mtime_ns)
+        return source
+    from ..models.weights import imported_record
+
+    record = imported_record(source, arch)
+    return f"sha256:{record.sha256}" if record is not None and record.sha256 else source
+
+
+def expand(spec: StudySpec) -> list[PlannedRun]:
+    """Every run of the study in its fixed order."""
+    keys = list(spec.grid)
+    defaults = spec.bundle_defaults()
+    manifest_sha = _file_sha256(str(spec.manifest), spec.manifest.stat().st_size, spec.manifest.stat().st_mtime_ns)
+    runs: list[PlannedRun] = []
+    for values in itertools.product(*(spec.grid[k] for k in keys)):
+        cell_values = dict(zip(keys, values))
+        settings = {**spec.train, **cell_values}
+        named = {k: settings.get(k, spec.train.get(k, defaults.get(k))) for k in NAME_KEYS}
+        try:
+            lr = float(named["lr"])
+        except (TypeError, ValueError):
+            raise SpecError(f"lr {named['lr']!r} is not a number") from None
+        cell_name = run_name(spec.task, str(named["encoder"]), source_label(str(named["weights"])),
+                             str(named["freeze"]), lr, 0, 0).rsplit("/fold", 1)[0]
+        extra = {k: v for k, v in cell_values.items() if k not in NAME_KEYS}
+        if extra:  # grid keys outside the run name still make cells distinct
+            cell_name += "/" + ",".join(f"{k}={_tag_value(k, v)}" for k, v in extra.items())
+        hashed = {k: v for k, v in settings.items() if k not in NOT_HASHED}
+        hashed["weights_identity"] = _weights_identity(str(named["weights"]), str(named["encoder"]))
+        cell_identity = {"bundle": Path(spec.bundle).name, "label": spec.label, "manifest_sha256": manifest_sha,
+                         "data": spec.data, "settings": hashed}
+        cell_hash = _digest(cell_identity)
+        for fold in spec.folds:
+            for seed in spec.seeds:
+                overrides = {**settings, "manifest": str(spec.manifest), "label": spec.label, "fold": fold,
+                             "seed": seed, **spec.data}
+                runs.append(PlannedRun(
+                    index=len(runs), name=f"{cell_name}/fold{fold}/seed{seed}", cell=cell_name,
+                    cell_values=cell_values, fold=fold, seed=seed, overrides=overrides,
+                    config_hash=_digest({**cell_identity, "fold": fold, "seed": seed}), cell_hash=cell_hash))
+    return runs
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``"I/N"`` (1 ≤ I ≤ N) → (I, N); None → (1, 1)."""
+    if not text:
+        return 1, 1
+    try:
+        i, n = (int(x) for x in str(text).split("/"))
+    except ValueError:
+        raise SpecError(f"--shard {text!r}: write I/N, e.g. 2/4 (the second of four shards)") from None
+    if not 1 <= i <= n:
+        raise SpecError(f"--shard {text!r}: I must be between 1 and N")
+    return i, n
+
+
+def shard(runs: list[PlannedRun], i: int, n: int) -> list[PlannedRun]:
+    """The I-th of N disjoint slices: runs whose index ≡ I−1 (mod N)."""
+    return [r for r in runs if r.index % n == i - 1]

@@ -1,0 +1,245 @@
+"""Running a study: a parent MLflow run per study, one child bundle run per cell × fold × seed.
+
+Resuming is by ``config_hash``: a FINISHED child with the hash is never run again. A child left
+RUNNING by a runner that died (``kill -9``, a lost node) is marked FAILED and run again. A child
+is known to be orphaned when its runner's process is gone on this host, or when its heartbeat
+(a tag the runner refreshes every 30 s) is older than ``MEDXFER_STALE_SECONDS`` (default 600) —
+the rule for runners on other machines sharing one tracking server.
+
+``freeze: all`` classification cells train their heads from the frozen encoder's cached features
+(:mod:`medxfer.engine.features`, bundle config ``train_features.json``) unless the spec sets
+``feature_cache: false``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..tracking import experiment_id
+from ..tracking import client as mlflow_client
+from ..tracking import search_all_runs
+from .grid import PlannedRun, expand, shard
+from .spec import StudySpec
+
+log = logging.getLogger(__name__)
+HEARTBEAT_SECONDS = 30.0
+
+
+def stale_seconds() -> float:
+    return float(os.environ.get("MEDXFER_STALE_SECONDS", "600"))
+
+
+@dataclass
+class StudyOutcome:
+    """What one ``study run`` invocation did."""
+
+    total: int  # runs in the whole grid
+    selected: int  # runs in this shard
+    already_done: list[str] = field(default_factory=list)
+    ran: list[tuple[str, str | None, dict]] = field(default_factory=list)  # (name, run id, test metrics)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (name, one-line reason)
+    reset: list[str] = field(default_factory=list)  # orphaned RUNNING children marked FAILED
+    parent_run_id: str | None = None
+    done_in_grid: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.done_in_grid == self.total
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _orphaned(run, host: str, now: float) -> bool:
+    tags = run.data.tags
+    if tags.get("medxfer.host") == host and tags.get("medxfer.pid", "").isdigit():
+        if int(tags["medxfer.pid"]) != os.getpid() and not _pid_alive(int(tags["medxfer.pid"])):
+            return True
+    beat = float(tags.get("medxfer.heartbeat") or run.info.start_time / 1000.0)
+    return now - beat > stale_seconds()
+
+
+class _Heartbeat:
+    """Refresh ``medxfer.heartbeat`` on the RUNNING child of this process with a given hash."""
+
+    def __init__(self, client, experiment_id: str):
+        self.client, self.experiment_id = client, experiment_id
+        self.config_hash: str | None = None
+        self.host = socket.gethostname()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="medxfer-heartbeat")
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            h = self.config_hash
+            if not h:
+                continue
+            try:
+                for run in self.client.search_runs(
+                        [self.experiment_id], filter_string=f"tags.config_hash = '{h}' and "
+                        f"tags.`medxfer.host` = '{self.host}' and tags.`medxfer.pid` = '{os.getpid()}' "
+                        "and attributes.status = 'RUNNING'"):
+                    self.client.set_tag(run.info.run_id, "medxfer.heartbeat", f"{time.time():.0f}")
+            except Exception as exc:  # noqa: BLE001 - a missed beat is not an error
+                log.debug("heartbeat failed: %s", exc)
+
+
+def study_state(spec: StudySpec, runs: list[PlannedRun], client=None) -> tuple[str | None, dict[str, list]]:
+    """(experiment id, {config_hash: child runs}) as the tracking store has them now."""
+    client = client or mlflow_client()
+    exp_id = experiment_id(client, spec.experiment, create=False)
+    by_hash: dict[str, list] = {}
+    if exp_id is None:
+        return None, by_hash
+    wanted = {r.config_hash for r in runs}
+    for run in search_all_runs(client, exp_id, f"tags.`medxfer.study` = '{spec.name}' and tags.`medxfer.role` = 'cell'"):
+        h = run.data.tags.get("config_hash")
+        if h in wanted:
+            by_hash.setdefault(h, []).append(run)
+    return exp_id, by_hash
+
+
+def _status(children: list) -> str:
+    statuses = {c.info.status for c in children}
+    for s in ("FINISHED", "RUNNING", "FAILED", "KILLED"):
+        if s in statuses:
+            return s
+    return "todo"
+
+
+def dry_run(spec: StudySpec, shard_index: tuple[int, int] = (1, 1)) -> list[tuple[PlannedRun, str]]:
+    """Each run of the shard with its state: ``done``, ``running``, ``failed`` (re-run) or ``todo``."""
+    runs = expand(spec)
+    _, by_hash = study_state(spec, runs)
+    labels = {"FINISHED": "done", "RUNNING": "running", "FAILED": "failed", "KILLED": "failed", "todo": "todo"}
+    return [(r, labels[_status(by_hash.get(r.config_hash, []))]) for r in shard(runs, *shard_index)]
+
+
+def _parent_run(client, spec: StudySpec, exp_id: str) -> str:
+    """The study's parent run (created once; concurrent shards converge on the earliest)."""
+    from mlflow.entities import Param
+
+    query = f"tags.`medxfer.study` = '{spec.name}' and tags.`medxfer.role` = 'study'"
+    found = sorted(search_all_runs(client, exp_id, query), key=lambda r: (r.info.start_time, r.info.run_id))
+    if found:
+        run_id = found[0].info.run_id
+        if found[0].info.status != "RUNNING":
+            client.update_run(run_id, status="RUNNING")
+        return run_id
+    run = client.create_run(exp_id, run_name=f"study/{spec.name}",
+                            tags={"medxfer.study": spec.name, "medxfer.role": "study",
+                                  "medxfer.spec_hash": spec.spec_hash()})
+    params = {"bundle": Path(spec.bundle).name, "label": spec.label, "folds": spec.folds, "seeds": spec.seeds,
+              **{f"grid.{k}": v for k, v in spec.grid.items()}, **{f"train.{k}": v for k, v in spec.train.items()}}
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "spec.yaml"
+        path.write_text(spec.text or "")
+        client.log_artifact(run.info.run_id, str(path))
+    found = sorted(search_all_runs(client, exp_id, query), key=lambda r: (r.info.start_time, r.info.run_id))
+    if found and found[0].info.run_id != run.info.run_id:  # another shard won the race
+        client.delete_run(run.info.run_id)
+        return found[0].info.run_id
+    return run.info.run_id
+
+
+def uses_feature_cache(spec: StudySpec, planned: PlannedRun) -> bool:
+    """``freeze: all`` classification cells read the frozen encoder's features from the cache."""
+    settings = planned.overrides
+    return (spec.task == "classification" and str(settings.get("freeze")) == "all"
+            and bool(settings.get("feature_cache", True)))
+
+
+def quiet_engines(quiet: bool) -> None:
+    """Per-epoch engine logs (MONAI's StatsHandler) off: a study prints one line per run instead."""
+    for name in ("monai.handlers.StatsHandler", "ignite.engine.engine.SupervisedTrainer",
+                 "ignite.engine.engine.SupervisedEvaluator"):
+        logging.getLogger(name).disabled = quiet
+
+
+def run_study(spec: StudySpec, shard_index: tuple[int, int] = (1, 1),
+              echo: Callable[[str], None] = lambda s: None, runs_dir: str | os.PathLike = "runs",
+              quiet: bool = True) -> StudyOutcome:
+    """Run every not-yet-finished run of the shard; failures are recorded and the rest go on.
+    ``quiet`` silences the per-epoch engine logs (the metrics are in MLflow)."""
+    from ..engine.bundles import error_summary, train_bundle
+
+    quiet_engines(quiet)
+
+    client = mlflow_client()
+    runs = expand(spec)
+    selected = shard(runs, *shard_index)
+    outcome = StudyOutcome(total=len(runs), selected=len(selected))
+    exp_id = experiment_id(client, spec.experiment, create=True)
+    outcome.parent_run_id = _parent_run(client, spec, exp_id)
+    _, by_hash = study_state(spec, runs, client)
+    host, now = socket.gethostname(), time.time()
+    grid_keys = list(spec.grid)
+    with _Heartbeat(client, exp_id) as beat:
+        for planned in selected:
+            children = by_hash.get(planned.config_hash, [])
+            if any(c.info.status == "FINISHED" for c in children):
+                outcome.already_done.append(planned.name)
+                continue
+            live = [c for c in children if c.info.status == "RUNNING"]
+            orphans = [c for c in live if _orphaned(c, host, now)]
+            for c in orphans:
+                client.set_terminated(c.info.run_id, status="FAILED")
+                client.set_tag(c.info.run_id, "medxfer.reset", "runner gone; marked FAILED and re-run")
+                outcome.reset.append(planned.name)
+            if len(orphans) < len(live):
+                echo(f"skip {planned.name}: running elsewhere (heartbeat fresh)")
+                continue
+            tags = {**planned.tags(spec.name, grid_keys), "medxfer.host": host, "medxfer.pid": str(os.getpid()),
+                    "medxfer.heartbeat": f"{time.time():.0f}"}
+            overrides = {k: v for k, v in planned.overrides.items() if k != "feature_cache"}
+            config = "train"
+            if uses_feature_cache(spec, planned):
+                config = "train_features"
+            overrides.update(experiment=spec.experiment, parent_run_id=outcome.parent_run_id, tags=tags,
+                             run_name=planned.name,
+                             output_dir=str(Path(runs_dir) / spec.name / planned.name.replace("/", "_")))
+            echo(f"[{planned.index + 1}/{len(runs)}] {planned.name}")
+            beat.config_hash = planned.config_hash
+            try:
+                result = train_bundle(spec.bundle, config=config, **overrides)
+            except Exception as exc:  # noqa: BLE001 - one failed run must not stop the study
+                reason = error_summary(exc)
+                outcome.failed.append((planned.name, reason))
+                echo(f"  FAILED: {reason}")
+                continue
+            finally:
+                beat.config_hash = None
+            outcome.ran.append((planned.name, result.run_id, result.metrics))
+            metric = next((f"{k} {v:.3f}" for k, v in result.metrics.items() if k in ("test_auc", "test_dice")), "")
+            echo(f"  done {metric}".rstrip())
+    _, by_hash = study_state(spec, runs, client)
+    outcome.done_in_grid = sum(any(c.info.status == "FINISHED" for c in by_hash.get(r.config_hash, []))
+                               for r in runs)
+    client.set_tag(outcome.parent_run_id, "medxfer.progress", f"{outcome.done_in_grid}/{outcome.total}")
+    if outcome.complete:
+        client.set_terminated(outcome.parent_run_id, status="FINISHED")
+    elif outcome.failed:
+        client.set_terminated(outcome.parent_run_id, status="FAILED")
+    return outcome

@@ -1,0 +1,40 @@
+"""`medxfer demo --quick`: the whole chain on the embedded default, as a user runs it."""
+from __future__ import annotations
+
+import csv
+
+from click.testing import CliRunner
+
+from medxfer.cli import main
+from tests.conftest import find_identifiers
+
+
+def test_demo_runs_the_chain_and_leaks_no_identifier(tmp_path, monkeypatch):
+    from medxfer import synthetic
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    result = CliRunner().invoke(main, ["demo", "--quick", "--out", "demo"])
+    assert result.exit_code == 0, result.output
+    report = tmp_path / "demo" / "report" / "report.html"
+    assert f"report: {report}" in result.stdout and "medxfer ui" in result.stdout
+    html = report.read_text()
+    assert 'id="cells"' in html and "ceph-sex" in html and "data:image/png;base64," in html
+    rows = list(csv.DictReader(open(tmp_path / "demo" / "report" / "results.csv")))
+    assert {(r["weights"], r["freeze"]) for r in rows} == {("scratch", "none"), ("scratch", "all"),
+                                                           ("ceph-sex", "none"), ("ceph-sex", "all")}
+    # the export and the labels CSV hold the fake identifiers; nothing made from them may
+    identifiers = [s for p in synthetic.write_dental_export(tmp_path / "again", n_patients=16).patients
+                   for s in p.identifiers()]
+    assert "TESTPAT" in (tmp_path / "demo" / "export").joinpath("DICOM", "PAT0001", "STU0001", "SER0001",
+                                                                  "IM000001").read_bytes().decode("latin-1")
+    for folder in ("cohort", "runs", "report", "pretrain"):
+        assert find_identifiers(tmp_path / "demo" / folder, identifiers) == []
+    assert find_identifiers(tmp_path / "mlruns", identifiers) == []
+    assert (tmp_path / "mlflow.db").read_bytes().find(b"TESTPAT") == -1
+
+    # a second demo reuses everything: no new run, nothing decoded again
+    again = CliRunner().invoke(main, ["demo", "--quick", "--out", "demo"])
+    assert again.exit_code == 0, again.output
+    assert "already pretrained" in again.stderr and "0 ran" not in again.stderr
+    assert "done test_auc" not in again.stderr

@@ -373,6 +373,9 @@ def study_run(spec, shard_text, dry_run):
     click.echo(f"study {parsed.name}: {len(outcome.ran)} ran, {len(outcome.already_done)} already done, "
                f"{len(outcome.failed)} failed; grid {outcome.done_in_grid}/{outcome.total} finished "
                f"(parent run {outcome.parent_run_id})", err=True)
+    if outcome.running_elsewhere:
+        click.echo(f"  {len(outcome.running_elsewhere)} runs are in progress in another runner (fresh heartbeat): "
+                   "run this again once they end to see the grid complete", err=True)
     if outcome.failed:
         for name, reason in outcome.failed:
             click.echo(f"  failed: {name}: {reason}", err=True)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import yaml
 
 STUDY_NAME = "demo-dental"
 SOURCE_NAME = "ceph-sex"
@@ -103,13 +104,14 @@ def run_demo(out: str | os.PathLike = "medxfer-demo", settings: DemoSettings | N
         import_weights(pretrained.output_dir / CHECKPOINT_ARTIFACT, name=SOURCE_NAME, arch=encoder, fmt="medxfer",
                        note=f"demo: self-pretrained on cephalometric sex, MLflow run {pretrained.run_id}")
 
-    spec = parse_spec({
+    raw = {
         "name": STUDY_NAME, "bundle": "classification",
         "data": {"manifest": str(manifest), "label": "supernumerary", "folds": list(settings.folds_run),
                  "modalities": ["PX"]},
         "grid": {"encoder": list(settings.encoders), "weights": ["scratch", SOURCE_NAME], "freeze": ["none", "all"],
                  "lr": [1e-3]},
-        "seeds": [0], "train": {**train, "epochs": settings.epochs}})
+        "seeds": [0], "train": {**train, "epochs": settings.epochs}}
+    spec = parse_spec(raw, text=yaml.safe_dump(raw, sort_keys=False))
     runs = len(settings.encoders) * 4 * len(settings.folds_run)
     echo(f"4/5 study {STUDY_NAME}: {runs} runs (supernumerary teeth on the panoramics)")
     outcome = run_study(spec, echo=lambda line: echo(f"    {line}"), runs_dir=out / "runs")

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+log = logging.getLogger(__name__)
 TRANSFORM_VERSION = 1  # bump when the deterministic image pipeline changes meaning
 _ITEM_KEYS_IGNORED = {"label", "fold"}
 
@@ -51,6 +54,9 @@ def extractor_key(network: nn.Module, image_size: int, in_channels: int) -> str:
                          "in_channels": int(in_channels), "transform_version": TRANSFORM_VERSION,
                          "preprocessing": network.preprocessing.params() if hasattr(network.preprocessing, "params")
                          else str(network.preprocessing)}, sort_keys=True, default=str).encode())
+    for name, module in network.encoder.named_modules():  # eps is not in the state dict but changes outputs
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            h.update(f"{name}:eps={module.eps}".encode())
     for name, tensor in network.encoder.state_dict().items():
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
@@ -70,9 +76,24 @@ def item_key(item: dict[str, Any]) -> str:
 
 
 def _save_atomic(tensor: torch.Tensor, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(tensor, tmp)
+    """Write + fsync + rename, with a name unique across hosts sharing the folder (NFS)."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(tensor, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _load(path: Path) -> torch.Tensor | None:
+    """A cached feature vector, or None when absent or unreadable (then it is computed again)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file is a cache miss, not an error
+        log.warning("feature cache: recomputing unreadable %s (%s)", path.name, exc)
+        return None
 
 
 @torch.no_grad()
@@ -90,19 +111,20 @@ def cached_features(network: nn.Module, items: list[dict], image_size: int, in_c
     folder = Path(cache_dir) / extractor_key(network, image_size, in_channels)
     folder.mkdir(parents=True, exist_ok=True)
     keys = {item["item_id"]: item_key(item) for item in items}
-    missing = [item for item in items if not (folder / f"{keys[item['item_id']]}.pt").exists()]
+    features = {item_id: _load(folder / f"{key}.pt") for item_id, key in keys.items()}
+    missing = [item for item in items if features[item["item_id"]] is None]
     if missing:
         was_training = network.training
-        network.eval()
+        network.to(device).eval()  # MONAI may build the datasets before the network is moved
         transform = classification_transforms(image_size, in_channels, network.preprocessing, augment=False)
         loader = DataLoader(Dataset(missing, transform), batch_size=batch_size, shuffle=False, num_workers=num_workers)
         for batch in loader:
             feats = network.features(batch["image"].to(device)).float().cpu()
             for item_id, f in zip(batch["item_id"], feats):
-                _save_atomic(f.clone(), folder / f"{keys[item_id]}.pt")
+                features[item_id] = f.clone()
+                _save_atomic(features[item_id], folder / f"{keys[item_id]}.pt")
         network.train(was_training)
-    return {item_id: torch.load(folder / f"{key}.pt", map_location="cpu", weights_only=True)
-            for item_id, key in keys.items()}
+    return features
 
 
 def feature_items(features: dict[str, torch.Tensor], items: list[dict]) -> list[dict]:

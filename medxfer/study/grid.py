@@ -33,6 +33,7 @@ class PlannedRun:
     overrides: dict[str, Any] = field(hash=False)
     config_hash: str
     cell_hash: str
+    feature_cache: bool = False  # a freeze: all classification run whose head trains from cached features
 
     def tags(self, study: str, grid_keys: list[str]) -> dict[str, str]:
         """The child run's MLflow tags (see ``docs/study-mlflow-layout.md``)."""
@@ -47,6 +48,21 @@ def _tag_value(key: str, value: Any) -> str:
     if key == "weights":
         return source_label(str(value))
     return value if isinstance(value, str) else json.dumps(value)
+
+
+def _canonical(value: Any) -> Any:
+    """``30.0`` and ``30`` are one setting: integral floats become ints, recursively."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def _truthy(value: Any) -> bool:
+    return str(value).strip().lower() not in ("false", "0", "no", "off", "none", "")
 
 
 def _digest(obj: Any) -> str:
@@ -97,19 +113,31 @@ def expand(spec: StudySpec) -> list[PlannedRun]:
         extra = {k: v for k, v in cell_values.items() if k not in NAME_KEYS}
         if extra:  # grid keys outside the run name still make cells distinct
             cell_name += "/" + ",".join(f"{k}={_tag_value(k, v)}" for k, v in extra.items())
-        hashed = {k: v for k, v in settings.items() if k not in NOT_HASHED}
+        feature_cache = (spec.task == "classification" and str(named["freeze"]) == "all"
+                         and _truthy(settings.get("feature_cache", True)))
+        run_settings = {k: v for k, v in settings.items() if k != "feature_cache"}
+        if feature_cache:
+            run_settings["augment"] = False  # heads on cached features see the images as they are
+        hashed = _canonical({k: v for k, v in run_settings.items() if k not in NOT_HASHED})
+        hashed["feature_cache"] = feature_cache
         hashed["weights_identity"] = _weights_identity(str(named["weights"]), str(named["encoder"]))
+        if str(named["weights"]).startswith("file:"):
+            hashed["weights"] = "file:"  # the file's sha256 is its identity, not where it lies
+        # where the cohort lives is not what it is: paths stay out (the manifest's content goes in), so
+        # machines with the data at different paths share one study through one tracking server
+        data = {k: v for k, v in spec.data.items() if k != "mask_root"}
         cell_identity = {"bundle": Path(spec.bundle).name, "label": spec.label, "manifest_sha256": manifest_sha,
-                         "data": spec.data, "settings": hashed}
+                         "data": data, "settings": hashed}
         cell_hash = _digest(cell_identity)
         for fold in spec.folds:
             for seed in spec.seeds:
-                overrides = {**settings, "manifest": str(spec.manifest), "label": spec.label, "fold": fold,
+                overrides = {**run_settings, "manifest": str(spec.manifest), "label": spec.label, "fold": fold,
                              "seed": seed, **spec.data}
                 runs.append(PlannedRun(
                     index=len(runs), name=f"{cell_name}/fold{fold}/seed{seed}", cell=cell_name,
                     cell_values=cell_values, fold=fold, seed=seed, overrides=overrides,
-                    config_hash=_digest({**cell_identity, "fold": fold, "seed": seed}), cell_hash=cell_hash))
+                    config_hash=_digest({**cell_identity, "fold": fold, "seed": seed}), cell_hash=cell_hash,
+                    feature_cache=feature_cache))
     return runs
 
 

@@ -203,6 +203,21 @@ def _grid_keys(tag_lists: Iterable[str]) -> list[str]:
     return keys
 
 
+def _current_grid(client, parent_id: str | None) -> set[str] | None:
+    """The config hashes of the study's grid as ``study run`` last expanded it (its ``grid.json``
+    on the parent run), or None when the parent has none (a study made by other means)."""
+    import json
+
+    if parent_id is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="medxfer-report-") as tmp:
+        try:
+            path = client.download_artifacts(parent_id, "grid.json", tmp)
+            return set(json.loads(Path(path).read_text())["config_hashes"])
+        except Exception:  # noqa: BLE001 - absent or unreadable: use every child run
+            return None
+
+
 def collect_study(name: str) -> StudyRuns:
     """The finished child runs of study ``name`` with their test-set predictions / per-case Dice.
 
@@ -217,10 +232,19 @@ def collect_study(name: str) -> StudyRuns:
         raise ReportError(f"study {name!r}: no MLflow experiment 'medxfer/{name}' in the tracking store "
                           "(run `medxfer study run SPEC.yaml` first, or check MLFLOW_TRACKING_URI)")
     exp_id = experiment.experiment_id
-    parents = search_all_runs(client, exp_id, f"tags.`{ROLE_TAG}` = 'study'", order_by=["attributes.start_time DESC"])
+    # the earliest parent, as the runner chooses it when shards race to create one
+    parents = search_all_runs(client, exp_id, f"tags.`{ROLE_TAG}` = 'study'", order_by=["attributes.start_time ASC"])
     parent_id = parents[0].info.run_id if parents else None
 
     children = search_all_runs(client, exp_id, f"tags.`{ROLE_TAG}` = 'cell'")
+    grid = _current_grid(client, parent_id)
+    notes: list[str] = []
+    if grid is not None:  # only runs of the spec as last run (not of an earlier version of it)
+        outside = [r for r in children if r.data.tags.get("config_hash") not in grid]
+        children = [r for r in children if r.data.tags.get("config_hash") in grid]
+        if outside:
+            notes.append(f"{len(outside)} run(s) of other configurations (an earlier version of the spec, "
+                         "another cohort) are not part of the current grid and left out")
     finished = [r for r in children if r.info.status == "FINISHED"]
     n_not_finished = len(children) - len(finished)
     latest: dict[str, Any] = {}
@@ -240,7 +264,6 @@ def collect_study(name: str) -> StudyRuns:
         grid_keys = [k for k in DEFAULT_GRID_KEYS if any(k in r.data.tags for r in chosen)]
 
     runs: list[ChildRun] = []
-    notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="medxfer-report-") as tmp:
         for r in sorted(chosen, key=lambda r: (r.data.tags.get("cell", ""), r.info.start_time or 0)):
             tags = r.data.tags

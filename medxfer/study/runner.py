@@ -46,6 +46,7 @@ class StudyOutcome:
     ran: list[tuple[str, str | None, dict]] = field(default_factory=list)  # (name, run id, test metrics)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (name, one-line reason)
     reset: list[str] = field(default_factory=list)  # orphaned RUNNING children marked FAILED
+    running_elsewhere: list[str] = field(default_factory=list)  # RUNNING with a fresh heartbeat: left alone
     parent_run_id: str | None = None
     done_in_grid: int = 0
 
@@ -65,12 +66,23 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _orphaned(run, host: str, now: float) -> bool:
+    """A RUNNING child whose runner is gone: on this host, its process is dead or is this very
+    process (which runs one child at a time and has not started this one: a restarted container
+    reusing the pid); elsewhere, its heartbeat is older than ``stale_seconds()``."""
     tags = run.data.tags
     if tags.get("medxfer.host") == host and tags.get("medxfer.pid", "").isdigit():
-        if int(tags["medxfer.pid"]) != os.getpid() and not _pid_alive(int(tags["medxfer.pid"])):
+        pid = int(tags["medxfer.pid"])
+        if pid == os.getpid() or not _pid_alive(pid):
             return True
     beat = float(tags.get("medxfer.heartbeat") or run.info.start_time / 1000.0)
     return now - beat > stale_seconds()
+
+
+def _children_with_hash(client, exp_id: str, spec: StudySpec, config_hash: str) -> list:
+    """The study's child runs of one configuration, as the store has them now (another runner on
+    the same shard may have finished it since this one started)."""
+    return search_all_runs(client, exp_id, f"tags.`medxfer.study` = '{spec.name}' and "
+                                           f"tags.`medxfer.role` = 'cell' and tags.config_hash = '{config_hash}'")
 
 
 class _Heartbeat:
@@ -164,11 +176,18 @@ def _parent_run(client, spec: StudySpec, exp_id: str) -> str:
     return run.info.run_id
 
 
-def uses_feature_cache(spec: StudySpec, planned: PlannedRun) -> bool:
-    """``freeze: all`` classification cells read the frozen encoder's features from the cache."""
-    settings = planned.overrides
-    return (spec.task == "classification" and str(settings.get("freeze")) == "all"
-            and bool(settings.get("feature_cache", True)))
+GRID_ARTIFACT = "grid.json"
+
+
+def _log_grid(client, parent_run_id: str, spec: StudySpec, runs: list[PlannedRun]) -> None:
+    """The parent run's ``grid.json``: the config hashes of the spec as last run, so the report
+    shows this grid and not runs of an earlier version of the spec (other epochs, cohort, …)."""
+    import json
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / GRID_ARTIFACT
+        path.write_text(json.dumps({"spec_hash": spec.spec_hash(), "config_hashes": [r.config_hash for r in runs]}))
+        client.log_artifact(parent_run_id, str(path))
 
 
 def quiet_engines(quiet: bool) -> None:
@@ -193,30 +212,32 @@ def run_study(spec: StudySpec, shard_index: tuple[int, int] = (1, 1),
     outcome = StudyOutcome(total=len(runs), selected=len(selected))
     exp_id = experiment_id(client, spec.experiment, create=True)
     outcome.parent_run_id = _parent_run(client, spec, exp_id)
+    _log_grid(client, outcome.parent_run_id, spec, runs)
     _, by_hash = study_state(spec, runs, client)
-    host, now = socket.gethostname(), time.time()
+    host = socket.gethostname()
     grid_keys = list(spec.grid)
     with _Heartbeat(client, exp_id) as beat:
         for planned in selected:
             children = by_hash.get(planned.config_hash, [])
+            if not any(c.info.status == "FINISHED" for c in children):
+                children = _children_with_hash(client, exp_id, spec, planned.config_hash)
             if any(c.info.status == "FINISHED" for c in children):
                 outcome.already_done.append(planned.name)
                 continue
             live = [c for c in children if c.info.status == "RUNNING"]
-            orphans = [c for c in live if _orphaned(c, host, now)]
+            orphans = [c for c in live if _orphaned(c, host, time.time())]
             for c in orphans:
                 client.set_terminated(c.info.run_id, status="FAILED")
                 client.set_tag(c.info.run_id, "medxfer.reset", "runner gone; marked FAILED and re-run")
                 outcome.reset.append(planned.name)
             if len(orphans) < len(live):
+                outcome.running_elsewhere.append(planned.name)
                 echo(f"skip {planned.name}: running elsewhere (heartbeat fresh)")
                 continue
             tags = {**planned.tags(spec.name, grid_keys), "medxfer.host": host, "medxfer.pid": str(os.getpid()),
                     "medxfer.heartbeat": f"{time.time():.0f}"}
-            overrides = {k: v for k, v in planned.overrides.items() if k != "feature_cache"}
-            config = "train"
-            if uses_feature_cache(spec, planned):
-                config = "train_features"
+            overrides = dict(planned.overrides)
+            config = "train_features" if planned.feature_cache else "train"
             overrides.update(experiment=spec.experiment, parent_run_id=outcome.parent_run_id, tags=tags,
                              run_name=planned.name,
                              output_dir=str(Path(runs_dir) / spec.name / planned.name.replace("/", "_")))

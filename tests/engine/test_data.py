@@ -32,8 +32,8 @@ def test_cohort_is_patient_level_and_every_item_is_tested_once(dental_cohort):
 
 
 def test_errors_say_what_to_do(dental_cohort, tmp_path):
-    with pytest.raises(CohortError, match="no column 'sex'"):
-        load_cohort(dental_cohort.manifest, "sex")
+    with pytest.raises(CohortError, match="no column 'age'"):
+        load_cohort(dental_cohort.manifest, "age")
     rows = list(csv.DictReader(open(dental_cohort.manifest)))
     columns = [c for c in rows[0] if c != "fold"]
     unsplit = tmp_path / "manifest.csv"

@@ -113,6 +113,16 @@ def test_study_shards_resume_feature_cache_and_report(study_cohort, mlflow_store
     logged = {a.path for a in client.list_artifacts(again.parent_run_id, "report")}
     assert "report/report.html" in logged
 
+    # the spec narrowed to one lr: nothing to run, and the report shows the current grid only
+    narrowed = write_spec(tmp_path / "narrow.yaml", study_cohort.manifest,
+                          {"encoder": ["resnet18"], "weights": ["scratch", "mine"], "freeze": ["all"],
+                           "lr": [1e-3]}, train={"feature_cache_dir": str(tmp_path / "features")})
+    assert run_study(load_spec(narrowed)).ran == []
+    report = runner.invoke(main, ["study", "report", "s", "--out", str(tmp_path / "report2")])
+    assert report.exit_code == 0, report.output
+    assert len(list(csv.DictReader(open(tmp_path / "report2" / "results.csv")))) == 2
+    assert "8 run(s) of other configurations" in (tmp_path / "report2" / "report.md").read_text()
+
     leaks = find_identifiers(tmp_path, study_cohort.identifiers)
     assert leaks == [], leaks
 

@@ -145,3 +145,31 @@ def test_load_spec_resolves_manifest_beside_the_spec(manifest, tmp_path, monkeyp
     with pytest.raises(SpecError, match="not valid YAML"):
         load_spec(bad)
     assert json.loads(json.dumps(spec.grid)) == {"lr": [0.001, 0.0001]}
+
+
+def test_the_hash_ignores_paths_and_spelling(manifest, tmp_path):
+    """Machines sharing a tracking server with the cohort and weights at other paths, or a spec
+    writing 30.0 for 30, still recognise each other's finished runs."""
+    import shutil
+
+    from medxfer.models import create_encoder
+    from medxfer.models.weights import save_checkpoint
+
+    weights = save_checkpoint(tmp_path / "a" / "w.pt", create_encoder("resnet18", "scratch", 3))
+    elsewhere = tmp_path / "b" / "other_name.pt"
+    elsewhere.parent.mkdir()
+    shutil.copy(weights, elsewhere)
+    moved = tmp_path / "moved" / "manifest.csv"
+    moved.parent.mkdir()
+    shutil.copy(manifest, moved)
+
+    def hashes(man, w, epochs, **train):
+        raw = spec_dict(man, grid={"encoder": ["resnet18"], "weights": [f"file:{w}"], "freeze": ["all"]},
+                        train={"epochs": epochs, **train}, seeds=[0])
+        raw["data"]["mask_root"] = str(man.parent)
+        return [r.config_hash for r in expand(parse_spec(raw))]
+
+    first = hashes(manifest, weights, 30)
+    assert hashes(moved, elsewhere, 30.0, feature_cache=True) == first
+    assert hashes(moved, elsewhere, 30, feature_cache="false") != first  # trained through the encoder
+    assert hashes(manifest, weights, 31) != first

@@ -348,7 +348,7 @@ def study_run(spec, shard_text, dry_run):
       medxfer study report dental-ceph-sex
     """
     from .study import SpecError, load_spec, parse_shard
-    from .study.runner import dry_run as plan, run_study
+    from .study.runner import dry_run as plan, run_study, stage_states
 
     try:
         parsed = load_spec(spec)
@@ -358,8 +358,11 @@ def study_run(spec, shard_text, dry_run):
     if dry_run:
         try:
             rows = plan(parsed, shard_index)
+            stage_rows = stage_states(parsed)
         except Exception as exc:  # noqa: BLE001 - e.g. an unreachable tracking server
             _fail_from(exc, "dry run failed")
+        for label, state in stage_rows:
+            click.echo(f"{'pre':>4}  {state:<8} {label}")
         for planned, state in rows:
             click.echo(f"{planned.index + 1:>4}  {state:<8} {planned.name}  config_hash={planned.config_hash}")
         counts = {s: sum(1 for _, x in rows if x == s) for s in ("done", "todo", "failed", "running")}

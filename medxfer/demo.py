@@ -6,14 +6,13 @@
    keyed by PatientID: ``supernumerary`` (an extra tooth on the panoramic) and ``sex`` (visible
    on the cephalogram), the two tasks of the dental-radiograph transfer study.
 2. Ingests it (de-identified manifest + decoded cache) and splits it by patient into 5 folds.
-3. Self-pretrains a source: each encoder learns sex on the cephalograms; the checkpoints are
-   imported as the weights source ``ceph-sex`` (what a user does with their own pretraining).
-4. Runs the study "demo-dental": supernumerary teeth on the panoramics, encoders ResNet18 and
-   EfficientNet-B0 × weights scratch / ceph-sex × freeze none / all × folds 0–2.
-5. Writes the report and prints where it is and how to browse the runs.
+3. Runs the study "demo-dental". Its ``pretrain`` stage ``ceph-sex`` self-pretrains each encoder
+   on sex from the cephalograms. Its grid is supernumerary teeth on the panoramics: encoders
+   ResNet18 and EfficientNet-B0 × weights scratch / ceph-sex × freeze none / all × folds 0–2.
+4. Writes the report and prints where it is and how to browse the runs.
 
 Everything lives under ``--out`` (default ``medxfer-demo/``): the export, the cohort, its own
-``MEDXFER_HOME`` (pseudonymisation secret, weights registry), the report. Runs go to the
+``MEDXFER_HOME`` (pseudonymisation secret), the report. Runs go to the
 project's MLflow store (``mlruns/`` or ``MLFLOW_TRACKING_URI``). Running it again reuses what
 is done: nothing is decoded or trained twice.
 """
@@ -63,9 +62,7 @@ def run_demo(out: str | os.PathLike = "medxfer-demo", settings: DemoSettings | N
              echo: Callable[[str], None] = print) -> DemoResult:
     """Build the export, ingest, split, pretrain the source, run the study, write the report."""
     from . import synthetic
-    from .engine import train_bundle
     from .ingest import ingest, split
-    from .models.weights import CHECKPOINT_ARTIFACT, import_weights, imported_record
     from .study import parse_spec, run_study
     from .study.report import build_report
     from .study.runner import quiet_engines
@@ -74,50 +71,41 @@ def run_demo(out: str | os.PathLike = "medxfer-demo", settings: DemoSettings | N
     start = time.perf_counter()
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    os.environ["MEDXFER_HOME"] = str(out / "home")  # the demo's own secret and weights registry
+    os.environ["MEDXFER_HOME"] = str(out / "home")  # the demo's own pseudonymisation secret
     quiet_engines(True)
 
     export = out / "export"
     if not (out / "labels.csv").exists():
-        echo(f"1/5 writing a dental PACS export of {settings.patients} patients (PX + ceph, fake identifiers)")
+        echo(f"1/4 writing a dental PACS export of {settings.patients} patients (PX + ceph, fake identifiers)")
         synthetic.write_dental_export(export, n_patients=settings.patients, labels_csv=out / "labels.csv",
                                       rng=np.random.default_rng(2026))
     else:
-        echo("1/5 dental PACS export already written")
-    echo("2/5 ingesting and splitting by patient")
+        echo("1/4 dental PACS export already written")
+    echo("2/4 ingesting and splitting by patient")
     result = ingest(export, out / "cohort", labels=out / "labels.csv", key="PatientID", workers=min(2, os.cpu_count() or 1))
     echo(f"    {result.summary()}")
     manifest = out / "cohort" / "manifest.csv"
     split(out / "cohort", settings.folds_split, stratify="supernumerary", seed=0)
 
     train = {"image_size": settings.image_size, "batch_size": settings.batch_size, "in_channels": 1}
-    for encoder in settings.encoders:
-        if imported_record(SOURCE_NAME, encoder) is not None:
-            echo(f"3/5 source {SOURCE_NAME} for {encoder} already pretrained")
-            continue
-        echo(f"3/5 self-pretraining {encoder} on cephalometric sex (the source task)")
-        pretrained = train_bundle("classification", manifest=str(manifest), label="sex", modalities=["DX"],
-                                  encoder=encoder, weights="scratch", epochs=settings.pretrain_epochs, fold=0,
-                                  experiment="medxfer/demo-pretrain",
-                                  output_dir=str(out / "pretrain" / encoder), **train)
-        echo(f"    source test AUC {pretrained.metrics.get('test_auc', float('nan')):.3f} (run {pretrained.run_id})")
-        import_weights(pretrained.output_dir / CHECKPOINT_ARTIFACT, name=SOURCE_NAME, arch=encoder, fmt="medxfer",
-                       note=f"demo: self-pretrained on cephalometric sex, MLflow run {pretrained.run_id}")
-
     raw = {
         "name": STUDY_NAME, "bundle": "classification",
         "data": {"manifest": str(manifest), "label": "supernumerary", "folds": list(settings.folds_run),
                  "modalities": ["PX"]},
+        # the self-pretrained source: each encoder learns sex on the cephalograms first
+        "pretrain": [{"name": SOURCE_NAME, "from": "scratch", "train": {"epochs": settings.pretrain_epochs},
+                      "data": {"manifest": str(manifest), "label": "sex", "fold": 0, "modalities": ["DX"]}}],
         "grid": {"encoder": list(settings.encoders), "weights": ["scratch", SOURCE_NAME], "freeze": ["none", "all"],
                  "lr": [1e-3]},
         "seeds": [0], "train": {**train, "epochs": settings.epochs}}
     spec = parse_spec(raw, text=yaml.safe_dump(raw, sort_keys=False))
     runs = len(settings.encoders) * 4 * len(settings.folds_run)
-    echo(f"4/5 study {STUDY_NAME}: {runs} runs (supernumerary teeth on the panoramics)")
+    echo(f"3/4 study {STUDY_NAME}: pretrain {SOURCE_NAME} per encoder (cephalometric sex), then {runs} runs "
+         "(supernumerary teeth on the panoramics)")
     outcome = run_study(spec, echo=lambda line: echo(f"    {line}"), runs_dir=out / "runs")
     if outcome.failed:
         raise RuntimeError(f"{len(outcome.failed)} study runs failed: {outcome.failed[0][0]}: {outcome.failed[0][1]}")
-    echo("5/5 writing the report")
+    echo("4/4 writing the report")
     paths = build_report(STUDY_NAME, out_dir=out / "report")
     return DemoResult(report=paths["report.html"], study=STUDY_NAME, parent_run_id=outcome.parent_run_id,
                       seconds=time.perf_counter() - start)

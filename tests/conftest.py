@@ -44,11 +44,40 @@ def all_output_bytes(root: Path):
             yield p, data
 
 
-def find_identifiers(root: Path, identifiers: list[str]) -> list[tuple[str, str]]:
-    """Every (file, identifier) where an identifier occurs in any output file (case-insensitive)."""
+def _torch_load(path: Path):
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _strings(obj) -> list[str]:
+    """Every string (keys included) in a nested checkpoint structure."""
+    if isinstance(obj, str):
+        return [obj]
+    if isinstance(obj, dict):
+        return [s for k, v in obj.items() for s in _strings(k) + _strings(v)]
+    if isinstance(obj, (list, tuple)):
+        return [s for v in obj for s in _strings(v)]
+    return []
+
+
+def find_identifiers(root: Path, identifiers: list[str], skip_suffixes: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """Every (file, identifier) where an identifier occurs in any output file (case-insensitive).
+
+    ``skip_suffixes``: files with no text fields (PNG figures) whose compressed bytes can match a
+    4-letter name part by chance; base64 images inside HTML are skipped alike, and checkpoints
+    (``.pt``) are searched in their strings, not their float bytes."""
+    import re
+
     needles = [(s, s.lower().encode()) for s in identifiers if len(s) >= 4]
     hits = []
     for p, data in all_output_bytes(root):
+        if p.suffix in skip_suffixes:
+            continue
+        if p.suffix == ".html":
+            data = re.sub(rb"data:image/png;base64,[A-Za-z0-9+/=]+", b"", data)
+        if p.suffix == ".pt":  # a checkpoint: its text (provenance, names), not its float bytes
+            data = "\n".join(_strings(_torch_load(p))).encode()
         low = data.lower()
         hits.extend((str(p.relative_to(root)), s) for s, n in needles if n in low)
     return hits

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..engine.mlflow_run import run_name
 from ..models.weights import source_label
+from .pretrain import stage_hash
 from .spec import NAME_KEYS, NOT_HASHED, SpecError, StudySpec
 
 
@@ -34,6 +35,7 @@ class PlannedRun:
     config_hash: str
     cell_hash: str
     feature_cache: bool = False  # a freeze: all classification run whose head trains from cached features
+    stage: str | None = None  # the pretraining stage whose checkpoint is this run's weights
 
     def tags(self, study: str, grid_keys: list[str]) -> dict[str, str]:
         """The child run's MLflow tags (see ``docs/study-mlflow-layout.md``)."""
@@ -115,12 +117,15 @@ def expand(spec: StudySpec) -> list[PlannedRun]:
             cell_name += "/" + ",".join(f"{k}={_tag_value(k, v)}" for k, v in extra.items())
         feature_cache = (spec.task == "classification" and str(named["freeze"]) == "all"
                          and _truthy(settings.get("feature_cache", True)))
-        run_settings = {k: v for k, v in settings.items() if k != "feature_cache"}
+        run_settings = {**named, **{k: v for k, v in settings.items() if k != "feature_cache"}}
         if feature_cache:
             run_settings["augment"] = False  # heads on cached features see the images as they are
         hashed = _canonical({k: v for k, v in run_settings.items() if k not in NOT_HASHED})
         hashed["feature_cache"] = feature_cache
-        hashed["weights_identity"] = _weights_identity(str(named["weights"]), str(named["encoder"]))
+        weights, encoder = str(named["weights"]), str(named["encoder"])
+        stage = weights if weights in spec.stages else None
+        hashed["weights_identity"] = (f"stage:{stage_hash(spec.stages, stage, encoder, _weights_identity)}" if stage
+                                      else _weights_identity(weights, encoder))
         if str(named["weights"]).startswith("file:"):
             hashed["weights"] = "file:"  # the file's sha256 is its identity, not where it lies
         # where the cohort lives is not what it is: paths stay out (the manifest's content goes in), so
@@ -137,7 +142,7 @@ def expand(spec: StudySpec) -> list[PlannedRun]:
                     index=len(runs), name=f"{cell_name}/fold{fold}/seed{seed}", cell=cell_name,
                     cell_values=cell_values, fold=fold, seed=seed, overrides=overrides,
                     config_hash=_digest({**cell_identity, "fold": fold, "seed": seed}), cell_hash=cell_hash,
-                    feature_cache=feature_cache))
+                    feature_cache=feature_cache, stage=stage))
     return runs
 
 

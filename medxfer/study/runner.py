@@ -148,6 +148,24 @@ def dry_run(spec: StudySpec, shard_index: tuple[int, int] = (1, 1)) -> list[tupl
     return [(r, labels[_status(by_hash.get(r.config_hash, []))]) for r in shard(runs, *shard_index)]
 
 
+def stage_states(spec: StudySpec) -> list[tuple[str, str]]:
+    """(``pretrain/<stage>/<encoder>``, ``done``/``running``/``todo``) for the stages the grid uses."""
+    from .grid import _weights_identity
+    from .pretrain import stage_hash
+
+    needed = sorted({(r.stage, str(r.overrides["encoder"])) for r in expand(spec) if r.stage})
+    client = mlflow_client()
+    exp_id = experiment_id(client, spec.experiment, create=False)
+    rows = []
+    for name, encoder in needed:
+        h = stage_hash(spec.stages, name, encoder, _weights_identity)
+        runs = search_all_runs(client, exp_id, f"tags.`medxfer.role` = 'pretrain' and tags.config_hash = '{h}'") \
+            if exp_id else []
+        labels = {"FINISHED": "done", "RUNNING": "running"}
+        rows.append((f"pretrain/{name}/{encoder}", labels.get(_status(runs), "todo")))
+    return rows
+
+
 def _parent_run(client, spec: StudySpec, exp_id: str) -> str:
     """The study's parent run (created once; concurrent shards converge on the earliest)."""
     from mlflow.entities import Param
@@ -177,6 +195,88 @@ def _parent_run(client, spec: StudySpec, exp_id: str) -> str:
 
 
 GRID_ARTIFACT = "grid.json"
+
+
+class StageFailed(RuntimeError):
+    """A pretraining stage that could not produce its checkpoint (the runs that need it fail)."""
+
+
+class _Stages:
+    """Pretraining stage runs of one ``study run``: found FINISHED in the store, waited for while
+    another runner trains them, or trained here; each (stage, encoder) once."""
+
+    def __init__(self, client, exp_id: str, spec: StudySpec, parent_run_id: str, beat: "_Heartbeat",
+                 echo: Callable[[str], None], runs_dir: Path):
+        self.client, self.exp_id, self.spec, self.parent = client, exp_id, spec, parent_run_id
+        self.beat, self.echo, self.runs_dir = beat, echo, runs_dir
+        self.done: dict[tuple[str, str], str | StageFailed] = {}
+
+    def run_id(self, name: str, encoder: str) -> str:
+        """The MLflow run id of stage ``name`` for ``encoder`` (trained first if needed)."""
+        key = (name, encoder)
+        if key not in self.done:
+            try:
+                self.done[key] = self._ensure(name, encoder)
+            except StageFailed as exc:
+                self.done[key] = exc
+        result = self.done[key]
+        if isinstance(result, StageFailed):
+            raise result
+        return result
+
+    def _ensure(self, name: str, encoder: str) -> str:
+        from ..engine.bundles import error_summary, train_bundle
+        from .grid import _weights_identity
+        from .pretrain import chain, stage_hash
+
+        stages = self.spec.stages
+        stage = stages[name]
+        start = stage.start
+        if start in stages:
+            try:
+                start = f"run:{self.run_id(start, encoder)}"
+            except StageFailed as exc:
+                raise StageFailed(f"pretraining stage {name} needs {stage.start}: {exc}") from None
+        config_hash = stage_hash(stages, name, encoder, _weights_identity)
+        query = (f"tags.`medxfer.study` = '{self.spec.name}' and tags.`medxfer.role` = 'pretrain' and "
+                 f"tags.config_hash = '{config_hash}'")
+        announced = False
+        while True:
+            runs = search_all_runs(self.client, self.exp_id, query)
+            finished = sorted((r for r in runs if r.info.status == "FINISHED"), key=lambda r: r.info.end_time or 0)
+            if finished:
+                return finished[-1].info.run_id
+            live = [r for r in runs if r.info.status == "RUNNING"]
+            host = socket.gethostname()
+            for r in live:
+                if _orphaned(r, host, time.time()):
+                    self.client.set_terminated(r.info.run_id, status="FAILED")
+                    self.client.set_tag(r.info.run_id, "medxfer.reset", "runner gone; marked FAILED and re-run")
+            if not any(r.info.status == "RUNNING" and not _orphaned(r, host, time.time()) for r in live):
+                break
+            if not announced:
+                self.echo(f"waiting for pretrain/{name}/{encoder}: another runner is training it")
+                announced = True
+            time.sleep(HEARTBEAT_SECONDS / 2)
+        tags = {"medxfer.study": self.spec.name, "medxfer.role": "pretrain", "config_hash": config_hash,
+                "medxfer.stage": name, "medxfer.chain": " → ".join(chain(stages, name)), "encoder": encoder,
+                "medxfer.host": socket.gethostname(), "medxfer.pid": str(os.getpid()),
+                "medxfer.heartbeat": f"{time.time():.0f}"}
+        run_name = f"pretrain/{name}/{encoder}"
+        self.echo(f"[pretrain] {run_name} (from {stage.start})")
+        self.beat.config_hash = config_hash
+        try:
+            result = train_bundle("classification", manifest=str(stage.manifest), label=stage.label, fold=stage.fold,
+                                  encoder=encoder, weights=start, experiment=self.spec.experiment,
+                                  parent_run_id=self.parent, run_name=run_name, tags=tags,
+                                  output_dir=str(self.runs_dir / self.spec.name / run_name.replace("/", "_")),
+                                  **stage.data, **stage.train)
+        except Exception as exc:  # noqa: BLE001 - reported on every run that needs the stage
+            raise StageFailed(f"pretraining stage {name} for {encoder} failed: {error_summary(exc)}") from None
+        finally:
+            self.beat.config_hash = None
+        self.echo(f"  done test_auc {result.metrics.get('test_auc', float('nan')):.3f} (source task)")
+        return str(result.run_id)
 
 
 def _log_grid(client, parent_run_id: str, spec: StudySpec, runs: list[PlannedRun]) -> None:
@@ -217,6 +317,7 @@ def run_study(spec: StudySpec, shard_index: tuple[int, int] = (1, 1),
     host = socket.gethostname()
     grid_keys = list(spec.grid)
     with _Heartbeat(client, exp_id) as beat:
+        stages = _Stages(client, exp_id, spec, outcome.parent_run_id, beat, echo, Path(runs_dir))
         for planned in selected:
             children = by_hash.get(planned.config_hash, [])
             if not any(c.info.status == "FINISHED" for c in children):
@@ -237,6 +338,13 @@ def run_study(spec: StudySpec, shard_index: tuple[int, int] = (1, 1),
             tags = {**planned.tags(spec.name, grid_keys), "medxfer.host": host, "medxfer.pid": str(os.getpid()),
                     "medxfer.heartbeat": f"{time.time():.0f}"}
             overrides = dict(planned.overrides)
+            if planned.stage:
+                try:
+                    overrides["weights"] = f"run:{stages.run_id(planned.stage, str(overrides.get('encoder')))}"
+                except StageFailed as exc:
+                    outcome.failed.append((planned.name, str(exc)))
+                    echo(f"  FAILED {planned.name}: {exc}")
+                    continue
             config = "train_features" if planned.feature_cache else "train"
             overrides.update(experiment=spec.experiment, parent_run_id=outcome.parent_run_id, tags=tags,
                              run_name=planned.name,

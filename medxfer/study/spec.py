@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from ..engine.bundles import BundleError, bundle_path
+from .pretrain import PretrainStage, parse_stages
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # Keys the study owns: set per run, never by the spec's grid or train sections.
@@ -62,6 +63,7 @@ class StudySpec:
     seeds: list[int] = field(default_factory=lambda: [0])
     train: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)  # modalities, classes, mask_root
+    pretrain: list[PretrainStage] = field(default_factory=list)
     source: Path | None = None
     text: str = ""
 
@@ -69,6 +71,11 @@ class StudySpec:
     def experiment(self) -> str:
         """The MLflow experiment of the study (``medxfer/<name>``)."""
         return f"medxfer/{self.name}"
+
+    @property
+    def stages(self) -> dict[str, PretrainStage]:
+        """Pretraining stages by name (each a weights source of the grid)."""
+        return {s.name: s for s in self.pretrain}
 
     @property
     def task(self) -> str:
@@ -82,7 +89,8 @@ class StudySpec:
     def spec_hash(self) -> str:
         """A hash of what the spec asks for (recorded on the parent run)."""
         blob = json.dumps({"bundle": self.bundle, "label": self.label, "folds": self.folds, "grid": self.grid,
-                           "seeds": self.seeds, "train": self.train, "data": self.data}, sort_keys=True, default=str)
+                           "seeds": self.seeds, "train": self.train, "data": self.data,
+                           "pretrain": [vars(s) for s in self.pretrain]}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -127,9 +135,10 @@ def parse_spec(raw: dict[str, Any], source: Path | None = None, text: str = "") 
     """Validate a spec mapping (what ``yaml.safe_load`` returns) into a :class:`StudySpec`."""
     if not isinstance(raw, dict):
         raise SpecError("a study spec is a mapping with name, data, bundle, grid")
-    unknown = set(raw) - {"name", "data", "bundle", "grid", "seeds", "train"}
+    unknown = set(raw) - {"name", "data", "bundle", "grid", "seeds", "train", "pretrain"}
     if unknown:
-        raise SpecError(f"unknown top-level keys {sorted(unknown)} (allowed: name, data, bundle, grid, seeds, train)")
+        raise SpecError(f"unknown top-level keys {sorted(unknown)} (allowed: name, data, bundle, grid, seeds, "
+                        "train, pretrain)")
     name = str(raw.get("name") or "")
     if not NAME_PATTERN.match(name):
         raise SpecError(f"name {name!r}: letters, digits, '.', '_' and '-' only (it names the MLflow experiment)")
@@ -185,12 +194,13 @@ def parse_spec(raw: dict[str, Any], source: Path | None = None, text: str = "") 
     both = sorted(set(grid) & set(train))
     if both:
         raise SpecError(f"{both} are in both grid and train: put each key in one place")
+    stages = parse_stages(raw.get("pretrain"), lambda m: _resolve_manifest(m, source), train, SpecError)
     seeds = raw.get("seeds", [0])
     seeds = [int(s) for s in (seeds if isinstance(seeds, list) else [seeds])]
     if not seeds or len(set(seeds)) != len(seeds):
         raise SpecError(f"seeds must be a non-empty list of distinct integers, not {seeds}")
     return StudySpec(name=name, bundle=bundle, manifest=manifest, label=label, folds=folds, grid=grid,
-                     seeds=seeds, train=train, data=data, source=source, text=text)
+                     seeds=seeds, train=train, data=data, pretrain=stages, source=source, text=text)
 
 
 def load_spec(path: str | os.PathLike) -> StudySpec:

@@ -1,0 +1,85 @@
+"""Pretraining stages in a study spec: self-pretraining and an incremental chain, recorded as
+weights sources with their provenance, resumed like grid runs."""
+from __future__ import annotations
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from medxfer.cli import main
+from medxfer.study import load_spec, run_study
+from medxfer.study.grid import expand
+from medxfer.study.spec import SpecError, parse_spec
+
+
+def chain_spec(path, manifest):
+    path.write_text(yaml.safe_dump({
+        "name": "chain",
+        "data": {"manifest": str(manifest), "label": "supernumerary", "folds": [0], "modalities": ["PX"]},
+        "pretrain": [
+            {"name": "ceph-sex", "data": {"manifest": str(manifest), "label": "sex", "modalities": ["DX"]},
+             "train": {"epochs": 1}},
+            {"name": "ceph-sex-again", "from": "ceph-sex", "train": {"epochs": 1},
+             "data": {"manifest": str(manifest), "label": "sex", "fold": 1, "modalities": ["DX"]}}],
+        "grid": {"encoder": ["resnet18"], "weights": ["scratch", "ceph-sex", "ceph-sex-again"], "freeze": ["all"]},
+        "train": {"epochs": 1, "image_size": 64, "batch_size": 8}}))
+    return path
+
+
+def test_pretraining_chain_runs_once_and_feeds_the_grid(study_cohort, mlflow_store, tmp_path):
+    import mlflow
+
+    spec_file = chain_spec(tmp_path / "chain.yaml", study_cohort.manifest)
+    dry = CliRunner().invoke(main, ["study", "run", str(spec_file), "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "todo     pretrain/ceph-sex/resnet18" in dry.stdout and "pretrain/ceph-sex-again/resnet18" in dry.stdout
+
+    spec = load_spec(spec_file)
+    outcome = run_study(spec)
+    assert not outcome.failed and len(outcome.ran) == 3 and outcome.complete
+    client = mlflow.MlflowClient(tracking_uri=mlflow_store)
+    exp = client.get_experiment_by_name("medxfer/chain").experiment_id
+    stages = {r.data.tags["medxfer.stage"]: r for r in
+              client.search_runs([exp], "tags.`medxfer.role` = 'pretrain'")}
+    assert set(stages) == {"ceph-sex", "ceph-sex-again"}
+    first, second = stages["ceph-sex"], stages["ceph-sex-again"]
+    # provenance: where each stage started, and the chain it belongs to
+    assert first.data.params["weights"] == "scratch" and first.data.params["label"] == "sex"
+    assert second.data.params["weights"] == f"run:{first.info.run_id}"
+    assert second.data.tags["medxfer.chain"] == "scratch → ceph-sex → ceph-sex-again"
+    assert second.data.tags["mlflow.parentRunId"] == outcome.parent_run_id
+    # the grid's runs use the stage checkpoints, and keep the stage name in their name and tags
+    cells = {r.data.tags["weights"]: r for r in client.search_runs([exp], "tags.`medxfer.role` = 'cell'")}
+    assert cells["ceph-sex-again"].data.params["weights"] == f"run:{second.info.run_id}"
+    assert cells["ceph-sex"].info.run_name == "classification/resnet18/ceph-sex/all/lr0.001/fold0/seed0"
+
+    again = run_study(spec)  # stages and grid are done: nothing trains
+    assert again.ran == [] and len(client.search_runs([exp], "tags.`medxfer.role` = 'pretrain'")) == 2
+    dry = CliRunner().invoke(main, ["study", "run", str(spec_file), "--dry-run"])
+    assert "done     pretrain/ceph-sex-again/resnet18" in dry.stdout
+
+
+def test_a_changed_stage_is_a_new_configuration_downstream(study_cohort, tmp_path):
+    base = yaml.safe_load(chain_spec(tmp_path / "a.yaml", study_cohort.manifest).read_text())
+    hashes = {r.name: r.config_hash for r in expand(parse_spec(base))}
+    base["pretrain"][0]["train"]["epochs"] = 2  # the chain's first stage changes
+    changed = {r.name: r.config_hash for r in expand(parse_spec(base))}
+    for name in hashes:
+        assert (hashes[name] == changed[name]) == ("/scratch/" in name)
+
+
+@pytest.mark.parametrize("stages, message", [
+    ([{"name": "x", "data": {"label": "sex"}}], "data needs manifest and label"),
+    ([{"name": "scratch", "data": {"manifest": "m", "label": "y"}}], "must be a new weights name"),
+    ([{"name": "a", "from": "b", "data": {"manifest": "m", "label": "y"}},
+      {"name": "b", "data": {"manifest": "m", "label": "y"}}], "must be an earlier stage"),
+    ([{"name": "a", "data": {"manifest": "m", "label": "y"}, "train": {"weights": "x"}}], "may not set"),
+])
+def test_stage_errors(study_cohort, tmp_path, stages, message):
+    raw = yaml.safe_load(chain_spec(tmp_path / "a.yaml", study_cohort.manifest).read_text())
+    for stage in stages:
+        if stage["data"].get("manifest") == "m":
+            stage["data"]["manifest"] = str(study_cohort.manifest)
+    raw["pretrain"] = stages
+    with pytest.raises(SpecError, match=message):
+        parse_spec(raw)

@@ -1090,6 +1090,25 @@ def write_dental_export(root: PathLike, *, n_patients: int = 24, rows: int = 96,
                       identifiers=identifiers, kinds=kinds)
 
 
+def dental_cohort(root: PathLike, *, n_patients: int = 24, ceph: bool = True, folds: int = 5,
+                  rng: np.random.Generator | None = None, workers: int = 1) -> tuple[Path, ExportInfo | None]:
+    """A dental export under ``root/export`` ingested (labels joined by PatientID) into
+    ``root/cohort`` and split by patient into ``folds`` stratified by ``supernumerary``: the
+    labelled cohort tests and benchmarks train on. Returns (manifest path, export info); an
+    existing cohort is reused (info None)."""
+    from .ingest import ingest, split
+
+    root = Path(root)
+    manifest = root / "cohort" / "manifest.csv"
+    if manifest.exists():
+        return manifest, None
+    info = write_dental_export(root / "export", n_patients=n_patients, ceph=ceph, rng=rng,
+                               labels_csv=root / "labels.csv")
+    ingest(root / "export", root / "cohort", labels=root / "labels.csv", key="PatientID", workers=workers)
+    split(root / "cohort", folds, stratify="supernumerary", seed=0)
+    return manifest, info
+
+
 def write_lesion_pngs(root: PathLike, *, n_images: int = 16, size: tuple[int, int] = (96, 128),
                       rng: np.random.Generator | None = None) -> Path:
     """Ultrasound-like 8-bit PNGs with one dark elliptical lesion each and its binary mask PNG

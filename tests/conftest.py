@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,33 @@ def medxfer_home(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.getbasetemp() / "medxfer_home"
     monkeypatch.setenv("MEDXFER_HOME", str(home))
     return home
+
+
+@dataclass
+class DentalCohort:
+    root: Path
+    manifest: Path
+    identifiers: list[str]
+
+
+@pytest.fixture(scope="session")
+def dental_cohort(tmp_path_factory) -> DentalCohort:
+    """A small ingested, split dental cohort: 16 patients (PX panoramics + ceph DX, fake identifiers
+    in the headers), labels joined by PatientID, 4 patient-level folds."""
+    from medxfer import synthetic
+
+    root = tmp_path_factory.mktemp("dental")
+    manifest, info = synthetic.dental_cohort(root, n_patients=16, folds=4)
+    return DentalCohort(root=root, manifest=manifest, identifiers=info.identifiers)
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch):
+    """A SQLite MLflow store in the test's folder, set as ``MLFLOW_TRACKING_URI``; cwd is tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
 
 
 @pytest.fixture(scope="session")

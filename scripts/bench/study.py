@@ -32,18 +32,6 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 
-def make_cohort(root: Path, patients: int) -> Path:
-    from medxfer import synthetic
-    from medxfer.ingest import ingest, split
-
-    manifest = root / "cohort" / "manifest.csv"
-    if not manifest.exists():
-        synthetic.write_dental_export(root / "export", n_patients=patients, ceph=False, labels_csv=root / "labels.csv")
-        ingest(root / "export", root / "cohort", labels=root / "labels.csv", key="PatientID", workers=2)
-        split(root / "cohort", 5, stratify="supernumerary", seed=0)
-    return manifest
-
-
 def spec_for(args, manifest: Path, name: str, cache_dir: Path, use_cache: bool):
     from medxfer.study import parse_spec
 
@@ -99,7 +87,9 @@ def main() -> None:
     logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="medxfer-bench-study-"))
     os.environ.setdefault("MEDXFER_HOME", str(work / "home"))
-    manifest = make_cohort(work, args.patients)
+    from medxfer.synthetic import dental_cohort
+
+    manifest, _ = dental_cohort(work, n_patients=args.patients, ceph=False, workers=2)
     os.chdir(work)
     print(f"# {args.patients} patients, {args.encoder} at {args.image_size}^2, {args.epochs} epochs, batch "
           f"{args.batch_size}, device {args.device}, torch {torch.__version__}, {os.cpu_count()} CPUs")

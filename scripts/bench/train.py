@@ -24,18 +24,6 @@ from pathlib import Path
 import torch
 
 
-def make_cohort(root: Path, patients: int) -> Path:
-    from medxfer import synthetic
-    from medxfer.ingest import ingest, split
-
-    manifest = root / "cohort" / "manifest.csv"
-    if not manifest.exists():
-        synthetic.write_dental_export(root / "export", n_patients=patients, ceph=False, labels_csv=root / "labels.csv")
-        ingest(root / "export", root / "cohort", labels=root / "labels.csv", key="PatientID", workers=2)
-        split(root / "cohort", 5, stratify="supernumerary", seed=0)
-    return manifest
-
-
 def overrides(args, manifest: Path) -> dict:
     return dict(manifest=str(manifest), label="supernumerary", encoder=args.encoder, weights="scratch",
                 epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size, in_channels=1,
@@ -133,7 +121,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
     os.chdir(work)
-    manifest = make_cohort(work, args.patients)
+    from medxfer.synthetic import dental_cohort
+
+    manifest, _ = dental_cohort(work, n_patients=args.patients, ceph=False, workers=2)
     base, bundle = 0.0, 0.0
     for _ in range(args.repeats):
         base = max(base, baseline_throughput(args, manifest))

@@ -26,10 +26,10 @@ def chain_spec(path, manifest):
     return path
 
 
-def test_pretraining_chain_runs_once_and_feeds_the_grid(study_cohort, mlflow_store, tmp_path):
+def test_pretraining_chain_runs_once_and_feeds_the_grid(dental_cohort, mlflow_store, tmp_path):
     import mlflow
 
-    spec_file = chain_spec(tmp_path / "chain.yaml", study_cohort.manifest)
+    spec_file = chain_spec(tmp_path / "chain.yaml", dental_cohort.manifest)
     dry = CliRunner().invoke(main, ["study", "run", str(spec_file), "--dry-run"])
     assert dry.exit_code == 0, dry.output
     assert "todo     pretrain/ceph-sex/resnet18" in dry.stdout and "pretrain/ceph-sex-again/resnet18" in dry.stdout
@@ -59,8 +59,8 @@ def test_pretraining_chain_runs_once_and_feeds_the_grid(study_cohort, mlflow_sto
     assert "done     pretrain/ceph-sex-again/resnet18" in dry.stdout
 
 
-def test_a_changed_stage_is_a_new_configuration_downstream(study_cohort, tmp_path):
-    base = yaml.safe_load(chain_spec(tmp_path / "a.yaml", study_cohort.manifest).read_text())
+def test_a_changed_stage_is_a_new_configuration_downstream(dental_cohort, tmp_path):
+    base = yaml.safe_load(chain_spec(tmp_path / "a.yaml", dental_cohort.manifest).read_text())
     hashes = {r.name: r.config_hash for r in expand(parse_spec(base))}
     base["pretrain"][0]["train"]["epochs"] = 2  # the chain's first stage changes
     changed = {r.name: r.config_hash for r in expand(parse_spec(base))}
@@ -75,11 +75,11 @@ def test_a_changed_stage_is_a_new_configuration_downstream(study_cohort, tmp_pat
       {"name": "b", "data": {"manifest": "m", "label": "y"}}], "must be an earlier stage"),
     ([{"name": "a", "data": {"manifest": "m", "label": "y"}, "train": {"weights": "x"}}], "may not set"),
 ])
-def test_stage_errors(study_cohort, tmp_path, stages, message):
-    raw = yaml.safe_load(chain_spec(tmp_path / "a.yaml", study_cohort.manifest).read_text())
+def test_stage_errors(dental_cohort, tmp_path, stages, message):
+    raw = yaml.safe_load(chain_spec(tmp_path / "a.yaml", dental_cohort.manifest).read_text())
     for stage in stages:
         if stage["data"].get("manifest") == "m":
-            stage["data"]["manifest"] = str(study_cohort.manifest)
+            stage["data"]["manifest"] = str(dental_cohort.manifest)
     raw["pretrain"] = stages
     with pytest.raises(SpecError, match=message):
         parse_spec(raw)

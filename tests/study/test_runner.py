@@ -58,14 +58,14 @@ def import_random_weights(tmp_path: Path, name: str = "mine") -> None:
     import_weights(path, name=name, arch="resnet18", fmt="medxfer")
 
 
-def test_study_shards_resume_feature_cache_and_report(study_cohort, mlflow_store, tmp_path):
+def test_study_shards_resume_feature_cache_and_report(dental_cohort, mlflow_store, tmp_path):
     """The issue's acceptance path: two shards cover the grid disjointly, a re-run adds no run,
     freeze: all cells compute each encoder's features once, the report is built and logged, and
     no fake identifier from the DICOM headers reaches the MLflow store or the report."""
     import mlflow
 
     import_random_weights(tmp_path)
-    spec_file = write_spec(tmp_path / "study.yaml", study_cohort.manifest,
+    spec_file = write_spec(tmp_path / "study.yaml", dental_cohort.manifest,
                            {"encoder": ["resnet18"], "weights": ["scratch", "mine"], "freeze": ["all"],
                             "lr": [1e-3, 1e-2]}, train={"feature_cache_dir": str(tmp_path / "features")})
     spec = load_spec(spec_file)
@@ -90,7 +90,7 @@ def test_study_shards_resume_feature_cache_and_report(study_cohort, mlflow_store
     # the frozen encoders' features were computed once per (encoder, weights), not per cell
     extractors = [p for p in cache.iterdir() if p.is_dir()]
     assert len(extractors) == 2
-    px_items = sum(1 for r in csv.DictReader(open(study_cohort.manifest)) if r["modality"] == "PX")
+    px_items = sum(1 for r in csv.DictReader(open(dental_cohort.manifest)) if r["modality"] == "PX")
     assert all(len(list(p.glob("*.pt"))) == px_items for p in extractors)
     mtimes = {p: p.stat().st_mtime_ns for e in extractors for p in e.glob("*.pt")}
 
@@ -116,7 +116,7 @@ def test_study_shards_resume_feature_cache_and_report(study_cohort, mlflow_store
     assert "report/report.html" in logged
 
     # the spec narrowed to one lr: nothing to run, and the report shows the current grid only
-    narrowed = write_spec(tmp_path / "narrow.yaml", study_cohort.manifest,
+    narrowed = write_spec(tmp_path / "narrow.yaml", dental_cohort.manifest,
                           {"encoder": ["resnet18"], "weights": ["scratch", "mine"], "freeze": ["all"],
                            "lr": [1e-3]}, train={"feature_cache_dir": str(tmp_path / "features")})
     assert run_study(load_spec(narrowed)).ran == []
@@ -125,14 +125,14 @@ def test_study_shards_resume_feature_cache_and_report(study_cohort, mlflow_store
     assert len(list(csv.DictReader(open(tmp_path / "report2" / "results.csv")))) == 2
     assert "8 run(s) of other configurations" in (tmp_path / "report2" / "report.md").read_text()
 
-    leaks = find_identifiers(tmp_path, study_cohort.identifiers, BINARY)
+    leaks = find_identifiers(tmp_path, dental_cohort.identifiers, BINARY)
     assert leaks == [], leaks
 
 
-def test_killed_run_is_marked_failed_and_rerun(study_cohort, mlflow_store, tmp_path):
+def test_killed_run_is_marked_failed_and_rerun(dental_cohort, mlflow_store, tmp_path):
     """kill -9 in the middle of a run: the next `study run` marks the orphan FAILED, re-runs it,
     and every configuration ends with exactly one FINISHED run."""
-    spec_file = write_spec(tmp_path / "study.yaml", study_cohort.manifest,
+    spec_file = write_spec(tmp_path / "study.yaml", dental_cohort.manifest,
                            {"encoder": ["resnet18"], "weights": ["scratch"], "freeze": ["none"]},
                            name="killed", train={"epochs": 6})
     spec = load_spec(spec_file)
@@ -165,8 +165,8 @@ def test_killed_run_is_marked_failed_and_rerun(study_cohort, mlflow_store, tmp_p
     assert len(outcome.ran) + len(outcome.already_done) == 4
 
 
-def test_a_failing_cell_is_reported_and_the_rest_completes(study_cohort, mlflow_store, tmp_path):
-    spec_file = write_spec(tmp_path / "study.yaml", study_cohort.manifest,
+def test_a_failing_cell_is_reported_and_the_rest_completes(dental_cohort, mlflow_store, tmp_path):
+    spec_file = write_spec(tmp_path / "study.yaml", dental_cohort.manifest,
                            {"encoder": ["resnet18"], "weights": ["scratch", "nosuch"], "freeze": ["all"]},
                            name="partial", data={"folds": [0]})
     result = CliRunner().invoke(main, ["study", "run", str(spec_file)])
@@ -179,14 +179,14 @@ def test_a_failing_cell_is_reported_and_the_rest_completes(study_cohort, mlflow_
     assert "done" in dry.output and "todo" in dry.output  # the failed cell is still to do
 
 
-def test_feature_cache_gives_the_full_networks_predictions(study_cohort, mlflow_store):
+def test_feature_cache_gives_the_full_networks_predictions(dental_cohort, mlflow_store):
     """Heads trained from cached features predict what the same frozen network trained through its
     encoder predicts (no augmentation either way)."""
     from medxfer.engine import train_bundle
 
     probs = {}
     for config in ("train_features", "train"):
-        result = train_bundle("classification", config=config, manifest=str(study_cohort.manifest),
+        result = train_bundle("classification", config=config, manifest=str(dental_cohort.manifest),
                               label="supernumerary", encoder="resnet18", freeze="all", augment=False, fold=1,
                               modalities=["PX"], output_dir=f"out_{config}", **SMALL)
         probs[config] = [float(r["p"]) for r in csv.DictReader(open(result.output_dir / "predictions.csv"))]
@@ -195,7 +195,7 @@ def test_feature_cache_gives_the_full_networks_predictions(study_cohort, mlflow_
 
 
 def test_a_run_alive_on_another_machine_is_left_alone_until_its_heartbeat_is_stale(
-        study_cohort, mlflow_store, tmp_path, monkeypatch):
+        dental_cohort, mlflow_store, tmp_path, monkeypatch):
     """Shards on several machines share one store: a RUNNING run of another host with a fresh
     heartbeat is not started twice; once its heartbeat is older than MEDXFER_STALE_SECONDS it is
     taken to be orphaned, marked FAILED and re-run."""
@@ -203,7 +203,7 @@ def test_a_run_alive_on_another_machine_is_left_alone_until_its_heartbeat_is_sta
 
     from medxfer.tracking import experiment_id
 
-    spec = load_spec(write_spec(tmp_path / "study.yaml", study_cohort.manifest,
+    spec = load_spec(write_spec(tmp_path / "study.yaml", dental_cohort.manifest,
                                 {"encoder": ["resnet18"], "weights": ["scratch"], "freeze": ["all"]},
                                 name="remote", data={"folds": [0]}))
     (planned,) = expand(spec)

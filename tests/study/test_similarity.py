@@ -26,7 +26,7 @@ def test_mmd_and_intensity_grow_with_the_shift():
     assert intensity_distance(base, same) < intensity_distance(base, near) < intensity_distance(base, far)
 
 
-def test_a_near_duplicate_source_is_closer_than_an_unrelated_one(study_cohort, tmp_path):
+def test_a_near_duplicate_source_is_closer_than_an_unrelated_one(dental_cohort, tmp_path):
     from medxfer import synthetic
     from medxfer.ingest import ingest
 
@@ -36,11 +36,11 @@ def test_a_near_duplicate_source_is_closer_than_an_unrelated_one(study_cohort, t
     ingest(tmp_path / "us" / "images", tmp_path / "us_cohort", labels=labels, key="image", modality="US", workers=1)
 
     kw = dict(target_modalities=["PX"], image_size=64, cache_dir=tmp_path / "cache")
-    near = dataset_similarity(tmp_path / "twin_cohort", study_cohort.manifest, **kw)
-    far = dataset_similarity(tmp_path / "us_cohort", study_cohort.manifest, **kw)
+    near = dataset_similarity(tmp_path / "twin_cohort", dental_cohort.manifest, **kw)
+    far = dataset_similarity(tmp_path / "us_cohort", dental_cohort.manifest, **kw)
     assert near.n_source == 12 and near.n_target == 16 and far.n_source == 12
     assert near.frechet < far.frechet
     assert near.mmd2 < far.mmd2
     assert near.intensity < far.intensity
-    again = dataset_similarity(tmp_path / "twin_cohort", study_cohort.manifest, **kw)
+    again = dataset_similarity(tmp_path / "twin_cohort", dental_cohort.manifest, **kw)
     assert again == near  # seeded encoder, cached features: reproducible

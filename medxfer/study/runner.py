@@ -78,6 +78,28 @@ def _orphaned(run, host: str, now: float) -> bool:
     return now - beat > stale_seconds()
 
 
+def _reset_orphans(client, runs: list) -> list:
+    """Mark the orphaned RUNNING runs among ``runs`` FAILED; returns the orphans (the other RUNNING
+    runs are alive somewhere)."""
+    host = socket.gethostname()
+    orphans = [r for r in runs if r.info.status == "RUNNING" and _orphaned(r, host, time.time())]
+    for r in orphans:
+        client.set_terminated(r.info.run_id, status="FAILED")
+        client.set_tag(r.info.run_id, "medxfer.reset", "runner gone; marked FAILED and re-run")
+    return orphans
+
+
+def _stage_runs(client, exp_id: str | None, spec: StudySpec, name: str, encoder: str) -> tuple[str, list]:
+    """(config hash, runs in the store) of pretraining stage ``name`` for ``encoder``."""
+    from .grid import _weights_identity
+    from .pretrain import stage_hash
+
+    config_hash = stage_hash(spec.stages, name, encoder, _weights_identity)
+    query = (f"tags.`medxfer.study` = '{spec.name}' and tags.`medxfer.role` = 'pretrain' and "
+             f"tags.config_hash = '{config_hash}'")
+    return config_hash, (search_all_runs(client, exp_id, query) if exp_id else [])
+
+
 def _children_with_hash(client, exp_id: str, spec: StudySpec, config_hash: str) -> list:
     """The study's child runs of one configuration, as the store has them now (another runner on
     the same shard may have finished it since this one started)."""
@@ -150,17 +172,12 @@ def dry_run(spec: StudySpec, shard_index: tuple[int, int] = (1, 1)) -> list[tupl
 
 def stage_states(spec: StudySpec) -> list[tuple[str, str]]:
     """(``pretrain/<stage>/<encoder>``, ``done``/``running``/``todo``) for the stages the grid uses."""
-    from .grid import _weights_identity
-    from .pretrain import stage_hash
-
     needed = sorted({(r.stage, str(r.overrides["encoder"])) for r in expand(spec) if r.stage})
     client = mlflow_client()
     exp_id = experiment_id(client, spec.experiment, create=False)
     rows = []
     for name, encoder in needed:
-        h = stage_hash(spec.stages, name, encoder, _weights_identity)
-        runs = search_all_runs(client, exp_id, f"tags.`medxfer.role` = 'pretrain' and tags.config_hash = '{h}'") \
-            if exp_id else []
+        _, runs = _stage_runs(client, exp_id, spec, name, encoder)
         labels = {"FINISHED": "done", "RUNNING": "running"}
         rows.append((f"pretrain/{name}/{encoder}", labels.get(_status(runs), "todo")))
     return rows
@@ -226,8 +243,7 @@ class _Stages:
 
     def _ensure(self, name: str, encoder: str) -> str:
         from ..engine.bundles import error_summary, train_bundle
-        from .grid import _weights_identity
-        from .pretrain import chain, stage_hash
+        from .pretrain import chain
 
         stages = self.spec.stages
         stage = stages[name]
@@ -237,22 +253,14 @@ class _Stages:
                 start = f"run:{self.run_id(start, encoder)}"
             except StageFailed as exc:
                 raise StageFailed(f"pretraining stage {name} needs {stage.start}: {exc}") from None
-        config_hash = stage_hash(stages, name, encoder, _weights_identity)
-        query = (f"tags.`medxfer.study` = '{self.spec.name}' and tags.`medxfer.role` = 'pretrain' and "
-                 f"tags.config_hash = '{config_hash}'")
         announced = False
         while True:
-            runs = search_all_runs(self.client, self.exp_id, query)
+            config_hash, runs = _stage_runs(self.client, self.exp_id, self.spec, name, encoder)
             finished = sorted((r for r in runs if r.info.status == "FINISHED"), key=lambda r: r.info.end_time or 0)
             if finished:
                 return finished[-1].info.run_id
             live = [r for r in runs if r.info.status == "RUNNING"]
-            host = socket.gethostname()
-            for r in live:
-                if _orphaned(r, host, time.time()):
-                    self.client.set_terminated(r.info.run_id, status="FAILED")
-                    self.client.set_tag(r.info.run_id, "medxfer.reset", "runner gone; marked FAILED and re-run")
-            if not any(r.info.status == "RUNNING" and not _orphaned(r, host, time.time()) for r in live):
+            if len(_reset_orphans(self.client, live)) == len(live):
                 break
             if not announced:
                 self.echo(f"waiting for pretrain/{name}/{encoder}: another runner is training it")
@@ -326,11 +334,8 @@ def run_study(spec: StudySpec, shard_index: tuple[int, int] = (1, 1),
                 outcome.already_done.append(planned.name)
                 continue
             live = [c for c in children if c.info.status == "RUNNING"]
-            orphans = [c for c in live if _orphaned(c, host, time.time())]
-            for c in orphans:
-                client.set_terminated(c.info.run_id, status="FAILED")
-                client.set_tag(c.info.run_id, "medxfer.reset", "runner gone; marked FAILED and re-run")
-                outcome.reset.append(planned.name)
+            orphans = _reset_orphans(client, live)
+            outcome.reset.extend(planned.name for _ in orphans)
             if len(orphans) < len(live):
                 outcome.running_elsewhere.append(planned.name)
                 echo(f"skip {planned.name}: running elsewhere (heartbeat fresh)")

@@ -1110,10 +1110,16 @@ def dental_cohort(root: PathLike, *, n_patients: int = 24, ceph: bool = True, fo
 
 
 def write_lesion_pngs(root: PathLike, *, n_images: int = 16, size: tuple[int, int] = (96, 128),
-                      rng: np.random.Generator | None = None) -> Path:
+                      rng: np.random.Generator | None = None, classes: bool = False) -> Path:
     """Ultrasound-like 8-bit PNGs with one dark elliptical lesion each and its binary mask PNG
-    (BUSI's layout: ``images/``, ``masks/`` and ``labels.csv`` with ``image,mask,patient`` columns,
-    paths relative to ``root``). Returns the labels CSV."""
+    (BUSI's layout: ``images/``, ``masks/`` and ``labels.csv`` with ``image,mask,group`` columns,
+    paths relative to ``root``). Returns the labels CSV.
+
+    With ``classes`` the CSV gains a ``malignant`` column (``yes`` / ``no``, alternating, so
+    balanced): a malignant lesion carries bright internal echoes (four small bright spots
+    *inside* the ellipse, wholly within the mask), a benign one is plain. The finding that
+    separates the classes therefore lies in the mask (what a Grad-CAM localization score can
+    check). Without ``classes`` the output is unchanged (same files, same random draws)."""
     from PIL import Image
 
     rng, root = _rng(rng), Path(root)
@@ -1129,12 +1135,115 @@ def write_lesion_pngs(root: PathLike, *, n_images: int = 16, size: tuple[int, in
         ry, rx = rng.uniform(0.1, 0.2) * rows, rng.uniform(0.1, 0.2) * cols
         lesion = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
         img[lesion] = 35 + 12 * (speckle[lesion] - 1)
+        line = (f"images/case{i:03d}.png", f"masks/case{i:03d}_mask.png", f"P{i:03d}")
+        if classes:
+            malignant = i % 2 == 1
+            if malignant:  # bright internal echoes: small bright spots scattered inside the ellipse
+                r = 0.25 * min(ry, rx)
+                for angle, dist in zip(rng.uniform(0, 2 * np.pi, 4), rng.uniform(0.0, 0.6, 4)):
+                    sy, sx = cy + dist * ry * np.sin(angle), cx + dist * rx * np.cos(angle)
+                    spot = lesion & (((yy - sy) ** 2 + (xx - sx) ** 2) <= r * r)
+                    img[spot] = 240 + 8 * (speckle[spot] - 1)  # brighter than the speckle's bright tail
+            line += ("yes" if malignant else "no",)
         Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / "images" / f"case{i:03d}.png")
         Image.fromarray((lesion * 255).astype(np.uint8)).save(root / "masks" / f"case{i:03d}_mask.png")
-        lines.append((f"images/case{i:03d}.png", f"masks/case{i:03d}_mask.png", f"P{i:03d}"))
+        lines.append(line)
     labels = root / "labels.csv"
     with open(labels, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["image", "mask", "group"])
+        w.writerow(["image", "mask", "group"] + (["malignant"] if classes else []))
         w.writerows(lines)
     return labels
+
+
+# --------------------------------------------------------------------------- mammography screening export
+MAMMO_PATHOLOGIES = ("normal", "benign", "malignant")
+
+
+def _mammo_exam_image(rng: np.random.Generator, rows: int, cols: int, maxval: int, laterality: str, view: str,
+                      dense: bool, pathology: str, depth: float, height: float) -> np.ndarray:
+    """One mammographic view: breast against the chest wall, fibroglandular texture (brighter and
+    more extensive when ``dense``), and the breast's lesion if it has one. The lesion lies at the
+    same depth from the nipple in both views (``depth``), at ``height`` on the CC and higher on the
+    MLO, as on real exams; benign: a faint smooth oval; malignant: a brighter, spiculated mass."""
+    yy, xx = np.mgrid[0:1:rows * 1j, 0:1:cols * 1j]
+    wall = xx if laterality.upper() == "L" else 1 - xx
+    breast = ((yy - 0.5) / 0.44) ** 2 + (wall / 0.8) ** 2 <= 1
+    tissue = rng.normal(0, 1, (rows // 4 + 1, cols // 4 + 1))
+    tissue = np.kron(tissue, np.ones((4, 4)))[:rows, :cols]
+    gland = np.exp(-((yy - 0.5) ** 2 / 0.06 + (wall - 0.3) ** 2 / (0.05 if dense else 0.02)))
+    img = 0.3 + (0.32 if dense else 0.18) * gland + (0.05 if dense else 0.03) * tissue * gland
+    if view.upper() == "MLO":  # the pectoral muscle in the upper chest-wall corner
+        img = np.where(wall + 0.6 * yy < 0.25, 0.62, img)
+    if pathology != "normal":
+        cy = height - (0.12 if view.upper() == "MLO" else 0.0)
+        r2 = ((yy - cy) / 0.05) ** 2 + ((wall - depth) / 0.05) ** 2
+        if pathology == "malignant":
+            angle = np.arctan2(yy - cy, wall - depth)
+            spicules = 1.0 + 0.6 * np.cos(7 * angle) ** 8
+            img = img + 0.28 * (r2 <= spicules ** 2)
+        else:
+            img = img + 0.12 * np.exp(-r2 / 1.2)
+    img = np.where(breast, img, 0.02) + rng.normal(0, 0.015, img.shape)
+    m = max(2, min(rows, cols) // 16)
+    img[:m, :m] = 1.0
+    return np.rint(np.clip(img, 0, 1) * maxval).astype(np.int64)
+
+
+def write_mammography_export(root: PathLike, *, n_patients: int = 16, rows: int = 96, cols: int = 80,
+                             rng: np.random.Generator | None = None,
+                             labels_csv: PathLike | None = None) -> ExportInfo:
+    """A screening-mammography PACS export: per patient one study with CC and MLO views of both
+    breasts (4 MG images), realistic headers with fake identifiers.
+
+    Each breast has a pathology (``normal``/``benign``/``malignant``, cycling so every class is
+    frequent) seen in both of its views; each patient a breast density (``dense``/``fatty``,
+    independent of pathology) — the mammography study's tasks: binary (malignant), 3-class
+    (pathology) and density pretraining. ``labels_csv``: ``file,pathology,malignant,density``
+    keyed by each image's path relative to ``root`` (per-image labels, the same for both views).
+    """
+    rng, root = _rng(rng), Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    patients = [new_patient(i, rng) for i in range(n_patients)]
+    files: list[Path] = []
+    labels = []
+    for i, p in enumerate(patients):
+        dense = i % 2 == 1
+        study_uid = None
+        for b, lat in enumerate(("L", "R")):
+            pathology = MAMMO_PATHOLOGIES[(i + 2 * b) % 3]
+            depth, height = rng.uniform(0.25, 0.45), rng.uniform(0.4, 0.6)
+            for s, view in enumerate(("CC", "MLO")):
+                path = root / "DICOM" / f"PAT{i + 1:04d}" / "STU0001" / f"SER{2 * b + s + 1:04d}" / "IM000001"
+                image = _mammo_exam_image(rng, rows, cols, 4095, lat, view, dense, pathology, depth, height)
+                info = mammogram(path, p, view=view, laterality=lat, rows=rows, cols=cols, image=image,
+                                 study_uid=study_uid, rng=rng)
+                study_uid = info.study_uid
+                files.append(info.path)
+                labels.append((info.path.relative_to(root).as_posix(), pathology,
+                               "yes" if pathology == "malignant" else "no", "dense" if dense else "fatty"))
+    if labels_csv is not None:
+        with open(labels_csv, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["file", "pathology", "malignant", "density"])
+            w.writerows(labels)
+    identifiers = sorted({s for p in patients for s in p.identifiers()})
+    return ExportInfo(root=root, files=files, patients=patients, n_items_expected=len(files),
+                      identifiers=identifiers, kinds={"mg": files})
+
+
+def mammography_cohort(root: PathLike, *, n_patients: int = 16, folds: int = 4,
+                       rng: np.random.Generator | None = None, workers: int = 1) -> tuple[Path, ExportInfo | None]:
+    """A mammography export under ``root/export`` ingested (labels joined by file path) into
+    ``root/cohort`` and split by patient into ``folds``, stratified by ``malignant``. Returns
+    (manifest path, export info); an existing cohort is reused (info None)."""
+    from .ingest import ingest, split
+
+    root = Path(root)
+    manifest = root / "cohort" / "manifest.csv"
+    if manifest.exists():
+        return manifest, None
+    info = write_mammography_export(root / "export", n_patients=n_patients, rng=rng, labels_csv=root / "labels.csv")
+    ingest(root / "export", root / "cohort", labels=root / "labels.csv", key="file", workers=workers)
+    split(root / "cohort", folds, stratify="malignant", seed=0)
+    return manifest, info

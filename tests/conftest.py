@@ -37,6 +37,18 @@ def dental_cohort(tmp_path_factory) -> DentalCohort:
     return DentalCohort(root=root, manifest=manifest, identifiers=info.identifiers)
 
 
+@pytest.fixture(scope="session")
+def mammography_cohort(tmp_path_factory) -> DentalCohort:
+    """A small ingested, split screening-mammography cohort: 12 patients × CC/MLO of both breasts
+    (48 MG images, fake identifiers), per-image labels pathology / malignant / density joined by
+    file path, 4 patient-level folds."""
+    from medxfer import synthetic
+
+    root = tmp_path_factory.mktemp("mammo")
+    manifest, info = synthetic.mammography_cohort(root, n_patients=12, folds=4)
+    return DentalCohort(root=root, manifest=manifest, identifiers=info.identifiers)
+
+
 @pytest.fixture
 def mlflow_store(tmp_path, monkeypatch):
     """A SQLite MLflow store in the test's folder, set as ``MLFLOW_TRACKING_URI``; cwd is tmp_path."""

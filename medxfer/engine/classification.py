@@ -39,22 +39,30 @@ def deterministic_transforms(image_size: int, in_channels: int, keys: Sequence[s
 
 
 def augmentations(keys: Sequence[str] = ("image",), flip: bool = False, modes: Sequence[str] = ("bilinear",),
-                  prob: float = 0.5, image_size: int | None = None) -> list:
+                  prob: float = 0.5, image_size: int | None = None,
+                  intensity_keys: Sequence[str] | None = None) -> list:
     """Mild geometric and contrast augmentation (no flips by default: laterality can matter).
 
-    With ``image_size`` the affine's sampling grid is built once and reused (``cache_grid``)."""
+    The contrast change applies to ``intensity_keys`` (default: the first key, the image; not a
+    mask). With ``image_size`` the affine's sampling grid is built once and reused (``cache_grid``)."""
     size = {"spatial_size": (image_size, image_size), "cache_grid": True} if image_size else {}
     out = [RandAffined(list(keys), prob=prob, rotate_range=0.15, scale_range=0.1, translate_range=8,
                        mode=list(modes), padding_mode="zeros", **size),
-           RandAdjustContrastd(keys[0], prob=prob * 0.6, gamma=(0.8, 1.25))]
+           RandAdjustContrastd(list(intensity_keys or keys[:1]), prob=prob * 0.6, gamma=(0.8, 1.25))]
     if flip:
         out.append(RandFlipd(list(keys), prob=0.5, spatial_axis=0))
     return out
 
 
 def classification_transforms(image_size: int, in_channels: int, preprocessing: Preprocessing | dict,
-                              augment: bool) -> Compose:
-    """The full pipeline: deterministic part, augmentation (training only), weights normalisation."""
+                              augment: bool, views: Sequence[str] | None = None, fusion: str = "late") -> Compose:
+    """The full pipeline: deterministic part, augmentation (training only), weights normalisation.
+
+    With ``views`` the items are multi-view samples (:mod:`.multiview`)."""
+    if views:
+        from .multiview import multiview_transforms
+
+        return multiview_transforms(image_size, in_channels, preprocessing, augment, views, fusion)
     steps = deterministic_transforms(image_size, in_channels)
     if augment:
         steps += augmentations(image_size=image_size)
@@ -230,12 +238,17 @@ def run_params(config: dict[str, Any], cohort: Cohort, network, manifest: str | 
 
     params = {k: str(config[k]) for k in ("task", "encoder", "weights", "freeze", "lr", "encoder_lr_scale", "fold",
                                           "seed", "epochs", "batch_size", "image_size", "in_channels", "dropout",
-                                          "class_weighting", "augment", "label", "feature_cache") if k in config}
+                                          "class_weighting", "augment", "label", "feature_cache", "localization")
+              if k in config}
+    if config.get("views"):  # multi-view samples (medxfer.engine.multiview)
+        params.update({"views": "+".join(str(v).upper() for v in config["views"]), "fusion": str(config.get("fusion")),
+                       "group_by": json.dumps(config.get("group_by") or ["study", "laterality"])})
     if cohort.num_classes == 2:  # sensitivity / specificity and AUC are for this class
         params["data.positive_class"] = cohort.classes[1]
     params.update({"data.manifest_sha256": sha256_file(manifest), "data.classes": json.dumps(cohort.classes),
                    **{f"data.n_{k}": str(v) for k, v in cohort.counts().items()},
-                   "data.train_class_counts": json.dumps(cohort.class_counts("train"))})
+                   "data.train_class_counts": json.dumps(cohort.class_counts("train")),
+                   "data.left_out": json.dumps(cohort.skipped, sort_keys=True)})
     params.update(weights_params(network.encoder))
     params["freeze.trainable_parameters"] = str(network.freeze_summary.trainable_parameters)
     return params
@@ -273,7 +286,7 @@ def finalize(network: torch.nn.Module, cohort: Cohort, run_config: dict[str, Any
         selection = load_best_checkpoint(FeatureHead(model) if features is not None else model, out, evaluator,
                                          "validation AUC")
     transform = classification_transforms(int(run_config["image_size"]), int(run_config["in_channels"]),
-                                          model.preprocessing, augment=False)
+                                          model.preprocessing, augment=False, views=model.views, fusion=model.fusion)
     val_y = np.array([int(i["label"]) for i in cohort.val])
     test_y = np.array([int(i["label"]) for i in cohort.test])
     if features is not None:
@@ -289,12 +302,18 @@ def finalize(network: torch.nn.Module, cohort: Cohort, run_config: dict[str, Any
     metrics.update({k.replace("test_", "best_val_"): v for k, v in
                     classification_metrics(val_y, val_prob, thresholds).items() if k.endswith("auc")})
     predictions = write_predictions(out / "predictions.csv", cohort.test, test_prob, cohort.classes)
-    roc = plot_roc(out / "roc.png", test_y, test_prob, cohort.classes,
-                   f"{run_config.get('encoder')} / {run_config.get('weights')} · fold {cohort.fold}")
+    title = f"{run_config.get('encoder')} / {run_config.get('weights')} · fold {cohort.fold}"
+    roc = plot_roc(out / "roc.png", test_y, test_prob, cohort.classes, title)
+    localization = []
+    if run_config.get("localization"):
+        localization = localize_test_cases(model, cohort, run_config, out, device, batch_size, title)
+        metrics.update(localization.pop())
     checkpoint = save_checkpoint(out / CHECKPOINT_ARTIFACT, model.encoder,
                                  head={k: v for k, v in model.head.state_dict().items()},
                                  provenance={"task": "classification", "classes": list(cohort.classes),
-                                             "run_name": getattr(tracker, "name", ""), "fold": cohort.fold})
+                                             "run_name": getattr(tracker, "name", ""), "fold": cohort.fold,
+                                             **({"views": list(model.views), "fusion": model.fusion}
+                                                if model.views else {})})
     summary = {"metrics": metrics, "model_selection": selection,
                "youden_threshold_source": "validation" if thresholds is not None else "test",
                "youden_thresholds": thresholds, "classes": cohort.classes, "counts": cohort.counts(),
@@ -303,5 +322,23 @@ def finalize(network: torch.nn.Module, cohort: Cohort, run_config: dict[str, Any
     (out / "run_config.json").write_text(json.dumps(run_config, indent=2, default=str) + "\n")
     log_outcome(tracker, metrics, {"model_selection": selection,
                                    "youden_threshold_source": summary["youden_threshold_source"]},
-                [predictions, roc, out / "metrics.json", out / "run_config.json"], checkpoint, config_files)
+                [predictions, roc, out / "metrics.json", out / "run_config.json", *localization], checkpoint,
+                config_files)
     return metrics
+
+
+def localize_test_cases(model: torch.nn.Module, cohort: Cohort, run_config: dict[str, Any], out: Path,
+                        device: torch.device | str, batch_size: int, title: str) -> list:
+    """Grad-CAM of the test cases that have a lesion mask, scored against it (see
+    :mod:`medxfer.study.gradcam`): ``[localization.csv, gradcam.png, {loc_* metrics}]``."""
+    from ..study.gradcam import localize, plot_overlays, summarize, write_localization_csv
+
+    if model.views:
+        raise ValueError("localization scores single images against their masks; it is not available for "
+                         "multi-view samples (set localization: false)")
+    scored = [item for item in cohort.test if item.get("mask")]
+    cases, samples = localize(model, scored, int(run_config["image_size"]), int(run_config["in_channels"]), device,
+                              batch_size=batch_size)
+    csv_path = write_localization_csv(out / "localization.csv", cases)
+    overlays = plot_overlays(out / "gradcam.png", samples, title) if samples else None
+    return [csv_path, overlays, summarize(cases)]

@@ -97,15 +97,23 @@ def _item(row: dict, root: Path) -> dict:
 
 def load_cohort(manifest: str | os.PathLike, label: str, fold: int = 0, task: str = "classification",
                 mask_column: str = "mask", classes: list[str] | None = None,
-                modalities: list[str] | None = None, mask_root: str | os.PathLike | None = None) -> Cohort:
+                modalities: list[str] | None = None, mask_root: str | os.PathLike | None = None,
+                views: list[str] | None = None, group_by: list[str] | str | None = None, view_column: str = "view",
+                fusion: str = "late", localization: bool = False) -> Cohort:
     """Read ``manifest`` (``medxfer ingest`` + ``medxfer split``) into a :class:`Cohort`.
 
     Classification: ``label`` is the class column (rows without a value are skipped and counted);
-    classes are the sorted distinct values unless ``classes`` fixes their order. Segmentation:
+    classes are the sorted distinct values unless ``classes`` names them (their order is the class
+    index order; rows with another value are left out and counted as ``other_class``). Segmentation:
     ``mask_column`` holds a mask image path relative to the manifest (``label`` then names it).
     ``modalities`` keeps only items of those modalities (a PACS export mixes PX and ceph DX).
     Mask paths are absolute or relative to ``mask_root`` (default: the manifest's folder); a
     missing mask file is an error that names it.
+
+    ``views`` (classification) makes each sample a group of items, one per view, grouped by
+    ``group_by`` (default study and laterality): see :mod:`.multiview`. ``localization``
+    (classification) attaches each item's lesion mask from ``mask_column`` as ``item["mask"]``
+    where the row has one, for Grad-CAM scoring.
     """
     path = Path(manifest)
     if not path.is_file():
@@ -117,7 +125,7 @@ def load_cohort(manifest: str | os.PathLike, label: str, fold: int = 0, task: st
     if column not in columns:
         raise CohortError(f"{path}: no column {column!r}; columns: {', '.join(columns)}")
     root = path.parent
-    skipped = {"other_modality": 0, "no_label": 0, "no_fold": 0, "volume": 0}
+    skipped = {"other_modality": 0, "no_label": 0, "no_fold": 0, "volume": 0, "other_class": 0}
     keep = {m.upper() for m in modalities} if modalities else None
     usable = []
     for row in rows:
@@ -139,9 +147,12 @@ def load_cohort(manifest: str | os.PathLike, label: str, fold: int = 0, task: st
     if task == "classification":
         values = sorted({r[column] for r in usable})
         classes = list(classes) if classes else values
-        unknown = set(values) - set(classes)
-        if unknown:
-            raise CohortError(f"label values {sorted(unknown)} are not among classes {classes}")
+        if not set(classes) & set(values):
+            raise CohortError(f"none of classes {classes} is a value of column {column!r} (values: {values})")
+        # classes chosen for the task (BUSI benign vs malignant without its normal images): the
+        # other values' rows are left out and counted, never relabelled
+        skipped["other_class"] = sum(1 for r in usable if r[column] not in classes)
+        usable = [r for r in usable if r[column] in classes]
         if len(classes) < 2:
             raise CohortError(f"column {column!r} has a single class {classes}: nothing to classify")
     else:
@@ -150,18 +161,46 @@ def load_cohort(manifest: str | os.PathLike, label: str, fold: int = 0, task: st
     roles = fold_roles(folds, fold)
     cohort = Cohort(task=task, label=column, classes=classes, fold=fold, folds=folds,
                     skipped={k: v for k, v in skipped.items() if v})
+    pairs = []
     for row in usable:
         item = _item(row, root)
         if task == "classification":
             item["label"] = classes.index(row[column])
             item["label_name"] = row[column]
+            if localization and row.get(mask_column):
+                item["mask"] = str(_mask_path(row, mask_column, mask_root, root))
         else:
-            mask = Path(row[column])
-            mask = mask if mask.is_absolute() else Path(mask_root or root) / mask
-            if not mask.is_file():
-                raise CohortError(f"item {row['item_id']}: mask file {mask} not found (set mask_root to the "
-                                  "folder the mask paths are relative to)")
-            item["label"] = str(mask)
+            item["label"] = str(_mask_path(row, column, mask_root, root))
+        pairs.append((row, item))
+    if views:
+        from .multiview import MultiViewError, check_views, group_views
+
+        if task != "classification":
+            raise CohortError("views (multi-view samples) are for classification")
+        if localization:
+            raise CohortError("localization scores single images against their masks: not with views "
+                              "(set localization: false for multi-view runs)")
+        try:
+            samples, left_out = group_views(pairs, check_views(views, fusion), group_by, view_column)
+        except MultiViewError as exc:
+            raise CohortError(f"{path}: {exc}") from None
+        if not samples:
+            raise CohortError(f"{path}: no complete group of views {list(views)} (left out: {left_out})")
+        cohort.skipped.update(left_out)
+    else:
+        samples = [item for _, item in pairs]
+    for item in samples:
         role = next(r for r, fs in roles.items() if item["fold"] in fs)
         getattr(cohort, role).append(item)
     return cohort
+
+
+def _mask_path(row: dict, column: str, mask_root: str | os.PathLike | None, root: Path) -> Path:
+    """A mask file named in ``row[column]``: absolute, or relative to ``mask_root`` (default: the
+    manifest's folder); missing is an error that names it."""
+    mask = Path(row[column])
+    mask = mask if mask.is_absolute() else Path(mask_root or root) / mask
+    if not mask.is_file():
+        raise CohortError(f"item {row['item_id']}: mask file {mask} not found (set mask_root to the "
+                          "folder the mask paths are relative to)")
+    return mask

@@ -52,6 +52,7 @@ def extractor_key(network: nn.Module, image_size: int, in_channels: int) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"arch": type(network.encoder).__name__, "image_size": int(image_size),
                          "in_channels": int(in_channels), "transform_version": TRANSFORM_VERSION,
+                         "views": list(getattr(network, "views", ())), "fusion": getattr(network, "fusion", None),
                          "preprocessing": network.preprocessing.params() if hasattr(network.preprocessing, "params")
                          else str(network.preprocessing)}, sort_keys=True, default=str).encode())
     for name, module in network.encoder.named_modules():  # eps is not in the state dict but changes outputs
@@ -67,11 +68,14 @@ def extractor_key(network: nn.Module, image_size: int, in_channels: int) -> str:
 def item_key(item: dict[str, Any]) -> str:
     """A hash of an item's image file and the metadata its preset reads."""
     meta = {k: v for k, v in item.items() if k not in _ITEM_KEYS_IGNORED}
-    try:
-        st = os.stat(item["image_path"])
-        meta["file"] = [st.st_size, st.st_mtime_ns]
-    except OSError:
-        meta["file"] = None
+    files = [v["image_path"] for v in item["views"]] if item.get("views") else [item["image_path"]]
+    meta["file"] = []  # every image of a multi-view sample
+    for path in files:
+        try:
+            st = os.stat(path)
+            meta["file"].append([st.st_size, st.st_mtime_ns])
+        except OSError:
+            meta["file"].append(None)
     return hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
@@ -116,7 +120,9 @@ def cached_features(network: nn.Module, items: list[dict], image_size: int, in_c
     if missing:
         was_training = network.training
         network.to(device).eval()  # MONAI may build the datasets before the network is moved
-        transform = classification_transforms(image_size, in_channels, network.preprocessing, augment=False)
+        transform = classification_transforms(image_size, in_channels, network.preprocessing, augment=False,
+                                              views=getattr(network, "views", ()),
+                                              fusion=getattr(network, "fusion", None) or "late")
         loader = DataLoader(Dataset(missing, transform), batch_size=batch_size, shuffle=False, num_workers=num_workers)
         for batch in loader:
             feats = network.features(batch["image"].to(device)).float().cpu()

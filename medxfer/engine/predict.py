@@ -55,6 +55,11 @@ def load_run_model(run_id: str) -> RunModel:
     in_channels = int(ckpt.get("in_channels", config.get("in_channels", 3)))
     if task == "classification":
         classes = list(ckpt["provenance"].get("classes") or [])
+        views = ckpt["provenance"].get("views") or None
+        if views:
+            raise CohortError(f"run:{run_id} classifies multi-view samples ({'+'.join(views)}, "
+                              f"{ckpt['provenance'].get('fusion')} fusion); medxfer predict reads single images. "
+                              f"Use its checkpoint as weights (run:{run_id}) or evaluate it in a study.")
         network = create_classifier(ckpt["arch"], "scratch", num_classes=len(classes), in_channels=in_channels)
     elif task == "segmentation":
         classes = ["background", "foreground"]

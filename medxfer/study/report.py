@@ -18,6 +18,17 @@ Cells identical in every grid key but ``weights`` are compared pairwise on the i
 DeLong's test (binary classification, probability averaged over seeds per item) or the Wilcoxon
 signed-rank test (per-case Dice); all p-values of a report are Holm-adjusted together.
 
+Optional sections:
+
+* **Lesion localization** — classification runs with a ``localization.csv`` (Grad-CAM pointing
+  game hit and Dice/IoU per scored test case): per cell the pooled hit rate, Dice and IoU (cases
+  averaged over seeds) with bootstrap CIs and mean ± SD over runs; the same pairs of cells as the
+  AUC comparisons compared on their shared cases by Wilcoxon (Dice) and exact McNemar (hits),
+  Holm-adjusted as their own family.
+* **Dataset similarity vs transfer** — when the parent run has a ``similarity.json`` (distances of
+  each pretraining stage's cohort to the study's cohort): per group of comparable cells each
+  source's distances against its transfer score, with Spearman correlations and a scatter figure.
+
 The report holds study and grid values, MLflow run ids and numbers only — no class names, no
 tracking URI, no item ids.
 """
@@ -28,6 +39,7 @@ import csv
 import html
 import io
 import itertools
+import json
 import math
 import os
 import re
@@ -43,7 +55,8 @@ from ..tracking import client as mlflow_client
 from ..tracking import search_all_runs
 from . import stats
 
-__all__ = ["ReportError", "ChildRun", "StudyRuns", "CellSummary", "Comparison", "StudySummary",
+__all__ = ["ReportError", "ChildRun", "StudyRuns", "CellSummary", "Comparison", "StudySummary", "Localization",
+           "LocSummary", "SimilarityRow", "SimilarityCorrelation", "SimilaritySummary",
            "collect_study", "summarize", "write_report", "build_report"]
 
 LEVEL = 0.95
@@ -52,6 +65,9 @@ PARENT_TAG = "mlflow.parentRunId"
 ARTIFACTS = {"classification": "predictions.csv", "segmentation": "per_case.csv"}
 METRICS = {"classification": "test_auc", "segmentation": "test_dice"}
 DEFAULT_GRID_KEYS = ("encoder", "weights", "freeze", "lr")
+LOC_ARTIFACT = "localization.csv"  # optional, classification runs: Grad-CAM localization per scored case
+SIMILARITY_ARTIFACT = "similarity.json"  # optional, parent run: source-vs-target cohort distances
+SIM_MEASURES = (("frechet", "Fréchet distance"), ("mmd2", "MMD²"), ("intensity", "intensity distance"))
 
 
 class ReportError(ValueError):
@@ -61,6 +77,16 @@ class ReportError(ValueError):
 # ------------------------------------------------------------------------------------------------
 # data model
 # ------------------------------------------------------------------------------------------------
+@dataclass
+class Localization:
+    """A classification run's ``localization.csv``: one row per scored test case (non-empty mask)."""
+
+    item_id: np.ndarray  # object array of str
+    hit: np.ndarray  # pointing game: 1.0 hit, 0.0 miss, nan unknown
+    dice: np.ndarray  # Dice of the thresholded map vs the mask
+    iou: np.ndarray  # IoU of the same (nan when the column is absent)
+
+
 @dataclass
 class ChildRun:
     """One finished cell × fold × seed run with its test-set rows."""
@@ -79,6 +105,7 @@ class ChildRun:
     dice: np.ndarray | None = None  # per-case Dice (segmentation)
     config_hash: str = ""
     end_time: int = 0
+    loc: Localization | None = None  # from localization.csv, when the run has one
 
     @property
     def binary(self) -> bool:
@@ -97,6 +124,28 @@ class StudyRuns:
     n_not_finished: int = 0  # child runs FAILED / RUNNING / KILLED, ignored
     n_superseded: int = 0  # FINISHED runs replaced by a later one with the same config_hash
     notes: list[str] = field(default_factory=list)
+    similarity: dict | None = None  # the parent run's similarity.json, when it has a readable one
+
+
+@dataclass
+class LocSummary:
+    """A cell's Grad-CAM localization, pooled over its runs' scored cases (seeds averaged per case)."""
+
+    n_runs: int  # runs with a localization.csv
+    n_cases: int  # distinct scored cases
+    hit: float  # pointing-game hit rate
+    hit_ci_low: float
+    hit_ci_high: float
+    dice: float
+    dice_ci_low: float
+    dice_ci_high: float
+    iou: float
+    hit_mean: float  # mean ± SD over runs of each run's own hit rate / mean Dice / mean IoU
+    hit_sd: float
+    dice_mean: float
+    dice_sd: float
+    iou_mean: float
+    iou_sd: float
 
 
 @dataclass
@@ -120,6 +169,7 @@ class CellSummary:
     scratch_cell: str | None = None
     pooled_kind: str = ""  # "OOF AUC" | "OOF macro OvR AUC" | "per-case Dice"
     roc: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    loc: LocSummary | None = None  # Grad-CAM localization (classification cells with localization.csv)
 
 
 @dataclass
@@ -131,13 +181,54 @@ class Comparison:
     cell_a: str
     cell_b: str
     n_cases: int
-    metric: str  # "AUC" | "Dice"
+    metric: str  # "AUC" | "Dice" | "AUC (macro OvR)"; localization: "loc_dice" | "loc_hit"
     a: float
     b: float
     difference: float
     p: float
     p_holm: float
-    test: str  # "DeLong" | "Wilcoxon signed-rank" | "n/a (multi-class)" | "n/a (…)"
+    test: str  # "DeLong" | "Wilcoxon signed-rank" | "McNemar exact" | "n/a (multi-class)" | "n/a (…)"
+
+
+@dataclass
+class SimilarityRow:
+    """One pretrained source of one group of comparable cells: its distances and transfer score."""
+
+    task: str
+    group: str
+    grid: dict[str, str]
+    cell: str
+    scratch_cell: str
+    source: str
+    frechet: float
+    mmd2: float
+    intensity: float
+    n_source: int | None
+    transfer_score: float
+
+
+@dataclass
+class SimilarityCorrelation:
+    """Spearman correlation of one distance with the transfer score across a group's sources."""
+
+    task: str
+    group: str
+    measure: str  # "frechet" | "mmd2" | "intensity"
+    n: int
+    rho: float
+    p: float
+    method: str  # "exact permutation" | "t approximation" | "undefined"
+    note: str  # "" | "n < 3: undefined" | "undefined (constant values)"
+
+
+@dataclass
+class SimilaritySummary:
+    encoder: str
+    weights: str
+    image_size: str
+    n_target: int | None
+    rows: list[SimilarityRow]
+    correlations: list[SimilarityCorrelation]
 
 
 @dataclass
@@ -155,6 +246,8 @@ class StudySummary:
     n_superseded: int = 0
     notes: list[str] = field(default_factory=list)
     created: str = ""
+    loc_comparisons: list[Comparison] = field(default_factory=list)  # Holm-adjusted as their own family
+    similarity: SimilaritySummary | None = None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -191,6 +284,43 @@ def _load_rows(run: ChildRun, path: Path) -> None:
     run.prob = np.array([[_float(r[c]) for c in classes] for r in rows], dtype=float).reshape(len(rows), len(classes))
     if "p" in columns and len(classes) == 2:  # P(class 1) as written (equals p_<class 1>)
         run.prob[:, 1] = [_float(r["p"]) for r in rows]
+
+
+def _load_localization(run: ChildRun, path: Path) -> Localization:
+    """A run's localization.csv (``item_id, fold, label, hit, dice, iou``); hits other than 0/1 read
+    as unknown (nan), rows with neither a hit nor a Dice are dropped. The label is not read."""
+    columns, rows = _read_csv(path)
+    missing = [c for c in ("item_id", "hit", "dice") if c not in columns]
+    if missing:
+        raise ReportError(f"run {run.name}: {LOC_ARTIFACT} lacks column(s) {', '.join(missing)}")
+    bools = {"true": 1.0, "false": 0.0}
+    hit = np.array([bools.get(str(r["hit"]).strip().lower(), _float(r["hit"])) for r in rows], dtype=float)
+    hit[~np.isin(hit, (0.0, 1.0))] = np.nan
+    dice = np.array([_float(r["dice"]) for r in rows], dtype=float)
+    iou = np.array([_float(r.get("iou")) for r in rows], dtype=float)
+    keep = ~(np.isnan(hit) & np.isnan(dice))
+    items = np.array([r["item_id"] for r in rows], dtype=object)
+    return Localization(item_id=items[keep], hit=hit[keep], dice=dice[keep], iou=iou[keep])
+
+
+def _read_similarity(client, parent_id: str | None, notes: list[str]) -> dict | None:
+    """The parent run's similarity.json, or None when it has none (a note when it is unreadable)."""
+    if parent_id is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="medxfer-report-") as tmp:
+        try:
+            path = client.download_artifacts(parent_id, SIMILARITY_ARTIFACT, tmp)
+        except Exception:  # noqa: BLE001 - absent: no similarity section
+            return None
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or not isinstance(data.get("sources"), dict):
+                raise ValueError("no 'sources' object")
+        except (OSError, ValueError) as exc:
+            notes.append(f"{SIMILARITY_ARTIFACT} on the parent run is unreadable ({type(exc).__name__}); "
+                         "no similarity section")
+            return None
+    return data
 
 
 def _grid_keys(tag_lists: Iterable[str]) -> list[str]:
@@ -287,11 +417,28 @@ def collect_study(name: str) -> StudyRuns:
                 notes.append(f"run {name_}: finished without {artifact}, left out")
                 continue
             _load_rows(run, path)
+            if task == "classification":  # optional: its absence keeps the run in the AUC part
+                try:
+                    loc_path = Path(client.download_artifacts(r.info.run_id, LOC_ARTIFACT, str(dst)))
+                except Exception:  # noqa: BLE001 - absent
+                    pass
+                else:
+                    try:
+                        run.loc = _load_localization(run, loc_path)
+                    except (ReportError, OSError, KeyError, csv.Error) as exc:
+                        notes.append(f"run {name_}: unreadable {LOC_ARTIFACT} ({exc}), left out of the "
+                                     "localization section")
             runs.append(run)
+    n_cls = sum(r.task == "classification" for r in runs)
+    n_loc = sum(r.loc is not None for r in runs)
+    if n_loc and n_loc < n_cls:
+        notes.append(f"{n_cls - n_loc} of {n_cls} classification run(s) have no (readable) {LOC_ARTIFACT}; "
+                     "they are left out of the localization section")
     if not runs:
         raise ReportError(f"study {name!r}: no finished run has its {' / '.join(ARTIFACTS.values())} artifact")
+    similarity = _read_similarity(client, parent_id, notes)
     return StudyRuns(name=name, experiment_id=exp_id, parent_run_id=parent_id, grid_keys=grid_keys, runs=runs,
-                     n_not_finished=n_not_finished, n_superseded=n_superseded, notes=notes)
+                     n_not_finished=n_not_finished, n_superseded=n_superseded, notes=notes, similarity=similarity)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -375,6 +522,37 @@ def _summarize_cell(cell: str, runs: list[ChildRun], n_resamples: int, seed: int
     return CellSummary(**common, pooled=pooled, ci_low=lo, ci_high=hi, n_classes=2, pooled_kind="OOF AUC", roc=roc)
 
 
+def _nanmean(values: np.ndarray) -> float:
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    return float(np.mean(v)) if v.size else math.nan
+
+
+def _loc_per_item(runs: list[ChildRun]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct scored items of runs with localization, and their hit / Dice / IoU averaged over seeds."""
+    items = np.concatenate([r.loc.item_id for r in runs]).astype(str)
+    ids, hit = _per_item(items, np.concatenate([r.loc.hit for r in runs]))
+    _, dice = _per_item(items, np.concatenate([r.loc.dice for r in runs]))
+    _, iou = _per_item(items, np.concatenate([r.loc.iou for r in runs]))
+    return ids, hit, dice, iou
+
+
+def _summarize_loc(runs: list[ChildRun], n_resamples: int, seed: int) -> LocSummary | None:
+    with_loc = [r for r in runs if r.loc is not None]
+    if not with_loc:
+        return None
+    ids, hit, dice, iou = _loc_per_item(with_loc)
+    hit_lo, hit_hi = stats.bootstrap_mean_ci(hit, n_resamples=n_resamples, level=LEVEL, seed=seed)
+    dice_lo, dice_hi = stats.bootstrap_mean_ci(dice, n_resamples=n_resamples, level=LEVEL, seed=seed)
+    hit_mean, hit_sd = stats.mean_sd([_nanmean(r.loc.hit) for r in with_loc])
+    dice_mean, dice_sd = stats.mean_sd([_nanmean(r.loc.dice) for r in with_loc])
+    iou_mean, iou_sd = stats.mean_sd([_nanmean(r.loc.iou) for r in with_loc])
+    return LocSummary(n_runs=len(with_loc), n_cases=int(ids.size), hit=_nanmean(hit), hit_ci_low=hit_lo,
+                      hit_ci_high=hit_hi, dice=_nanmean(dice), dice_ci_low=dice_lo, dice_ci_high=dice_hi,
+                      iou=_nanmean(iou), hit_mean=hit_mean, hit_sd=hit_sd, dice_mean=dice_mean, dice_sd=dice_sd,
+                      iou_mean=iou_mean, iou_sd=iou_sd)
+
+
 def _group_description(task: str, grid: dict[str, str], tasks: set[str]) -> str:
     parts = [f"{k}={v}" for k, v in grid.items() if k != "weights"]
     text = ", ".join(parts) if parts else "all cells"
@@ -420,6 +598,121 @@ def _compare(ca: CellSummary, cb: CellSummary, ra: list[ChildRun], rb: list[Chil
                       difference=res.difference, p=res.p_value, test="DeLong")
 
 
+def _compare_loc(ca: CellSummary, cb: CellSummary, ra: list[ChildRun], rb: list[ChildRun],
+                 group: str) -> list[Comparison]:
+    """Localization of two cells on their shared scored cases (item ids; seeds averaged per case):
+    Wilcoxon signed-rank on per-case Dice, exact McNemar on per-case hits (a case's hit over several
+    seeds is the majority; cases tied over seeds are left out of the McNemar test)."""
+    la = [r for r in ra if r.loc is not None]
+    lb = [r for r in rb if r.loc is not None]
+    if not la or not lb:
+        return []
+    base = dict(task=ca.task, group=group, source_a=ca.grid.get("weights", ""), source_b=cb.grid.get("weights", ""),
+                cell_a=ca.cell, cell_b=cb.cell, p_holm=math.nan)
+    ia, ha, da, _ = _loc_per_item(la)
+    ib, hb, db, _ = _loc_per_item(lb)
+    _, xa, xb = np.intersect1d(ia, ib, return_indices=True)
+    out: list[Comparison] = []
+    a, b = da[xa], db[xb]
+    ok = ~(np.isnan(a) | np.isnan(b))
+    a, b = a[ok], b[ok]
+    if a.size:
+        _, p = stats.wilcoxon_signed_rank(a, b)
+        ma, mb = float(np.mean(a)), float(np.mean(b))
+        out.append(Comparison(**base, n_cases=int(a.size), metric="loc_dice", a=ma, b=mb, difference=ma - mb, p=p,
+                              test="Wilcoxon signed-rank"))
+    else:
+        out.append(Comparison(**base, n_cases=0, metric="loc_dice", a=math.nan, b=math.nan, difference=math.nan,
+                              p=math.nan, test="n/a (no shared cases)"))
+    a, b = ha[xa], hb[xb]
+    ok = ~(np.isnan(a) | np.isnan(b))
+    a, b = a[ok], b[ok]
+    if a.size:
+        decided = (a != 0.5) & (b != 0.5)
+        p = stats.mcnemar_exact(a[decided] > 0.5, b[decided] > 0.5)
+        tied = int(a.size - decided.sum())
+        test = "McNemar exact" + (f" ({tied} case(s) tied over seeds left out)" if tied else "")
+        ma, mb = float(np.mean(a)), float(np.mean(b))
+        out.append(Comparison(**base, n_cases=int(a.size), metric="loc_hit", a=ma, b=mb, difference=ma - mb, p=p,
+                              test=test))
+    else:
+        out.append(Comparison(**base, n_cases=0, metric="loc_hit", a=math.nan, b=math.nan, difference=math.nan,
+                              p=math.nan, test="n/a (no shared cases)"))
+    return out
+
+
+def _json_float(value: Any) -> float:
+    if isinstance(value, bool) or value is None:
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _similarity(data: dict | None, cells: list[CellSummary], keys: list[str], tasks: set[str],
+                notes: list[str]) -> SimilaritySummary | None:
+    """Distances of each pretrained source (similarity.json) against its transfer score, per group of
+    cells equal in every grid key but ``weights`` that has a scratch cell; Spearman per distance."""
+    if data is None:
+        return None
+    if "weights" not in keys:
+        notes.append(f"{SIMILARITY_ARTIFACT} is ignored: the grid has no weights key")
+        return None
+    sources = {str(k): v for k, v in data["sources"].items() if isinstance(v, dict)}
+    pretrained = {c.grid.get("weights", "") for c in cells} - {"scratch"}
+    unknown = sorted(k for k in sources if k not in pretrained)
+    if unknown:
+        notes.append(f"{SIMILARITY_ARTIFACT}: source(s) {', '.join(unknown)} not among the grid's pretrained "
+                     "weights sources, ignored")
+    missing = sorted(w for w in pretrained if w not in sources)
+    if missing:
+        notes.append(f"{SIMILARITY_ARTIFACT} has no distances for weights source(s) {', '.join(missing)}; "
+                     "left out of the similarity section")
+    groups: dict[tuple, list[CellSummary]] = {}
+    for c in cells:
+        groups.setdefault((c.task, tuple((k, v) for k, v in c.grid.items() if k != "weights")), []).append(c)
+    rows: list[SimilarityRow] = []
+    correlations: list[SimilarityCorrelation] = []
+    for members in groups.values():
+        if not any(c.grid.get("weights") == "scratch" for c in members):
+            continue
+        group = _group_description(members[0].task, members[0].grid, tasks)
+        group_rows = []
+        for c in members:
+            w = c.grid.get("weights", "")
+            if w == "scratch" or w not in sources or c.scratch_cell is None:
+                continue
+            entry = sources[w]
+            n_src = _json_float(entry.get("n"))
+            group_rows.append(SimilarityRow(
+                task=c.task, group=group, grid=dict(c.grid), cell=c.cell, scratch_cell=c.scratch_cell, source=w,
+                frechet=_json_float(entry.get("frechet")), mmd2=_json_float(entry.get("mmd2")),
+                intensity=_json_float(entry.get("intensity")),
+                n_source=int(n_src) if math.isfinite(n_src) else None,
+                transfer_score=float(c.transfer_score) if c.transfer_score is not None else math.nan))
+        if not group_rows:
+            continue
+        rows += group_rows
+        ts = [r.transfer_score for r in group_rows]
+        for measure, _ in SIM_MEASURES:
+            with np.errstate(all="ignore"):
+                rho, p, n, method = stats.spearman([getattr(r, measure) for r in group_rows], ts)
+            note = "" if method != "undefined" else ("n < 3: undefined" if n < 3 else "undefined (constant values)")
+            correlations.append(SimilarityCorrelation(task=members[0].task, group=group, measure=measure, n=n,
+                                                      rho=rho, p=p, method=method, note=note))
+    if not rows:
+        notes.append(f"{SIMILARITY_ARTIFACT} names no pretrained source of a group with a scratch cell; "
+                     "no similarity section")
+        return None
+    target = data.get("target") if isinstance(data.get("target"), dict) else {}
+    n_target = _json_float(target.get("n"))
+    return SimilaritySummary(encoder=str(data.get("encoder", "")), weights=str(data.get("weights", "")),
+                             image_size=str(data.get("image_size", "")),
+                             n_target=int(n_target) if math.isfinite(n_target) else None,
+                             rows=rows, correlations=correlations)
+
+
 def summarize(runs: StudyRuns, n_resamples: int = 2000, seed: int = 0) -> StudySummary:
     """Cell rows (mean ± SD, pooled metric with bootstrap CI, transfer score) and comparison rows
     (DeLong / Wilcoxon between weights sources, Holm-adjusted together)."""
@@ -429,8 +722,11 @@ def summarize(runs: StudyRuns, n_resamples: int = 2000, seed: int = 0) -> StudyS
         by_cell.setdefault(r.cell, []).append(r)
     order = sorted(by_cell, key=lambda c: (by_cell[c][0].task,
                                            tuple(_value_key(k, by_cell[c][0].grid.get(k, "")) for k in keys), c))
-    cells = [_summarize_cell(c, sorted(by_cell[c], key=lambda r: (_natural(r.seed), _natural(r.fold))),
-                             n_resamples, seed) for c in order]
+    ordered = {c: sorted(by_cell[c], key=lambda r: (_natural(r.seed), _natural(r.fold))) for c in order}
+    cells = [_summarize_cell(c, ordered[c], n_resamples, seed) for c in order]
+    for c in cells:
+        if c.task == "classification":
+            c.loc = _summarize_loc(ordered[c.cell], n_resamples, seed)
     tasks = {c.task for c in cells}
 
     def others(c: CellSummary) -> tuple:
@@ -445,6 +741,7 @@ def summarize(runs: StudyRuns, n_resamples: int = 2000, seed: int = 0) -> StudyS
                 c.transfer_score = stats.transfer_score(c.pooled, ref.pooled)
 
     comparisons: list[Comparison] = []
+    loc_comparisons: list[Comparison] = []
     if "weights" in keys:
         groups: dict[tuple, list[CellSummary]] = {}
         for c in cells:
@@ -455,14 +752,20 @@ def summarize(runs: StudyRuns, n_resamples: int = 2000, seed: int = 0) -> StudyS
             group = _group_description(members[0].task, members[0].grid, tasks)
             for ca, cb in itertools.combinations(members, 2):
                 comparisons.append(_compare(ca, cb, by_cell[ca.cell], by_cell[cb.cell], group))
-    if comparisons:
-        adjusted = stats.holm([c.p for c in comparisons])
-        for c, q in zip(comparisons, adjusted):
-            c.p_holm = float(q)
+                if ca.loc is not None and cb.loc is not None:
+                    loc_comparisons += _compare_loc(ca, cb, by_cell[ca.cell], by_cell[cb.cell], group)
+    for family in (comparisons, loc_comparisons):  # Holm within each family
+        if family:
+            adjusted = stats.holm([c.p for c in family])
+            for c, q in zip(family, adjusted):
+                c.p_holm = float(q)
+    notes = list(runs.notes)
+    similarity = _similarity(runs.similarity, cells, list(keys), tasks, notes)
     return StudySummary(name=runs.name, parent_run_id=runs.parent_run_id, grid_keys=list(keys), cells=cells,
                         comparisons=comparisons, n_resamples=int(n_resamples), seed=int(seed),
                         n_runs=len(runs.runs), n_not_finished=runs.n_not_finished, n_superseded=runs.n_superseded,
-                        notes=list(runs.notes), created=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+                        notes=notes, created=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                        loc_comparisons=loc_comparisons, similarity=similarity)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -556,7 +859,11 @@ def _methods(s: StudySummary) -> str:
     if "segmentation" in tasks:
         tests.append("Dice by the two-sided Wilcoxon signed-rank test on per-case Dice (averaged over seeds)")
     parts[-1] += " " + "; ".join(tests) + "."
-    parts.append("All p-values of this report are adjusted together with Holm's step-down method (p (Holm)).")
+    if s.loc_comparisons:
+        parts.append("The p-values of these comparisons are adjusted together with Holm's step-down method "
+                     "(p (Holm)); the lesion-localization p-values form a family of their own (see there).")
+    else:
+        parts.append("All p-values of this report are adjusted together with Holm's step-down method (p (Holm)).")
     parts.append("Transfer score = (source − scratch) / scratch × 100 on the pooled metric, against the scratch "
                  "cell with the same other grid values; positive means the pretrained source beat training from "
                  "scratch (van den Brandt et al. 2021).")
@@ -564,6 +871,104 @@ def _methods(s: StudySummary) -> str:
         parts.append("With more than two classes the AUC is the macro one-vs-rest AUC; no CI or DeLong test is "
                      "computed for it (n/a).")
     return " ".join(parts)
+
+
+def _g4(x: Any) -> str:
+    return f"{float(x):.4g}" if _finite(x) else "n/a"
+
+
+_LOC_MEASURES = {"loc_dice": "Dice (mean)", "loc_hit": "hit rate"}
+
+
+def _loc_cells(s: StudySummary) -> list[CellSummary]:
+    return [c for c in s.cells if c.loc is not None]
+
+
+def _loc_cell_table(s: StudySummary) -> tuple[list[str], list[list[str]]]:
+    pct = f"{int(s.level * 100)} % CI"
+    header = [*s.grid_keys, "Runs", "Cases", "Hit rate", f"Hit rate {pct}", "Hit rate mean ± SD (per run)", "Dice",
+              f"Dice {pct}", "Dice mean ± SD (per run)", "IoU", "IoU mean ± SD (per run)"]
+    rows = []
+    for c in _loc_cells(s):
+        L = c.loc
+        rows.append([*[c.grid.get(k, "") for k in s.grid_keys], str(L.n_runs), str(L.n_cases), _f3(L.hit),
+                     _ci(L.hit_ci_low, L.hit_ci_high), _mean_sd(L.hit_mean, L.hit_sd), _f3(L.dice),
+                     _ci(L.dice_ci_low, L.dice_ci_high), _mean_sd(L.dice_mean, L.dice_sd), _f3(L.iou),
+                     _mean_sd(L.iou_mean, L.iou_sd)])
+    return header, rows
+
+
+def _loc_comparison_table(s: StudySummary) -> tuple[list[str], list[list[str]]]:
+    header = ["Group", "Source A", "Source B", "Cases", "Measure", "A", "B", "A − B", "p", "p (Holm)", "Test"]
+    rows = [[c.group, c.source_a, c.source_b, str(c.n_cases), _LOC_MEASURES.get(c.metric, c.metric), _f3(c.a),
+             _f3(c.b), _signed(c.difference), _pval(c.p), _pval(c.p_holm), c.test] for c in s.loc_comparisons]
+    return header, rows
+
+
+def _loc_methods(s: StudySummary) -> str:
+    pct = int(s.level * 100)
+    parts = [
+        "Lesion localization is scored on the classification test cases with a non-empty lesion mask only: a "
+        "Grad-CAM map of the positive class at the deepest encoder layer. Pointing game: a hit when the map's "
+        "maximum (argmax) lies inside the lesion mask; the hit rate is the share of hits. Dice and IoU compare "
+        "the map thresholded at 0.5 × its maximum with the mask.",
+        "Per cell, hits, Dice and IoU are pooled over the scored cases of all folds (averaged over seeds per "
+        f"case), with {pct} % percentile bootstrap CIs of the hit rate and of the mean Dice ({s.n_resamples} "
+        f"resamples, seed {s.seed}); mean ± SD is over the cell's runs (each run's hit rate, mean Dice and mean "
+        "IoU on its own test fold).",
+    ]
+    if s.loc_comparisons:
+        parts.append(
+            "Cells that differ only in the weights source are compared on the scored cases both have (matched by "
+            "item): per-case Dice by the two-sided Wilcoxon signed-rank test, per-case hits by the exact McNemar "
+            "test (two-sided binomial test of the discordant pairs; with several seeds a case's hit is the "
+            "majority over seeds, cases tied over seeds are left out of it). A − B is source A minus source B "
+            "(source − scratch). These p-values are Holm-adjusted as their own family, apart from the AUC "
+            "comparisons.")
+    return " ".join(parts)
+
+
+_SIM_HEADERS = {m: label[0].upper() + label[1:] for m, label in SIM_MEASURES}
+
+
+def _similarity_table(s: StudySummary) -> tuple[list[str], list[list[str]]]:
+    header = ["Group", "Source", *_SIM_HEADERS.values(), "Source images", "Transfer score"]
+    rows = [[r.group, r.source, _g4(r.frechet), _g4(r.mmd2), _g4(r.intensity),
+             str(r.n_source) if r.n_source is not None else "n/a", _signed(r.transfer_score, 1, " %")]
+            for r in s.similarity.rows]
+    return header, rows
+
+
+def _correlation_table(s: StudySummary) -> tuple[list[str], list[list[str]]]:
+    header = ["Group", "Distance", "Sources", "Spearman ρ", "p", "p method"]
+    rows = []
+    for c in s.similarity.correlations:
+        if c.note:
+            rows.append([c.group, _SIM_HEADERS[c.measure], str(c.n), c.note, "–", "–"])
+        else:
+            rows.append([c.group, _SIM_HEADERS[c.measure], str(c.n), f"{c.rho:+.3f}", _pval(c.p), c.method])
+    return header, rows
+
+
+def _similarity_methods(s: StudySummary) -> str:
+    sim = s.similarity
+    tasks = {r.task for r in sim.rows}
+    pooled = " / ".join(("pooled AUC" if t == "classification" else "pooled Dice") for t in sorted(tasks))
+    setting = ", ".join(x for x in (f"{sim.encoder} encoder" if sim.encoder else "",
+                                    f"{sim.weights} weights" if sim.weights else "",
+                                    f"{sim.image_size} px" if sim.image_size else "") if x)
+    target = f" ({sim.n_target} images)" if sim.n_target is not None else ""
+    return (
+        "Dataset similarity (van den Brandt et al. 2021, \"Cats, not CAT scans\"): the cohort of each pretraining "
+        f"source is compared with this study's cohort{target} on pooled features of one fixed network"
+        f"{' (' + setting + ')' if setting else ''}: the Fréchet distance between Gaussians fitted to the two "
+        "feature sets, the unbiased RBF-kernel MMD², and a distance of per-image intensity statistics; for all "
+        "three, smaller = more similar. A source's transfer score is its relative gain in the "
+        f"{pooled} over the scratch cell of the same group (as in the Cells table). Spearman's ρ between each "
+        "distance and the transfer score across the sources of a group, with a two-sided p by exact permutation "
+        "(all n! orderings) for up to 9 sources and the t approximation above; not adjusted for multiplicity "
+        "(exploratory, few sources). The hypothesis that a more similar source transfers better predicts a "
+        "negative ρ. With fewer than 3 sources ρ is undefined (n < 3).")
 
 
 def _provenance(s: StudySummary) -> list[str]:
@@ -653,6 +1058,44 @@ def _roc_figure(index: int, group: str, cells: list[CellSummary], colors: dict[s
     return _Figure(f"roc_{index}", alt, _png(fig))
 
 
+def _similarity_figure(sim: SimilaritySummary) -> _Figure:
+    """Distance vs transfer score, one panel per distance, points labelled with the source."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.0 * len(SIM_MEASURES), 4.0))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(SIM_MEASURES), squeeze=False)[0]
+    groups = list(dict.fromkeys(r.group for r in sim.rows))
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
+    corr = {(c.group, c.measure): c for c in sim.correlations}
+    for ax, (measure, label) in zip(axes, SIM_MEASURES):
+        texts = []
+        for gi, g in enumerate(groups):
+            rs = [r for r in sim.rows if r.group == g and _finite(getattr(r, measure)) and _finite(r.transfer_score)]
+            x = [getattr(r, measure) for r in rs]
+            y = [r.transfer_score for r in rs]
+            ax.scatter(x, y, s=32, color=palette[gi % len(palette)], zorder=3,
+                       label=g if len(groups) > 1 and measure == SIM_MEASURES[0][0] else None)
+            for r, xi, yi in zip(rs, x, y):
+                ax.annotate(r.source, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            c = corr.get((g, measure))
+            if c is not None:
+                texts.append(c.note or f"ρ = {c.rho:+.2f}, n = {c.n}")
+        ax.axhline(0.0, color="#888888", lw=0.8, ls="--")
+        ax.set_xlabel(f"{label} (smaller = more similar)", fontsize=9)
+        ax.set_title("; ".join(texts) if len(groups) == 1 else _SIM_HEADERS[measure], fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.margins(x=0.15, y=0.15)
+    axes[0].set_ylabel("transfer score (%)")
+    if len(groups) > 1:
+        fig.legend(loc="lower center", ncol=min(len(groups), 3), fontsize=8, frameon=False,
+                   bbox_to_anchor=(0.5, -0.08))
+    alt = ("Scatter plots of each pretrained source's distance to the study cohort (Fréchet, MMD², intensity; "
+           "smaller = more similar) against its transfer score over scratch, points labelled with the source")
+    return _Figure("similarity", alt, _png(fig))
+
+
 def _figures(s: StudySummary) -> list[_Figure]:
     figs: list[_Figure] = []
     for task in ("classification", "segmentation"):
@@ -670,6 +1113,8 @@ def _figures(s: StudySummary) -> list[_Figure]:
     colors = {w: palette[i % len(palette)] for i, w in enumerate(sources)} | {"scratch": "#7f7f7f"}
     for i, members in enumerate(groups.values(), 1):
         figs.append(_roc_figure(i, _group_description("classification", members[0].grid, tasks), members, colors))
+    if s.similarity is not None and s.similarity.rows:
+        figs.append(_similarity_figure(s.similarity))
     return figs
 
 
@@ -689,7 +1134,8 @@ figure{margin:0}figcaption{font-size:.8em;color:#555;max-width:460px}
 img.figure{max-width:100%;height:auto;border:1px solid #eee}
 """
 
-_NUMERIC_HEADERS = {"Runs", "Cases", "Pooled", "A", "B", "A − B", "p", "p (Holm)", "Transfer score"}
+_NUMERIC_HEADERS = {"Runs", "Cases", "Pooled", "A", "B", "A − B", "p", "p (Holm)", "Transfer score", "Hit rate",
+                    "Dice", "IoU", "Fréchet distance", "MMD²", "Intensity distance", "Source images", "Sources"}
 
 
 def _html_table(table_id: str, header: list[str], rows: list[list[str]], row_ids: Sequence[str] = ()) -> str:
@@ -720,15 +1166,39 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _fig_html(f: _Figure) -> str:
+    e = html.escape
+    data = base64.b64encode(f.png).decode("ascii")
+    return (f'<figure><img class="figure" id="fig-{e(f.stem)}" alt="{e(f.alt)}" '
+            f'src="data:image/png;base64,{data}"><figcaption>{e(f.alt)}</figcaption></figure>')
+
+
+def _section_figures(figs: list[_Figure]) -> tuple[list[_Figure], list[_Figure]]:
+    """(figures of the Figures section, the similarity figure shown in its own section)."""
+    return [f for f in figs if f.stem != "similarity"], [f for f in figs if f.stem == "similarity"]
+
+
 def _write_html(s: StudySummary, path: Path, figs: list[_Figure]) -> None:
     e = html.escape
     ch, cr = _cell_table(s)
     kh, kr = _comparison_table(s)
-    fig_html = []
-    for f in figs:
-        data = base64.b64encode(f.png).decode("ascii")
-        fig_html.append(f'<figure><img class="figure" id="fig-{e(f.stem)}" alt="{e(f.alt)}" '
-                        f'src="data:image/png;base64,{data}"><figcaption>{e(f.alt)}</figcaption></figure>')
+    main_figs, sim_figs = _section_figures(figs)
+    fig_html = [_fig_html(f) for f in main_figs]
+    extra: list[str] = []
+    if _loc_cells(s):
+        lh, lr = _loc_cell_table(s)
+        extra += ['<h2 id="localization-section">Lesion localization (Grad-CAM)</h2>', f"<p>{e(_loc_methods(s))}</p>",
+                  _html_table("localization", lh, lr)]
+        if s.loc_comparisons:
+            mh, mr = _loc_comparison_table(s)
+            extra += ["<h3>Localization comparisons</h3>", _html_table("localization-comparisons", mh, mr)]
+    if s.similarity is not None:
+        sh, sr = _similarity_table(s)
+        rh, rr = _correlation_table(s)
+        extra += ['<h2 id="similarity-section">Dataset similarity and transfer</h2>',
+                  f"<p>{e(_similarity_methods(s))}</p>", _html_table("similarity", sh, sr),
+                  "<h3>Spearman correlation with the transfer score</h3>", _html_table("similarity-spearman", rh, rr),
+                  '<div class="figures">', *[_fig_html(f) for f in sim_figs], "</div>"]
     body = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>medxfer study report: {e(s.name)}</title>", f"<style>{_CSS}</style></head><body>",
@@ -737,6 +1207,7 @@ def _write_html(s: StudySummary, path: Path, figs: list[_Figure]) -> None:
         "<h2>Methods</h2>", f"<p>{e(_methods(s))}</p>",
         "<h2>Cells</h2>", _html_table("cells", ch, cr, [c.cell for c in s.cells]),
         "<h2>Comparisons</h2>", _html_table("comparisons", kh, kr),
+        *extra,
         "<h2>Figures</h2>", '<div class="figures">', *fig_html, "</div>",
         "</body></html>",
     ]
@@ -746,40 +1217,90 @@ def _write_html(s: StudySummary, path: Path, figs: list[_Figure]) -> None:
 def _write_markdown(s: StudySummary, path: Path, figs: list[_Figure], fig_dir: str) -> None:
     ch, cr = _cell_table(s)
     kh, kr = _comparison_table(s)
+    main_figs, sim_figs = _section_figures(figs)
     lines = [f"# Study report: {_md_escape(s.name)}", "", *[f"- {_md_escape(x)}" for x in _provenance(s)], "",
              "## Methods", "", _methods(s), "", "## Cells", "", _md_table(ch, cr), "",
-             "## Comparisons", "", _md_table(kh, kr), "", "## Figures", ""]
-    for f in figs:
+             "## Comparisons", "", _md_table(kh, kr), ""]
+    if _loc_cells(s):
+        lh, lr = _loc_cell_table(s)
+        lines += ["## Lesion localization (Grad-CAM)", "", _loc_methods(s), "", _md_table(lh, lr), ""]
+        if s.loc_comparisons:
+            mh, mr = _loc_comparison_table(s)
+            lines += ["### Localization comparisons", "", _md_table(mh, mr), ""]
+    if s.similarity is not None:
+        sh, sr = _similarity_table(s)
+        rh, rr = _correlation_table(s)
+        lines += ["## Dataset similarity and transfer", "", _similarity_methods(s), "", _md_table(sh, sr), "",
+                  "### Spearman correlation with the transfer score", "", _md_table(rh, rr), ""]
+        lines += [x for f in sim_figs for x in (f"![{_md_escape(f.alt)}]({fig_dir}/{f.stem}.png)", "")]
+    lines += ["## Figures", ""]
+    for f in main_figs:
         lines += [f"![{_md_escape(f.alt)}]({fig_dir}/{f.stem}.png)", ""]
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
+_LOC_COLUMNS = ["loc_runs", "loc_cases", "loc_hit", "loc_hit_ci_low", "loc_hit_ci_high", "loc_hit_mean", "loc_hit_sd",
+                "loc_dice", "loc_dice_ci_low", "loc_dice_ci_high", "loc_dice_mean", "loc_dice_sd", "loc_iou",
+                "loc_iou_mean", "loc_iou_sd"]
+
+
+def _loc_csv(L: LocSummary | None) -> list[str]:
+    if L is None:
+        return [""] * len(_LOC_COLUMNS)
+    return [str(L.n_runs), str(L.n_cases), *[_csv_num(x) for x in (
+        L.hit, L.hit_ci_low, L.hit_ci_high, L.hit_mean, L.hit_sd, L.dice, L.dice_ci_low, L.dice_ci_high, L.dice_mean,
+        L.dice_sd, L.iou, L.iou_mean, L.iou_sd)]]
+
+
 def _write_csvs(s: StudySummary, results: Path, comparisons: Path) -> None:
+    has_loc = bool(_loc_cells(s))  # the loc_* columns only when some cell has localization
     with open(results, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["study", "cell", "task", *s.grid_keys, "n_runs", "folds", "seeds", "metric", "mean", "sd",
-                    "pooled", "ci_low", "ci_high", "transfer_score", "pooled_kind", "n_cases", "scratch_cell"])
+                    "pooled", "ci_low", "ci_high", "transfer_score", "pooled_kind", "n_cases", "scratch_cell",
+                    *(_LOC_COLUMNS if has_loc else [])])
         for c in s.cells:
             w.writerow([s.name, c.cell, c.task, *[c.grid.get(k, "") for k in s.grid_keys], c.n_runs,
                         ";".join(c.folds), ";".join(c.seeds), c.metric, _csv_num(c.mean), _csv_num(c.sd),
                         _csv_num(c.pooled), _csv_num(c.ci_low), _csv_num(c.ci_high), _csv_num(c.transfer_score),
-                        c.pooled_kind, c.n_cases, c.scratch_cell or ""])
+                        c.pooled_kind, c.n_cases, c.scratch_cell or "", *(_loc_csv(c.loc) if has_loc else [])])
     with open(comparisons, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["study", "task", "group", "source_a", "source_b", "cell_a", "cell_b", "n_cases", "metric", "a",
                     "b", "difference", "p", "p_holm", "test"])
-        for c in s.comparisons:
+        for c in [*s.comparisons, *s.loc_comparisons]:  # loc rows: metric loc_dice / loc_hit, own Holm family
             w.writerow([s.name, c.task, c.group, c.source_a, c.source_b, c.cell_a, c.cell_b, c.n_cases, c.metric,
                         _csv_num(c.a), _csv_num(c.b), _csv_num(c.difference), _csv_num(c.p), _csv_num(c.p_holm),
                         c.test])
 
 
-_FIG_NAME = re.compile(r"^(bar_[a-z]+|roc_\d+)\.png$")
+def _write_similarity_csvs(s: StudySummary, rows_path: Path, spearman_path: Path) -> None:
+    sim = s.similarity
+    others = [k for k in s.grid_keys if k != "weights"]
+    with open(rows_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["study", "task", "group", *others, "source", "cell", "scratch_cell", "frechet", "mmd2",
+                    "intensity", "n_source", "n_target", "transfer_score"])
+        for r in sim.rows:
+            w.writerow([s.name, r.task, r.group, *[r.grid.get(k, "") for k in others], r.source, r.cell,
+                        r.scratch_cell, _csv_num(r.frechet), _csv_num(r.mmd2), _csv_num(r.intensity),
+                        "" if r.n_source is None else r.n_source, "" if sim.n_target is None else sim.n_target,
+                        _csv_num(r.transfer_score)])
+    with open(spearman_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["study", "task", "group", "measure", "n", "rho", "p", "p_method", "note"])
+        for c in sim.correlations:
+            w.writerow([s.name, c.task, c.group, c.measure, c.n, _csv_num(c.rho), _csv_num(c.p), c.method, c.note])
+
+
+_FIG_NAME = re.compile(r"^(bar_[a-z]+|roc_\d+|similarity)\.png$")
+_SIMILARITY_CSVS = ("similarity.csv", "similarity_spearman.csv")
 
 
 def write_report(summary: StudySummary, out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write ``report.html`` (self-contained), ``report.md`` with ``figures/*.png``, ``results.csv``
-    and ``comparisons.csv`` into ``out_dir``; returns {path relative to out_dir: path}."""
+    and ``comparisons.csv`` — and, with a similarity section, ``similarity.csv`` and
+    ``similarity_spearman.csv`` — into ``out_dir``; returns {path relative to out_dir: path}."""
     out = Path(out_dir)
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -795,6 +1316,12 @@ def write_report(summary: StudySummary, out_dir: str | os.PathLike) -> dict[str,
     _write_csvs(summary, out / "results.csv", out / "comparisons.csv")
     paths["results.csv"] = out / "results.csv"
     paths["comparisons.csv"] = out / "comparisons.csv"
+    if summary.similarity is not None:
+        _write_similarity_csvs(summary, *(out / n for n in _SIMILARITY_CSVS))
+        paths.update({n: out / n for n in _SIMILARITY_CSVS})
+    else:  # of an earlier report of this folder
+        for n in _SIMILARITY_CSVS:
+            (out / n).unlink(missing_ok=True)
     for f in figs:
         p = fig_dir / f"{f.stem}.png"
         p.write_bytes(f.png)

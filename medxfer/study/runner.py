@@ -321,6 +321,10 @@ def run_study(spec: StudySpec, shard_index: tuple[int, int] = (1, 1),
     exp_id = experiment_id(client, spec.experiment, create=True)
     outcome.parent_run_id = _parent_run(client, spec, exp_id)
     _log_grid(client, outcome.parent_run_id, spec, runs)
+    if spec.similarity and shard_index[0] == 1:  # one shard measures it; the report reads it
+        from .similarity import log_study_similarity
+
+        log_study_similarity(spec, client, outcome.parent_run_id, echo)
     _, by_hash = study_state(spec, runs, client)
     host = socket.gethostname()
     grid_keys = list(spec.grid)

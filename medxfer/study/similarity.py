@@ -109,3 +109,63 @@ def dataset_similarity(source: str | os.PathLike, target: str | os.PathLike, enc
     fb, ib = _cohort(target, target_modalities, network, image_size, in_channels, cache, device)
     return Similarity(frechet=frechet_distance(fa, fb), mmd2=mmd2_rbf(fa, fb), intensity=intensity_distance(ia, ib),
                       n_source=len(fa), n_target=len(fb))
+
+
+SIMILARITY_ARTIFACT = "similarity.json"
+SIMILARITY_TAG = "medxfer.similarity_hash"
+
+
+def study_similarity(spec, device: str = "cpu") -> dict:
+    """Distances of each source cohort of ``spec.similarity`` to the study's cohort, as the
+    ``similarity.json`` record the report correlates with the transfer scores."""
+    settings = spec.similarity
+    cache = spec.train.get("feature_cache_dir")
+    target_modalities = spec.data.get("modalities")
+    out = {k: settings[k] for k in ("encoder", "weights", "image_size", "in_channels")}
+    out["target"], out["sources"] = {}, {}
+    for name, source in sorted(settings["sources"].items()):
+        sim = dataset_similarity(source["manifest"], spec.manifest, encoder=settings["encoder"],
+                                 weights=settings["weights"], image_size=settings["image_size"],
+                                 in_channels=settings["in_channels"], source_modalities=source.get("modalities"),
+                                 target_modalities=target_modalities, cache_dir=cache, device=device)
+        out["sources"][name] = {"frechet": sim.frechet, "mmd2": sim.mmd2, "intensity": sim.intensity,
+                                "n": sim.n_source}
+        out["target"] = {"n": sim.n_target}
+    return out
+
+
+def similarity_hash(spec) -> str:
+    """What the similarity record depends on: its settings and the cohorts' manifests' content."""
+    import hashlib
+    import json
+
+    from ..models.weights import sha256_file
+
+    settings = dict(spec.similarity)
+    blob = {"settings": {k: v for k, v in settings.items() if k != "sources"},
+            "target": sha256_file(spec.manifest), "modalities": spec.data.get("modalities"),
+            "sources": {n: [sha256_file(s["manifest"]), s.get("modalities")] for n, s in settings["sources"].items()}}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def log_study_similarity(spec, client, parent_run_id: str, echo=lambda s: None, device: str | None = None) -> bool:
+    """Compute and log ``similarity.json`` on the study's parent run unless the parent already
+    holds it for the same settings and cohorts. Returns whether it was computed."""
+    import json
+    import tempfile
+
+    key = similarity_hash(spec)
+    if client.get_run(parent_run_id).data.tags.get(SIMILARITY_TAG) == key:
+        return False
+    echo(f"dataset similarity of {len(spec.similarity['sources'])} source cohort(s) to the study's cohort")
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    record = study_similarity(spec, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / SIMILARITY_ARTIFACT
+        path.write_text(json.dumps(record, indent=2) + "\n")
+        client.log_artifact(parent_run_id, str(path))
+    client.set_tag(parent_run_id, SIMILARITY_TAG, key)
+    return True

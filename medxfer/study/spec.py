@@ -64,6 +64,7 @@ class StudySpec:
     train: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)  # modalities, classes, mask_root
     pretrain: list[PretrainStage] = field(default_factory=list)
+    similarity: dict[str, Any] | None = None  # dataset similarity of source cohorts to this one
     source: Path | None = None
     text: str = ""
 
@@ -135,10 +136,10 @@ def parse_spec(raw: dict[str, Any], source: Path | None = None, text: str = "") 
     """Validate a spec mapping (what ``yaml.safe_load`` returns) into a :class:`StudySpec`."""
     if not isinstance(raw, dict):
         raise SpecError("a study spec is a mapping with name, data, bundle, grid")
-    unknown = set(raw) - {"name", "data", "bundle", "grid", "seeds", "train", "pretrain"}
+    unknown = set(raw) - {"name", "data", "bundle", "grid", "seeds", "train", "pretrain", "similarity"}
     if unknown:
         raise SpecError(f"unknown top-level keys {sorted(unknown)} (allowed: name, data, bundle, grid, seeds, "
-                        "train, pretrain)")
+                        "train, pretrain, similarity)")
     name = str(raw.get("name") or "")
     if not NAME_PATTERN.match(name):
         raise SpecError(f"name {name!r}: letters, digits, '.', '_' and '-' only (it names the MLflow experiment)")
@@ -199,8 +200,39 @@ def parse_spec(raw: dict[str, Any], source: Path | None = None, text: str = "") 
     seeds = [int(s) for s in (seeds if isinstance(seeds, list) else [seeds])]
     if not seeds or len(set(seeds)) != len(seeds):
         raise SpecError(f"seeds must be a non-empty list of distinct integers, not {seeds}")
+    similarity = _parse_similarity(raw.get("similarity"), stages, source)
     return StudySpec(name=name, bundle=bundle, manifest=manifest, label=label, folds=folds, grid=grid,
-                     seeds=seeds, train=train, data=data, pretrain=stages, source=source, text=text)
+                     seeds=seeds, train=train, data=data, pretrain=stages, similarity=similarity, source=source,
+                     text=text)
+
+
+SIMILARITY_KEYS = {"encoder", "weights", "image_size", "in_channels", "sources"}
+
+
+def _parse_similarity(raw: Any, stages: list[PretrainStage], source: Path | None) -> dict[str, Any] | None:
+    """The ``similarity`` section: which fixed encoder measures how close each source cohort is to
+    the study's cohort. Sources are the pretraining stages' cohorts, plus ``sources`` (weights
+    name → manifest of the data those weights were trained on, for imported weights)."""
+    if raw in (None, False):
+        return None
+    raw = {} if raw is True else raw
+    if not isinstance(raw, dict):
+        raise SpecError("similarity is a mapping: {encoder, weights, image_size, in_channels, sources}")
+    unknown = set(raw) - SIMILARITY_KEYS
+    if unknown:
+        raise SpecError(f"unknown similarity keys {sorted(unknown)} (allowed: {', '.join(sorted(SIMILARITY_KEYS))})")
+    out = {"encoder": str(raw.get("encoder", "resnet18")), "weights": str(raw.get("weights", "scratch")),
+           "image_size": int(raw.get("image_size", 128)), "in_channels": int(raw.get("in_channels", 1))}
+    sources = {s.name: {"manifest": str(s.manifest), "modalities": s.data.get("modalities")} for s in stages}
+    extra = raw.get("sources") or {}
+    if not isinstance(extra, dict):
+        raise SpecError("similarity.sources maps a weights name to the manifest of its training data")
+    for name, manifest in extra.items():
+        sources[str(name)] = {"manifest": str(_resolve_manifest(str(manifest), source)), "modalities": None}
+    if not sources:
+        raise SpecError("similarity: no source cohort (declare pretrain stages or similarity.sources)")
+    out["sources"] = sources
+    return out
 
 
 def load_spec(path: str | os.PathLike) -> StudySpec:

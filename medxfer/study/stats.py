@@ -29,6 +29,13 @@ Methods
   distribution when fewer than 50 non-zero differences and neither ties nor zeros, otherwise
   the normal approximation with tie-corrected variance and continuity correction. The
   statistic reported is R's V (sum of the ranks of the positive differences).
+* **Exact McNemar** (:func:`mcnemar_exact`): paired binary outcomes (e.g. pointing-game hits of
+  two models on the same cases); the two-sided exact binomial test of the discordant pairs
+  against 1/2, as R ``binom.test(b, b + c)`` / scipy ``binomtest`` (McNemar 1947, exact form).
+* **Spearman** (:func:`spearman`): rank correlation as scipy ``spearmanr``; the two-sided p is
+  the exact permutation p over all n! orderings for n ≤ 9 (as scipy ``permutation_test`` with
+  every permutation: 2 × the smaller one-sided tail, at most 1) and scipy's t approximation
+  above. With n < 3, or a constant input, rho and p are nan.
 * **Holm** (:func:`holm`): Holm (1979), "A simple sequentially rejective multiple test
   procedure", *Scand. J. Statist.* 6:65–70; identical to R ``p.adjust(p, "holm")``.
 * **Transfer score** (:func:`transfer_score`): the relative AUC gain of a pretrained source over
@@ -51,7 +58,9 @@ __all__ = [
     "delong_auc_ci",
     "delong_test",
     "holm",
+    "mcnemar_exact",
     "mean_sd",
+    "spearman",
     "transfer_score",
     "wilcoxon_signed_rank",
 ]
@@ -362,3 +371,68 @@ def holm(p_values) -> np.ndarray:
         of[ok] = res
         out = of.reshape(p.shape)
     return out
+
+
+def mcnemar_exact(a, b) -> float:
+    """Two-sided exact McNemar test of paired binary outcomes ``a`` and ``b`` (same cases).
+
+    Only the discordant pairs count: n01 = #(a and not b), n10 = #(b and not a); under the null
+    each discordant pair goes either way with probability 1/2, so
+    p = min(1, 2 · P(Binomial(n01 + n10, 1/2) ≤ min(n01, n10))) — R ``binom.test(n01, n01 + n10)``,
+    scipy ``binomtest``. No discordant pair → p = 1. Inputs: bool or 0/1 values, equal length.
+    """
+    a = np.asarray(a).ravel()
+    b = np.asarray(b).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"length mismatch: {a.size} vs {b.size}")
+    for x in (a, b):
+        xf = x.astype(float)
+        if not np.all((xf == 0) | (xf == 1)):
+            raise ValueError("mcnemar_exact needs binary outcomes (bool or 0/1, no nan)")
+    a, b = a.astype(bool), b.astype(bool)
+    n01 = int(np.sum(a & ~b))
+    n10 = int(np.sum(~a & b))
+    n = n01 + n10
+    if n == 0:
+        return 1.0
+    return float(min(1.0, 2.0 * _sps.binom.cdf(min(n01, n10), n, 0.5)))
+
+
+_SPEARMAN_EXACT_MAX_N = 9
+
+
+def spearman(x, y) -> tuple[float, float, int, str]:
+    """Spearman rank correlation of paired values; pairs with a nan are dropped.
+
+    Returns (rho, p, n, method): rho as scipy ``spearmanr`` (Pearson correlation of midranks);
+    two-sided p by exact permutation over all n! orderings of ``y`` when n ≤ 9 (method
+    ``"exact permutation"``; 2 × the smaller one-sided tail, at most 1, as scipy
+    ``permutation_test(permutation_type="pairings", n_resamples=inf)``), otherwise scipy's t
+    approximation (``"t approximation"``). With n < 3 or a constant input rho and p are nan and
+    method is ``"undefined"``. (scipy's t approximation gives p = 0 at |rho| = 1 for any n —
+    e.g. 3 sources — which the exact p, here 1/3, does not.)
+    """
+    x = np.asarray(x, dtype=float).ravel()
+    y = np.asarray(y, dtype=float).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"length mismatch: {x.size} vs {y.size}")
+    ok = ~(np.isnan(x) | np.isnan(y))
+    x, y = x[ok], y[ok]
+    n = int(x.size)
+    if n < 3 or np.all(x == x[0]) or np.all(y == y[0]):
+        return float("nan"), float("nan"), n, "undefined"
+    rx, ry = _midrank(x), _midrank(y)
+    rho = float(np.corrcoef(rx, ry)[0, 1])
+    if n > _SPEARMAN_EXACT_MAX_N:
+        res = _sps.spearmanr(x, y)
+        return float(res.statistic), float(res.pvalue), n, "t approximation"
+    import itertools
+
+    perms = np.array(list(itertools.permutations(range(n))), dtype=np.int64)
+    cx = rx - rx.mean()
+    cy = ry - ry.mean()
+    null = (cy[perms] @ cx) / np.sqrt((cx @ cx) * (cy @ cy))
+    tol = 1e-12 * max(1.0, abs(rho))
+    greater = float(np.mean(null >= rho - tol))
+    less = float(np.mean(null <= rho + tol))
+    return rho, float(min(1.0, 2.0 * min(greater, less))), n, "exact permutation"

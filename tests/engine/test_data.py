@@ -47,3 +47,12 @@ def test_errors_say_what_to_do(dental_cohort, tmp_path):
         load_cohort(dental_cohort.manifest, "body_part", modalities=["PX"])
     with pytest.raises(CohortError, match="no such manifest"):
         load_cohort(tmp_path / "nope.csv", "x")
+
+
+def test_named_classes_leave_other_values_out_and_count_them(mammography_cohort):
+    c = load_cohort(mammography_cohort.manifest, "pathology", fold=0, classes=["benign", "malignant"])
+    items = c.train + c.val + c.test
+    assert c.classes == ["benign", "malignant"] and {i["label_name"] for i in items} == {"benign", "malignant"}
+    assert c.skipped == {"other_class": 16} and len(items) == 32  # 48 images, a third normal
+    with pytest.raises(CohortError, match="none of classes"):
+        load_cohort(mammography_cohort.manifest, "pathology", fold=0, classes=["BENIGN", "MALIGNANT"])

@@ -45,21 +45,31 @@ def _child_tags(study, task, grid, fold, seed, config_hash=None):
             "medxfer.grid_keys": "encoder,weights,freeze,lr", **grid}, f"{cell}/fold{fold}/seed{seed}"
 
 
+def _write_rows(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
 def _log_child(client, exp, parent, tmp, study, task, grid, fold, seed, rows, metric, status="FINISHED",
-               end_time=None, config_hash=None):
+               end_time=None, config_hash=None, extra_artifacts=None, extra_metrics=None):
+    """One child run; ``extra_artifacts`` {file name: rows} (e.g. localization.csv) and
+    ``extra_metrics`` {name: value} are logged too."""
     tags, name = _child_tags(study, task, grid, fold, seed, config_hash)
     tags["mlflow.parentRunId"] = parent
     run = client.create_run(exp, run_name=name, tags=tags)
     rid = run.info.run_id
     client.log_metric(rid, "test_auc" if task == "classification" else "test_dice", metric)
+    for key, value in (extra_metrics or {}).items():
+        client.log_metric(rid, key, value)
     d = tmp / rid
     d.mkdir()
     fname = "predictions.csv" if task == "classification" else "per_case.csv"
-    with open(d / fname, "w", newline="") as f:
-        w = csv.DictWriter(f, list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    client.log_artifact(rid, str(d / fname))
+    client.log_artifact(rid, str(_write_rows(d / fname, rows)))
+    for extra, extra_rows in (extra_artifacts or {}).items():
+        client.log_artifact(rid, str(_write_rows(d / extra, extra_rows)))
     client.set_terminated(rid, status=status, end_time=end_time)
     return rid
 
@@ -397,3 +407,319 @@ def test_report_renders_in_headless_chromium(study, tmp_path):
     assert (img < 250).any(axis=2).mean() > 0.02  # not blank
     colour = (np.abs(img[..., 0] - img[..., 2]) > 60) | (np.abs(img[..., 1] - img[..., 2]) > 60)
     assert colour.sum() > 2000
+
+
+# ------------------------------------------------------------------------------------------------
+# lesion localization (Grad-CAM): localization.csv on classification runs
+# ------------------------------------------------------------------------------------------------
+LOC = "loc-demo"
+LOC_N = 60
+LOC_RESAMPLES = 1000
+
+
+def _sorted_by_item(idx: np.ndarray) -> np.ndarray:
+    """Items in the order the report pools them (sorted item ids), for order-dependent bootstraps."""
+    return np.asarray(sorted(idx, key=item_id))
+
+
+@pytest.fixture(scope="module")
+def loc_study(study):
+    """resnet18 × {imagenet, scratch} × 3 folds with localization.csv (imagenet clearly better),
+    densenet121 × {imagenet, scratch} × 3 folds without."""
+    client, tmp = study["client"], study["tmp"]
+    staging = tmp / "staging-loc"
+    staging.mkdir()
+    exp = client.create_experiment(f"medxfer/{LOC}")
+    parent = _parent(client, exp, LOC, staging)
+    rng = np.random.default_rng(11)
+    y = np.arange(LOC_N) % 2
+    fold_of = (np.arange(LOC_N) // 2) % 3
+    # scored cases: positives with a non-empty lesion mask (items 1 and 3 have an empty one)
+    scored = np.array([i for i in range(LOC_N) if y[i] == 1 and i not in (1, 3)])
+    hit = {"imagenet": rng.random(LOC_N) < 0.8, "scratch": rng.random(LOC_N) < 0.3}
+    dice = {"imagenet": np.round(rng.uniform(0.35, 0.85, LOC_N), 6),
+            "scratch": np.round(rng.uniform(0.02, 0.45, LOC_N), 6)}
+    iou = {w: np.round(d / (2 - d), 6) for w, d in dice.items()}
+    for enc, with_loc in (("resnet18", True), ("densenet121", False)):
+        for w, signal in (("imagenet", 1.5), ("scratch", 0.5)):
+            grid = {"encoder": enc, "weights": w, "freeze": "none", "lr": "0.001"}
+            p = np.round(_sigmoid(signal * (2 * y - 1) + rng.normal(0, 1.0, LOC_N)), 6)
+            for k in FOLDS:
+                idx = np.flatnonzero(fold_of == k)
+                extra, metrics = None, None
+                if with_loc:
+                    sc = scored[fold_of[scored] == k]
+                    extra = {"localization.csv": [
+                        {"item_id": item_id(i), "fold": k, "label": CLASSES[1], "hit": int(hit[w][i]),
+                         "dice": f"{dice[w][i]:.6f}", "iou": f"{iou[w][i]:.6f}"} for i in sc]}
+                    metrics = {"loc_hit": float(hit[w][sc].mean()), "loc_dice": float(dice[w][sc].mean()),
+                               "loc_iou": float(iou[w][sc].mean()), "loc_cases": len(sc)}
+                _log_child(client, exp, parent, staging, LOC, "classification", grid, k, 0, _cls_rows(idx, y, p, k),
+                           roc_auc_score(y[idx], p[idx]), extra_artifacts=extra, extra_metrics=metrics)
+    t0 = time.perf_counter()
+    paths = rep.build_report(LOC, out_dir=tmp / "loc-report", n_resamples=LOC_RESAMPLES)
+    return {"paths": paths, "seconds": time.perf_counter() - t0, "scored": scored, "fold_of": fold_of,
+            "hit": hit, "dice": dice, "iou": iou, "parent": parent}
+
+
+def test_localization_results_match_recomputation(loc_study):
+    from medxfer.study import stats
+
+    t = loc_study
+    rows = {r["cell"]: r for r in _read(t["paths"]["results.csv"])}
+    assert len(rows) == 4 and all(r["n_runs"] == "3" for r in rows.values())  # AUC part: every run counts
+    sc = _sorted_by_item(t["scored"])
+    for w in ("imagenet", "scratch"):
+        r = rows[f"classification/resnet18/{w}/none/lr0.001"]
+        hit, dice, iou = t["hit"][w][sc].astype(float), t["dice"][w][sc], t["iou"][w][sc]
+        assert r["loc_runs"] == "3" and r["loc_cases"] == str(len(sc)) == "28"
+        assert float(r["loc_hit"]) == pytest.approx(hit.mean(), abs=1e-12)
+        assert float(r["loc_dice"]) == pytest.approx(dice.mean(), abs=1e-12)
+        assert float(r["loc_iou"]) == pytest.approx(iou.mean(), abs=1e-12)
+        per_fold = [t["scored"][t["fold_of"][t["scored"]] == k] for k in FOLDS]
+        for name, v in (("hit", t["hit"][w].astype(float)), ("dice", t["dice"][w]), ("iou", t["iou"][w])):
+            fold_means = [v[f].mean() for f in per_fold]
+            assert float(r[f"loc_{name}_mean"]) == pytest.approx(np.mean(fold_means), abs=1e-12)
+            assert float(r[f"loc_{name}_sd"]) == pytest.approx(np.std(fold_means, ddof=1), abs=1e-12)
+        # seeded bootstrap of the pooled mean Dice with the report's number of resamples
+        lo, hi = stats.bootstrap_mean_ci(dice, n_resamples=LOC_RESAMPLES, seed=0)
+        assert (float(r["loc_dice_ci_low"]), float(r["loc_dice_ci_high"])) == pytest.approx((lo, hi), abs=1e-12)
+        assert lo < dice.mean() < hi
+        assert float(r["loc_hit_ci_low"]) < hit.mean() < float(r["loc_hit_ci_high"])
+    for w in ("imagenet", "scratch"):  # no localization.csv: empty loc columns
+        r = rows[f"classification/densenet121/{w}/none/lr0.001"]
+        assert all(r[c] == "" for c in r if c.startswith("loc_"))
+
+
+def test_localization_comparisons_wilcoxon_mcnemar_holm(loc_study):
+    from math import comb
+
+    from scipy import stats as sps
+
+    t = loc_study
+    rows = _read(t["paths"]["comparisons.csv"])
+    auc_rows = [r for r in rows if r["metric"] == "AUC"]
+    loc_rows = {r["metric"]: r for r in rows if r["metric"].startswith("loc_")}
+    assert len(auc_rows) == 2 and len(rows) == 4 and set(loc_rows) == {"loc_dice", "loc_hit"}
+    sc = t["scored"]
+    for r in loc_rows.values():
+        assert r["group"] == "encoder=resnet18, freeze=none, lr=0.001"
+        assert (r["source_a"], r["source_b"], r["n_cases"]) == ("imagenet", "scratch", str(len(sc)))
+    d = loc_rows["loc_dice"]
+    a, b = t["dice"]["imagenet"][sc], t["dice"]["scratch"][sc]
+    assert d["test"] == "Wilcoxon signed-rank"
+    assert float(d["a"]) == pytest.approx(a.mean()) and float(d["b"]) == pytest.approx(b.mean())
+    assert float(d["difference"]) == pytest.approx(a.mean() - b.mean()) and a.mean() - b.mean() > 0.2
+    assert float(d["p"]) == pytest.approx(sps.wilcoxon(a, b).pvalue, rel=1e-9)  # exact: n = 28, no ties
+    h = loc_rows["loc_hit"]
+    ha, hb = t["hit"]["imagenet"][sc], t["hit"]["scratch"][sc]
+    n01, n10 = int(np.sum(ha & ~hb)), int(np.sum(~ha & hb))
+    hand = min(1.0, 2 * sum(comb(n01 + n10, k) for k in range(min(n01, n10) + 1)) / 2 ** (n01 + n10))
+    assert h["test"] == "McNemar exact" and n01 > n10
+    assert float(h["p"]) == pytest.approx(hand, rel=1e-9)
+    assert float(h["difference"]) == pytest.approx(ha.mean() - hb.mean())
+    # Holm within the localization family (2 tests); the AUC family keeps its own
+    ps = sorted(float(r["p"]) for r in loc_rows.values())
+    for r in loc_rows.values():
+        assert float(r["p_holm"]) >= float(r["p"])
+    assert min(float(r["p_holm"]) for r in loc_rows.values()) == pytest.approx(min(1.0, 2 * ps[0]))
+    aps = sorted(float(r["p"]) for r in auc_rows)
+    assert min(float(r["p_holm"]) for r in auc_rows) == pytest.approx(min(1.0, 2 * aps[0]))
+
+
+def test_localization_section_in_html_and_markdown(loc_study, study):
+    paths = loc_study["paths"]
+    page = paths["report.html"].read_text()
+    md = paths["report.md"].read_text()
+    assert '<table id="localization">' in page and '<table id="localization-comparisons">' in page
+    assert "Lesion localization (Grad-CAM)" in page and "## Lesion localization (Grad-CAM)" in md
+    assert "deepest encoder layer" in page and "0.5 × its maximum" in page and "non-empty lesion mask" in page
+    assert "McNemar exact" in md and "own family" in page
+    assert "6 of 12 classification run(s) have no" in page  # densenet121's runs, left out of the section
+    assert "http://" not in page and "https://" not in page and "<script" not in page.lower()
+    for text in (page, md, *(paths[k].read_text() for k in ("results.csv", "comparisons.csv"))):
+        assert not any(c.lower() in text.lower() for c in CLASSES)
+    assert all(item_id(i) not in page for i in loc_study["scored"])
+    logged = {Path(a.path).name for a in study["client"].list_artifacts(loc_study["parent"], "report")}
+    assert {"report.html", "results.csv", "comparisons.csv"} <= logged
+    # a study without localization.csv: no section, no columns, no rows
+    tmp, cpaths = study["tmp"], study["paths"]
+    cls_page = (tmp / cpaths["report.html"]).read_text()
+    assert 'id="localization' not in cls_page and "Lesion localization" not in cls_page
+    assert "Lesion localization" not in (tmp / cpaths["report.md"]).read_text()
+    assert not any(k.startswith("loc_") for k in _read(tmp / cpaths["results.csv"])[0])
+    assert all(not r["metric"].startswith("loc_") for r in _read(tmp / cpaths["comparisons.csv"]))
+    assert loc_study["seconds"] < 20
+
+
+def test_localization_multiseed_in_memory():
+    """Two seeds: per-case hits/Dice averaged over seeds; McNemar on the majority hit, cases tied
+    over seeds left out."""
+    from math import comb
+
+    from medxfer.study import stats
+
+    rng = np.random.default_rng(4)
+    n = 40
+    ids = [item_id(i) for i in range(n)]
+    y = np.arange(n) % 2
+    runs, truth = [], {}
+    for w, q in (("imagenet", 0.8), ("scratch", 0.4)):
+        hits = rng.random((2, n)) < q
+        dices = rng.uniform(0, 1, (2, n)) * (0.9 if w == "imagenet" else 0.5)
+        truth[w] = (hits.mean(0), dices.mean(0))
+        for seed in (0, 1):
+            p = _sigmoid(2 * y - 1 + rng.normal(0, 1, n))
+            run = _run(y, np.c_[1 - p, p], ids, f"classification/e/{w}", w, 0, seed, 0.7)
+            run.loc = rep.Localization(item_id=np.array(ids, dtype=object), hit=hits[seed].astype(float),
+                                       dice=dices[seed], iou=dices[seed] / (2 - dices[seed]))
+            runs.append(run)
+    s = rep.summarize(rep.StudyRuns("ms-loc", None, None, ["encoder", "weights"], runs), n_resamples=200)
+    for c in s.cells:
+        h, d = truth[c.grid["weights"]]
+        assert c.loc.n_runs == 2 and c.loc.n_cases == n
+        assert c.loc.hit == pytest.approx(h.mean()) and c.loc.dice == pytest.approx(d.mean())
+    dice_cmp, hit_cmp = s.loc_comparisons
+    assert (dice_cmp.metric, hit_cmp.metric) == ("loc_dice", "loc_hit")
+    order = np.argsort(ids)  # the report pairs cases in item-id order
+    ha, hb = truth["imagenet"][0][order], truth["scratch"][0][order]
+    assert dice_cmp.p == pytest.approx(stats.wilcoxon_signed_rank(truth["imagenet"][1][order],
+                                                                 truth["scratch"][1][order])[1])
+    decided = (ha != 0.5) & (hb != 0.5)
+    n01 = int(np.sum((ha > 0.5) & (hb < 0.5) & decided))
+    n10 = int(np.sum((ha < 0.5) & (hb > 0.5) & decided))
+    m = n01 + n10
+    hand = min(1.0, 2 * sum(comb(m, k) for k in range(min(n01, n10) + 1)) / 2 ** m) if m else 1.0
+    assert hit_cmp.p == pytest.approx(hand)
+    tied = int((~decided).sum())
+    assert tied > 0 and f"{tied} case(s) tied over seeds left out" in hit_cmp.test
+    assert hit_cmp.difference == pytest.approx(ha.mean() - hb.mean())
+
+
+# ------------------------------------------------------------------------------------------------
+# dataset similarity vs transfer: similarity.json on the parent run
+# ------------------------------------------------------------------------------------------------
+SIM = "sim-demo"
+# resnet18: four stage sources + scratch; densenet121: two stage sources, imagenet (no distances), scratch
+SIM_SIGNAL = {"resnet18": {"srcA": 1.5, "srcB": 1.0, "srcC": 0.6, "srcD": 0.35, "scratch": 0.1},
+              "densenet121": {"srcA": 1.3, "srcB": 0.7, "imagenet": 0.9, "scratch": 0.3}}
+SIM_DISTANCES = {  # frechet increases as transfer falls (rho = -1); mmd2 and intensity arbitrary
+    "srcA": {"frechet": 5.0, "mmd2": 0.010, "intensity": 0.9, "n": 40},
+    "srcB": {"frechet": 11.0, "mmd2": 0.030, "intensity": 0.2, "n": 32},
+    "srcC": {"frechet": 20.0, "mmd2": 0.020, "intensity": 0.5, "n": 48},
+    "srcD": {"frechet": 41.0, "mmd2": 0.080, "intensity": 0.7, "n": 24},
+    "srcZ": {"frechet": 1.0, "mmd2": 0.001, "intensity": 0.1, "n": 10},  # not in the grid
+}
+
+
+@pytest.fixture(scope="module")
+def sim_study(study):
+    import json
+
+    client, tmp = study["client"], study["tmp"]
+    staging = tmp / "staging-sim"
+    staging.mkdir()
+    exp = client.create_experiment(f"medxfer/{SIM}")
+    parent = _parent(client, exp, SIM, staging)
+    (staging / "similarity.json").write_text(json.dumps({
+        "encoder": "resnet18", "weights": "scratch", "image_size": 128, "target": {"n": 60},
+        "sources": SIM_DISTANCES}))
+    client.log_artifact(parent, str(staging / "similarity.json"))
+    rng = np.random.default_rng(7)
+    n = 60
+    y = np.arange(n) % 2
+    fold_of = (np.arange(n) // 2) % 2  # both classes in each fold
+    pooled = {}
+    for enc, signals in SIM_SIGNAL.items():
+        for w, signal in signals.items():
+            grid = {"encoder": enc, "weights": w, "freeze": "none", "lr": "0.001"}
+            p = np.round(_sigmoid(signal * (2 * y - 1) + rng.normal(0, 1.0, n)), 6)
+            pooled[enc, w] = roc_auc_score(y, p)  # every item once, in its own test fold
+            for k in (0, 1):
+                idx = np.flatnonzero(fold_of == k)
+                _log_child(client, exp, parent, staging, SIM, "classification", grid, k, 0, _cls_rows(idx, y, p, k),
+                           roc_auc_score(y[idx], p[idx]))
+    ts = {(e, w): (pooled[e, w] - pooled[e, "scratch"]) / pooled[e, "scratch"] * 100
+          for e, w in pooled if w != "scratch"}
+    # the fabrication's premise: the transfer score falls from srcA to srcD
+    assert ts["resnet18", "srcA"] > ts["resnet18", "srcB"] > ts["resnet18", "srcC"] > ts["resnet18", "srcD"]
+    paths = rep.build_report(SIM, out_dir=tmp / "sim-report", n_resamples=500)
+    return {"paths": paths, "ts": ts, "parent": parent}
+
+
+def test_similarity_csv_and_spearman(sim_study):
+    from scipy import stats as sps
+
+    paths, ts = sim_study["paths"], sim_study["ts"]
+    rows = _read(paths["similarity.csv"])
+    got = {(r["encoder"], r["source"]): r for r in rows}
+    assert set(got) == {("resnet18", w) for w in ("srcA", "srcB", "srcC", "srcD")} | {
+        ("densenet121", "srcA"), ("densenet121", "srcB")}  # srcZ (not in the grid), imagenet (no distances): out
+    for (enc, w), r in got.items():
+        for m in ("frechet", "mmd2", "intensity"):
+            assert float(r[m]) == SIM_DISTANCES[w][m]
+        assert r["n_source"] == str(SIM_DISTANCES[w]["n"]) and r["n_target"] == "60"
+        assert float(r["transfer_score"]) == pytest.approx(ts[enc, w], abs=1e-9)
+        assert r["cell"] == f"classification/{enc}/{w}/none/lr0.001"
+        assert r["scratch_cell"] == f"classification/{enc}/scratch/none/lr0.001"
+    corr = {(r["group"].split(",")[0], r["measure"]): r for r in _read(paths["similarity_spearman.csv"])}
+    assert len(corr) == 6
+    srcs = ("srcA", "srcB", "srcC", "srcD")
+    t18 = [ts["resnet18", w] for w in srcs]
+    fr = corr["encoder=resnet18", "frechet"]
+    assert fr["n"] == "4" and float(fr["rho"]) == pytest.approx(-1.0) and fr["p_method"] == "exact permutation"
+    exact = sps.permutation_test((np.array(t18),), lambda b: sps.spearmanr([SIM_DISTANCES[w]["frechet"] for w in srcs],
+                                                                           b).statistic,
+                                 permutation_type="pairings", n_resamples=np.inf, vectorized=False).pvalue
+    assert float(fr["p"]) == pytest.approx(exact) and exact == pytest.approx(2 / 24)
+    for m in ("mmd2", "intensity"):
+        x = [SIM_DISTANCES[w][m] for w in srcs]
+        assert float(corr["encoder=resnet18", m]["rho"]) == pytest.approx(sps.spearmanr(x, t18).statistic, abs=1e-12)
+    for m in ("frechet", "mmd2", "intensity"):  # two sources: undefined, not nan
+        r = corr["encoder=densenet121", m]
+        assert (r["n"], r["rho"], r["p"], r["note"]) == ("2", "", "", "n < 3: undefined")
+
+
+def test_similarity_section_figure_and_notes(sim_study, study):
+    from PIL import Image
+
+    paths = sim_study["paths"]
+    page = paths["report.html"].read_text()
+    md = paths["report.md"].read_text()
+    assert '<table id="similarity">' in page and '<table id="similarity-spearman">' in page
+    assert "## Dataset similarity and transfer" in md
+    assert "smaller = more similar" in page and "negative ρ" in page
+    assert page.count("n &lt; 3: undefined") >= 3 and "n < 3: undefined" in md
+    assert ">nan<" not in page.lower() and "| nan |" not in md.lower()
+    assert re.search(r'<img class="figure" id="fig-similarity" alt="[^"]*" src="data:image/png;base64,', page)
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.I)
+    assert "http://" not in page and "https://" not in page and "<script" not in page.lower()
+    assert "(figures/similarity.png)" in md
+    w, h = Image.open(paths["figures/similarity.png"]).size
+    assert w > 600 and h > 200
+    assert "srcZ not among the grid" in page and "no distances for weights source(s) imagenet" in page
+    client = study["client"]
+    logged = {Path(a.path).name for a in client.list_artifacts(sim_study["parent"], "report")}
+    assert {"similarity.csv", "similarity_spearman.csv"} <= logged
+    assert "similarity.png" in {Path(a.path).name for a in client.list_artifacts(sim_study["parent"], "report/figures")}
+    # no similarity.json: no section, no CSV
+    tmp, cpaths = study["tmp"], study["paths"]
+    assert "similarity.csv" not in cpaths and not (tmp / cpaths["results.csv"]).with_name("similarity.csv").exists()
+    cls_page = (tmp / cpaths["report.html"]).read_text()
+    assert 'id="similarity' not in cls_page and "Dataset similarity" not in cls_page
+
+
+def test_localization_csv_parsing(tmp_path):
+    """Hits other than 0/1 read as unknown, rows with neither hit nor Dice dropped, iou optional,
+    the label never read; a file without hit/dice columns is an error (the run stays in the AUC part)."""
+    run = _run([1], [[0.2, 0.8]], ["a"], "classification/e/w", "w", 0, 0, 0.5)
+    path = _write_rows(tmp_path / "localization.csv", [
+        {"item_id": "a", "fold": 0, "label": CLASSES[1], "hit": "True", "dice": "0.5"},
+        {"item_id": "b", "fold": 0, "label": CLASSES[1], "hit": "0.5", "dice": "0.25"},
+        {"item_id": "c", "fold": 0, "label": CLASSES[1], "hit": "", "dice": ""}])
+    loc = rep._load_localization(run, path)
+    assert list(loc.item_id) == ["a", "b"] and np.isnan(loc.hit[1]) and loc.hit[0] == 1.0
+    assert list(loc.dice) == [0.5, 0.25] and np.isnan(loc.iou).all()
+    bad = _write_rows(tmp_path / "bad.csv", [{"item_id": "a", "fold": 0, "score": 1}])
+    with pytest.raises(ReportError, match="hit, dice"):
+        rep._load_localization(run, bad)

@@ -44,3 +44,27 @@ def test_a_near_duplicate_source_is_closer_than_an_unrelated_one(dental_cohort, 
     assert near.intensity < far.intensity
     again = dataset_similarity(tmp_path / "twin_cohort", dental_cohort.manifest, **kw)
     assert again == near  # seeded encoder, cached features: reproducible
+
+
+def test_similarity_cli_prints_the_distances_and_names_a_bad_cohort(dental_cohort, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from medxfer import synthetic
+    from medxfer.cli import main
+    from medxfer.ingest import ingest
+
+    labels = synthetic.write_lesion_pngs(tmp_path / "us", n_images=8)
+    ingest(tmp_path / "us" / "images", tmp_path / "us_cohort", labels=labels, key="image", modality="US", workers=1)
+    args = ["study", "similarity", str(tmp_path / "us_cohort"), str(dental_cohort.manifest), "--target-modality", "PX",
+            "--image-size", "64", "--cache-dir", str(tmp_path / "cache")]
+    out = CliRunner().invoke(main, args + ["--json"])
+    assert out.exit_code == 0, out.output
+    record = json.loads(out.stdout)
+    assert record["n_source"] == 8 and record["n_target"] == 16
+    assert record["frechet"] > 0 and record["intensity"] > 0
+    human = CliRunner().invoke(main, args)
+    assert "Fréchet distance" in human.stdout and "smaller = more similar" in human.stdout
+    bad = CliRunner().invoke(main, ["study", "similarity", str(tmp_path / "us"), str(dental_cohort.manifest)])
+    assert bad.exit_code != 0 and "no manifest" in bad.output

@@ -329,3 +329,69 @@ def test_bootstrap_mean_ci():
     assert (lo, hi) == S.bootstrap_mean_ci(dice)
     assert (lo, hi) != S.bootstrap_mean_ci(dice, seed=1)
     assert all(np.isnan(S.bootstrap_mean_ci([])))
+
+
+# --------------------------------------------------------------------------------------------
+# exact McNemar, Spearman
+# --------------------------------------------------------------------------------------------
+def test_mcnemar_exact_matches_hand_computation_and_binomtest():
+    from math import comb
+
+    # 5 concordant hits, 3 concordant misses, 7 pairs hit by a only, 2 by b only
+    a = np.r_[np.ones(5), np.zeros(3), np.ones(7), np.zeros(2)].astype(bool)
+    b = np.r_[np.ones(5), np.zeros(3), np.zeros(7), np.ones(2)].astype(bool)
+    hand = 2 * sum(comb(9, k) for k in range(3)) / 2 ** 9  # 2 · P(Bin(9, 1/2) ≤ 2) = 92/512
+    assert hand == 92 / 512
+    assert S.mcnemar_exact(a, b) == pytest.approx(hand, abs=1e-15)
+    assert S.mcnemar_exact(b, a) == pytest.approx(hand, abs=1e-15)  # symmetric
+    assert S.mcnemar_exact(a.astype(int), b.astype(float)) == pytest.approx(hand, abs=1e-15)  # 0/1 accepted
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        x, y = rng.random(40) < 0.6, rng.random(40) < 0.4
+        n01, n10 = int(np.sum(x & ~y)), int(np.sum(~x & y))
+        ref = sps.binomtest(n01, n01 + n10, 0.5).pvalue if n01 + n10 else 1.0
+        assert S.mcnemar_exact(x, y) == pytest.approx(ref, rel=1e-12, abs=1e-15)
+    # balanced discordance → p = 1 (capped); no discordant pair → 1
+    assert S.mcnemar_exact([1, 0, 1, 0], [0, 1, 0, 1]) == 1.0
+    assert S.mcnemar_exact([1, 1, 0], [1, 1, 0]) == 1.0
+    assert S.mcnemar_exact([], []) == 1.0
+    with pytest.raises(ValueError, match="length"):
+        S.mcnemar_exact([1, 0], [1])
+    with pytest.raises(ValueError, match="binary"):
+        S.mcnemar_exact([1, 0.5], [1, 0])
+
+
+def _exact_spearman_p(x, y) -> float:
+    res = sps.permutation_test((np.asarray(y, float),), lambda b: sps.spearmanr(x, b).statistic,
+                               permutation_type="pairings", n_resamples=np.inf, vectorized=False)
+    return float(res.pvalue)
+
+
+def test_spearman_rho_from_scipy_and_exact_permutation_p():
+    x = np.array([3.0, 10.0, 1.0, 7.0, 5.0])
+    y = np.array([2.0, 9.5, 4.0, 8.0, 1.0])
+    rho, p, n, method = S.spearman(x, y)
+    assert n == 5 and method == "exact permutation"
+    assert rho == pytest.approx(sps.spearmanr(x, y).statistic, abs=1e-12)
+    assert p == pytest.approx(_exact_spearman_p(x, y), abs=1e-12)
+    # perfectly reversed: rho = -1, exact p = 2 / n! (scipy's t approximation says 0)
+    for k in (3, 4):
+        rho, p, n, _ = S.spearman(np.arange(k), -np.arange(k) ** 2)
+        assert rho == pytest.approx(-1.0) and p == pytest.approx(2 / np.prod(np.arange(1, k + 1)))
+        assert p == pytest.approx(_exact_spearman_p(np.arange(k), -np.arange(k) ** 2))
+        assert sps.spearmanr(np.arange(k), -np.arange(k)).pvalue < 1e-6
+    # ties
+    xt, yt = np.array([1.0, 2, 2, 3, 4, 4]), np.array([1.0, 3, 2, 2, 5, 6])
+    rho, p, _, _ = S.spearman(xt, yt)
+    assert rho == pytest.approx(sps.spearmanr(xt, yt).statistic, abs=1e-12)
+    assert p == pytest.approx(_exact_spearman_p(xt, yt), abs=1e-12)
+    # n > 9: scipy's t approximation; nan pairs dropped
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=12), rng.normal(size=12)
+    ref = sps.spearmanr(a, b)
+    assert S.spearman(np.r_[a, np.nan], np.r_[b, 1.0]) == pytest.approx(
+        (ref.statistic, ref.pvalue, 12, "t approximation"))
+    # undefined: n < 3 or constant
+    for xs, ys in (([1, 2], [2, 1]), ([1, 2, 3], [5, 5, 5]), ([1, np.nan, 3], [1, 2, 3])):
+        rho, p, _, method = S.spearman(xs, ys)
+        assert np.isnan(rho) and np.isnan(p) and method == "undefined"

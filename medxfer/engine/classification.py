@@ -330,12 +330,10 @@ def finalize(network: torch.nn.Module, cohort: Cohort, run_config: dict[str, Any
 def localize_test_cases(model: torch.nn.Module, cohort: Cohort, run_config: dict[str, Any], out: Path,
                         device: torch.device | str, batch_size: int, title: str) -> list:
     """Grad-CAM of the test cases that have a lesion mask, scored against it (see
-    :mod:`medxfer.study.gradcam`): ``[localization.csv, gradcam.png, {loc_* metrics}]``."""
+    :mod:`medxfer.study.gradcam`): ``[localization.csv, gradcam.png, {loc_* metrics}]``. Single
+    images only: ``load_cohort`` refuses localization with multi-view samples."""
     from ..study.gradcam import localize, plot_overlays, summarize, write_localization_csv
 
-    if model.views:
-        raise ValueError("localization scores single images against their masks; it is not available for "
-                         "multi-view samples (set localization: false)")
     scored = [item for item in cohort.test if item.get("mask")]
     cases, samples = localize(model, scored, int(run_config["image_size"]), int(run_config["in_channels"]), device,
                               batch_size=batch_size)

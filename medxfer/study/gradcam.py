@@ -4,7 +4,8 @@ RadImageNet (Mei et al., 2022) backs its transfer-learning results with an inter
 check: Grad-CAM heat maps of the fine-tuned classifiers overlap the annotated lesions. This
 module scores that overlap for any medxfer classifier and any cohort whose items carry a lesion
 mask (``item["mask"]``: a PNG / NIfTI in the cached image's pixel grid, nonzero = lesion;
-:func:`attach_masks` adds it from the manifest's mask column).
+:func:`medxfer.engine.load_cohort` with ``localization=True`` adds it from the manifest's mask
+column).
 
 Method
 ------
@@ -277,32 +278,6 @@ def localization_transforms(image_size: int, in_channels: int, preprocessing) ->
                     ResizeWithPadd(["image", "mask"], image_size, ["area", "nearest"]),
                     WeightsNormalized("image", preprocessing, in_channels),
                     ToTensord(["image", "mask"], track_meta=False)])
-
-
-def attach_masks(items: list[dict], manifest: str | os.PathLike, mask_column: str = "mask",
-                 mask_root: str | os.PathLike | None = None) -> list[dict]:
-    """Copies of ``items`` with ``"mask"`` = absolute path of the manifest's ``mask_column`` entry
-    (relative paths are under ``mask_root``, default the manifest's folder, as for segmentation).
-    Items whose row has no mask get none (:func:`localize` skips them); a missing file is an error."""
-    from ..ingest.manifest import read_manifest
-
-    rows, columns = read_manifest(manifest)
-    if mask_column not in columns:
-        raise ValueError(f"{manifest}: no column {mask_column!r}; columns: {', '.join(columns)}")
-    by_id = {r["item_id"]: r.get(mask_column) or "" for r in rows}
-    root = Path(mask_root) if mask_root is not None else Path(manifest).parent
-    out = []
-    for item in items:
-        item = dict(item)
-        value = by_id.get(item["item_id"], "")
-        if value:
-            path = Path(value) if Path(value).is_absolute() else root / value
-            if not path.is_file():
-                raise ValueError(f"item {item['item_id']}: mask file {path} not found (set mask_root to the "
-                                 "folder the mask paths are relative to)")
-            item["mask"] = str(path)
-        out.append(item)
-    return out
 
 
 def localize(model: nn.Module, items: list[dict], image_size: int, in_channels: int, device: torch.device | str,

@@ -34,6 +34,8 @@ def test_each_breast_of_each_exam_is_one_sample_with_its_views_in_order(mammogra
     # grouped by patient, a sample would mix a normal and an abnormal breast: an error, not a guess
     with pytest.raises(CohortError, match="different labels"):
         load_cohort(mammography_cohort.manifest, "pathology", fold=0, views=["CC", "MLO"], group_by="patient")
+    with pytest.raises(CohortError, match="localization scores single images"):  # refused before training
+        load_cohort(mammography_cohort.manifest, "pathology", fold=0, views=["CC", "MLO"], localization=True)
 
 
 def _pairs(n_groups=3):

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from medxfer.models import create_classifier
 from medxfer.models.encoders import ARCHS
 from medxfer.models.freeze import apply_freeze
-from medxfer.study.gradcam import (LocalizationCase, attach_masks, gradcam_maps, localization_transforms, localize,
+from medxfer.study.gradcam import (LocalizationCase, gradcam_maps, localization_transforms, localize,
                                    plot_overlays, score_map, summarize, target_layer, write_localization_csv)
 
 SEED = 0
@@ -168,9 +168,9 @@ def lesion_cohort(tmp_path_factory):
     ingest(root / "src" / "images", root / "cohort", labels=labels, key="image", modality="US", workers=1)
     split(root / "cohort", 4, seed=SEED)
     manifest = root / "cohort" / "manifest.csv"
-    cohort = load_cohort(manifest, "malignant", fold=0)
+    cohort = load_cohort(manifest, "malignant", fold=0, localization=True, mask_root=root / "src")
     assert cohort.classes == ["no", "yes"]
-    items = attach_masks(cohort.train + cohort.val + cohort.test, manifest, mask_root=root / "src")
+    items = cohort.train + cohort.val + cohort.test
     assert all(i["mask"].endswith("_mask.png") for i in items)
     return SimpleNamespace(root=root, manifest=manifest, cohort=cohort, items=items)
 

@@ -24,6 +24,7 @@ from ..models.weights import sha256_file
 from ..transforms import WeightsNormalized
 from ..transforms.presets import LoadItemd, ModalityPresetd, ResizeWithPadd
 from .data import Cohort
+from .multiview import DEFAULT_GROUP_BY
 from .mlflow_run import load_best_checkpoint, log_outcome
 
 ITEM_KEYS = ("label",)
@@ -242,7 +243,7 @@ def run_params(config: dict[str, Any], cohort: Cohort, network, manifest: str | 
               if k in config}
     if config.get("views"):  # multi-view samples (medxfer.engine.multiview)
         params.update({"views": "+".join(str(v).upper() for v in config["views"]), "fusion": str(config.get("fusion")),
-                       "group_by": json.dumps(config.get("group_by") or ["study", "laterality"])})
+                       "group_by": json.dumps(config.get("group_by") or list(DEFAULT_GROUP_BY))})
     if cohort.num_classes == 2:  # sensitivity / specificity and AUC are for this class
         params["data.positive_class"] = cohort.classes[1]
     params.update({"data.manifest_sha256": sha256_file(manifest), "data.classes": json.dumps(cohort.classes),

@@ -52,7 +52,7 @@ def extractor_key(network: nn.Module, image_size: int, in_channels: int) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"arch": type(network.encoder).__name__, "image_size": int(image_size),
                          "in_channels": int(in_channels), "transform_version": TRANSFORM_VERSION,
-                         "views": list(getattr(network, "views", ())), "fusion": getattr(network, "fusion", None),
+                         "views": list(network.views), "fusion": network.fusion,
                          "preprocessing": network.preprocessing.params() if hasattr(network.preprocessing, "params")
                          else str(network.preprocessing)}, sort_keys=True, default=str).encode())
     for name, module in network.encoder.named_modules():  # eps is not in the state dict but changes outputs
@@ -121,8 +121,7 @@ def cached_features(network: nn.Module, items: list[dict], image_size: int, in_c
         was_training = network.training
         network.to(device).eval()  # MONAI may build the datasets before the network is moved
         transform = classification_transforms(image_size, in_channels, network.preprocessing, augment=False,
-                                              views=getattr(network, "views", ()),
-                                              fusion=getattr(network, "fusion", None) or "late")
+                                              views=network.views, fusion=network.fusion)
         loader = DataLoader(Dataset(missing, transform), batch_size=batch_size, shuffle=False, num_workers=num_workers)
         for batch in loader:
             feats = network.features(batch["image"].to(device)).float().cpu()

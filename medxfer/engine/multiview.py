@@ -77,10 +77,10 @@ def group_views(rows_items: list[tuple[dict, dict]], views: Sequence[str], group
     wanted = [v.upper() for v in views]
     skipped = {"other_view": 0, "extra_view_image": 0, "incomplete_view_group": 0}
     groups: dict[tuple, dict[str, tuple[dict, dict]]] = {}
+    missing = [k for k in keys if rows_items and k not in rows_items[0][0]]  # rows of one manifest
+    if missing:
+        raise MultiViewError(f"group_by column(s) {missing} are not in the manifest")
     for row, item in rows_items:
-        missing = [k for k in keys if k not in row]
-        if missing:
-            raise MultiViewError(f"group_by column(s) {missing} are not in the manifest")
         view = (row.get(view_column) or "").strip().upper()
         if view not in wanted:
             skipped["other_view"] += 1
@@ -95,7 +95,7 @@ def group_views(rows_items: list[tuple[dict, dict]], views: Sequence[str], group
     samples = []
     for members in groups.values():
         if len(members) < len(wanted):
-            skipped["incomplete_view_group"] += sum(1 for _ in members)
+            skipped["incomplete_view_group"] += len(members)
             continue
         parts = [members[v][1] for v in wanted]
         ids = "+".join(p["item_id"] for p in parts)
@@ -121,10 +121,9 @@ class LoadViewsd(MapTransform):
     Deterministic (MONAI's ``CacheDataset`` caches its output): each view keeps its own
     modality preset (its own VOI window, the right-breast mirroring)."""
 
-    def __init__(self, per_view: Compose, num_views: int, source_key: str = "views") -> None:
+    def __init__(self, per_view: Compose, source_key: str = "views") -> None:
         super().__init__([source_key])
         self.per_view = per_view
-        self.num_views = num_views
         self.source_key = source_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
@@ -168,7 +167,7 @@ def multiview_transforms(image_size: int, in_channels: int, preprocessing, augme
     n = len(views)
     keys = [f"view{i}" for i in range(n)]
     per_view = Compose(deterministic_transforms(image_size, view_channels(views, fusion, in_channels)))
-    steps: list = [LoadViewsd(per_view, n)]
+    steps: list = [LoadViewsd(per_view)]
     if augment:  # one random draw for all views of a sample
         steps += augmentations(keys, modes=["bilinear"] * n, image_size=image_size, intensity_keys=keys)
     if fusion == "late":

@@ -97,6 +97,17 @@ def dataset_similarity(source: str | os.PathLike, target: str | os.PathLike, enc
                        cache_dir: str | os.PathLike | None = None, device: str = "cpu", seed: int = 0) -> Similarity:
     """Distances between two ingested cohorts (manifest files or folders) under one fixed encoder.
     With ``weights="scratch"`` the random encoder is seeded, so distances are reproducible."""
+    return dataset_similarities({"source": (source, source_modalities)}, target, encoder, weights, image_size,
+                                in_channels, target_modalities, cache_dir, device, seed)["source"]
+
+
+def dataset_similarities(sources: dict[str, tuple[str | os.PathLike, list[str] | None]], target: str | os.PathLike,
+                         encoder: str = "resnet18", weights: str = "scratch", image_size: int = 128,
+                         in_channels: int = 1, target_modalities: list[str] | None = None,
+                         cache_dir: str | os.PathLike | None = None, device: str = "cpu",
+                         seed: int = 0) -> dict[str, Similarity]:
+    """:func:`dataset_similarity` of several sources (name → (cohort, modalities)) to one target:
+    one encoder, and the target's features and intensity statistics computed once."""
     import torch
 
     from ..models import create_classifier
@@ -105,11 +116,13 @@ def dataset_similarity(source: str | os.PathLike, target: str | os.PathLike, enc
     network = create_classifier(encoder, weights, num_classes=2, in_channels=in_channels, freeze="all").to(device)
     target_dir = Path(target) if Path(target).is_dir() else Path(target).parent
     cache = Path(cache_dir) if cache_dir else target_dir.resolve() / ".medxfer" / "features"
-    fa, ia = _cohort(source, source_modalities, network, image_size, in_channels, cache, device)
     fb, ib = _cohort(target, target_modalities, network, image_size, in_channels, cache, device)
-    return Similarity(frechet=frechet_distance(fa, fb), mmd2=mmd2_rbf(fa, fb), intensity=intensity_distance(ia, ib),
-                      n_source=len(fa), n_target=len(fb))
-
+    out = {}
+    for name, (source, modalities) in sources.items():
+        fa, ia = _cohort(source, modalities, network, image_size, in_channels, cache, device)
+        out[name] = Similarity(frechet=frechet_distance(fa, fb), mmd2=mmd2_rbf(fa, fb),
+                               intensity=intensity_distance(ia, ib), n_source=len(fa), n_target=len(fb))
+    return out
 
 SIMILARITY_ARTIFACT = "similarity.json"
 SIMILARITY_TAG = "medxfer.similarity_hash"
@@ -119,18 +132,16 @@ def study_similarity(spec, device: str = "cpu") -> dict:
     """Distances of each source cohort of ``spec.similarity`` to the study's cohort, as the
     ``similarity.json`` record the report correlates with the transfer scores."""
     settings = spec.similarity
-    cache = spec.train.get("feature_cache_dir")
-    target_modalities = spec.data.get("modalities")
     out = {k: settings[k] for k in ("encoder", "weights", "image_size", "in_channels")}
-    out["target"], out["sources"] = {}, {}
-    for name, source in sorted(settings["sources"].items()):
-        sim = dataset_similarity(source["manifest"], spec.manifest, encoder=settings["encoder"],
-                                 weights=settings["weights"], image_size=settings["image_size"],
-                                 in_channels=settings["in_channels"], source_modalities=source.get("modalities"),
-                                 target_modalities=target_modalities, cache_dir=cache, device=device)
-        out["sources"][name] = {"frechet": sim.frechet, "mmd2": sim.mmd2, "intensity": sim.intensity,
-                                "n": sim.n_source}
-        out["target"] = {"n": sim.n_target}
+    sims = dataset_similarities({name: (source["manifest"], source.get("modalities"))
+                                 for name, source in sorted(settings["sources"].items())},
+                                spec.manifest, encoder=settings["encoder"], weights=settings["weights"],
+                                image_size=settings["image_size"], in_channels=settings["in_channels"],
+                                target_modalities=spec.data.get("modalities"),
+                                cache_dir=spec.train.get("feature_cache_dir"), device=device)
+    out["target"] = {"n": next(iter(sims.values())).n_target}
+    out["sources"] = {name: {"frechet": sim.frechet, "mmd2": sim.mmd2, "intensity": sim.intensity, "n": sim.n_source}
+                      for name, sim in sims.items()}
     return out
 
 

@@ -49,7 +49,10 @@ def main(verbose: bool) -> None:
 @click.option("--compress/--no-compress", default=False, show_default=True, help="Write .nii.gz instead of .nii.")
 @click.option("--modality", default=None, help="Modality for non-DICOM items (e.g. US for a PNG folder).")
 @click.option("--progress/--no-progress", default=None, help="Progress bars on stderr (default: on a terminal).")
-def ingest(src, out, labels, key, workers, secret_file, color, voi, compress, modality, progress):
+@click.option("--patient-column", default=None,
+              help="Column of --labels that identifies each item's patient (image folders have no identity): "
+                   "hashed into the patient pseudonym, so `medxfer split` keeps a patient's images in one fold.")
+def ingest(src, out, labels, key, workers, secret_file, color, voi, compress, modality, progress, patient_column):
     """Ingest a PACS export (DICOMDIR or loose files), NIfTI or PNG/JPEG/PGM folder.
 
     Every file under SRC is accounted for in OUT/ingest_report.json; items go to OUT/manifest.csv
@@ -59,13 +62,14 @@ def ingest(src, out, labels, key, workers, secret_file, color, voi, compress, mo
     Example:
       medxfer ingest /media/cdrom --out cohort/ --labels labels.csv --key PatientID
       medxfer ingest busi/images --out busi_cohort --labels busi/labels.csv --key image --modality US
+      medxfer ingest ddti/images --out thyroid --labels ddti_labels.csv --key image --patient-column case
     """
     from .ingest import DecodeOptions, IngestError, ingest as run_ingest
 
     try:
         result = run_ingest(src, out, labels=labels, key=key, workers=workers, secret_file=secret_file,
                             options=DecodeOptions(color=color, voi=voi, compress=compress),
-                            modality=modality, progress=progress)
+                            modality=modality, progress=progress, patient_column=patient_column)
     except IngestError as exc:
         _fail(str(exc))
     click.echo(result.summary(), err=True)
@@ -91,6 +95,56 @@ def split(dir, folds, stratify, seed):
         _fail(str(exc))
     sizes = ", ".join(f"{k}:{v}" for k, v in summary["items_per_fold"].items())
     click.echo(f"split: {summary['patients']} patients, {summary['items']} items into {folds} folds (items per fold {sizes})", err=True)
+
+
+@main.group()
+def convert() -> None:
+    """Public datasets' layouts → an image folder + labels CSV that `medxfer ingest` reads."""
+
+
+@convert.command("medmnist")
+@click.argument("npz", type=click.Path(exists=True, dir_okay=False, path_type=str))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str),
+              help="Output folder: images/<split>/*.png and labels.csv (image,label,split).")
+@click.option("--label-names", default=None,
+              help="Class names by index, comma-separated (PneumoniaMNIST: normal,pneumonia); default the index.")
+def convert_medmnist(npz, out, label_names):
+    """Write a MedMNIST .npz as PNG files and a labels CSV.
+
+    \b
+    Example:
+      medxfer convert medmnist pneumoniamnist.npz --out pneumonia_png --label-names normal,pneumonia
+      medxfer ingest pneumonia_png/images --out cohorts/pneumonia --labels pneumonia_png/labels.csv --key image --modality CR
+    """
+    from .ingest.public import ConvertError, convert_medmnist as run
+
+    try:
+        result = run(npz, out, [n.strip() for n in label_names.split(",")] if label_names else None)
+    except ConvertError as exc:
+        _fail(str(exc))
+    click.echo(result.summary(), err=True)
+
+
+@convert.command("ddti")
+@click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str),
+              help="Output folder for labels.csv (image,tirads,case,mask); the images stay in SRC.")
+def convert_ddti(src, out):
+    """Write a labels CSV for a DDTI thyroid folder (images/, masks/, header-less diagnosis.csv).
+
+    \b
+    Example:
+      medxfer convert ddti DDTI --out ddti_labels
+      medxfer ingest DDTI/images --out cohorts/thyroid --labels ddti_labels/labels.csv --key image \\
+          --patient-column case --modality US
+    """
+    from .ingest.public import ConvertError, convert_ddti as run
+
+    try:
+        result = run(src, out)
+    except ConvertError as exc:
+        _fail(str(exc))
+    click.echo(result.summary(), err=True)
 
 
 @main.group()

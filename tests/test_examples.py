@@ -54,7 +54,7 @@ def workspace(tmp_path_factory) -> Path:
     for name, column, values, n, masks in (("BUSI", "label", ["benign", "malignant", "normal", "benign", "malignant"],
                                             25, True),
                                            ("pneumonia", "label", ["normal", "pneumonia"], 20, False),
-                                           ("thyroid", "tirads_group", ["2-3", "4a-5"], 20, False)):
+                                           ("thyroid", "tirads", ["2", "4a", "", "3", "5", "4b"], 24, False)):
         src = root / name if name == "BUSI" else root / "src" / name
         labels = _pngs(src, column, values, n, seed=len(name), masks=masks)
         out = cohorts / name.lower()
@@ -182,3 +182,75 @@ def test_radimagenet_design_with_gradcam_localization(in_workspace, tmp_path):
         assert 0.0 <= run.data.metrics["loc_hit"] <= 1.0 and 0.0 <= run.data.metrics["loc_dice"] <= 1.0
         artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
         assert {"localization.csv", "gradcam.png"} <= artifacts
+
+
+# ---------------------------------------------------------------- examples/real on the real datasets
+REAL = EXAMPLES / "real"
+REAL_SPECS = sorted(p.name for p in REAL.glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def real_workspace(tmp_path_factory, shared_data) -> Path:
+    """The cohorts of ``examples/real/run_real.sh`` built from ../shared/data with the same calls."""
+    from medxfer.ingest import ingest, split
+    from medxfer.ingest.public import convert_ddti, convert_medmnist
+
+    root = tmp_path_factory.mktemp("real")
+    (root / "data").symlink_to(shared_data)
+    cohorts = root / "cohorts"
+    ingest(shared_data / "busi" / "images_256", cohorts / "busi", labels=shared_data / "busi" / "labels.csv",
+           key="image", modality="US", workers=2)
+    split(cohorts / "busi", 5, stratify="label")
+    ddti = convert_ddti(shared_data / "ddti_thyroid", root / "converted" / "ddti")
+    ingest(shared_data / "ddti_thyroid" / "images", cohorts / "thyroid", labels=ddti.labels, key="image",
+           modality="US", patient_column="case", workers=2)
+    split(cohorts / "thyroid", 5, stratify="tirads")
+    pneumonia = convert_medmnist(shared_data / "medmnist" / "pneumoniamnist_reconstructed.npz",
+                                 root / "converted" / "pneumonia", ["normal", "pneumonia"])
+    ingest(root / "converted" / "pneumonia" / "images", cohorts / "pneumonia", labels=pneumonia.labels,
+           key="image", modality="CR", workers=2)
+    split(cohorts / "pneumonia", 5, stratify="label")
+    return root
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("name", REAL_SPECS)
+def test_real_specs_plan_their_whole_grid_on_the_real_cohorts(real_workspace, monkeypatch, tmp_path, name):
+    monkeypatch.chdir(real_workspace)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    raw = yaml.safe_load((REAL / name).read_text())
+    out = CliRunner().invoke(main, ["study", "run", str(REAL / name), "--dry-run"])
+    assert out.exit_code == 0, out.output
+    todo = [line for line in out.stdout.splitlines() if line.split()[1:2] == ["todo"] and "config_hash=" in line]
+    assert len(todo) == _expected_runs(raw)
+    assert ("-reduced" in name) == (raw["name"].endswith("-reduced"))  # reduced and full never share a study
+
+
+@pytest.mark.shared_data
+def test_real_cohorts_hold_the_documented_tasks(real_workspace):
+    """What the study specs' data sections select from the real datasets (docs/results.md's counts)."""
+    from medxfer.engine import load_cohort
+
+    spec = {p: yaml.safe_load((REAL / p).read_text()) for p in REAL_SPECS}
+    busi = spec["busi-classification-reduced.yaml"]["data"]
+    c = load_cohort(real_workspace / busi["manifest"], busi["label"], classes=busi["classes"], localization=True,
+                    mask_root=real_workspace / busi["mask_root"])
+    items = c.train + c.val + c.test
+    assert len(items) == 647 and c.skipped == {"other_class": 133}
+    assert sum(i["label"] for i in items) == 210 and all(i.get("mask") for i in items)
+    ddti = spec["ddti-tirads-reduced.yaml"]["data"]
+    c = load_cohort(real_workspace / ddti["manifest"], ddti["label"], classes=ddti["classes"])
+    items = c.train + c.val + c.test
+    assert c.classes == ["benign", "suspicious"] and c.skipped == {"no_label": 198}
+    assert [sum(i["label"] == k for i in items) for k in (0, 1)] == [71, 386]
+    from medxfer.ingest.manifest import read_manifest
+
+    rows, _ = read_manifest(real_workspace / "cohorts" / "thyroid" / "manifest.csv")
+    folds_of: dict[str, set] = {}
+    for r in rows:
+        folds_of.setdefault(r["patient"], set()).add(r["fold"])
+    assert len(folds_of) < len(rows) and all(len(f) == 1 for f in folds_of.values())  # cases, not images
+    seg = spec["busi-segmentation-reduced.yaml"]["data"]
+    c = load_cohort(real_workspace / seg["manifest"], seg["label"], task="segmentation",
+                    mask_root=real_workspace / seg["mask_root"])
+    assert len(c.train + c.val + c.test) == 647 and c.skipped == {"no_label": 133}

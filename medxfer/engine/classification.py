@@ -23,7 +23,7 @@ from ..models.preprocessing import Preprocessing
 from ..models.weights import sha256_file
 from ..transforms import WeightsNormalized
 from ..transforms.presets import LoadItemd, ModalityPresetd, ResizeWithPadd
-from .data import Cohort
+from .data import Cohort, class_values
 from .multiview import DEFAULT_GROUP_BY
 from .mlflow_run import load_best_checkpoint, log_outcome
 
@@ -250,6 +250,11 @@ def run_params(config: dict[str, Any], cohort: Cohort, network, manifest: str | 
                    **{f"data.n_{k}": str(v) for k, v in cohort.counts().items()},
                    "data.train_class_counts": json.dumps(cohort.class_counts("train")),
                    "data.left_out": json.dumps(cohort.skipped, sort_keys=True)})
+    if isinstance(config.get("classes"), dict):  # values grouped into classes (TI-RADS 2–3 vs 4a–5)
+        grouped: dict[str, list[str]] = {}
+        for value, name in class_values(config["classes"]).items():
+            grouped.setdefault(name, []).append(value)
+        params["data.class_values"] = json.dumps(grouped)
     params.update(weights_params(network.encoder))
     params["freeze.trainable_parameters"] = str(network.freeze_summary.trainable_parameters)
     return params

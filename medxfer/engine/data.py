@@ -95,6 +95,40 @@ def _item(row: dict, root: Path) -> dict:
     }
 
 
+def class_values(classes: list | dict) -> dict[str, str]:
+    """Column value -> class name for a ``classes`` setting.
+
+    A list names the classes (each its own value, in class index order). A mapping groups values
+    into classes, e.g. DDTI's ``{benign: [2, 3], suspicious: [4a, 4b, 4c, 5]}`` (TI-RADS 2–3 vs
+    4a–5); values compare as text, and a value may belong to one class only.
+    """
+    if isinstance(classes, dict):
+        class_of: dict[str, str] = {}
+        for name, members in classes.items():
+            members = members if isinstance(members, (list, tuple)) else [members]
+            if not members:
+                raise CohortError(f"class {name!r} of classes groups no value")
+            for value in members:
+                value = _text_value(value)
+                if value in class_of:
+                    raise CohortError(f"classes: value {value!r} is in both {class_of[value]!r} and {name!r}")
+                class_of[value] = str(name)
+        return class_of
+    if not isinstance(classes, (list, tuple)):
+        raise CohortError(f"classes is a list of values or a mapping class -> values, got {classes!r}")
+    names = [_text_value(c) for c in classes]
+    if len(set(names)) != len(names):
+        raise CohortError(f"classes lists a value twice: {names}")
+    return {n: n for n in names}
+
+
+def _text_value(value) -> str:
+    """A YAML/JSON label value as the manifest's text (``3`` and ``3.0`` -> ``"3"``)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
 def load_cohort(manifest: str | os.PathLike, label: str, fold: int = 0, task: str = "classification",
                 mask_column: str = "mask", classes: list[str] | None = None,
                 modalities: list[str] | None = None, mask_root: str | os.PathLike | None = None,
@@ -104,7 +138,8 @@ def load_cohort(manifest: str | os.PathLike, label: str, fold: int = 0, task: st
 
     Classification: ``label`` is the class column (rows without a value are skipped and counted);
     classes are the sorted distinct values unless ``classes`` names them (their order is the class
-    index order; rows with another value are left out and counted as ``other_class``). Segmentation:
+    index order; rows with another value are left out and counted as ``other_class``), as a list or
+    as a mapping class -> the column values it groups (:func:`class_values`). Segmentation:
     ``mask_column`` holds a mask image path relative to the manifest (``label`` then names it).
     ``modalities`` keeps only items of those modalities (a PACS export mixes PX and ceph DX).
     Mask paths are absolute or relative to ``mask_root`` (default: the manifest's folder); a
@@ -146,13 +181,14 @@ def load_cohort(manifest: str | os.PathLike, label: str, fold: int = 0, task: st
                           f"got {classes!r}")
     if task == "classification":
         values = sorted({r[column] for r in usable})
-        classes = list(classes) if classes else values
-        if not set(classes) & set(values):
-            raise CohortError(f"none of classes {classes} is a value of column {column!r} (values: {values})")
+        class_of = class_values(classes) if classes else {v: v for v in values}
+        classes = list(dict.fromkeys(class_of.values()))
+        if not set(class_of) & set(values):
+            raise CohortError(f"none of classes {sorted(class_of)} is a value of column {column!r} (values: {values})")
         # classes chosen for the task (BUSI benign vs malignant without its normal images): the
         # other values' rows are left out and counted, never relabelled
-        skipped["other_class"] = sum(1 for r in usable if r[column] not in classes)
-        usable = [r for r in usable if r[column] in classes]
+        skipped["other_class"] = sum(1 for r in usable if r[column] not in class_of)
+        usable = [r for r in usable if r[column] in class_of]
         if len(classes) < 2:
             raise CohortError(f"column {column!r} has a single class {classes}: nothing to classify")
     else:
@@ -165,8 +201,8 @@ def load_cohort(manifest: str | os.PathLike, label: str, fold: int = 0, task: st
     for row in usable:
         item = _item(row, root)
         if task == "classification":
-            item["label"] = classes.index(row[column])
-            item["label_name"] = row[column]
+            item["label_name"] = class_of[row[column]]
+            item["label"] = classes.index(item["label_name"])
             if localization and row.get(mask_column):
                 item["mask"] = str(_mask_path(row, mask_column, mask_root, root))
         else:

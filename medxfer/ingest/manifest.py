@@ -76,14 +76,25 @@ class LabelTable:
     columns: list[str]
     dropped_columns: list[str] = field(default_factory=list)
     n_rows: int = 0
+    patient_column: str | None = None  # its values became keyed digests under PATIENT_FIELD, never a column
 
     @property
     def is_path_key(self) -> bool:
         return self.key not in LABEL_KEYWORDS
 
 
-def load_labels(path: str | os.PathLike, key: str, pseudo: Pseudonymizer, id_tokens: set[str] | None = None) -> LabelTable:
+# Where a label row carries its patient's keyed digest (``patient_column``): a name no CSV column can have.
+PATIENT_FIELD = "\x00patient"
+
+
+def load_labels(path: str | os.PathLike, key: str, pseudo: Pseudonymizer, id_tokens: set[str] | None = None,
+                patient_column: str | None = None) -> LabelTable:
     """Read a labels CSV; ``key`` is a DICOM keyword column (hashed at once) or a file-path column.
+
+    ``patient_column`` names the column that identifies the patient of each row, for image folders,
+    which carry no identity of their own (e.g. DDTI's case number): its values are hashed with the
+    PatientID key at once (the same pseudonym DICOM headers with that PatientID get) and never become
+    a manifest column.
 
     Columns named like identifiers, and columns holding a value that is an identifier seen in the
     headers (``id_tokens``, keyed digests from the header pass), are dropped, never copied.
@@ -102,9 +113,12 @@ def load_labels(path: str | os.PathLike, key: str, pseudo: Pseudonymizer, id_tok
     if key not in header:
         raise LabelsError(f"labels file {p.name} has no column named {key!r} in its first row "
                           f"({len(header)} columns; the first row must name the columns)")
+    if patient_column is not None and (patient_column not in header or patient_column == key):
+        raise LabelsError(f"labels file {p.name}: --patient-column {patient_column!r} is not one of its columns "
+                          f"other than the key {key!r}")
     columns, dropped = [], []
     for c in header:
-        if c == key:
+        if c in (key, patient_column):
             continue
         if c in LABEL_KEYWORDS or looks_like_identifier_column(c) or _holds_identifiers(rows, c, pseudo, id_tokens):
             dropped.append(c)
@@ -117,7 +131,9 @@ def load_labels(path: str | os.PathLike, key: str, pseudo: Pseudonymizer, id_tok
             continue
         k = pseudo.digest(key, raw) if key in LABEL_KEYWORDS else normalize_path(raw)
         by_key[k] = {c: r.get(c) or "" for c in columns}
-    return LabelTable(key, by_key, columns, dropped, len(rows))
+        if patient_column and r.get(patient_column):
+            by_key[k][PATIENT_FIELD] = pseudo.digest("PatientID", r[patient_column])
+    return LabelTable(key, by_key, columns, dropped, len(rows), patient_column)
 
 
 def _holds_identifiers(rows: list[dict], column: str, pseudo: Pseudonymizer, id_tokens: set[str] | None) -> bool:

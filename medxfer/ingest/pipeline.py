@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from .cache import IMAGES_DIR, DecodeOptions, ItemResult, build_item, item_key
 from .deid import PathRedactor, Pseudonymizer, load_secret
-from .manifest import MANIFEST_COLUMNS, LabelsError, format_list, join_labels, load_labels, write_csv
+from .manifest import MANIFEST_COLUMNS, PATIENT_FIELD, LabelsError, format_list, join_labels, load_labels, write_csv
 from .scan import FileRecord, read_file_record, walk
 from .series import Grouping, ItemPlan, group_records
 
@@ -103,10 +103,14 @@ def ingest(
     options: DecodeOptions = DecodeOptions(),
     modality: str | None = None,
     progress: bool | None = None,
+    patient_column: str | None = None,
 ) -> IngestResult:
     """Ingest every file under ``src`` into ``out`` (manifest.csv, ingest_report.json, images/).
 
     ``modality`` fills the modality column of non-DICOM items (e.g. ``US`` for a PNG folder).
+    ``patient_column`` (with ``labels``) names the labels column that identifies each item's patient:
+    items of one value share one keyed ``patient`` pseudonym (and so one fold in ``medxfer split``).
+    Without it, a file without DICOM identity is its own patient.
     ``progress`` shows bars on stderr (default: when stderr is a terminal).
     """
     t0 = time.perf_counter()
@@ -120,6 +124,8 @@ def ingest(
                           "whoever holds it can recompute the pseudonyms")
     if labels is not None and not key:
         raise IngestError("--labels needs --key COLUMN (a DICOM keyword such as PatientID, or a file-path column)")
+    if patient_column and labels is None:
+        raise IngestError("--patient-column names a column of --labels: give --labels too")
     workers = max(1, workers or os.cpu_count() or 1)
     if progress is None:
         progress = sys.stderr.isatty()
@@ -131,7 +137,7 @@ def ingest(
     label_table = None
     if labels is not None:
         try:
-            label_table = load_labels(labels, key, pseudo)
+            label_table = load_labels(labels, key, pseudo, patient_column=patient_column)
         except LabelsError as exc:
             raise IngestError(str(exc)) from exc
     out.mkdir(parents=True, exist_ok=True)
@@ -162,7 +168,7 @@ def ingest(
     files.sort(key=lambda f: f["path"])
     label_counts = None
     if label_table is not None:
-        label_table = load_labels(labels, key, pseudo, tokens)  # again, now that the identifiers are known
+        label_table = load_labels(labels, key, pseudo, tokens, patient_column)  # again, now that the identifiers are known
         label_counts = _join(label_table, items_rows, grouping, records)
     columns = MANIFEST_COLUMNS + ([c for c in label_table.columns if c not in MANIFEST_COLUMNS] if label_table else [])
     manifest = out / "manifest.csv"
@@ -381,8 +387,12 @@ def _join(table, rows: list[dict], grouping: Grouping, records: dict[str, FileRe
     labels, counts = join_labels(table, item_keys)
     for r in rows:
         for c, v in labels.get(r["item_id"], {}).items():
-            if c not in MANIFEST_COLUMNS:
+            if c == PATIENT_FIELD:
+                r["patient"] = "pat-" + v[:12]  # the labels CSV names the patient (keyed digest, like DICOM's)
+            elif c not in MANIFEST_COLUMNS:
                 r[c] = v
+    if table.patient_column:
+        counts["patient_from_labels"] = sum(PATIENT_FIELD in labels.get(r["item_id"], {}) for r in rows)
     return counts
 
 

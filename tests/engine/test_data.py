@@ -56,3 +56,29 @@ def test_named_classes_leave_other_values_out_and_count_them(mammography_cohort)
     assert c.skipped == {"other_class": 16} and len(items) == 32  # 48 images, a third normal
     with pytest.raises(CohortError, match="none of classes"):
         load_cohort(mammography_cohort.manifest, "pathology", fold=0, classes=["BENIGN", "MALIGNANT"])
+
+
+def test_classes_mapping_groups_values_and_leaves_the_rest_out(mammography_cohort):
+    # DDTI-style grouping: values -> classes, in the mapping's order; unmatched values left out and counted
+    c = load_cohort(mammography_cohort.manifest, "pathology", fold=0,
+                    classes={"no_cancer": ["normal", "benign"], "cancer": ["malignant"]})
+    items = c.train + c.val + c.test
+    assert c.classes == ["no_cancer", "cancer"] and len(items) == 48 and not c.skipped
+    assert all(i["label"] == (i["label_name"] == "cancer") for i in items)
+    assert sum(i["label"] for i in items) == 16  # a third malignant
+    c = load_cohort(mammography_cohort.manifest, "pathology", fold=0, classes={"benign": "benign", "malignant": ["malignant"]})
+    assert c.skipped == {"other_class": 16} and c.classes == ["benign", "malignant"]
+    with pytest.raises(CohortError, match="in both"):
+        load_cohort(mammography_cohort.manifest, "pathology", classes={"a": ["benign"], "b": ["benign", "malignant"]})
+    with pytest.raises(CohortError, match="groups no value"):
+        load_cohort(mammography_cohort.manifest, "pathology", classes={"a": [], "b": ["malignant"]})
+
+
+def test_class_values_reads_yaml_numbers_as_the_manifest_text():
+    from medxfer.engine.data import class_values
+
+    assert class_values({"benign": [2, 3.0], "suspicious": ["4a", 5]}) == {"2": "benign", "3": "benign",
+                                                                          "4a": "suspicious", "5": "suspicious"}
+    assert class_values(["benign", "malignant"]) == {"benign": "benign", "malignant": "malignant"}
+    with pytest.raises(CohortError, match="twice"):
+        class_values(["a", "a"])

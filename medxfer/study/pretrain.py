@@ -47,6 +47,7 @@ def parse_stages(raw: Any, resolve_manifest: Callable[[str], Path], study_train:
                  error: type[Exception]) -> list[PretrainStage]:
     """Validate the spec's ``pretrain`` list; raises ``error`` with the reason."""
     from ..models.weights import _NAME_RE  # one rule for what a weights name may be
+    from .spec import yaml_number  # one rule for YAML numbers (spec imports this module)
 
     if raw in (None, []):
         return []
@@ -72,7 +73,7 @@ def parse_stages(raw: Any, resolve_manifest: Callable[[str], Path], study_train:
         later = [s["name"] for s in raw[i + 1:] if isinstance(s, dict)]
         if start in later or start == name:
             raise error(f"pretrain {name}: from {start!r} must be an earlier stage (no cycles)")
-        train = dict(entry.get("train") or {})
+        train = {k: yaml_number(v) for k, v in dict(entry.get("train") or {}).items()}  # lr: 1e-3 as in the study
         bad = sorted(set(train) & {"manifest", "label", "fold", "weights", "encoder", "experiment", "run_name"})
         if bad:
             raise error(f"pretrain {name}: train may not set {bad}")

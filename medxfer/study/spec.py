@@ -104,7 +104,7 @@ def _as_list(key: str, value: Any) -> list[Any]:
     return values
 
 
-def _number(value: Any) -> Any:
+def yaml_number(value: Any) -> Any:
     """YAML 1.1 reads ``1e-3`` as a string: numbers written like numbers become numbers."""
     if isinstance(value, str):
         try:
@@ -182,8 +182,8 @@ def parse_spec(raw: dict[str, Any], source: Path | None = None, text: str = "") 
     grid_raw = raw.get("grid") or {}
     if not isinstance(grid_raw, dict) or not grid_raw:
         raise SpecError("grid is required: a mapping of bundle keys to lists of values")
-    train = {k: _number(v) for k, v in dict(raw.get("train") or {}).items()}
-    grid = {str(k): [_number(v) for v in _as_list(str(k), v)] for k, v in grid_raw.items()}
+    train = {k: yaml_number(v) for k, v in dict(raw.get("train") or {}).items()}
+    grid = {str(k): [yaml_number(v) for v in _as_list(str(k), v)] for k, v in grid_raw.items()}
     for section, keys in (("grid", grid), ("train", train)):
         bad = sorted(set(keys) & RESERVED)
         if bad:

@@ -68,6 +68,13 @@ def test_a_changed_stage_is_a_new_configuration_downstream(dental_cohort, tmp_pa
         assert (hashes[name] == changed[name]) == ("/scratch/" in name)
 
 
+def test_stage_settings_read_yaml_numbers_like_the_study(dental_cohort, tmp_path):
+    # PyYAML reads 1e-3 as the string "1e-3": a stage's lr must still reach the optimizer as a number
+    text = chain_spec(tmp_path / "a.yaml", dental_cohort.manifest).read_text()
+    spec = parse_spec(yaml.safe_load(text.replace("train:\n    epochs: 1\n", "train:\n    epochs: 1\n    lr: 1e-3\n", 1)))
+    assert spec.stages["ceph-sex"].train["lr"] == 0.001
+
+
 @pytest.mark.parametrize("stages, message", [
     ([{"name": "x", "data": {"label": "sex"}}], "data needs manifest and label"),
     ([{"name": "scratch", "data": {"manifest": "m", "label": "y"}}], "must be a new weights name"),

@@ -73,7 +73,9 @@ def in_workspace(workspace, monkeypatch, tmp_path):
 
 
 def _expected_runs(raw: dict) -> int:
-    return int(np.prod([len(v) for v in raw["grid"].values()])) * 5 * len(raw.get("seeds", [0]))
+    folds = raw["data"].get("folds", 5)
+    folds = len(folds) if isinstance(folds, list) else folds  # a list names the test folds to run
+    return int(np.prod([len(v) for v in raw["grid"].values()])) * folds * len(raw.get("seeds", [0]))
 
 
 @pytest.mark.parametrize("name", SPECS)

@@ -63,7 +63,8 @@ def load_run_model(run_id: str) -> RunModel:
         network = create_classifier(ckpt["arch"], "scratch", num_classes=len(classes), in_channels=in_channels)
     elif task == "segmentation":
         classes = ["background", "foreground"]
-        network = create_segmenter(ckpt["arch"], "scratch", in_channels=in_channels, out_channels=2)
+        decoder = {"decoder_channels": tuple(config["decoder_channels"])} if config.get("decoder_channels") else {}
+        network = create_segmenter(ckpt["arch"], "scratch", in_channels=in_channels, out_channels=2, **decoder)
     else:
         raise CohortError(f"run:{run_id}: unknown task {task!r}")
     if ckpt.get("arch_options", {}).get("bn_eps"):

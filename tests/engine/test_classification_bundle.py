@@ -195,6 +195,15 @@ def test_multiclass_with_class_weighting(dental_cohort, mlflow_store, tmp_path):
     assert 0 <= result.metrics["test_accuracy"] <= 1 and "test_auc" in result.metrics
     _, runs = _runs(mlflow_store)
     assert runs[0].data.params["data.classes"] == '["a", "b", "c"]' and runs[0].data.params["class_weighting"] == "True"
+    # a mapping groups values into classes (TI-RADS 2–3 vs 4a–5 style); the grouping is a run param
+    grouped = train_bundle("classification", manifest=str(manifest), label="grade",
+                           classes={"ab": ["a", "b"], "c": ["c"]}, **dict(SMALL, epochs=1, modalities=None))
+    out = list(csv.DictReader(open(grouped.output_dir / "predictions.csv")))
+    assert {r["label"] for r in out} <= {"ab", "c"} and {"p_ab", "p_c", "p"} <= set(out[0])
+    import mlflow
+
+    params = mlflow.get_run(grouped.run_id).data.params
+    assert params["data.classes"] == '["ab", "c"]' and params["data.class_values"] == '{"ab": ["a", "b"], "c": ["c"]}'
 
 
 def test_a_remote_tracking_server_works_unchanged(dental_cohort, tmp_path, monkeypatch):

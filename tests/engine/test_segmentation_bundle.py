@@ -81,14 +81,18 @@ def test_segmentation_bundle_trains_and_logs(lesion_cohort, tmp_path, monkeypatc
 
 def test_predict_writes_masks_on_each_items_own_grid_and_evaluate_reuses_the_run(lesion_cohort, tmp_path,
                                                                                   monkeypatch):
+    import mlflow
     import nibabel as nib
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     manifest = str(lesion_cohort / "cohort" / "manifest.csv")
+    # a narrower decoder than the default: predict and evaluate must rebuild it from the run
     trained = train_bundle("segmentation", manifest=manifest, label="mask", encoder="resnet18",
-                           mask_root=str(lesion_cohort / "src"), epochs=1, image_size=64, batch_size=4)
+                           mask_root=str(lesion_cohort / "src"), epochs=1, image_size=64, batch_size=4,
+                           decoder_channels=[64, 32, 16, 16, 8])
+    assert mlflow.get_run(trained.run_id).data.params["decoder_channels"] == "[64, 32, 16, 16, 8]"
     out = CliRunner().invoke(main, ["predict", trained.run_id, str(lesion_cohort / "cohort"), "--out",
                                     str(tmp_path / "pred")])
     assert out.exit_code == 0, out.output

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .manifest import write_csv
+
 MEDMNIST_SPLITS = ("train", "val", "test")
 # DDTI names: "<case>_<image>" or "<case>_<image>(<nodule>)" (an image with two nodules is two crops)
 _DDTI_NAME = re.compile(r"^(?P<case>\d+)_(?P<image>\d+)(?:\((?P<nodule>\d+)\))?$")
@@ -121,22 +123,17 @@ def convert_ddti(src: str | os.PathLike, out: str | os.PathLike) -> Converted:
         if not match:
             raise ConvertError(f"{path}: not a DDTI image name (<case>_<image>[(<nodule>)].png)")
         mask = src / "masks" / f"{name}.gif"
+        has_mask = mask.is_file()
         counts["images"] += 1
         counts["labelled" if tirads.get(name) else "unlabelled"] += 1
-        counts["no_mask"] += not mask.is_file()
+        counts["no_mask"] += not has_mask
         rows.append({"image": f"images/{path.name}", "tirads": tirads.get(name, ""), "case": match["case"],
-                     "mask": f"masks/{mask.name}" if mask.is_file() else ""})
+                     "mask": f"masks/{mask.name}" if has_mask else ""})
     labels_csv = _write_labels(out, ["image", "tirads", "case", "mask"], rows)
     return Converted(out, labels_csv, counts)
 
 
 def _write_labels(out: Path, columns: list[str], rows: list[dict]) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "labels.csv"
-    tmp = path.with_name("labels.csv.part")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
-    return path
+    write_csv(out / "labels.csv", rows, columns)  # atomic, like the manifest
+    return out / "labels.csv"

@@ -13,13 +13,13 @@ import re
 import secrets
 from pathlib import Path
 
+from ..core.home import medxfer_home
+
 SECRET_BYTES = 32
 
 
 def default_secret_file() -> Path:
     """``$MEDXFER_HOME/secret`` (default ``~/.medxfer/secret``)."""
-    from ..home import medxfer_home
-
     return medxfer_home() / "secret"
 
 

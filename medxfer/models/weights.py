@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..home import medxfer_home
+from ..core.home import medxfer_home
 from .encoders import ARCHS, arch_spec, build_encoder
 from .preprocessing import CAFFE, IMAGENET, SCRATCH, TF, Preprocessing, preset
 

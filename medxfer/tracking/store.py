@@ -10,6 +10,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from ..core.errors import MedxferError
+
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_ARTIFACT_ROOT = "mlruns/artifacts"
 
@@ -22,7 +24,7 @@ def tracking_uri() -> str:
     return uri
 
 
-class RunNotFound(ValueError):
+class RunNotFound(MedxferError, ValueError):
     """An MLflow run id that the store does not hold, or a run without the artifact asked for."""
 
 

@@ -1,0 +1,1 @@
+"""Grad-CAM maps and lesion localization scores (placeholder; filled by the engine split)."""

@@ -1,0 +1,56 @@
+"""The MLflow layout of medxfer, in one place: experiment names, tags, artifact names, queries.
+
+``docs/study-mlflow-layout.md`` describes it for users; this module is what the code spells. A
+study is experiment ``medxfer/<name>`` with one parent run (role ``study``), one child run per
+cell × fold × seed (role ``cell``) and one run per pretraining stage × encoder (role
+``pretrain``). ``medxfer train`` outside a study logs to ``medxfer/train``.
+"""
+from __future__ import annotations
+
+EXPERIMENT_PREFIX = "medxfer/"
+TRAIN_EXPERIMENT = "medxfer/train"
+
+# ---- tags
+TAG_STUDY = "medxfer.study"  # the study's name, on every run of a study
+TAG_ROLE = "medxfer.role"  # one of the ROLE_* values
+ROLE_STUDY, ROLE_CELL, ROLE_PRETRAIN = "study", "cell", "pretrain"
+TAG_CONFIG_HASH = "config_hash"  # a child's or stage's configuration digest: one FINISHED run per hash
+TAG_GRID_KEYS = "medxfer.grid_keys"  # the grid keys of the spec that planned a child, comma-separated
+TAG_SPEC_HASH = "medxfer.spec_hash"  # parent run: digest of the spec as last run
+TAG_PROGRESS = "medxfer.progress"  # parent run: "done/total"
+TAG_SIMILARITY_HASH = "medxfer.similarity_hash"  # parent run: digest of the similarity it holds
+TAG_STAGE = "medxfer.stage"  # pretraining stage name
+TAG_CHAIN = "medxfer.chain"  # pretraining chain, "a → b"
+TAG_HOST = "medxfer.host"  # runner host …
+TAG_PID = "medxfer.pid"  # … and process id, for orphan detection
+TAG_HEARTBEAT = "medxfer.heartbeat"  # unix seconds, refreshed while a run is alive
+TAG_RESET = "medxfer.reset"  # why an orphaned run was marked FAILED
+TAG_PARENT_RUN = "mlflow.parentRunId"  # MLflow's own parent tag (mlflow.utils.mlflow_tags.MLFLOW_PARENT_RUN_ID)
+TAG_RUN_NAME = "mlflow.runName"
+
+# ---- artifacts
+CHECKPOINT_ARTIFACT = "checkpoint/medxfer_checkpoint.pt"  # a run's weights, the `run:<id>` source
+GRID_ARTIFACT = "grid.json"  # parent run: config hashes of the grid as last expanded
+SIMILARITY_ARTIFACT = "similarity.json"  # parent run: source-vs-target cohort distances
+SPEC_ARTIFACT = "spec.yaml"  # parent run: the spec as run
+PREDICTIONS_ARTIFACT = "predictions.csv"  # classification child: test predictions per item
+PER_CASE_ARTIFACT = "per_case.csv"  # segmentation child: Dice and HD95 per test case
+LOCALIZATION_ARTIFACT = "localization.csv"  # classification child (optional): Grad-CAM per scored case
+METRICS_ARTIFACT = "metrics.json"
+RUN_CONFIG_ARTIFACT = "run_config.json"  # the resolved bundle settings of a run (predict rebuilds from it)
+BUNDLE_CONFIGS_DIR = "bundle_configs"
+REPORT_DIR = "report"  # parent run: the study report
+
+TASK_ARTIFACTS = {"classification": PREDICTIONS_ARTIFACT, "segmentation": PER_CASE_ARTIFACT}
+
+
+def study_experiment(name: str) -> str:
+    """The experiment of study ``name``: ``medxfer/<name>``."""
+    return f"{EXPERIMENT_PREFIX}{name}"
+
+
+def role_filter(study: str, role: str, **tags: str) -> str:
+    """An MLflow filter string for the runs of ``study`` with ``role`` (and equal ``tags``)."""
+    parts = [f"tags.`{TAG_STUDY}` = '{study}'", f"tags.`{TAG_ROLE}` = '{role}'"]
+    parts += [f"tags.`{key}` = '{value}'" for key, value in tags.items()]
+    return " and ".join(parts)

@@ -1,4 +1,10 @@
-"""``medxfer`` command line: thin wrappers over the library API (tests call the API directly)."""
+"""``medxfer`` command line: thin wrappers over the library API (tests call the API directly).
+
+Errors: a :class:`~medxfer.core.errors.MedxferError` from any command is one line on stderr and
+exit code 2 (:class:`MedxferGroup`); other failures of long jobs (training, studies) name their
+root cause in one line, with the chain under ``-v``. Library modules are imported inside the
+commands so that ``medxfer --help`` and argument errors do not load torch, MONAI and MLflow.
+"""
 from __future__ import annotations
 
 import logging
@@ -8,6 +14,7 @@ import warnings
 import click
 
 from . import __version__
+from .core.errors import MedxferError
 
 
 def _fail(message: str) -> None:
@@ -16,7 +23,17 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class MedxferGroup(click.Group):
+    """A click group that reports medxfer's own errors as one line (by type, from any subcommand)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MedxferError as exc:
+            _fail(str(exc))
+
+
+@click.group(cls=MedxferGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="medxfer")
 @click.option("-v", "--verbose", is_flag=True, help="Log more (never identifiers).")
 def main(verbose: bool) -> None:
@@ -64,14 +81,11 @@ def ingest(src, out, labels, key, workers, secret_file, color, voi, compress, mo
       medxfer ingest busi/images --out busi_cohort --labels busi/labels.csv --key image --modality US
       medxfer ingest ddti/images --out thyroid --labels ddti_labels.csv --key image --patient-column case
     """
-    from .ingest import DecodeOptions, IngestError, ingest as run_ingest
+    from .ingest import DecodeOptions, ingest as run_ingest
 
-    try:
-        result = run_ingest(src, out, labels=labels, key=key, workers=workers, secret_file=secret_file,
-                            options=DecodeOptions(color=color, voi=voi, compress=compress),
-                            modality=modality, progress=progress, patient_column=patient_column)
-    except IngestError as exc:
-        _fail(str(exc))
+    result = run_ingest(src, out, labels=labels, key=key, workers=workers, secret_file=secret_file,
+                        options=DecodeOptions(color=color, voi=voi, compress=compress),
+                        modality=modality, progress=progress, patient_column=patient_column)
     click.echo(result.summary(), err=True)
 
 
@@ -87,12 +101,9 @@ def split(dir, folds, stratify, seed):
     Example:
       medxfer split cohort/ --folds 5 --stratify label --seed 0
     """
-    from .ingest import SplitError, split as run_split
+    from .ingest import split as run_split
 
-    try:
-        summary = run_split(dir, folds, stratify=stratify, seed=seed)
-    except SplitError as exc:
-        _fail(str(exc))
+    summary = run_split(dir, folds, stratify=stratify, seed=seed)
     sizes = ", ".join(f"{k}:{v}" for k, v in summary["items_per_fold"].items())
     click.echo(f"split: {summary['patients']} patients, {summary['items']} items into {folds} folds (items per fold {sizes})", err=True)
 
@@ -116,12 +127,9 @@ def convert_medmnist(npz, out, label_names):
       medxfer convert medmnist pneumoniamnist.npz --out pneumonia_png --label-names normal,pneumonia
       medxfer ingest pneumonia_png/images --out cohorts/pneumonia --labels pneumonia_png/labels.csv --key image --modality CR
     """
-    from .ingest.public import ConvertError, convert_medmnist as run
+    from .ingest.public import convert_medmnist as run
 
-    try:
-        result = run(npz, out, [n.strip() for n in label_names.split(",")] if label_names else None)
-    except ConvertError as exc:
-        _fail(str(exc))
+    result = run(npz, out, [n.strip() for n in label_names.split(",")] if label_names else None)
     click.echo(result.summary(), err=True)
 
 
@@ -138,12 +146,9 @@ def convert_ddti(src, out):
       medxfer ingest DDTI/images --out cohorts/thyroid --labels ddti_labels/labels.csv --key image \\
           --patient-column case --modality US
     """
-    from .ingest.public import ConvertError, convert_ddti as run
+    from .ingest.public import convert_ddti as run
 
-    try:
-        result = run(src, out)
-    except ConvertError as exc:
-        _fail(str(exc))
+    result = run(src, out)
     click.echo(result.summary(), err=True)
 
 
@@ -177,12 +182,12 @@ def weights_import(file, name, arch, fmt, preprocessing, expected_sha256, note, 
       medxfer weights import resnet50-0676ba61.pth --name imagenet --arch resnet50
       medxfer weights import mobilenet_2_5_224_tf_no_top.h5 --name imagenet --arch mobilenet_v1_025
     """
-    from .models import WeightsError, import_weights
+    from .models import import_weights
 
     try:
         record = import_weights(file, name, arch, fmt=fmt, preprocessing=preprocessing,
                                 expected_sha256=expected_sha256, note=note, replace=replace)
-    except (WeightsError, ValueError) as exc:
+    except ValueError as exc:  # e.g. an unknown arch name
         _fail(str(exc))
     prep = record.preprocessing
     click.echo(f"imported {record.name} for {record.arch} ({record.format}, {record.source_file})\n"
@@ -205,12 +210,9 @@ def weights_list(as_json):
     """
     import json
 
-    from .models import WeightsError, list_weights
+    from .models import list_weights
 
-    try:
-        records = list_weights()
-    except WeightsError as exc:
-        _fail(str(exc))
+    records = list_weights()
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in records], indent=2))
         return
@@ -401,14 +403,11 @@ def study_run(spec, shard_text, dry_run):
       medxfer study run study.yaml --shard 2/4      # e.g. SLURM_ARRAY_TASK_ID=2 of 4
       medxfer study report dental-ceph-sex
     """
-    from .study import SpecError, load_spec, parse_shard
+    from .study import load_spec, parse_shard
     from .study.runner import dry_run as plan, run_study, stage_states
 
-    try:
-        parsed = load_spec(spec)
-        shard_index = parse_shard(shard_text)
-    except SpecError as exc:
-        _fail(str(exc))
+    parsed = load_spec(spec)
+    shard_index = parse_shard(shard_text)
     if dry_run:
         try:
             rows = plan(parsed, shard_index)
@@ -454,12 +453,10 @@ def study_report(name, out, resamples, seed):
     Example:
       medxfer study report dental-ceph-sex --out reports/dental
     """
-    from .study.report import ReportError, build_report
+    from .study.report import build_report
 
     try:
         paths = build_report(name, out_dir=out, n_resamples=resamples, seed=seed)
-    except ReportError as exc:
-        _fail(str(exc))
     except Exception as exc:  # noqa: BLE001
         _fail_from(exc, "report failed")
     for key in ("report.html", "report.md", "results.csv"):
@@ -493,14 +490,13 @@ def study_similarity(source, target, encoder, weights, image_size, in_channels, 
     """
     import json as _json
 
-    from .engine.data import CohortError
     from .study.similarity import dataset_similarity
 
     try:
         sim = dataset_similarity(source, target, encoder=encoder, weights=weights, image_size=image_size,
                                  in_channels=int(in_channels), source_modalities=list(source_modalities) or None,
                                  target_modalities=list(target_modalities) or None, cache_dir=cache_dir)
-    except (CohortError, ValueError) as exc:
+    except ValueError as exc:  # CohortError, a bad modality filter
         _fail(str(exc))
     except Exception as exc:  # noqa: BLE001
         _fail_from(exc, "similarity failed")

@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core.errors import MedxferError
+
 BUNDLE_NAMES = ("classification", "segmentation")
 
 
-class BundleError(ValueError):
+class BundleError(MedxferError, ValueError):
     """A bundle that cannot be found or run as asked."""
 
 
@@ -46,10 +48,11 @@ def parse_override(value: str) -> Any:
 
 
 def root_cause(exc: BaseException) -> BaseException:
-    """The first medxfer error in an exception chain (MONAI wraps config errors in RuntimeError)."""
+    """The first :class:`MedxferError` (or missing file) in an exception chain (MONAI wraps config
+    errors in RuntimeError); else the innermost error."""
     seen = exc
     while seen is not None:
-        if type(seen).__module__.startswith("medxfer") or isinstance(seen, FileNotFoundError):
+        if isinstance(seen, (MedxferError, FileNotFoundError)):
             return seen
         if seen.__cause__ is None and seen.__context__ is None:
             return seen  # the innermost error says more than MONAI's "Failed to evaluate"

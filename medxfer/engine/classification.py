@@ -1,4 +1,4 @@
-"""Classification pieces the bundle config wires together: transforms, validation metrics,
+"""Classification pieces the bundle config wires together: validation metrics,
 test evaluation with predictions CSV / ROC plot / checkpoint, and the MLflow bookkeeping.
 
 Model selection uses validation AUC; the operating point (Youden's J) is chosen on the
@@ -12,63 +12,24 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from ignite.metrics import Metric
-from monai.transforms import Compose, RandAffined, RandAdjustContrastd, RandFlipd, ToTensord
 
-from ..models.preprocessing import Preprocessing
-from ..models.weights import sha256_file
-from ..transforms import WeightsNormalized
-from ..transforms.presets import LoadItemd, ModalityPresetd, ResizeWithPadd
+from ..core.files import atomic_write, atomic_writer
+from ..core.hashing import sha256_file
+from ..explain.localization import localize, plot_overlays, summarize, write_localization_csv
+from ..models import save_checkpoint, weights_params
+from ..tracking.layout import (CHECKPOINT_ARTIFACT, LOCALIZATION_ARTIFACT, METRICS_ARTIFACT, PREDICTIONS_ARTIFACT,
+                               RUN_CONFIG_ARTIFACT)
+from ..transforms.pipelines import classification_transforms
 from .data import Cohort, class_values
-from .multiview import DEFAULT_GROUP_BY
+from .features import FeatureHead, predict_features
 from .mlflow_run import load_best_checkpoint, log_outcome
-
-ITEM_KEYS = ("label",)
-
-
-# ----------------------------------------------------------------------------- transforms
-
-def deterministic_transforms(image_size: int, in_channels: int, keys: Sequence[str] = ("image",),
-                             modes: Sequence[str] = ("area",)) -> list:
-    """Load → modality preset → resize-with-pad: cached once by MONAI's ``CacheDataset``."""
-    return [LoadItemd(keys[0], in_channels=in_channels), ModalityPresetd(keys[0]),
-            ResizeWithPadd(list(keys), image_size, mode=list(modes))]
-
-
-def augmentations(keys: Sequence[str] = ("image",), flip: bool = False, modes: Sequence[str] = ("bilinear",),
-                  prob: float = 0.5, image_size: int | None = None,
-                  intensity_keys: Sequence[str] | None = None) -> list:
-    """Mild geometric and contrast augmentation (no flips by default: laterality can matter).
-
-    The contrast change applies to ``intensity_keys`` (default: the first key, the image; not a
-    mask). With ``image_size`` the affine's sampling grid is built once and reused (``cache_grid``)."""
-    size = {"spatial_size": (image_size, image_size), "cache_grid": True} if image_size else {}
-    out = [RandAffined(list(keys), prob=prob, rotate_range=0.15, scale_range=0.1, translate_range=8,
-                       mode=list(modes), padding_mode="zeros", **size),
-           RandAdjustContrastd(list(intensity_keys or keys[:1]), prob=prob * 0.6, gamma=(0.8, 1.25))]
-    if flip:
-        out.append(RandFlipd(list(keys), prob=0.5, spatial_axis=0))
-    return out
-
-
-def classification_transforms(image_size: int, in_channels: int, preprocessing: Preprocessing | dict,
-                              augment: bool, views: Sequence[str] | None = None, fusion: str = "late") -> Compose:
-    """The full pipeline: deterministic part, augmentation (training only), weights normalisation.
-
-    With ``views`` the items are multi-view samples (:mod:`.multiview`)."""
-    if views:
-        from .multiview import multiview_transforms
-
-        return multiview_transforms(image_size, in_channels, preprocessing, augment, views, fusion)
-    steps = deterministic_transforms(image_size, in_channels)
-    if augment:
-        steps += augmentations(image_size=image_size)
-    steps += [WeightsNormalized("image", preprocessing, in_channels), ToTensord(["image", "label"], track_meta=False)]
-    return Compose(steps)
+from .multiview import DEFAULT_GROUP_BY
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -194,7 +155,7 @@ def write_predictions(path: Path, items: list[dict], prob: np.ndarray, classes: 
     """``item_id, fold, label, y, p_<class>…`` (and ``p`` = P(class 1) for a binary task)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     columns = ["item_id", "fold", "label", "y"] + [f"p_{c}" for c in classes] + (["p"] if len(classes) == 2 else [])
-    with open(path, "w", newline="") as f:
+    with atomic_writer(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(columns)
         for item, p in zip(items, prob):
@@ -219,7 +180,8 @@ def plot_roc(path: Path, y: np.ndarray, prob: np.ndarray, classes: list[str], ti
         if positive.all() or not positive.any():
             continue
         fpr, tpr, _ = roc_curve(positive, prob[:, c])
-        ax.plot(fpr, tpr, label=f"{classes[c]} (AUC {roc_auc((positive).astype(int), np.stack([1 - prob[:, c], prob[:, c]], 1)):.3f})")
+        auc = roc_auc(positive.astype(int), np.stack([1 - prob[:, c], prob[:, c]], 1))
+        ax.plot(fpr, tpr, label=f"{classes[c]} (AUC {auc:.3f})")
         drawn = True
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1.01))
@@ -235,8 +197,6 @@ def plot_roc(path: Path, y: np.ndarray, prob: np.ndarray, classes: list[str], ti
 
 def run_params(config: dict[str, Any], cohort: Cohort, network, manifest: str | Path) -> dict[str, str]:
     """Params of a classification run: grid keys, data summary (no paths), weights and preprocessing."""
-    from ..models import weights_params
-
     params = {k: str(config[k]) for k in ("task", "encoder", "weights", "freeze", "lr", "encoder_lr_scale", "fold",
                                           "seed", "epochs", "batch_size", "image_size", "in_channels", "dropout",
                                           "class_weighting", "augment", "label", "feature_cache", "localization")
@@ -280,15 +240,11 @@ def finalize(network: torch.nn.Module, cohort: Cohort, run_config: dict[str, Any
 
     With ``features`` (a frozen encoder's cached pooled features, see :mod:`.features`) the head
     predicts from them: the same numbers as the full network, without recomputing the encoder."""
-    from ..models.weights import CHECKPOINT_ARTIFACT, save_checkpoint
-
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = network.module if hasattr(network, "module") else network  # DDP
     if selection is None:  # after training: the checkpoint MONAI's CheckpointSaver kept
         # (the head alone when it trained from cached features: the encoder never changed)
-        from .features import FeatureHead
-
         selection = load_best_checkpoint(FeatureHead(model) if features is not None else model, out, evaluator,
                                          "validation AUC")
     transform = classification_transforms(int(run_config["image_size"]), int(run_config["in_channels"]),
@@ -296,8 +252,6 @@ def finalize(network: torch.nn.Module, cohort: Cohort, run_config: dict[str, Any
     val_y = np.array([int(i["label"]) for i in cohort.val])
     test_y = np.array([int(i["label"]) for i in cohort.test])
     if features is not None:
-        from .features import predict_features
-
         val_prob = predict_features(model, cohort.val, features, device)
         test_prob = predict_features(model, cohort.test, features, device)
     else:
@@ -307,7 +261,7 @@ def finalize(network: torch.nn.Module, cohort: Cohort, run_config: dict[str, Any
     metrics = classification_metrics(test_y, test_prob, thresholds)
     metrics.update({k.replace("test_", "best_val_"): v for k, v in
                     classification_metrics(val_y, val_prob, thresholds).items() if k.endswith("auc")})
-    predictions = write_predictions(out / "predictions.csv", cohort.test, test_prob, cohort.classes)
+    predictions = write_predictions(out / PREDICTIONS_ARTIFACT, cohort.test, test_prob, cohort.classes)
     title = f"{run_config.get('encoder')} / {run_config.get('weights')} · fold {cohort.fold}"
     roc = plot_roc(out / "roc.png", test_y, test_prob, cohort.classes, title)
     localization = []
@@ -324,11 +278,11 @@ def finalize(network: torch.nn.Module, cohort: Cohort, run_config: dict[str, Any
                "youden_threshold_source": "validation" if thresholds is not None else "test",
                "youden_thresholds": thresholds, "classes": cohort.classes, "counts": cohort.counts(),
                "config": run_config}
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    (out / "run_config.json").write_text(json.dumps(run_config, indent=2, default=str) + "\n")
+    atomic_write(out / METRICS_ARTIFACT, json.dumps(summary, indent=2, default=str) + "\n")
+    atomic_write(out / RUN_CONFIG_ARTIFACT, json.dumps(run_config, indent=2, default=str) + "\n")
     log_outcome(tracker, metrics, {"model_selection": selection,
                                    "youden_threshold_source": summary["youden_threshold_source"]},
-                [predictions, roc, out / "metrics.json", out / "run_config.json", *localization], checkpoint,
+                [predictions, roc, out / METRICS_ARTIFACT, out / RUN_CONFIG_ARTIFACT, *localization], checkpoint,
                 config_files)
     return metrics
 
@@ -336,13 +290,11 @@ def finalize(network: torch.nn.Module, cohort: Cohort, run_config: dict[str, Any
 def localize_test_cases(model: torch.nn.Module, cohort: Cohort, run_config: dict[str, Any], out: Path,
                         device: torch.device | str, batch_size: int, title: str) -> list:
     """Grad-CAM of the test cases that have a lesion mask, scored against it (see
-    :mod:`medxfer.study.gradcam`): ``[localization.csv, gradcam.png, {loc_* metrics}]``. Single
+    :mod:`medxfer.explain.localization`): ``[localization.csv, gradcam.png, {loc_* metrics}]``. Single
     images only: ``load_cohort`` refuses localization with multi-view samples."""
-    from ..study.gradcam import localize, plot_overlays, summarize, write_localization_csv
-
     scored = [item for item in cohort.test if item.get("mask")]
     cases, samples = localize(model, scored, int(run_config["image_size"]), int(run_config["in_channels"]), device,
                               batch_size=batch_size)
-    csv_path = write_localization_csv(out / "localization.csv", cases)
+    csv_path = write_localization_csv(out / LOCALIZATION_ARTIFACT, cases)
     overlays = plot_overlays(out / "gradcam.png", samples, title) if samples else None
     return [csv_path, overlays, summarize(cases)]

@@ -12,10 +12,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core.errors import MedxferError
 from ..ingest.manifest import parse_list, read_manifest
+from ..models.classifier import MultiViewError, check_views
+from .multiview import group_views
 
 
-class CohortError(ValueError):
+class CohortError(MedxferError, ValueError):
     """A manifest that cannot feed training (message says what to run or fix)."""
 
 
@@ -209,8 +212,6 @@ def load_cohort(manifest: str | os.PathLike, label: str, fold: int = 0, task: st
             item["label"] = str(_mask_path(row, column, mask_root, root))
         pairs.append((row, item))
     if views:
-        from .multiview import MultiViewError, check_views, group_views
-
         if task != "classification":
             raise CohortError("views (multi-view samples) are for classification")
         if localization:

@@ -20,13 +20,17 @@ import hashlib
 import json
 import logging
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from monai.data import DataLoader, Dataset
 from torch import nn
+
+from ..core.files import atomic_writer
+from ..core.hashing import stable_digest
+from ..transforms.pipelines import classification_transforms
 
 log = logging.getLogger(__name__)
 TRANSFORM_VERSION = 1  # bump when the deterministic image pipeline changes meaning
@@ -76,17 +80,13 @@ def item_key(item: dict[str, Any]) -> str:
             meta["file"].append([st.st_size, st.st_mtime_ns])
         except OSError:
             meta["file"].append(None)
-    return hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return stable_digest(meta, 24)
 
 
 def _save_atomic(tensor: torch.Tensor, path: Path) -> None:
     """Write + fsync + rename, with a name unique across hosts sharing the folder (NFS)."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_writer(path, "wb", fsync=True) as f:
         torch.save(tensor, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _load(path: Path) -> torch.Tensor | None:
@@ -106,10 +106,6 @@ def cached_features(network: nn.Module, items: list[dict], image_size: int, in_c
                     num_workers: int = 0) -> dict[str, torch.Tensor]:
     """Pooled encoder features (C,) per ``item_id`` for ``items``: read from ``cache_dir`` where
     present, computed (in batches, eval mode) and written where not."""
-    from monai.data import DataLoader, Dataset
-
-    from .classification import classification_transforms
-
     if any(p.requires_grad for p in network.encoder.parameters()):
         raise ValueError("the feature cache needs a frozen encoder (freeze: all)")
     folder = Path(cache_dir) / extractor_key(network, image_size, in_channels)

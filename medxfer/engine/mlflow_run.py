@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..tracking import experiment_id, tracking_uri
+from ..tracking.layout import BUNDLE_CONFIGS_DIR, CHECKPOINT_ARTIFACT, TAG_PARENT_RUN
+from ..tracking.store import experiment_id, tracking_uri
 
 
 def run_name(task: str, encoder: str, weights: str, freeze: str, lr: float, fold: int, seed: int) -> str:
@@ -50,11 +51,9 @@ class RunTracker:
         """Create the run and log params and tags; returns the run id (None when disabled)."""
         if not self.enabled:
             return None
-        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-
         tags = dict(self.tags)
         if self.parent_run_id:
-            tags[MLFLOW_PARENT_RUN_ID] = self.parent_run_id
+            tags[TAG_PARENT_RUN] = self.parent_run_id
         run = self.client.create_run(experiment_id(self.client, self.experiment), run_name=self.name, tags=tags)
         self.run_id = run.info.run_id
         self.log_params(self.params)
@@ -158,8 +157,6 @@ def log_outcome(tracker: RunTracker | None, metrics: dict[str, float], tags: dic
     configs of a run; then the run is closed as FINISHED."""
     if tracker is None:
         return
-    from ..models.weights import CHECKPOINT_ARTIFACT
-
     tracker.log_metrics(metrics)
     for key, value in tags.items():
         tracker.set_tag(key, value)
@@ -168,5 +165,5 @@ def log_outcome(tracker: RunTracker | None, metrics: dict[str, float], tags: dic
             tracker.log_artifact(path)
     tracker.log_artifact(checkpoint, CHECKPOINT_ARTIFACT.rsplit("/", 1)[0])
     for f in config_files:
-        tracker.log_artifact(f, "bundle_configs")
+        tracker.log_artifact(f, BUNDLE_CONFIGS_DIR)
     tracker.finish()

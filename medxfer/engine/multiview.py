@@ -26,46 +26,11 @@ paired DeLong tests and the feature cache key on it like on a single image.
 """
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-import torch
-from monai.transforms import Compose, MapTransform
+from ..models.classifier import MultiViewError
 
-FUSIONS = ("late", "early")
 DEFAULT_GROUP_BY = ("study", "laterality")
-MAX_EARLY_VIEWS = 3
-
-
-class MultiViewError(ValueError):
-    """Unusable multi-view settings or an inconsistent group."""
-
-
-def check_views(views: Sequence[str] | None, fusion: str = "late") -> list[str]:
-    """Validated view names (upper case, distinct) for ``fusion``; ``[]`` for single-view."""
-    if not views:
-        return []
-    if isinstance(views, str):
-        raise MultiViewError(f"views is a list of view names, e.g. [CC, MLO]; got {views!r}")
-    names = [str(v).strip().upper() for v in views]
-    if len(set(names)) != len(names) or any(not v for v in names):
-        raise MultiViewError(f"views must be distinct, non-empty names; got {list(views)}")
-    if fusion not in FUSIONS:
-        raise MultiViewError(f"fusion must be one of {list(FUSIONS)}; got {fusion!r}")
-    if fusion == "early" and len(names) > MAX_EARLY_VIEWS:
-        raise MultiViewError(f"early fusion puts the views in the 3 channels of one image: at most "
-                             f"{MAX_EARLY_VIEWS} views, got {len(names)} (use fusion: late)")
-    return names
-
-
-def network_channels(views: Sequence[str] | None, fusion: str, in_channels: int) -> int:
-    """Input channels of the network: 3 for early fusion (views as channels), else ``in_channels``."""
-    return 3 if views and fusion == "early" else int(in_channels)
-
-
-def view_channels(views: Sequence[str] | None, fusion: str, in_channels: int) -> int:
-    """Channels each view is read with: gray for early fusion, else ``in_channels``."""
-    return 1 if views and fusion == "early" else int(in_channels)
 
 
 def group_views(rows_items: list[tuple[dict, dict]], views: Sequence[str], group_by: Sequence[str] | str | None,
@@ -113,66 +78,3 @@ def group_views(rows_items: list[tuple[dict, dict]], views: Sequence[str], group
                 sample[key] = first[key]
         samples.append(sample)
     return samples, {k: v for k, v in skipped.items() if v}
-
-
-class LoadViewsd(MapTransform):
-    """Run a single-image pipeline on each view of a sample: ``views[i]`` → ``view{i}`` images.
-
-    Deterministic (MONAI's ``CacheDataset`` caches its output): each view keeps its own
-    modality preset (its own VOI window, the right-breast mirroring)."""
-
-    def __init__(self, per_view: Compose, source_key: str = "views") -> None:
-        super().__init__([source_key])
-        self.per_view = per_view
-        self.source_key = source_key
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = {k: v for k, v in data.items() if k != self.source_key}
-        for i, view in enumerate(data[self.source_key]):
-            d[f"view{i}"] = self.per_view(dict(view))["image"]
-        return d
-
-
-class FuseViewsd(MapTransform):
-    """``view0 … view{V-1}`` → ``image``: stacked (V, C, H, W) for late fusion, or the channels
-    of one (3, H, W) image for early fusion (two views: ``[v0, v1, mean]``)."""
-
-    def __init__(self, num_views: int, fusion: str) -> None:
-        super().__init__([f"view{i}" for i in range(num_views)])
-        self.num_views, self.fusion = num_views, fusion
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        images = [torch.as_tensor(d.pop(f"view{i}")) for i in range(self.num_views)]
-        if self.fusion == "late":
-            d["image"] = torch.stack(images)
-        else:
-            gray = [img[:1] for img in images]
-            if len(gray) == 2:
-                gray.append((gray[0] + gray[1]) / 2)
-            while len(gray) < 3:
-                gray.append(gray[0])
-            d["image"] = torch.cat(gray[:3])
-        return d
-
-
-def multiview_transforms(image_size: int, in_channels: int, preprocessing, augment: bool,
-                         views: Sequence[str], fusion: str) -> Compose:
-    """The classification pipeline for multi-view samples (see :func:`classification_transforms`)."""
-    from monai.transforms import ToTensord
-
-    from ..transforms import WeightsNormalized
-    from .classification import augmentations, deterministic_transforms
-
-    n = len(views)
-    keys = [f"view{i}" for i in range(n)]
-    per_view = Compose(deterministic_transforms(image_size, view_channels(views, fusion, in_channels)))
-    steps: list = [LoadViewsd(per_view)]
-    if augment:  # one random draw for all views of a sample
-        steps += augmentations(keys, modes=["bilinear"] * n, image_size=image_size, intensity_keys=keys)
-    if fusion == "late":
-        steps += [WeightsNormalized(keys, preprocessing, in_channels), FuseViewsd(n, fusion)]
-    else:
-        steps += [FuseViewsd(n, fusion), WeightsNormalized("image", preprocessing, 3)]
-    steps.append(ToTensord(["image", "label"], track_meta=False))
-    return Compose(steps)

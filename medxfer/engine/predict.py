@@ -16,10 +16,14 @@ from typing import Any
 
 import torch
 
+from ..core.files import atomic_writer
+from ..core.hashing import sha256_file
 from ..ingest.manifest import read_manifest
-from ..models import create_classifier, load_strict
-from ..models.weights import CHECKPOINT_ARTIFACT, WeightsError, safe_torch_load
-from ..tracking import RunNotFound, download_run_artifact, get_run
+from ..models import Preprocessing, WeightsError, create_classifier, create_segmenter, load_strict
+from ..models.weights import safe_torch_load
+from ..tracking.layout import CHECKPOINT_ARTIFACT, PREDICTIONS_ARTIFACT, RUN_CONFIG_ARTIFACT
+from ..tracking.store import RunNotFound, download_run_artifact, get_run
+from .bundles import bundle_path
 from .data import CohortError, _item, is_2d
 
 
@@ -44,13 +48,10 @@ def load_run_model(run_id: str) -> RunModel:
     with tempfile.TemporaryDirectory(prefix="medxfer-predict-") as tmp:
         try:
             ckpt_path = download_run_artifact(run_id, CHECKPOINT_ARTIFACT, tmp)
-            config = json.loads(download_run_artifact(run_id, "run_config.json", tmp).read_text())
+            config = json.loads(download_run_artifact(run_id, RUN_CONFIG_ARTIFACT, tmp).read_text())
         except RunNotFound as exc:
             raise WeightsError(str(exc)) from None
         ckpt = safe_torch_load(ckpt_path)
-    from ..models import create_segmenter
-    from ..models.preprocessing import Preprocessing
-
     task = config.get("task", "classification")
     in_channels = int(ckpt.get("in_channels", config.get("in_channels", 3)))
     if task == "classification":
@@ -82,8 +83,6 @@ def load_run_model(run_id: str) -> RunModel:
 def check_evaluation_fold(run_model: RunModel, fold: int, manifest: str | os.PathLike) -> None:
     """Refuse to evaluate a run on its own cohort's training or validation folds (inflated metrics):
     on the manifest it was trained on, only its test fold is a test."""
-    from ..models.weights import sha256_file
-
     trained_on = (run_model.params or {}).get("data.manifest_sha256")
     trained_fold = int(run_model.config.get("fold", -1))
     if trained_on and trained_on == sha256_file(manifest) and int(fold) != trained_fold:
@@ -150,7 +149,7 @@ class MaskWriter:
             self.rows.append([item["item_id"], f"masks/{path.name}", int(mask.sum())])
 
     def _write_csv(self, engine) -> None:
-        with open(self.output_dir / "predictions.csv", "w", newline="") as f:
+        with atomic_writer(self.output_dir / PREDICTIONS_ARTIFACT, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["item_id", "mask", "foreground_pixels"])
             w.writerows(self.rows)
@@ -178,7 +177,7 @@ class PredictionWriter:
 
     def _write(self, engine) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "w", newline="") as f:
+        with atomic_writer(self.path, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["item_id", *(f"p_{c}" for c in self.classes), "predicted"])
             w.writerows(self.rows)
@@ -199,8 +198,6 @@ def predict(run_id: str, data: str | os.PathLike, out: str | os.PathLike | None 
     import logging
 
     from monai.bundle import ConfigWorkflow
-
-    from .bundles import bundle_path
 
     task = _run_task(run_id)
     root = bundle_path(task)

@@ -1,4 +1,4 @@
-"""Segmentation pieces the bundle config wires together: image + mask transforms, Dice / HD95,
+"""Segmentation pieces the bundle config wires together: Dice / HD95,
 overlays, test evaluation with a per-case CSV (for paired Wilcoxon tests), and checkpoints.
 
 Masks come from the manifest's mask column (PNG or NIfTI, nonzero = foreground) in the same
@@ -13,62 +13,20 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Hashable, Mapping
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-from monai.config import KeysCollection
-from monai.data import MetaTensor
-from monai.transforms import Compose, LoadImage, MapTransform, ToTensord
 
-from ..models.preprocessing import Preprocessing
-from ..transforms import WeightsNormalized
-from ..models.weights import sha256_file
-from .classification import augmentations
+from ..core.files import atomic_write, atomic_writer
+from ..core.hashing import sha256_file
+from ..models import save_checkpoint, weights_params
+from ..tracking.layout import CHECKPOINT_ARTIFACT, METRICS_ARTIFACT, PER_CASE_ARTIFACT, RUN_CONFIG_ARTIFACT
+from ..transforms.pipelines import segmentation_transforms
 from .data import Cohort
 from .mlflow_run import load_best_checkpoint, log_outcome
-
-
-
-class LoadMaskd(MapTransform):
-    """Load a mask (PNG/NIfTI) as a (1, W, H) float {0, 1} MetaTensor in the image's x-first order."""
-
-    def __init__(self, keys: KeysCollection = "label", allow_missing_keys: bool = False):
-        super().__init__(keys, allow_missing_keys)
-        self.loader = LoadImage(image_only=True, dtype=np.float32)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            m = torch.as_tensor(self.loader(d[key]))
-            if m.ndim == 3:  # RGB(A) mask image: any colour channel set (alpha ignored)
-                m = m[..., :3].amax(-1)
-            mask = (m > 0).float()[None]
-            image = d.get("image")
-            if image is not None and tuple(image.shape[1:]) != tuple(mask.shape[1:]):
-                raise ValueError(f"item {d.get('item_id')}: mask {tuple(mask.shape[1:])} does not match image "
-                                 f"{tuple(image.shape[1:])} ({d[key]})")
-            d[key] = MetaTensor(mask)
-        return d
-
-
-def segmentation_transforms(image_size: int, in_channels: int, preprocessing: Preprocessing | dict,
-                            augment: bool) -> Compose:
-    """Image and mask: load, preset, resize-with-pad (mask nearest), augmentation, normalisation."""
-    if image_size % 32:
-        raise ValueError(f"image_size {image_size}: the UNet needs a multiple of 32")
-    from ..transforms.presets import LoadItemd, ModalityPresetd, ResizeWithPadd
-
-    # no mirroring of right mammograms here: masks and predicted NIfTI masks stay on the image grid
-    steps = [LoadItemd("image", in_channels=in_channels), LoadMaskd("label"),
-             ModalityPresetd("image", mirror_right_mg=False),
-             ResizeWithPadd(["image", "label"], image_size, ["area", "nearest"])]
-    if augment:
-        steps += augmentations(("image", "label"), modes=("bilinear", "nearest"), image_size=image_size)
-    steps += [WeightsNormalized("image", preprocessing, in_channels), ToTensord(["image", "label"], track_meta=False)]
-    return Compose(steps)
 
 
 def dice_and_hd95(pred: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]:
@@ -164,8 +122,6 @@ def summarize(rows: list[dict], prefix: str = "test_") -> dict[str, float]:
 
 def run_params(config: dict[str, Any], cohort: Cohort, network, manifest: str | Path) -> dict[str, str]:
     """Params of a segmentation run: grid keys, data summary (no paths), weights and preprocessing."""
-    from ..models import weights_params
-
     params = {k: str(config[k]) for k in config}
     params.update({"data.manifest_sha256": sha256_file(manifest),
                    **{f"data.n_{k}": str(v) for k, v in cohort.counts().items()}})
@@ -178,8 +134,6 @@ def finalize(network: torch.nn.Module, cohort: Cohort, run_config: dict[str, Any
              device, batch_size: int = 8, config_files: Sequence[str] = (), evaluator=None,
              selection: str | None = None) -> dict[str, float]:
     """Best checkpoint (validation Dice) → per-case test Dice/HD95 CSV, overlays, checkpoint, MLflow."""
-    from ..models.weights import CHECKPOINT_ARTIFACT, save_checkpoint
-
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = network.module if hasattr(network, "module") else network
@@ -189,8 +143,8 @@ def finalize(network: torch.nn.Module, cohort: Cohort, run_config: dict[str, Any
     transform = segmentation_transforms(size, int(run_config["in_channels"]), model.preprocessing, augment=False)
     rows, samples = evaluate_items(model, cohort.test, transform, device, size, batch_size)
     metrics = summarize(rows)
-    per_case = out / "per_case.csv"
-    with open(per_case, "w", newline="") as f:
+    per_case = out / PER_CASE_ARTIFACT
+    with atomic_writer(per_case, "w", newline="") as f:
         w = csv.DictWriter(f, ["item_id", "fold", "dice", "hd95_px", "hd95_mm"])
         w.writeheader()
         w.writerows(rows)
@@ -199,10 +153,10 @@ def finalize(network: torch.nn.Module, cohort: Cohort, run_config: dict[str, Any
     checkpoint = save_checkpoint(out / CHECKPOINT_ARTIFACT, model.encoder, head=head,
                                  provenance={"task": "segmentation", "run_name": getattr(tracker, "name", ""),
                                              "fold": cohort.fold})
-    (out / "metrics.json").write_text(json.dumps({"metrics": metrics, "model_selection": selection,
-                                                  "counts": cohort.counts(), "config": run_config},
-                                                 indent=2, default=str) + "\n")
-    (out / "run_config.json").write_text(json.dumps(run_config, indent=2, default=str) + "\n")
+    atomic_write(out / METRICS_ARTIFACT, json.dumps({"metrics": metrics, "model_selection": selection,
+                                                     "counts": cohort.counts(), "config": run_config},
+                                                    indent=2, default=str) + "\n")
+    atomic_write(out / RUN_CONFIG_ARTIFACT, json.dumps(run_config, indent=2, default=str) + "\n")
     log_outcome(tracker, metrics, {"model_selection": selection},
-                [per_case, overlays, out / "metrics.json", out / "run_config.json"], checkpoint, config_files)
+                [per_case, overlays, out / METRICS_ARTIFACT, out / RUN_CONFIG_ARTIFACT], checkpoint, config_files)
     return metrics

@@ -2,15 +2,49 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
+from ..core.errors import MedxferError
 from .encoders import Encoder
 from .factory import create_encoder
 from .freeze import apply_freeze
 
-HEAD_PREFIX = "head"
+FUSIONS = ("late", "early")
+MAX_EARLY_VIEWS = 3
+
+
+class MultiViewError(MedxferError, ValueError):
+    """Unusable multi-view settings or an inconsistent group."""
+
+
+def check_views(views: Sequence[str] | None, fusion: str = "late") -> list[str]:
+    """Validated view names (upper case, distinct) for ``fusion``; ``[]`` for single-view."""
+    if not views:
+        return []
+    if isinstance(views, str):
+        raise MultiViewError(f"views is a list of view names, e.g. [CC, MLO]; got {views!r}")
+    names = [str(v).strip().upper() for v in views]
+    if len(set(names)) != len(names) or any(not v for v in names):
+        raise MultiViewError(f"views must be distinct, non-empty names; got {list(views)}")
+    if fusion not in FUSIONS:
+        raise MultiViewError(f"fusion must be one of {list(FUSIONS)}; got {fusion!r}")
+    if fusion == "early" and len(names) > MAX_EARLY_VIEWS:
+        raise MultiViewError(f"early fusion puts the views in the 3 channels of one image: at most "
+                             f"{MAX_EARLY_VIEWS} views, got {len(names)} (use fusion: late)")
+    return names
+
+
+def network_channels(views: Sequence[str] | None, fusion: str, in_channels: int) -> int:
+    """Input channels of the network: 3 for early fusion (views as channels), else ``in_channels``."""
+    return 3 if views and fusion == "early" else int(in_channels)
+
+
+def view_channels(views: Sequence[str] | None, fusion: str, in_channels: int) -> int:
+    """Channels each view is read with: gray for early fusion, else ``in_channels``."""
+    return 1 if views and fusion == "early" else int(in_channels)
 
 
 class Classifier(nn.Module):
@@ -71,9 +105,7 @@ def create_classifier(arch: str, weights: str = "scratch", num_classes: int = 2,
 
     With ``views`` (e.g. ``["CC", "MLO"]``) and ``fusion="late"`` the encoder is shared across views
     (:class:`MultiViewClassifier`); ``fusion="early"`` reads the views as the channels of one
-    3-channel image (see :mod:`medxfer.engine.multiview`)."""
-    from ..engine.multiview import check_views, network_channels
-
+    3-channel image (see :mod:`medxfer.engine.multiview` for how samples are assembled)."""
     views = check_views(views, fusion)
     encoder = create_encoder(arch, weights, network_channels(views, fusion, in_channels), home)
     if views and fusion == "late":

@@ -5,7 +5,9 @@
 - :mod:`.stats` holds the statistics (bootstrap CIs, DeLong, Wilcoxon, Holm, transfer score),
   :mod:`.report` turns a study's runs into ``report.html`` / ``report.md`` / ``results.csv``.
 
-Names are imported lazily: ``medxfer.study.stats`` does not pull in torch and MONAI.
+Names are imported on first use (PEP 562 ``__getattr__``), not to hide an import cycle (there is
+none: ``tests/test_architecture.py``) but so that ``medxfer.study.stats`` does not pull in torch
+and MONAI.
 """
 from importlib import import_module
 
@@ -13,7 +15,8 @@ _EXPORTS = {"PlannedRun": "grid", "expand": "grid", "parse_shard": "grid", "shar
             "StudyOutcome": "runner", "dry_run": "runner", "run_study": "runner",
             "SpecError": "spec", "StudySpec": "spec", "load_spec": "spec", "parse_spec": "spec",
             "build_report": "report", "ReportError": "report"}
-__all__ = sorted(_EXPORTS)
+__all__ = ["PlannedRun", "ReportError", "SpecError", "StudyOutcome", "StudySpec", "build_report", "dry_run",
+           "expand", "load_spec", "parse_shard", "parse_spec", "run_study", "shard"]
 
 
 def __getattr__(name: str):

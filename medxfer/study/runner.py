@@ -22,10 +22,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..tracking import experiment_id
-from ..tracking import client as mlflow_client
-from ..tracking import search_all_runs
-from .grid import PlannedRun, expand, shard
+from mlflow.entities import Param
+
+from ..core.errors import MedxferError
+from ..core.files import atomic_write, atomic_write_json
+from ..engine.bundles import error_summary, train_bundle
+from ..tracking.layout import (GRID_ARTIFACT, ROLE_CELL, ROLE_PRETRAIN, ROLE_STUDY, SPEC_ARTIFACT, TAG_CHAIN,
+                               TAG_CONFIG_HASH, TAG_HEARTBEAT, TAG_HOST, TAG_PID, TAG_PROGRESS, TAG_RESET, TAG_ROLE,
+                               TAG_SPEC_HASH, TAG_STAGE, TAG_STUDY, role_filter)
+from ..tracking.store import client as mlflow_client
+from ..tracking.store import experiment_id, search_all_runs
+from .grid import PlannedRun, _weights_identity, expand, shard
+from .pretrain import chain, stage_hash
+from .similarity import log_study_similarity
 from .spec import StudySpec
 
 log = logging.getLogger(__name__)
@@ -70,11 +79,11 @@ def _orphaned(run, host: str, now: float) -> bool:
     process (which runs one child at a time and has not started this one: a restarted container
     reusing the pid); elsewhere, its heartbeat is older than ``stale_seconds()``."""
     tags = run.data.tags
-    if tags.get("medxfer.host") == host and tags.get("medxfer.pid", "").isdigit():
-        pid = int(tags["medxfer.pid"])
+    if tags.get(TAG_HOST) == host and tags.get(TAG_PID, "").isdigit():
+        pid = int(tags[TAG_PID])
         if pid == os.getpid() or not _pid_alive(pid):
             return True
-    beat = float(tags.get("medxfer.heartbeat") or run.info.start_time / 1000.0)
+    beat = float(tags.get(TAG_HEARTBEAT) or run.info.start_time / 1000.0)
     return now - beat > stale_seconds()
 
 
@@ -85,30 +94,25 @@ def _reset_orphans(client, runs: list) -> list:
     orphans = [r for r in runs if r.info.status == "RUNNING" and _orphaned(r, host, time.time())]
     for r in orphans:
         client.set_terminated(r.info.run_id, status="FAILED")
-        client.set_tag(r.info.run_id, "medxfer.reset", "runner gone; marked FAILED and re-run")
+        client.set_tag(r.info.run_id, TAG_RESET, "runner gone; marked FAILED and re-run")
     return orphans
 
 
 def _stage_runs(client, exp_id: str | None, spec: StudySpec, name: str, encoder: str) -> tuple[str, list]:
     """(config hash, runs in the store) of pretraining stage ``name`` for ``encoder``."""
-    from .grid import _weights_identity
-    from .pretrain import stage_hash
-
     config_hash = stage_hash(spec.stages, name, encoder, _weights_identity)
-    query = (f"tags.`medxfer.study` = '{spec.name}' and tags.`medxfer.role` = 'pretrain' and "
-             f"tags.config_hash = '{config_hash}'")
+    query = role_filter(spec.name, ROLE_PRETRAIN, **{TAG_CONFIG_HASH: config_hash})
     return config_hash, (search_all_runs(client, exp_id, query) if exp_id else [])
 
 
 def _children_with_hash(client, exp_id: str, spec: StudySpec, config_hash: str) -> list:
     """The study's child runs of one configuration, as the store has them now (another runner on
     the same shard may have finished it since this one started)."""
-    return search_all_runs(client, exp_id, f"tags.`medxfer.study` = '{spec.name}' and "
-                                           f"tags.`medxfer.role` = 'cell' and tags.config_hash = '{config_hash}'")
+    return search_all_runs(client, exp_id, role_filter(spec.name, ROLE_CELL, **{TAG_CONFIG_HASH: config_hash}))
 
 
 class _Heartbeat:
-    """Refresh ``medxfer.heartbeat`` on the RUNNING child of this process with a given hash."""
+    """Refresh the heartbeat tag on the RUNNING child of this process with a given hash."""
 
     def __init__(self, client, experiment_id: str):
         self.client, self.experiment_id = client, experiment_id
@@ -131,10 +135,10 @@ class _Heartbeat:
                 continue
             try:
                 for run in self.client.search_runs(
-                        [self.experiment_id], filter_string=f"tags.config_hash = '{h}' and "
-                        f"tags.`medxfer.host` = '{self.host}' and tags.`medxfer.pid` = '{os.getpid()}' "
+                        [self.experiment_id], filter_string=f"tags.`{TAG_CONFIG_HASH}` = '{h}' and "
+                        f"tags.`{TAG_HOST}` = '{self.host}' and tags.`{TAG_PID}` = '{os.getpid()}' "
                         "and attributes.status = 'RUNNING'"):
-                    self.client.set_tag(run.info.run_id, "medxfer.heartbeat", f"{time.time():.0f}")
+                    self.client.set_tag(run.info.run_id, TAG_HEARTBEAT, f"{time.time():.0f}")
             except Exception as exc:  # noqa: BLE001 - a missed beat is not an error
                 log.debug("heartbeat failed: %s", exc)
 
@@ -147,8 +151,8 @@ def study_state(spec: StudySpec, runs: list[PlannedRun], client=None) -> tuple[s
     if exp_id is None:
         return None, by_hash
     wanted = {r.config_hash for r in runs}
-    for run in search_all_runs(client, exp_id, f"tags.`medxfer.study` = '{spec.name}' and tags.`medxfer.role` = 'cell'"):
-        h = run.data.tags.get("config_hash")
+    for run in search_all_runs(client, exp_id, role_filter(spec.name, ROLE_CELL)):
+        h = run.data.tags.get(TAG_CONFIG_HASH)
         if h in wanted:
             by_hash.setdefault(h, []).append(run)
     return exp_id, by_hash
@@ -185,9 +189,7 @@ def stage_states(spec: StudySpec) -> list[tuple[str, str]]:
 
 def _parent_run(client, spec: StudySpec, exp_id: str) -> str:
     """The study's parent run (created once; concurrent shards converge on the earliest)."""
-    from mlflow.entities import Param
-
-    query = f"tags.`medxfer.study` = '{spec.name}' and tags.`medxfer.role` = 'study'"
+    query = role_filter(spec.name, ROLE_STUDY)
     found = sorted(search_all_runs(client, exp_id, query), key=lambda r: (r.info.start_time, r.info.run_id))
     if found:
         run_id = found[0].info.run_id
@@ -195,14 +197,12 @@ def _parent_run(client, spec: StudySpec, exp_id: str) -> str:
             client.update_run(run_id, status="RUNNING")
         return run_id
     run = client.create_run(exp_id, run_name=f"study/{spec.name}",
-                            tags={"medxfer.study": spec.name, "medxfer.role": "study",
-                                  "medxfer.spec_hash": spec.spec_hash()})
+                            tags={TAG_STUDY: spec.name, TAG_ROLE: ROLE_STUDY, TAG_SPEC_HASH: spec.spec_hash()})
     params = {"bundle": Path(spec.bundle).name, "label": spec.label, "folds": spec.folds, "seeds": spec.seeds,
               **{f"grid.{k}": v for k, v in spec.grid.items()}, **{f"train.{k}": v for k, v in spec.train.items()}}
     client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "spec.yaml"
-        path.write_text(spec.text or "")
+        path = atomic_write(Path(tmp) / SPEC_ARTIFACT, spec.text or "")
         client.log_artifact(run.info.run_id, str(path))
     found = sorted(search_all_runs(client, exp_id, query), key=lambda r: (r.info.start_time, r.info.run_id))
     if found and found[0].info.run_id != run.info.run_id:  # another shard won the race
@@ -211,10 +211,7 @@ def _parent_run(client, spec: StudySpec, exp_id: str) -> str:
     return run.info.run_id
 
 
-GRID_ARTIFACT = "grid.json"
-
-
-class StageFailed(RuntimeError):
+class StageFailed(MedxferError, RuntimeError):
     """A pretraining stage that could not produce its checkpoint (the runs that need it fail)."""
 
 
@@ -242,9 +239,6 @@ class _Stages:
         return result
 
     def _ensure(self, name: str, encoder: str) -> str:
-        from ..engine.bundles import error_summary, train_bundle
-        from .pretrain import chain
-
         stages = self.spec.stages
         stage = stages[name]
         start = stage.start
@@ -266,10 +260,9 @@ class _Stages:
                 self.echo(f"waiting for pretrain/{name}/{encoder}: another runner is training it")
                 announced = True
             time.sleep(HEARTBEAT_SECONDS / 2)
-        tags = {"medxfer.study": self.spec.name, "medxfer.role": "pretrain", "config_hash": config_hash,
-                "medxfer.stage": name, "medxfer.chain": " → ".join(chain(stages, name)), "encoder": encoder,
-                "medxfer.host": socket.gethostname(), "medxfer.pid": str(os.getpid()),
-                "medxfer.heartbeat": f"{time.time():.0f}"}
+        tags = {TAG_STUDY: self.spec.name, TAG_ROLE: ROLE_PRETRAIN, TAG_CONFIG_HASH: config_hash,
+                TAG_STAGE: name, TAG_CHAIN: " → ".join(chain(stages, name)), "encoder": encoder,
+                TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid()), TAG_HEARTBEAT: f"{time.time():.0f}"}
         run_name = f"pretrain/{name}/{encoder}"
         self.echo(f"[pretrain] {run_name} (from {stage.start})")
         self.beat.config_hash = config_hash
@@ -290,11 +283,10 @@ class _Stages:
 def _log_grid(client, parent_run_id: str, spec: StudySpec, runs: list[PlannedRun]) -> None:
     """The parent run's ``grid.json``: the config hashes of the spec as last run, so the report
     shows this grid and not runs of an earlier version of the spec (other epochs, cohort, …)."""
-    import json
-
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / GRID_ARTIFACT
-        path.write_text(json.dumps({"spec_hash": spec.spec_hash(), "config_hashes": [r.config_hash for r in runs]}))
+        path = atomic_write_json(Path(tmp) / GRID_ARTIFACT, {"spec_hash": spec.spec_hash(),
+                                                              "config_hashes": [r.config_hash for r in runs]},
+                                 indent=None)
         client.log_artifact(parent_run_id, str(path))
 
 
@@ -310,8 +302,6 @@ def run_study(spec: StudySpec, shard_index: tuple[int, int] = (1, 1),
               quiet: bool = True) -> StudyOutcome:
     """Run every not-yet-finished run of the shard; failures are recorded and the rest go on.
     ``quiet`` silences the per-epoch engine logs (the metrics are in MLflow)."""
-    from ..engine.bundles import error_summary, train_bundle
-
     quiet_engines(quiet)
 
     client = mlflow_client()
@@ -322,8 +312,6 @@ def run_study(spec: StudySpec, shard_index: tuple[int, int] = (1, 1),
     outcome.parent_run_id = _parent_run(client, spec, exp_id)
     _log_grid(client, outcome.parent_run_id, spec, runs)
     if spec.similarity and shard_index[0] == 1:  # one shard measures it; the report reads it
-        from .similarity import log_study_similarity
-
         log_study_similarity(spec, client, outcome.parent_run_id, echo)
     _, by_hash = study_state(spec, runs, client)
     host = socket.gethostname()
@@ -344,8 +332,8 @@ def run_study(spec: StudySpec, shard_index: tuple[int, int] = (1, 1),
                 outcome.running_elsewhere.append(planned.name)
                 echo(f"skip {planned.name}: running elsewhere (heartbeat fresh)")
                 continue
-            tags = {**planned.tags(spec.name, grid_keys), "medxfer.host": host, "medxfer.pid": str(os.getpid()),
-                    "medxfer.heartbeat": f"{time.time():.0f}"}
+            tags = {**planned.tags(spec.name, grid_keys), TAG_HOST: host, TAG_PID: str(os.getpid()),
+                    TAG_HEARTBEAT: f"{time.time():.0f}"}
             overrides = dict(planned.overrides)
             if planned.stage:
                 try:
@@ -375,7 +363,7 @@ def run_study(spec: StudySpec, shard_index: tuple[int, int] = (1, 1),
     _, by_hash = study_state(spec, runs, client)
     outcome.done_in_grid = sum(any(c.info.status == "FINISHED" for c in by_hash.get(r.config_hash, []))
                                for r in runs)
-    client.set_tag(outcome.parent_run_id, "medxfer.progress", f"{outcome.done_in_grid}/{outcome.total}")
+    client.set_tag(outcome.parent_run_id, TAG_PROGRESS, f"{outcome.done_in_grid}/{outcome.total}")
     if outcome.complete:
         client.set_terminated(outcome.parent_run_id, status="FINISHED")
     elif outcome.failed:

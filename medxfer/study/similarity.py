@@ -15,11 +15,23 @@ an encoder are computed once and shared with ``freeze: all`` study cells.
 """
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from monai.data import DataLoader, Dataset
+from monai.transforms import Compose
+
+from ..core.hashing import sha256_file, stable_digest
+from ..engine.features import cached_features
+from ..engine.predict import manifest_items
+from ..models import create_classifier
+from ..tracking.layout import SIMILARITY_ARTIFACT, TAG_SIMILARITY_HASH
+from ..transforms.pipelines import deterministic_transforms
 
 
 @dataclass(frozen=True)
@@ -77,13 +89,6 @@ def intensity_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 def _cohort(manifest: str | os.PathLike, modalities: list[str] | None, network, image_size: int, in_channels: int,
             cache_dir: Path, device: str) -> tuple[np.ndarray, np.ndarray]:
-    from monai.data import DataLoader, Dataset
-    from monai.transforms import Compose
-
-    from ..engine.classification import deterministic_transforms
-    from ..engine.features import cached_features
-    from ..engine.predict import manifest_items
-
     items = manifest_items(manifest, modalities)
     feats = cached_features(network, items, image_size, in_channels, cache_dir, device)
     loader = DataLoader(Dataset(items, Compose(deterministic_transforms(image_size, in_channels))), batch_size=32)
@@ -108,10 +113,6 @@ def dataset_similarities(sources: dict[str, tuple[str | os.PathLike, list[str] |
                          seed: int = 0) -> dict[str, Similarity]:
     """:func:`dataset_similarity` of several sources (name → (cohort, modalities)) to one target:
     one encoder, and the target's features and intensity statistics computed once."""
-    import torch
-
-    from ..models import create_classifier
-
     torch.manual_seed(seed)
     network = create_classifier(encoder, weights, num_classes=2, in_channels=in_channels, freeze="all").to(device)
     target_dir = Path(target) if Path(target).is_dir() else Path(target).parent
@@ -123,10 +124,6 @@ def dataset_similarities(sources: dict[str, tuple[str | os.PathLike, list[str] |
         out[name] = Similarity(frechet=frechet_distance(fa, fb), mmd2=mmd2_rbf(fa, fb),
                                intensity=intensity_distance(ia, ib), n_source=len(fa), n_target=len(fb))
     return out
-
-SIMILARITY_ARTIFACT = "similarity.json"
-SIMILARITY_TAG = "medxfer.similarity_hash"
-
 
 def study_similarity(spec, device: str = "cpu") -> dict:
     """Distances of each source cohort of ``spec.similarity`` to the study's cohort, as the
@@ -147,36 +144,26 @@ def study_similarity(spec, device: str = "cpu") -> dict:
 
 def similarity_hash(spec) -> str:
     """What the similarity record depends on: its settings and the cohorts' manifests' content."""
-    import hashlib
-    import json
-
-    from ..models.weights import sha256_file
-
     settings = dict(spec.similarity)
     blob = {"settings": {k: v for k, v in settings.items() if k != "sources"},
             "target": sha256_file(spec.manifest), "modalities": spec.data.get("modalities"),
             "sources": {n: [sha256_file(s["manifest"]), s.get("modalities")] for n, s in settings["sources"].items()}}
-    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return stable_digest(blob, 16)
 
 
 def log_study_similarity(spec, client, parent_run_id: str, echo=lambda s: None, device: str | None = None) -> bool:
     """Compute and log ``similarity.json`` on the study's parent run unless the parent already
     holds it for the same settings and cohorts. Returns whether it was computed."""
-    import json
-    import tempfile
-
     key = similarity_hash(spec)
-    if client.get_run(parent_run_id).data.tags.get(SIMILARITY_TAG) == key:
+    if client.get_run(parent_run_id).data.tags.get(TAG_SIMILARITY_HASH) == key:
         return False
     echo(f"dataset similarity of {len(spec.similarity['sources'])} source cohort(s) to the study's cohort")
     if device is None:
-        import torch
-
         device = "cuda" if torch.cuda.is_available() else "cpu"
     record = study_similarity(spec, device)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / SIMILARITY_ARTIFACT
         path.write_text(json.dumps(record, indent=2) + "\n")
         client.log_artifact(parent_run_id, str(path))
-    client.set_tag(parent_run_id, SIMILARITY_TAG, key)
+    client.set_tag(parent_run_id, TAG_SIMILARITY_HASH, key)
     return True

@@ -5,7 +5,7 @@ study's data section), it compares
 
 * occluding the lesion mask vs occluding the same-size region mirrored top-to-bottom: the mean
   absolute change of the positive-class log-odds (does the model use the lesion?), and
-* Grad-CAM (`medxfer.study.gradcam.gradcam_maps`) against an 8 × 8 occlusion map (16 % patches
+* Grad-CAM (`medxfer.explain.gradcam.gradcam_maps`) against an 8 × 8 occlusion map (16 % patches
   set to the image mean): the mean Pearson correlation per image, also for the map flipped and
   transposed (an orientation bug would show as a higher correlation there).
 
@@ -39,7 +39,8 @@ def main() -> None:
 
     from medxfer.engine import load_cohort
     from medxfer.engine.predict import load_run_model
-    from medxfer.study.gradcam import gradcam_maps, localization_transforms
+    from medxfer.explain.gradcam import gradcam_maps
+    from medxfer.transforms.pipelines import localization_transforms
 
     client = mlflow.tracking.MlflowClient()
     exp = client.get_experiment_by_name(f"medxfer/{args.study}")

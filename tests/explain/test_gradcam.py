@@ -14,8 +14,10 @@ import torch.nn.functional as F
 from medxfer.models import create_classifier
 from medxfer.models.encoders import ARCHS
 from medxfer.models.freeze import apply_freeze
-from medxfer.study.gradcam import (LocalizationCase, gradcam_maps, localization_transforms, localize,
-                                   plot_overlays, score_map, summarize, target_layer, write_localization_csv)
+from medxfer.explain.gradcam import gradcam_maps, target_layer
+from medxfer.explain.localization import (LocalizationCase, localize, plot_overlays, score_map, summarize,
+                                          write_localization_csv)
+from medxfer.transforms.pipelines import localization_transforms
 
 SEED = 0
 SIZE = 160  # 5 x 5 cells in the deepest map: coarser maps make the pointing game a lottery

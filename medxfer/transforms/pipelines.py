@@ -1,0 +1,97 @@
+"""The image pipelines of the bundles: classification (single and multi-view), segmentation and
+Grad-CAM localization, each built from the modality presets, the weights-bound normalisation and
+augmentation. One place, so that training, prediction, the feature cache and localization read
+images identically.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from monai.transforms import Compose, RandAdjustContrastd, RandAffined, RandFlipd, ToTensord
+
+from ..models.classifier import view_channels
+from ..models.preprocessing import Preprocessing
+from .masks import LoadMaskd, MirrorLikePresetd
+from .multiview import FuseViewsd, LoadViewsd
+from .presets import LoadItemd, ModalityPresetd, ResizeWithPadd
+from .weights_norm import WeightsNormalized
+
+
+def deterministic_transforms(image_size: int, in_channels: int, keys: Sequence[str] = ("image",),
+                             modes: Sequence[str] = ("area",)) -> list:
+    """Load → modality preset → resize-with-pad: cached once by MONAI's ``CacheDataset``."""
+    return [LoadItemd(keys[0], in_channels=in_channels), ModalityPresetd(keys[0]),
+            ResizeWithPadd(list(keys), image_size, mode=list(modes))]
+
+
+def augmentations(keys: Sequence[str] = ("image",), flip: bool = False, modes: Sequence[str] = ("bilinear",),
+                  prob: float = 0.5, image_size: int | None = None,
+                  intensity_keys: Sequence[str] | None = None) -> list:
+    """Mild geometric and contrast augmentation (no flips by default: laterality can matter).
+
+    The contrast change applies to ``intensity_keys`` (default: the first key, the image; not a
+    mask). With ``image_size`` the affine's sampling grid is built once and reused (``cache_grid``)."""
+    size = {"spatial_size": (image_size, image_size), "cache_grid": True} if image_size else {}
+    out = [RandAffined(list(keys), prob=prob, rotate_range=0.15, scale_range=0.1, translate_range=8,
+                       mode=list(modes), padding_mode="zeros", **size),
+           RandAdjustContrastd(list(intensity_keys or keys[:1]), prob=prob * 0.6, gamma=(0.8, 1.25))]
+    if flip:
+        out.append(RandFlipd(list(keys), prob=0.5, spatial_axis=0))
+    return out
+
+
+def classification_transforms(image_size: int, in_channels: int, preprocessing: Preprocessing | dict,
+                              augment: bool, views: Sequence[str] | None = None, fusion: str = "late") -> Compose:
+    """The full pipeline: deterministic part, augmentation (training only), weights normalisation.
+
+    With ``views`` the items are multi-view samples (:mod:`medxfer.engine.multiview`)."""
+    if views:
+        return multiview_transforms(image_size, in_channels, preprocessing, augment, views, fusion)
+    steps = deterministic_transforms(image_size, in_channels)
+    if augment:
+        steps += augmentations(image_size=image_size)
+    steps += [WeightsNormalized("image", preprocessing, in_channels), ToTensord(["image", "label"], track_meta=False)]
+    return Compose(steps)
+
+
+def multiview_transforms(image_size: int, in_channels: int, preprocessing, augment: bool,
+                         views: Sequence[str], fusion: str) -> Compose:
+    """The classification pipeline for multi-view samples (see :func:`classification_transforms`)."""
+    n = len(views)
+    keys = [f"view{i}" for i in range(n)]
+    per_view = Compose(deterministic_transforms(image_size, view_channels(views, fusion, in_channels)))
+    steps: list = [LoadViewsd(per_view)]
+    if augment:  # one random draw for all views of a sample
+        steps += augmentations(keys, modes=["bilinear"] * n, image_size=image_size, intensity_keys=keys)
+    if fusion == "late":
+        steps += [WeightsNormalized(keys, preprocessing, in_channels), FuseViewsd(n, fusion)]
+    else:
+        steps += [FuseViewsd(n, fusion), WeightsNormalized("image", preprocessing, 3)]
+    steps.append(ToTensord(["image", "label"], track_meta=False))
+    return Compose(steps)
+
+
+def segmentation_transforms(image_size: int, in_channels: int, preprocessing: Preprocessing | dict,
+                            augment: bool) -> Compose:
+    """Image and mask: load, preset, resize-with-pad (mask nearest), augmentation, normalisation."""
+    if image_size % 32:
+        raise ValueError(f"image_size {image_size}: the UNet needs a multiple of 32")
+    # no mirroring of right mammograms here: masks and predicted NIfTI masks stay on the image grid
+    steps = [LoadItemd("image", in_channels=in_channels), LoadMaskd("label"),
+             ModalityPresetd("image", mirror_right_mg=False),
+             ResizeWithPadd(["image", "label"], image_size, ["area", "nearest"])]
+    if augment:
+        steps += augmentations(("image", "label"), modes=("bilinear", "nearest"), image_size=image_size)
+    steps += [WeightsNormalized("image", preprocessing, in_channels), ToTensord(["image", "label"], track_meta=False)]
+    return Compose(steps)
+
+
+def localization_transforms(image_size: int, in_channels: int, preprocessing) -> Compose:
+    """Image as the classifier sees it (``deterministic_transforms`` + weights normalisation)
+    and the ``mask`` key loaded, mirrored and resized (nearest) with it."""
+    preset = ModalityPresetd("image")
+    return Compose([LoadItemd("image", in_channels=in_channels), LoadMaskd("mask"), preset,
+                    MirrorLikePresetd("mask", mirror_right_mg=preset.mirror_right_mg),
+                    ResizeWithPadd(["image", "mask"], image_size, ["area", "nearest"]),
+                    WeightsNormalized("image", preprocessing, in_channels),
+                    ToTensord(["image", "mask"], track_meta=False)])

@@ -27,6 +27,12 @@ from typing import Callable
 import numpy as np
 import yaml
 
+from . import synthetic
+from .ingest import ingest, split
+from .study.report import build_report
+from .study.runner import quiet_engines, run_study
+from .study.spec import parse_spec
+
 STUDY_NAME = "demo-dental"
 SOURCE_NAME = "ceph-sex"
 
@@ -61,12 +67,6 @@ class DemoResult:
 def run_demo(out: str | os.PathLike = "medxfer-demo", settings: DemoSettings | None = None,
              echo: Callable[[str], None] = print) -> DemoResult:
     """Build the export, ingest, split, pretrain the source, run the study, write the report."""
-    from . import synthetic
-    from .ingest import ingest, split
-    from .study import parse_spec, run_study
-    from .study.report import build_report
-    from .study.runner import quiet_engines
-
     settings = settings or DemoSettings()
     start = time.perf_counter()
     out = Path(out).resolve()
@@ -82,7 +82,8 @@ def run_demo(out: str | os.PathLike = "medxfer-demo", settings: DemoSettings | N
     else:
         echo("1/4 dental PACS export already written")
     echo("2/4 ingesting and splitting by patient")
-    result = ingest(export, out / "cohort", labels=out / "labels.csv", key="PatientID", workers=min(2, os.cpu_count() or 1))
+    result = ingest(export, out / "cohort", labels=out / "labels.csv", key="PatientID",
+                    workers=min(2, os.cpu_count() or 1))
     echo(f"    {result.summary()}")
     manifest = out / "cohort" / "manifest.csv"
     split(out / "cohort", settings.folds_split, stratify="supernumerary", seed=0)

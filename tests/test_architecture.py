@@ -6,6 +6,7 @@ README's "Architecture" section.
 """
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -66,6 +67,32 @@ def test_no_import_cycle_between_modules():
         if m not in index:
             strongconnect(m)
     assert not cycles, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
+
+
+# Modules that import medxfer modules inside functions on purpose, and why.
+LAZY_ALLOWED = {
+    "medxfer/cli.py": "`medxfer --help` and argument errors must not wait for torch, MONAI and MLflow",
+}
+
+
+def test_no_function_level_import_of_medxfer_modules():
+    """A medxfer module imports its medxfer dependencies at the top, where the layer contracts and a
+    reader see them; only the modules in LAZY_ALLOWED defer them, for the reason given there."""
+    found = []
+    for path in sorted((ROOT / "medxfer").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel in LAZY_ALLOWED:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        top = set(map(id, tree.body))
+        for node in ast.walk(tree):
+            if id(node) in top:
+                continue
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("medxfer")):
+                found.append(f"{rel}:{node.lineno}")
+            elif isinstance(node, ast.Import) and any(a.name.startswith("medxfer") for a in node.names):
+                found.append(f"{rel}:{node.lineno}")
+    assert not found, "function-level imports of medxfer modules:\n" + "\n".join(found)
 
 
 def test_ruff_is_clean():

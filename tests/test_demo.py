@@ -6,14 +6,14 @@ import csv
 from click.testing import CliRunner
 
 from medxfer.cli import main
+from medxfer.demo import DemoSettings
+from medxfer.synthetic import export_identifiers
 from tests.conftest import find_identifiers
 
 BINARY = (".png",)  # figures: no text fields, compressed bytes can match 4 letters by chance
 
 
 def test_demo_runs_the_chain_and_leaks_no_identifier(tmp_path, monkeypatch):
-    from medxfer import synthetic
-
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     result = CliRunner().invoke(main, ["demo", "--quick", "--out", "demo"])
@@ -25,11 +25,17 @@ def test_demo_runs_the_chain_and_leaks_no_identifier(tmp_path, monkeypatch):
     rows = list(csv.DictReader(open(tmp_path / "demo" / "report" / "results.csv")))
     assert {(r["weights"], r["freeze"]) for r in rows} == {("scratch", "none"), ("scratch", "all"),
                                                            ("ceph-sex", "none"), ("ceph-sex", "all")}
-    # the export and the labels CSV hold the fake identifiers; nothing made from them may
-    identifiers = [s for p in synthetic.write_dental_export(tmp_path / "again", n_patients=16).patients
-                   for s in p.identifiers()]
-    assert "TESTPAT" in (tmp_path / "demo" / "export").joinpath("DICOM", "PAT0001", "STU0001", "SER0001",
-                                                                  "IM000001").read_bytes().decode("latin-1")
+    # the export and the labels CSV hold the fake identifiers; nothing made from them may. The
+    # identifiers are the ones the demo's headers carry (read back from its export, not regenerated)
+    export = tmp_path / "demo" / "export"
+    identifiers = export_identifiers(export)
+    with open(tmp_path / "demo" / "labels.csv") as f:
+        patient_ids = {row["PatientID"] for row in csv.DictReader(f)}
+    assert len(patient_ids) == DemoSettings.quick().patients and patient_ids <= set(identifiers)
+    assert "TESTPAT" in export.joinpath("DICOM", "PAT0001", "STU0001", "SER0001",
+                                        "IM000001").read_bytes().decode("latin-1")
+    # the search finds every one of them where they are, so finding none below means none leaked
+    assert {s for _, s in find_identifiers(export, identifiers)} == set(identifiers)
     for folder in ("cohort", "runs", "report"):
         assert find_identifiers(tmp_path / "demo" / folder, identifiers, BINARY) == []
     assert find_identifiers(tmp_path / "mlruns", identifiers, BINARY) == []

@@ -199,11 +199,11 @@ def test_broken_files(tmp_path):
             pydicom.dcmread(files[key])
     truncated = pydicom.dcmread(files["truncated"])
     assert truncated.Rows == 64
-    with pytest.raises(ValueError):
-        truncated.pixel_array
+    with pytest.raises(ValueError, match="pixel data is less than expected"):
+        _ = truncated.pixel_array
     assert files["bad_header"].read_bytes()[128:132] == b"DICM"
-    with pytest.raises(Exception):
-        pydicom.dcmread(files["bad_header"]).pixel_array
+    with pytest.raises(ValueError):  # the header itself does not read: dcmread raises, before any pixel access
+        pydicom.dcmread(files["bad_header"])
 
 
 def test_pacs_export_with_dicomdir(tmp_path):
@@ -232,6 +232,7 @@ def test_pacs_export_with_dicomdir(tmp_path):
     blob = b"".join(p.read_bytes() for p in images)
     for ident in info.identifiers:
         assert ident.encode() in blob, ident
+    assert S.export_identifiers(info.root) == sorted(info.identifiers)  # the DICOMDIR adds none
     dx = [_read(p) for p in info.kinds["dx"]]
     assert [d.PhotometricInterpretation for d in dx] == ["MONOCHROME2", "MONOCHROME1"]
 
@@ -243,3 +244,18 @@ def test_pacs_export_without_dicomdir(tmp_path, layout, suffix):
     assert not (tmp_path / "DICOMDIR").exists() and len(info.files) == 3 + 1 + 1 + 1 + 1 + 2 + 1
     assert {p.suffix for p in info.files} == {suffix}
     assert {_read(p).file_meta.TransferSyntaxUID for p in info.files} == {U.ExplicitVRLittleEndian}
+
+
+def test_export_identifiers_are_what_the_headers_carry(tmp_path):
+    """export_identifiers reads back exactly the identifiers an export wrote, whatever its seed;
+    files that are not DICOM or do not read add nothing."""
+    info = S.write_dental_export(tmp_path / "a", n_patients=4, rng=np.random.default_rng(2026),
+                                 labels_csv=tmp_path / "a" / "labels.csv")
+    (tmp_path / "a" / "notes.txt").write_text("not DICOM")
+    bad = S.broken_files(tmp_path / "bad")
+    (tmp_path / "a" / "bad_header.dcm").write_bytes(bad["bad_header"].read_bytes())
+    assert S.export_identifiers(tmp_path / "a") == info.identifiers
+    assert {p.patient_id for p in info.patients} <= set(info.identifiers)
+    other = S.write_dental_export(tmp_path / "b", n_patients=4, ceph=False)  # another seed: other identifiers
+    assert S.export_identifiers(other.root) == other.identifiers
+    assert set(other.identifiers) != set(info.identifiers)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Ingest throughput against a bare pydicom loop, measured in the same run.
 
-    python scripts/bench/ingest.py                       # >= 2,000 files: 6 CT series x 300 slices at 512^2 + 250 radiographs
+    python scripts/bench/ingest.py          # >= 2,000 files: 6 CT series x 300 slices at 512^2 + 250 radiographs
     python scripts/bench/ingest.py --ct-series 2 --slices 50 --radiographs 20   # quick look
 
 Rows (files/s and ratio to the baseline):
@@ -43,8 +43,8 @@ def generate(root: Path, ct_series: int, slices: int, radiographs: int) -> list[
         synthetic.ct_series(root / f"ct{s:02d}", patient, n_slices=slices, rows=512, cols=512, rng=rng)
     for i in range(radiographs):
         patient = synthetic.new_patient(100 + i % 50, rng)
-        synthetic.radiograph(root / "dx" / f"IM{i:05d}", patient, modality="DX" if i % 2 else "CR", rows=1024, cols=1024,
-                             monochrome1=bool(i % 3 == 0), rng=rng)
+        synthetic.radiograph(root / "dx" / f"IM{i:05d}", patient, modality="DX" if i % 2 else "CR", rows=1024,
+                             cols=1024, monochrome1=bool(i % 3 == 0), rng=rng)
     marker.touch()
     return sorted(p for p in root.rglob("*") if p.is_file())
 
@@ -75,7 +75,8 @@ def run_ingest(src: Path, out: Path, workers: int) -> tuple[float, float, dict]:
     """(seconds reported by ingest, peak RSS of the process tree in MB, counts)."""
     import psutil
 
-    cmd = [sys.executable, "-m", "medxfer.cli", "ingest", str(src), "--out", str(out), "--workers", str(workers), "--no-progress"]
+    cmd = [sys.executable, "-m", "medxfer.cli", "ingest", str(src), "--out", str(out), "--workers", str(workers),
+           "--no-progress"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     peak, stop = 0, False
 
@@ -131,7 +132,8 @@ def main() -> None:
           f"(generated or reused in {time.perf_counter() - t:.0f} s)", flush=True)
     # Each row is the best of --repeat runs, interleaved, so a burst of load on a shared machine
     # does not land on one row only.
-    base, w_sec, w_peak, re_sec, re_peak, decoded = float("inf"), {1: float("inf"), 2: float("inf")}, {1: 0, 2: 0}, float("inf"), 0, 0
+    base, re_sec, re_peak, decoded = float("inf"), float("inf"), 0, 0
+    w_sec, w_peak = {1: float("inf"), 2: float("inf")}, {1: 0, 2: 0}
     # Every timed row starts the same way: the source re-read into the page cache, no dirty pages
     # pending (os.sync), no other row's output on disk (this machine's page cache is small enough
     # that a kept 1.4 GB output evicts the source and the next row would read from disk).
@@ -165,7 +167,8 @@ def main() -> None:
                      "ratio vs the bare loop on the same series"))
     results = {"files": len(files), "baseline_files_per_s": len(files) / base}
     for w in (1, 2):
-        rows.append((f"medxfer ingest --workers {w}", len(files) / w_sec[w], base / w_sec[w], f"peak RSS {w_peak[w]:.0f} MB"))
+        rows.append((f"medxfer ingest --workers {w}", len(files) / w_sec[w], base / w_sec[w],
+                     f"peak RSS {w_peak[w]:.0f} MB"))
         results[f"w{w}_ratio"], results[f"w{w}_peak_mb"] = base / w_sec[w], w_peak[w]
     rows.append(("medxfer ingest again (unchanged source)", len(files) / re_sec, w_sec[2] / re_sec,
                  f"x faster than the first --workers 2 run; {decoded} items re-decoded; peak RSS {re_peak:.0f} MB"))

@@ -2,20 +2,24 @@
 ``docs/study-mlflow-layout.md``, reported, and checked against independent recomputations."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import re
 import shutil
 import subprocess
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from medxfer.core.errors import MedxferError
 from medxfer.study import report as rep
 from medxfer.study.report import ReportError
+from medxfer.study.report.collect import read_localization
 
 CLS = "cls-demo"
 SEG = "seg-demo"
@@ -87,6 +91,29 @@ def _cls_rows(items, y, p, fold):
              f"p_{CLASSES[0]}": f"{1 - p[i]:.6f}", f"p_{CLASSES[1]}": f"{p[i]:.6f}", "p": f"{p[i]:.6f}"} for i in items]
 
 
+@contextlib.contextmanager
+def _count_mlflow_reads():
+    """Record every artifact download ``(run id, artifact path)`` and count the run searches made
+    through ``mlflow.MlflowClient`` while inside."""
+    import mlflow
+
+    calls = {"downloads": [], "searches": 0}
+    download, search = mlflow.MlflowClient.download_artifacts, mlflow.MlflowClient.search_runs
+
+    def counting_download(self, run_id, path, *args, **kwargs):
+        calls["downloads"].append((run_id, path))
+        return download(self, run_id, path, *args, **kwargs)
+
+    def counting_search(self, *args, **kwargs):
+        calls["searches"] += 1
+        return search(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(mlflow.MlflowClient, "download_artifacts", counting_download)
+        mp.setattr(mlflow.MlflowClient, "search_runs", counting_search)
+        yield calls
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """Both studies in one store; the classification report built once. Yields a dict of truths."""
@@ -126,15 +153,17 @@ def study(tmp_path_factory):
         # a FAILED rerun of resnet18/scratch/fold0 with perfect predictions: must be ignored
         grid = {"encoder": "resnet18", "weights": "scratch", "freeze": "none", "lr": "0.001"}
         idx = np.flatnonzero(fold_of == 0)
-        _log_child(client, exp, parent, staging, CLS, "classification", grid, 0, 0,
-                   _cls_rows(idx, y, y.astype(float), 0), 1.0, status="FAILED", end_time=now + 5000)
+        failed = _log_child(client, exp, parent, staging, CLS, "classification", grid, 0, 0,
+                            _cls_rows(idx, y, y.astype(float), 0), 1.0, status="FAILED", end_time=now + 5000)
         # an older FINISHED run of resnet18/imagenet/fold1 (same config_hash, earlier end, later start)
         # with inverted predictions: superseded by the run above
         grid = {"encoder": "resnet18", "weights": "imagenet", "freeze": "none", "lr": "0.001"}
         idx = np.flatnonzero(fold_of == 1)
         chash = _child_tags(CLS, "classification", grid, 1, 0)[0]["config_hash"]
-        _log_child(client, exp, parent, staging, CLS, "classification", grid, 1, 0,
-                   _cls_rows(idx, y, 1.0 - y.astype(float), 1), 0.0, end_time=now - 60_000, config_hash=chash)
+        superseded = _log_child(client, exp, parent, staging, CLS, "classification", grid, 1, 0,
+                                _cls_rows(idx, y, 1.0 - y.astype(float), 1), 0.0, end_time=now - 60_000,
+                                config_hash=chash)
+        truth["cls_ignored"] = {failed, superseded}
         truth["cls_y"] = y
         truth["cls_parent"] = parent
 
@@ -169,9 +198,9 @@ def study(tmp_path_factory):
                    {"encoder": "resnet18", "weights": "scratch", "freeze": "none", "lr": "0.001"}, 0, 0,
                    _cls_rows(range(4), y, y.astype(float), 0), 1.0, status="FAILED")
 
-        t0 = time.perf_counter()
-        paths = rep.build_report(CLS)
-        truth["seconds"] = time.perf_counter() - t0
+        with _count_mlflow_reads() as calls:
+            paths = rep.build_report(CLS)
+        truth["mlflow_reads"] = calls
         truth["paths"] = paths
         truth["client"] = client
         truth["tmp"] = tmp
@@ -295,11 +324,28 @@ def test_unknown_or_unfinished_study_errors(study):
         rep.collect_study("no-such-study")
     with pytest.raises(ReportError, match="all-failed.*no finished run"):
         rep.build_report("all-failed")
-    assert issubclass(ReportError, ValueError)
+    assert issubclass(ReportError, ValueError) and issubclass(ReportError, MedxferError)
 
 
-def test_report_is_fast(study):
-    assert study["seconds"] < 20  # 12 runs × 90 items, 2000 bootstrap resamples per cell
+def _assert_reads_scale_with_runs(calls: dict, parent: str, n_runs: int, ignored: set[str] = frozenset()) -> None:
+    """A report reads each artifact it needs once: per chosen child run its test rows (and one try at
+    localization.csv), on the parent grid.json and similarity.json; nothing of ignored runs; and it
+    finds the runs with one search per role (one page each), however many runs there are."""
+    downloads = calls["downloads"]
+    assert len(downloads) == len(set(downloads)), Counter(downloads).most_common(3)  # nothing read twice
+    per_artifact = Counter(path for _, path in downloads)
+    assert per_artifact["predictions.csv"] == n_runs and per_artifact["localization.csv"] == n_runs
+    assert per_artifact["grid.json"] == per_artifact["similarity.json"] == 1
+    assert len(downloads) == 2 * n_runs + 2
+    assert {run for run, path in downloads if path in ("grid.json", "similarity.json")} == {parent}
+    assert not {run for run, _ in downloads} & ignored
+    assert calls["searches"] == 2
+
+
+def test_report_reads_each_artifact_once(study):
+    """What keeps a large study's report quick: 12 runs × 90 items (2000 bootstrap resamples per
+    cell, built by the fixture), each artifact downloaded once, nothing of the failed or superseded run."""
+    _assert_reads_scale_with_runs(study["mlflow_reads"], study["cls_parent"], 12, study["cls_ignored"])
 
 
 def _run(y, prob, item_ids, cell, weights, fold, seed, metric):
@@ -456,9 +502,9 @@ def loc_study(study):
                                "loc_iou": float(iou[w][sc].mean()), "loc_cases": len(sc)}
                 _log_child(client, exp, parent, staging, LOC, "classification", grid, k, 0, _cls_rows(idx, y, p, k),
                            roc_auc_score(y[idx], p[idx]), extra_artifacts=extra, extra_metrics=metrics)
-    t0 = time.perf_counter()
-    paths = rep.build_report(LOC, out_dir=tmp / "loc-report", n_resamples=LOC_RESAMPLES)
-    return {"paths": paths, "seconds": time.perf_counter() - t0, "scored": scored, "fold_of": fold_of,
+    with _count_mlflow_reads() as calls:
+        paths = rep.build_report(LOC, out_dir=tmp / "loc-report", n_resamples=LOC_RESAMPLES)
+    return {"paths": paths, "mlflow_reads": calls, "scored": scored, "fold_of": fold_of,
             "hit": hit, "dice": dice, "iou": iou, "parent": parent}
 
 
@@ -549,7 +595,8 @@ def test_localization_section_in_html_and_markdown(loc_study, study):
     assert "Lesion localization" not in (tmp / cpaths["report.md"]).read_text()
     assert not any(k.startswith("loc_") for k in _read(tmp / cpaths["results.csv"])[0])
     assert all(not r["metric"].startswith("loc_") for r in _read(tmp / cpaths["comparisons.csv"]))
-    assert loc_study["seconds"] < 20
+    # one try at localization.csv per classification run, with or without one
+    _assert_reads_scale_with_runs(loc_study["mlflow_reads"], loc_study["parent"], 12)
 
 
 def test_localization_multiseed_in_memory():
@@ -717,9 +764,9 @@ def test_localization_csv_parsing(tmp_path):
         {"item_id": "a", "fold": 0, "label": CLASSES[1], "hit": "True", "dice": "0.5"},
         {"item_id": "b", "fold": 0, "label": CLASSES[1], "hit": "0.5", "dice": "0.25"},
         {"item_id": "c", "fold": 0, "label": CLASSES[1], "hit": "", "dice": ""}])
-    loc = rep._load_localization(run, path)
+    loc = read_localization(run, path)
     assert list(loc.item_id) == ["a", "b"] and np.isnan(loc.hit[1]) and loc.hit[0] == 1.0
     assert list(loc.dice) == [0.5, 0.25] and np.isnan(loc.iou).all()
     bad = _write_rows(tmp_path / "bad.csv", [{"item_id": "a", "fold": 0, "score": 1}])
     with pytest.raises(ReportError, match="hit, dice"):
-        rep._load_localization(run, bad)
+        read_localization(run, bad)

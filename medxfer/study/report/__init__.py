@@ -1,0 +1,57 @@
+"""Study report: collect a study's finished runs from MLflow, summarise them, write HTML/Markdown/CSV.
+
+Reads the layout of ``docs/study-mlflow-layout.md``: experiment ``medxfer/<name>``, one parent run
+(``medxfer.role=study``) and one child run per cell × fold × seed (``medxfer.role=cell``) with a
+``predictions.csv`` (classification) or ``per_case.csv`` (segmentation) artifact.
+
+Per cell (one combination of grid values, all folds and seeds):
+
+* mean ± SD of the runs' ``test_auc`` / ``test_dice`` (each run scored on its own test fold);
+* pooled out-of-fold (OOF) AUC — the AUC of the concatenated test predictions of all folds —
+  with a stratified bootstrap 95 % CI (items are the resampling unit when several seeds are
+  pooled); macro one-vs-rest AUC without CI for more than two classes; for segmentation the
+  mean per-case Dice (averaged over seeds per case) with a bootstrap CI of the mean;
+* transfer score (van den Brandt et al. 2021) against the scratch cell with the same other grid
+  values, on the pooled metric.
+
+Cells identical in every grid key but ``weights`` are compared pairwise on the items both have:
+DeLong's test (binary classification, probability averaged over seeds per item) or the Wilcoxon
+signed-rank test (per-case Dice); all p-values of a report are Holm-adjusted together.
+
+Optional sections:
+
+* **Lesion localization** — classification runs with a ``localization.csv`` (Grad-CAM pointing
+  game hit and Dice/IoU per scored test case): per cell the pooled hit rate, Dice and IoU (cases
+  averaged over seeds) with bootstrap CIs and mean ± SD over runs; the same pairs of cells as the
+  AUC comparisons compared on their shared cases by Wilcoxon (Dice) and exact McNemar (hits),
+  Holm-adjusted as their own family.
+* **Dataset similarity vs transfer** — when the parent run has a ``similarity.json`` (distances of
+  each pretraining stage's cohort to the study's cohort): per group of comparable cells each
+  source's distances against its transfer score, with Spearman correlations and a scatter figure.
+
+The report holds study and grid values, MLflow run ids and numbers only — no class names, no
+tracking URI, no item ids.
+
+Modules, in the order the data flows:
+
+* :mod:`.model` — the dataclasses (collected runs, summaries) and :class:`ReportError`;
+* :mod:`.collect` — reading the runs and their artifacts from MLflow (:func:`collect_study`);
+* :mod:`.summarize` — per-cell statistics, comparisons, localization, similarity (:func:`summarize`);
+* :mod:`.formatting`, :mod:`.tables`, :mod:`.prose` — numbers, tables and texts as the report shows them;
+* :mod:`.figures` — the matplotlib figures as PNG;
+* :mod:`.document`, :mod:`.sections` — the report as one ordered list of sections;
+* :mod:`.render` — that list as HTML and Markdown (Jinja2 templates in ``templates/``);
+* :mod:`.csv_export` — the CSV files;
+* :mod:`.write` — all files of a report into a folder (:func:`write_report`);
+* :mod:`.build` — collect, summarise, write, log to the parent run (:func:`build_report`).
+"""
+from .build import build_report
+from .collect import collect_study
+from .model import (CellSummary, ChildRun, Comparison, Localization, LocSummary, ReportError, SimilarityCorrelation,
+                    SimilarityRow, SimilaritySummary, StudyRuns, StudySummary)
+from .summarize import summarize
+from .write import write_report
+
+__all__ = ["ReportError", "ChildRun", "StudyRuns", "CellSummary", "Comparison", "StudySummary", "Localization",
+           "LocSummary", "SimilarityRow", "SimilarityCorrelation", "SimilaritySummary",
+           "collect_study", "summarize", "write_report", "build_report"]

@@ -1,0 +1,68 @@
+"""The report's machine-readable tables: ``results.csv``, ``comparisons.csv`` and, with a similarity
+section, ``similarity.csv`` and ``similarity_spearman.csv`` (full precision, empty where undefined)."""
+from __future__ import annotations
+
+import csv
+import os
+
+from ...core.files import atomic_writer
+from .formatting import csv_num
+from .model import LocSummary, StudySummary
+
+LOC_COLUMNS = ["loc_runs", "loc_cases", "loc_hit", "loc_hit_ci_low", "loc_hit_ci_high", "loc_hit_mean", "loc_hit_sd",
+               "loc_dice", "loc_dice_ci_low", "loc_dice_ci_high", "loc_dice_mean", "loc_dice_sd", "loc_iou",
+               "loc_iou_mean", "loc_iou_sd"]
+
+
+def _loc_values(L: LocSummary | None) -> list[str]:
+    if L is None:
+        return [""] * len(LOC_COLUMNS)
+    return [str(L.n_runs), str(L.n_cases), *[csv_num(x) for x in (
+        L.hit, L.hit_ci_low, L.hit_ci_high, L.hit_mean, L.hit_sd, L.dice, L.dice_ci_low, L.dice_ci_high, L.dice_mean,
+        L.dice_sd, L.iou, L.iou_mean, L.iou_sd)]]
+
+
+def write_results_csv(s: StudySummary, path: str | os.PathLike) -> None:
+    """One row per cell; the ``loc_*`` columns only when some cell has localization."""
+    has_loc = bool(s.loc_cells)
+    with atomic_writer(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["study", "cell", "task", *s.grid_keys, "n_runs", "folds", "seeds", "metric", "mean", "sd",
+                    "pooled", "ci_low", "ci_high", "transfer_score", "pooled_kind", "n_cases", "scratch_cell",
+                    *(LOC_COLUMNS if has_loc else [])])
+        for c in s.cells:
+            w.writerow([s.name, c.cell, c.task, *[c.grid.get(k, "") for k in s.grid_keys], c.n_runs,
+                        ";".join(c.folds), ";".join(c.seeds), c.metric, csv_num(c.mean), csv_num(c.sd),
+                        csv_num(c.pooled), csv_num(c.ci_low), csv_num(c.ci_high), csv_num(c.transfer_score),
+                        c.pooled_kind, c.n_cases, c.scratch_cell or "", *(_loc_values(c.loc) if has_loc else [])])
+
+
+def write_comparisons_csv(s: StudySummary, path: str | os.PathLike) -> None:
+    """One row per comparison; localization rows (metric ``loc_dice`` / ``loc_hit``, own Holm family) last."""
+    with atomic_writer(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["study", "task", "group", "source_a", "source_b", "cell_a", "cell_b", "n_cases", "metric", "a",
+                    "b", "difference", "p", "p_holm", "test"])
+        for c in [*s.comparisons, *s.loc_comparisons]:
+            w.writerow([s.name, c.task, c.group, c.source_a, c.source_b, c.cell_a, c.cell_b, c.n_cases, c.metric,
+                        csv_num(c.a), csv_num(c.b), csv_num(c.difference), csv_num(c.p), csv_num(c.p_holm), c.test])
+
+
+def write_similarity_csvs(s: StudySummary, rows_path: str | os.PathLike, spearman_path: str | os.PathLike) -> None:
+    """The similarity section: one row per source of a group, and one per group and distance (Spearman)."""
+    sim = s.similarity
+    others = [k for k in s.grid_keys if k != "weights"]
+    with atomic_writer(rows_path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["study", "task", "group", *others, "source", "cell", "scratch_cell", "frechet", "mmd2",
+                    "intensity", "n_source", "n_target", "transfer_score"])
+        for r in sim.rows:
+            w.writerow([s.name, r.task, r.group, *[r.grid.get(k, "") for k in others], r.source, r.cell,
+                        r.scratch_cell, csv_num(r.frechet), csv_num(r.mmd2), csv_num(r.intensity),
+                        "" if r.n_source is None else r.n_source, "" if sim.n_target is None else sim.n_target,
+                        csv_num(r.transfer_score)])
+    with atomic_writer(spearman_path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["study", "task", "group", "measure", "n", "rho", "p", "p_method", "note"])
+        for c in sim.correlations:
+            w.writerow([s.name, c.task, c.group, c.measure, c.n, csv_num(c.rho), csv_num(c.p), c.method, c.note])

@@ -1,0 +1,206 @@
+"""The report's data model: what collection reads from MLflow and what summarising computes from it."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ...core.errors import MedxferError
+
+LEVEL = 0.95  # confidence level of every CI of the report
+METRICS = {"classification": "test_auc", "segmentation": "test_dice"}  # each run's own test metric, per task
+SIM_MEASURES = (("frechet", "Fréchet distance"), ("mmd2", "MMD²"), ("intensity", "intensity distance"))
+SIM_HEADERS = {m: label[0].upper() + label[1:] for m, label in SIM_MEASURES}  # "frechet" -> "Fréchet distance"
+
+
+class ReportError(MedxferError, ValueError):
+    """A study that cannot be reported (unknown, no finished run, unreadable artifacts)."""
+
+
+# ---- collected from MLflow
+@dataclass
+class Localization:
+    """A classification run's ``localization.csv``: one row per scored test case (non-empty mask)."""
+
+    item_id: np.ndarray  # object array of str
+    hit: np.ndarray  # pointing game: 1.0 hit, 0.0 miss, nan unknown
+    dice: np.ndarray  # Dice of the thresholded map vs the mask
+    iou: np.ndarray  # IoU of the same (nan when the column is absent)
+
+
+@dataclass
+class ChildRun:
+    """One finished cell × fold × seed run with its test-set rows."""
+
+    run_id: str
+    name: str
+    cell: str
+    task: str
+    grid: dict[str, str]
+    fold: str
+    seed: str
+    metric: float  # test_auc or test_dice (nan when not logged)
+    item_id: np.ndarray  # object array of str
+    y: np.ndarray | None = None  # class index (classification)
+    prob: np.ndarray | None = None  # (n, n_classes) class probabilities (classification)
+    dice: np.ndarray | None = None  # per-case Dice (segmentation)
+    config_hash: str = ""
+    end_time: int = 0
+    loc: Localization | None = None  # from localization.csv, when the run has one
+
+    @property
+    def binary(self) -> bool:
+        """Whether the run has two-class probabilities."""
+        return self.prob is not None and self.prob.shape[1] == 2
+
+
+@dataclass
+class StudyRuns:
+    """What :func:`~medxfer.study.report.collect.collect_study` found."""
+
+    name: str
+    experiment_id: str | None
+    parent_run_id: str | None
+    grid_keys: list[str]
+    runs: list[ChildRun]
+    n_not_finished: int = 0  # child runs FAILED / RUNNING / KILLED, ignored
+    n_superseded: int = 0  # FINISHED runs replaced by a later one with the same config_hash
+    notes: list[str] = field(default_factory=list)
+    similarity: dict | None = None  # the parent run's similarity.json, when it has a readable one
+
+
+# ---- summarised
+@dataclass
+class LocSummary:
+    """A cell's Grad-CAM localization, pooled over its runs' scored cases (seeds averaged per case)."""
+
+    n_runs: int  # runs with a localization.csv
+    n_cases: int  # distinct scored cases
+    hit: float  # pointing-game hit rate
+    hit_ci_low: float
+    hit_ci_high: float
+    dice: float
+    dice_ci_low: float
+    dice_ci_high: float
+    iou: float
+    hit_mean: float  # mean ± SD over runs of each run's own hit rate / mean Dice / mean IoU
+    hit_sd: float
+    dice_mean: float
+    dice_sd: float
+    iou_mean: float
+    iou_sd: float
+
+
+@dataclass
+class CellSummary:
+    """One cell (a combination of grid values, all folds and seeds): per-run and pooled metric."""
+
+    cell: str
+    task: str
+    grid: dict[str, str]
+    n_runs: int
+    folds: list[str]
+    seeds: list[str]
+    metric: str  # "test_auc" | "test_dice"
+    mean: float
+    sd: float
+    run_values: list[float]  # each run's test metric (the dots of the bar chart)
+    pooled: float
+    ci_low: float
+    ci_high: float
+    n_cases: int  # distinct items pooled
+    n_classes: int | None = None
+    transfer_score: float | None = None
+    scratch_cell: str | None = None
+    pooled_kind: str = ""  # "OOF AUC" | "OOF macro OvR AUC" | "per-case Dice"
+    roc: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    loc: LocSummary | None = None  # Grad-CAM localization (classification cells with localization.csv)
+
+
+@dataclass
+class Comparison:
+    """Two cells that differ only in the weights source, compared on the cases both have."""
+
+    task: str
+    group: str  # e.g. "encoder=resnet18, freeze=all, lr=0.001"
+    source_a: str
+    source_b: str
+    cell_a: str
+    cell_b: str
+    n_cases: int
+    metric: str  # "AUC" | "Dice" | "AUC (macro OvR)"; localization: "loc_dice" | "loc_hit"
+    a: float
+    b: float
+    difference: float
+    p: float
+    p_holm: float
+    test: str  # "DeLong" | "Wilcoxon signed-rank" | "McNemar exact" | "n/a (multi-class)" | "n/a (…)"
+
+
+@dataclass
+class SimilarityRow:
+    """One pretrained source of one group of comparable cells: its distances and transfer score."""
+
+    task: str
+    group: str
+    grid: dict[str, str]
+    cell: str
+    scratch_cell: str
+    source: str
+    frechet: float
+    mmd2: float
+    intensity: float
+    n_source: int | None
+    transfer_score: float
+
+
+@dataclass
+class SimilarityCorrelation:
+    """Spearman correlation of one distance with the transfer score across a group's sources."""
+
+    task: str
+    group: str
+    measure: str  # "frechet" | "mmd2" | "intensity"
+    n: int
+    rho: float
+    p: float
+    method: str  # "exact permutation" | "t approximation" | "undefined"
+    note: str  # "" | "n < 3: undefined" | "undefined (constant values)"
+
+
+@dataclass
+class SimilaritySummary:
+    """The dataset-similarity section: the network the distances were computed with, rows, correlations."""
+
+    encoder: str
+    weights: str
+    image_size: str
+    n_target: int | None
+    rows: list[SimilarityRow]
+    correlations: list[SimilarityCorrelation]
+
+
+@dataclass
+class StudySummary:
+    """Everything the report shows: cells, comparisons (AUC/Dice and localization), similarity, provenance."""
+
+    name: str
+    parent_run_id: str | None
+    grid_keys: list[str]
+    cells: list[CellSummary]
+    comparisons: list[Comparison]
+    n_resamples: int
+    seed: int
+    level: float = LEVEL
+    n_runs: int = 0
+    n_not_finished: int = 0
+    n_superseded: int = 0
+    notes: list[str] = field(default_factory=list)
+    created: str = ""
+    loc_comparisons: list[Comparison] = field(default_factory=list)  # Holm-adjusted as their own family
+    similarity: SimilaritySummary | None = None
+
+    @property
+    def loc_cells(self) -> list[CellSummary]:
+        """The cells with a localization summary."""
+        return [c for c in self.cells if c.loc is not None]

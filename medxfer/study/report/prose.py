@@ -1,0 +1,104 @@
+"""The report's prose: provenance lines and the methods paragraphs of the main, localization and similarity parts.
+
+Each text says what was computed for *this* summary (tasks present, resamples, seed, level), in
+words a reader of the report needs to interpret the tables.
+"""
+from __future__ import annotations
+
+from .model import StudySummary
+
+
+def provenance(s: StudySummary) -> list[str]:
+    """Parent run, runs used and ignored, generation time, then the collection and summary notes."""
+    lines = [f"Parent run: {s.parent_run_id or 'none found'}",
+             f"Runs used: {s.n_runs} finished child runs; ignored: {s.n_not_finished} not finished, "
+             f"{s.n_superseded} superseded by a later run of the same configuration",
+             f"Generated: {s.created}"]
+    return lines + list(s.notes)
+
+
+def methods(s: StudySummary) -> str:
+    """How cells are scored and compared (pooled metric, CIs, tests, Holm, transfer score)."""
+    tasks = {c.task for c in s.cells}
+    multiclass = any(c.task == "classification" and c.n_classes not in (None, 2) for c in s.cells)
+    pct = int(s.level * 100)
+    parts = ["Each cell is one combination of grid values, trained once per cross-validation fold and seed.",
+             "Mean ± SD is over the cell's runs, each scored on its own held-out test fold (sample SD)."]
+    if "classification" in tasks:
+        parts.append(
+            "The pooled out-of-fold (OOF) AUC is the AUC of the concatenated test-fold predictions of all folds "
+            "(every item is tested once per seed); its " f"{pct} % CI is a stratified percentile bootstrap "
+            f"({s.n_resamples} resamples, seed {s.seed}; positives and negatives resampled separately, all seeds' "
+            "predictions of an item resampled together). A pooled AUC well below the per-fold mean means "
+            "the fold models rank cases well within their own test fold but their scores are not on a common "
+            "scale (each fold's model is calibrated differently); the per-fold mean is the seed papers' figure, "
+            "the pooled AUC the stricter one.")
+    if "segmentation" in tasks:
+        parts.append(
+            "Pooled Dice is the mean per-case Dice over all test folds (averaged over seeds per case), with a "
+            f"{pct} % percentile bootstrap CI of the mean ({s.n_resamples} resamples, seed {s.seed}).")
+    parts.append("Cells that differ only in the weights source are compared pairwise on the cases both have:")
+    tests = []
+    if "classification" in tasks:
+        tests.append("AUCs by DeLong's test for correlated ROC curves (probabilities averaged over seeds per item)")
+    if "segmentation" in tasks:
+        tests.append("Dice by the two-sided Wilcoxon signed-rank test on per-case Dice (averaged over seeds)")
+    parts[-1] += " " + "; ".join(tests) + "."
+    if s.loc_comparisons:
+        parts.append("The p-values of these comparisons are adjusted together with Holm's step-down method "
+                     "(p (Holm)); the lesion-localization p-values form a family of their own (see there).")
+    else:
+        parts.append("All p-values of this report are adjusted together with Holm's step-down method (p (Holm)).")
+    parts.append("Transfer score = (source − scratch) / scratch × 100 on the pooled metric, against the scratch "
+                 "cell with the same other grid values; positive means the pretrained source beat training from "
+                 "scratch (van den Brandt et al. 2021).")
+    if multiclass:
+        parts.append("With more than two classes the AUC is the macro one-vs-rest AUC; no CI or DeLong test is "
+                     "computed for it (n/a).")
+    return " ".join(parts)
+
+
+def loc_methods(s: StudySummary) -> str:
+    """How lesion localization is scored (pointing game, Dice/IoU of the Grad-CAM map) and compared."""
+    pct = int(s.level * 100)
+    parts = [
+        "Lesion localization is scored on the classification test cases with a non-empty lesion mask only: a "
+        "Grad-CAM map of the positive class at the deepest encoder layer. Pointing game: a hit when the map's "
+        "maximum (argmax) lies inside the lesion mask; the hit rate is the share of hits. Dice and IoU compare "
+        "the map thresholded at 0.5 × its maximum with the mask.",
+        "Per cell, hits, Dice and IoU are pooled over the scored cases of all folds (averaged over seeds per "
+        f"case), with {pct} % percentile bootstrap CIs of the hit rate and of the mean Dice ({s.n_resamples} "
+        f"resamples, seed {s.seed}); mean ± SD is over the cell's runs (each run's hit rate, mean Dice and mean "
+        "IoU on its own test fold).",
+    ]
+    if s.loc_comparisons:
+        parts.append(
+            "Cells that differ only in the weights source are compared on the scored cases both have (matched by "
+            "item): per-case Dice by the two-sided Wilcoxon signed-rank test, per-case hits by the exact McNemar "
+            "test (two-sided binomial test of the discordant pairs; with several seeds a case's hit is the "
+            "majority over seeds, cases tied over seeds are left out of it). A − B is source A minus source B "
+            "(source − scratch). These p-values are Holm-adjusted as their own family, apart from the AUC "
+            "comparisons.")
+    return " ".join(parts)
+
+
+def similarity_methods(s: StudySummary) -> str:
+    """What the three cohort distances are and how they are correlated with the transfer score."""
+    sim = s.similarity
+    tasks = {r.task for r in sim.rows}
+    pooled = " / ".join(("pooled AUC" if t == "classification" else "pooled Dice") for t in sorted(tasks))
+    setting = ", ".join(x for x in (f"{sim.encoder} encoder" if sim.encoder else "",
+                                    f"{sim.weights} weights" if sim.weights else "",
+                                    f"{sim.image_size} px" if sim.image_size else "") if x)
+    target = f" ({sim.n_target} images)" if sim.n_target is not None else ""
+    return (
+        "Dataset similarity (van den Brandt et al. 2021, \"Cats, not CAT scans\"): the cohort of each pretraining "
+        f"source is compared with this study's cohort{target} on pooled features of one fixed network"
+        f"{' (' + setting + ')' if setting else ''}: the Fréchet distance between Gaussians fitted to the two "
+        "feature sets, the unbiased RBF-kernel MMD², and a distance of per-image intensity statistics; for all "
+        "three, smaller = more similar. A source's transfer score is its relative gain in the "
+        f"{pooled} over the scratch cell of the same group (as in the Cells table). Spearman's ρ between each "
+        "distance and the transfer score across the sources of a group, with a two-sided p by exact permutation "
+        "(all n! orderings) for up to 9 sources and the t approximation above; not adjusted for multiplicity "
+        "(exploratory, few sources). The hypothesis that a more similar source transfers better predicts a "
+        "negative ρ. With fewer than 3 sources ρ is undefined (n < 3).")

@@ -1,0 +1,47 @@
+"""The report's sections, in the one order both formats follow: methods, cells, comparisons,
+lesion localization (when any cell has it), dataset similarity (when the study has it), figures."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .document import Document, Figure, Figures, Paragraph, Section
+from .model import StudySummary
+from .prose import loc_methods, methods, provenance, similarity_methods
+from .tables import (cell_table, comparison_table, correlation_table, loc_cell_table, loc_comparison_table,
+                     similarity_table)
+
+SIMILARITY_FIGURE = "similarity"  # the figure shown in the similarity section, not under Figures
+
+
+def _localization(s: StudySummary) -> Section:
+    blocks: list = [Paragraph(loc_methods(s)), loc_cell_table(s)]
+    if s.loc_comparisons:
+        blocks.append(Section("Localization comparisons", (loc_comparison_table(s),), level=3))
+    return Section("Lesion localization (Grad-CAM)", tuple(blocks), anchor="localization-section")
+
+
+def _similarity(s: StudySummary, figures: Sequence[Figure]) -> Section:
+    spearman = Section("Spearman correlation with the transfer score", (correlation_table(s),), level=3)
+    return Section("Dataset similarity and transfer",
+                   (Paragraph(similarity_methods(s)), similarity_table(s), spearman, Figures(tuple(figures))),
+                   anchor="similarity-section")
+
+
+def report_sections(s: StudySummary, figures: Sequence[Figure]) -> list[Section]:
+    """The sections of the report of ``s`` in order; ``figures`` are :func:`~.figures.report_figures`."""
+    sim_figs = [f for f in figures if f.stem == SIMILARITY_FIGURE]
+    main_figs = [f for f in figures if f.stem != SIMILARITY_FIGURE]
+    sections = [Section("Methods", (Paragraph(methods(s)),)),
+                Section("Cells", (cell_table(s),)),
+                Section("Comparisons", (comparison_table(s),))]
+    if s.loc_cells:
+        sections.append(_localization(s))
+    if s.similarity is not None:
+        sections.append(_similarity(s, sim_figs))
+    sections.append(Section("Figures", (Figures(tuple(main_figs)),)))
+    return sections
+
+
+def report_document(s: StudySummary, figures: Sequence[Figure]) -> Document:
+    """The whole report of ``s``: its title, provenance lines and :func:`report_sections`."""
+    return Document(title=s.name, provenance=tuple(provenance(s)), sections=tuple(report_sections(s, figures)))

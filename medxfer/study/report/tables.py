@@ -1,0 +1,90 @@
+"""The report's tables (cells, comparisons, localization, similarity) as formatted text, for HTML and Markdown."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .document import Table
+from .formatting import fmt3, fmt4g, fmt_ci, fmt_mean_sd, fmt_p, fmt_signed
+from .model import SIM_HEADERS, CellSummary, StudySummary
+
+# right-aligned columns, by header
+NUMERIC_HEADERS = frozenset({"Runs", "Cases", "Pooled", "A", "B", "A − B", "p", "p (Holm)", "Transfer score",
+                             "Hit rate", "Dice", "IoU", "Fréchet distance", "MMD²", "Intensity distance",
+                             "Source images", "Sources"})
+LOC_MEASURES = {"loc_dice": "Dice (mean)", "loc_hit": "hit rate"}
+
+
+def _table(table_id: str, header: Sequence[str], rows: Sequence[Sequence[str]], row_ids: Sequence[str] = ()) -> Table:
+    return Table(table_id=table_id, header=tuple(header), rows=tuple(tuple(r) for r in rows),
+                 numeric=tuple(h in NUMERIC_HEADERS for h in header), row_ids=tuple(row_ids))
+
+
+def metric_label(c: CellSummary) -> str:
+    """The pooled metric of a cell as the tables name it: AUC, AUC (macro OvR) or Dice."""
+    if c.task == "segmentation":
+        return "Dice"
+    return "AUC" if c.n_classes == 2 else "AUC (macro OvR)"
+
+
+def cell_table(s: StudySummary) -> Table:
+    """One row per cell: grid values, runs, mean ± SD per run, pooled metric with CI, transfer score."""
+    header = ["Task", *s.grid_keys, "Runs", "Folds", "Seeds", "Metric", "Mean ± SD (per run)", "Pooled",
+              f"{int(s.level * 100)} % CI", "Cases", "Transfer score"]
+    rows = []
+    for c in s.cells:
+        rows.append([c.task, *[c.grid.get(k, "") for k in s.grid_keys], str(c.n_runs), ",".join(c.folds),
+                     ",".join(c.seeds), metric_label(c), fmt_mean_sd(c.mean, c.sd), fmt3(c.pooled),
+                     fmt_ci(c.ci_low, c.ci_high), str(c.n_cases), fmt_signed(c.transfer_score, 1, " %")])
+    return _table("cells", header, rows, [c.cell for c in s.cells])
+
+
+def comparison_table(s: StudySummary) -> Table:
+    """One row per pair of weights sources compared (AUC by DeLong, Dice by Wilcoxon)."""
+    header = ["Group", "Source A", "Source B", "Cases", "Metric", "A", "B", "A − B", "p", "p (Holm)", "Test"]
+    rows = [[c.group, c.source_a, c.source_b, str(c.n_cases), c.metric, fmt3(c.a), fmt3(c.b), fmt_signed(c.difference),
+             fmt_p(c.p), fmt_p(c.p_holm), c.test] for c in s.comparisons]
+    return _table("comparisons", header, rows)
+
+
+def loc_cell_table(s: StudySummary) -> Table:
+    """One row per cell with localization: hit rate, Dice and IoU, pooled with CIs and per run."""
+    pct = f"{int(s.level * 100)} % CI"
+    header = [*s.grid_keys, "Runs", "Cases", "Hit rate", f"Hit rate {pct}", "Hit rate mean ± SD (per run)", "Dice",
+              f"Dice {pct}", "Dice mean ± SD (per run)", "IoU", "IoU mean ± SD (per run)"]
+    rows = []
+    for c in s.loc_cells:
+        L = c.loc
+        rows.append([*[c.grid.get(k, "") for k in s.grid_keys], str(L.n_runs), str(L.n_cases), fmt3(L.hit),
+                     fmt_ci(L.hit_ci_low, L.hit_ci_high), fmt_mean_sd(L.hit_mean, L.hit_sd), fmt3(L.dice),
+                     fmt_ci(L.dice_ci_low, L.dice_ci_high), fmt_mean_sd(L.dice_mean, L.dice_sd), fmt3(L.iou),
+                     fmt_mean_sd(L.iou_mean, L.iou_sd)])
+    return _table("localization", header, rows)
+
+
+def loc_comparison_table(s: StudySummary) -> Table:
+    """One row per pair of weights sources and localization measure (Dice by Wilcoxon, hits by McNemar)."""
+    header = ["Group", "Source A", "Source B", "Cases", "Measure", "A", "B", "A − B", "p", "p (Holm)", "Test"]
+    rows = [[c.group, c.source_a, c.source_b, str(c.n_cases), LOC_MEASURES.get(c.metric, c.metric), fmt3(c.a),
+             fmt3(c.b), fmt_signed(c.difference), fmt_p(c.p), fmt_p(c.p_holm), c.test] for c in s.loc_comparisons]
+    return _table("localization-comparisons", header, rows)
+
+
+def similarity_table(s: StudySummary) -> Table:
+    """One row per pretrained source of a group: its three distances and its transfer score."""
+    header = ["Group", "Source", *SIM_HEADERS.values(), "Source images", "Transfer score"]
+    rows = [[r.group, r.source, fmt4g(r.frechet), fmt4g(r.mmd2), fmt4g(r.intensity),
+             str(r.n_source) if r.n_source is not None else "n/a", fmt_signed(r.transfer_score, 1, " %")]
+            for r in s.similarity.rows]
+    return _table("similarity", header, rows)
+
+
+def correlation_table(s: StudySummary) -> Table:
+    """One row per group and distance: Spearman's ρ with the transfer score (or why it is undefined)."""
+    header = ["Group", "Distance", "Sources", "Spearman ρ", "p", "p method"]
+    rows = []
+    for c in s.similarity.correlations:
+        if c.note:
+            rows.append([c.group, SIM_HEADERS[c.measure], str(c.n), c.note, "–", "–"])
+        else:
+            rows.append([c.group, SIM_HEADERS[c.measure], str(c.n), f"{c.rho:+.3f}", fmt_p(c.p), c.method])
+    return _table("similarity-spearman", header, rows)

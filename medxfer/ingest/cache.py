@@ -20,8 +20,9 @@ import nibabel as nib
 import numpy as np
 
 from . import pixels
-from .scan import PROJECTION_MODALITIES, describe_error
+from .scrub import describe_error
 from .series import ItemPlan, slice_spacing
+from .vocabulary import PROJECTION_MODALITIES
 
 CACHE_VERSION = 1
 IMAGES_DIR = "images"
@@ -70,6 +71,8 @@ def item_key(plan: ItemPlan, fingerprints: dict[str, tuple[int, int]], opts: Dec
     relevant = {"compress": opts.compress,
                 "color": opts.color if colour else None,
                 "voi": opts.voi if h.get("modality") in PROJECTION_MODALITIES else None}
+    # Not core.hashing.stable_digest: these bytes (a "|"-joined text, then one NUL-separated record per
+    # file) are what every index already holds as cache keys; canonical JSON would re-key (re-decode) all.
     digest = hashlib.sha256(f"{CACHE_VERSION}|{plan.kind}|{plan.frame_order}|{sorted(relevant.items())}".encode())
     for p in plan.files:  # a plain stream, not json: this runs for every item on every re-run
         size, mtime = fingerprints[p]
@@ -78,6 +81,7 @@ def item_key(plan: ItemPlan, fingerprints: dict[str, tuple[int, int]], opts: Dec
 
 
 def image_path(item_id: str, opts: DecodeOptions) -> str:
+    """Where an item's cached image lives, relative to the output folder."""
     return f"{IMAGES_DIR}/{item_id}{'.nii.gz' if opts.compress else '.nii'}"
 
 
@@ -109,7 +113,8 @@ def build_item(plan: ItemPlan, src: Path, out: Path, opts: DecodeOptions, header
     try:
         _write_nifti(arr, affine, out / image_path(plan.item_id, opts))
     except OSError as exc:  # disk full, permissions: reported per file, the run goes on
-        res.failed.update({p: f"cannot write the cached image: {exc.strerror or type(exc).__name__}" for p in plan.files})
+        why = exc.strerror or type(exc).__name__
+        res.failed.update({p: f"cannot write the cached image: {why}" for p in plan.files})
         return res
     res.image = image_path(plan.item_id, opts)
     res.used_files = [p for p in plan.files if p not in res.failed]
@@ -154,7 +159,10 @@ def _part(path: Path) -> Path:
 
 def _write_nifti(arr: np.ndarray, affine: np.ndarray, path: Path) -> None:
     """Write atomically. Uncompressed F-contiguous arrays (2D DICOM images: the (rows, cols) buffer
-    transposed) go out as header + one buffer write, without nibabel's chunked copy."""
+    transposed) go out as header + one buffer write, without nibabel's chunked copy.
+
+    Not core.files.atomic_writer: nibabel saves by file name and picks gzip from its suffix, which
+    the ``.part.nii[.gz]`` name keeps; a leftover ``.part`` file is removed by the next run's prune."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _part(path)
     if path.suffix == ".nii" and arr.flags.f_contiguous and arr.dtype.byteorder in ("=", "<", "|"):
@@ -167,7 +175,8 @@ def _write_nifti(arr: np.ndarray, affine: np.ndarray, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _affine(iop: list[float] | None, ipp: list[float] | None, spacing: list[float], step: np.ndarray | None) -> np.ndarray:
+def _affine(iop: list[float] | None, ipp: list[float] | None, spacing: list[float],
+            step: np.ndarray | None) -> np.ndarray:
     """Voxel (x=column, y=row, z=slice) -> RAS mm."""
     sr, sc = spacing  # PixelSpacing: between rows, between columns
     if iop is None or ipp is None:
@@ -204,7 +213,8 @@ def _intensity(h: dict, p: pixels.Presentation) -> str:
     return "rescaled" if p.rescaled else "stored"
 
 
-def _decode_slices(plan: ItemPlan, src: Path, res: ItemResult, p: pixels.Presentation, hs: list[dict], buf: np.ndarray | None):
+def _decode_slices(plan: ItemPlan, src: Path, res: ItemResult, p: pixels.Presentation, hs: list[dict],
+                   buf: np.ndarray | None):
     """Yield (k, presented slice) in spatial order; failed slices go to ``res.failed``.
 
     With ``buf`` (a reusable (rows, cols) buffer of the output dtype) native slices are read into it
@@ -220,7 +230,8 @@ def _decode_slices(plan: ItemPlan, src: Path, res: ItemResult, p: pixels.Present
             res.failed[rel] = str(exc)
 
 
-def _volume_geometry(plan: ItemPlan, res: ItemResult, p: pixels.Presentation, positions: list, n: int, rows: int, cols: int) -> np.ndarray:
+def _volume_geometry(plan: ItemPlan, res: ItemResult, p: pixels.Presentation, positions: list, n: int, rows: int,
+                     cols: int) -> np.ndarray:
     """Fill the result's geometry columns for a volume of ``n`` slices; return its affine."""
     h0 = plan.header
     spacing = _spacing(h0, res)
@@ -235,7 +246,8 @@ def _volume_geometry(plan: ItemPlan, res: ItemResult, p: pixels.Presentation, po
     res.intensity = _intensity(h0, p)
     _record_voi(h0, res, p)
     res.dtype, res.frames, res.shape = str(p.dtype), n, [cols, rows, n]
-    res.spacing = [spacing[1], spacing[0], float(np.linalg.norm(step)) if step is not None else float(h0.get("thickness") or 1.0)]
+    slice_step = float(np.linalg.norm(step)) if step is not None else float(h0.get("thickness") or 1.0)
+    res.spacing = [spacing[1], spacing[0], slice_step]
     if len(plan.files) > n:
         res.notes.append(f"{len(plan.files) - n} slice(s) could not be decoded and are missing from the volume")
     return _affine(iop, positions[0], spacing, step)
@@ -282,7 +294,8 @@ def _read_volume(plan: ItemPlan, src: Path, res: ItemResult, opts: DecodeOptions
     if plan.frame_order is not None:  # one multi-frame file with per-frame geometry
         stored = pixels.read_stored(src / plan.files[0], h0)[plan.frame_order]
         if h0.get("frame_rescale"):  # rescale differs per frame: float, frame by frame
-            per_frame = [dict(h0, slope=sl, intercept=ic) for sl, ic in (h0["frame_rescale"][i] for i in plan.frame_order)]
+            per_frame = [dict(h0, slope=sl, intercept=ic)
+                         for sl, ic in (h0["frame_rescale"][i] for i in plan.frame_order)]
             p = pixels.plan_presentation(per_frame)
             vol = np.stack([pixels.present(f, p, hf) for f, hf in zip(stored, per_frame)])
         else:

@@ -115,7 +115,8 @@ class PathRedactor:
             return self._segments[seg]
         shown = self._hit(seg)
         if shown is None:  # dates written with separators (1970-01-01) against the DICOM form 19700101
-            shown = _RUN.sub(self._run, _DATE.sub(lambda m: self._hit(re.sub(r"\D", "", m.group(0))) or m.group(0), seg))
+            dated = _DATE.sub(lambda m: self._hit(re.sub(r"\D", "", m.group(0))) or m.group(0), seg)
+            shown = _RUN.sub(self._run, dated)
         self._segments[seg] = shown
         return shown
 

@@ -13,8 +13,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from ..core.errors import MedxferError
+from ..core.files import atomic_writer
 from .deid import Pseudonymizer, identifier_token
-from .scan import LABEL_KEYWORDS
+from .vocabulary import LABEL_KEYWORDS
 
 MANIFEST_COLUMNS = [
     "item_id", "patient", "study", "series", "modality", "body_part", "view", "laterality",
@@ -36,7 +38,7 @@ def looks_like_identifier_column(name: str) -> bool:
     return bool(set(words) & IDENTIFIER_WORDS) or "".join(words) in IDENTIFIER_NAMES
 
 
-class LabelsError(ValueError):
+class LabelsError(MedxferError, ValueError):
     """An unusable labels file or key column (reported to the user as a one-line error)."""
 
 
@@ -50,14 +52,12 @@ def parse_list(text: str, cast=float) -> list:
 
 
 def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
-    """Atomic CSV write (a crash never leaves half a manifest)."""
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "w", newline="") as f:
+    """Atomic CSV write (a crash never leaves half a manifest); None is written as an empty cell."""
+    with atomic_writer(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
-    os.replace(tmp, path)
 
 
 def read_manifest(path: str | os.PathLike) -> tuple[list[dict], list[str]]:

@@ -22,10 +22,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..core.errors import MedxferError
+from ..core.files import atomic_write_json
 from .cache import IMAGES_DIR, DecodeOptions, ItemResult, build_item, item_key
 from .deid import PathRedactor, Pseudonymizer, load_secret
 from .manifest import MANIFEST_COLUMNS, PATIENT_FIELD, LabelsError, format_list, join_labels, load_labels, write_csv
-from .scan import FileRecord, read_file_record, walk
+from .scan.record import FileRecord
+from .scan.sniff import read_file_record
+from .scan.walker import walk
 from .series import Grouping, ItemPlan, group_records
 
 log = logging.getLogger("medxfer.ingest")
@@ -33,14 +37,17 @@ INDEX_VERSION = 1
 STATE_DIR = ".medxfer"
 # Skips that a re-run must try again: a decoder may have been installed, a medium may read now.
 RETRY_CATEGORIES = {"no_decoder", "unreadable"}
+DEFAULT_OPTIONS = DecodeOptions()  # frozen: one shared instance is a safe default argument
 
 
-class IngestError(Exception):
+class IngestError(MedxferError):
     """Unusable arguments or a run that could not complete (one line for the user)."""
 
 
 @dataclass
 class IngestResult:
+    """What an ingest wrote (output folder, manifest, report) and counted."""
+
     out: Path
     manifest: Path
     report: Path
@@ -49,6 +56,7 @@ class IngestResult:
     warnings: list[dict] = field(default_factory=list)
 
     def summary(self) -> str:
+        """One line for the log: files, items, what was used, skipped, decoded and re-used."""
         c = self.counts
         return (f"ingest: {c['files']} files -> {c['items']} items ({c['used']} used, {c['duplicate']} duplicate, "
                 f"{c['skipped']} skipped; {c['decoded']} decoded, {c['reused']} reused) in {self.seconds:.1f} s; "
@@ -100,7 +108,7 @@ def ingest(
     key: str | None = None,
     workers: int | None = None,
     secret_file: str | os.PathLike | None = None,
-    options: DecodeOptions = DecodeOptions(),
+    options: DecodeOptions = DEFAULT_OPTIONS,
     modality: str | None = None,
     progress: bool | None = None,
     patient_column: str | None = None,
@@ -162,13 +170,15 @@ def ingest(
 
     tokens = set().union(*(rec.id_tokens for rec in records.values()))
     redact = PathRedactor(tokens, pseudo)
-    files, items_rows, report_warnings = _account(rels, records, grouping, results, modality, pseudo, redact, superseded)
+    files, items_rows, report_warnings = _account(rels, records, grouping, results, modality, pseudo, redact,
+                                                  superseded)
     files += [{"path": redact(rel), "status": "skipped", "item_id": None, "reason": reason, "category": "excluded"}
               for rel, reason in walked.excluded.items()]
     files.sort(key=lambda f: f["path"])
     label_counts = None
     if label_table is not None:
-        label_table = load_labels(labels, key, pseudo, tokens, patient_column)  # again, now that the identifiers are known
+        # again, now that the identifiers are known
+        label_table = load_labels(labels, key, pseudo, tokens, patient_column)
         label_counts = _join(label_table, items_rows, grouping, records)
     columns = MANIFEST_COLUMNS + ([c for c in label_table.columns if c not in MANIFEST_COLUMNS] if label_table else [])
     manifest = out / "manifest.csv"
@@ -176,7 +186,9 @@ def ingest(
 
     counts = _counts(files, items_rows, decoded, label_counts)
     if label_table is not None and label_table.dropped_columns:
-        report_warnings.append({"item_id": None, "message": f"label columns dropped because they would hold identifiers: {', '.join(label_table.dropped_columns)}"})
+        dropped = ", ".join(label_table.dropped_columns)
+        report_warnings.append({"item_id": None,
+                                "message": f"label columns dropped because they would hold identifiers: {dropped}"})
     seconds = time.perf_counter() - t0
     report = out / "ingest_report.json"
     report_doc = {
@@ -186,7 +198,7 @@ def ingest(
         "secret_fingerprint": pseudo.fingerprint,
         "options": {**asdict(options), "workers": workers, "labels_key": key, "modality": modality},
     }
-    _atomic_json(report, report_doc)
+    atomic_write_json(report, report_doc, indent=1)
     if decoded or reread or set(keys) != set(index.get("items", {})) or len(records) != len(index.get("files", {})):
         _save_index(out, pseudo, records, results, keys)  # an unchanged re-run leaves the index as it is
     _prune(out, {r["image"] for r in items_rows})
@@ -195,7 +207,8 @@ def ingest(
     return result
 
 
-def _header_pass(src: Path, rels: list[str], index: dict, pseudo: Pseudonymizer, pool, progress: bool) -> tuple[dict[str, FileRecord], int]:
+def _header_pass(src: Path, rels: list[str], index: dict, pseudo: Pseudonymizer, pool,
+                 progress: bool) -> tuple[dict[str, FileRecord], int]:
     """Header records for every file: from the index when size and mtime are unchanged, else read.
     Returns the records and how many files were (re-)read."""
     records: dict[str, FileRecord] = {}
@@ -230,7 +243,8 @@ def _header_pass(src: Path, rels: list[str], index: dict, pseudo: Pseudonymizer,
 
 
 def _pixel_pass(src: Path, out: Path, grouping: Grouping, records: dict[str, FileRecord], index: dict,
-                opts: DecodeOptions, pool, progress: bool, pseudo: Pseudonymizer) -> tuple[dict[str, ItemResult], dict[str, str], int]:
+                opts: DecodeOptions, pool, progress: bool,
+                pseudo: Pseudonymizer) -> tuple[dict[str, ItemResult], dict[str, str], int]:
     """Decode the items whose cache key changed; returns results, every item's cache key, and the count decoded."""
     known = index.get("items", {})
     fingerprints = {rel: (rec.size, rec.mtime_ns) for rel, rec in records.items()}
@@ -348,7 +362,10 @@ def _manifest_row(plan: ItemPlan, res: ItemResult, modality: str | None, pseudo:
         patient, study, series = h["patient"], h["study"], h["series"]
     else:  # non-DICOM: a BIDS sub-/ses- folder names patient and study, else the file is its own patient
         patient, study, series = _path_identity(plan.files[0], pseudo)
-    kind = plan.kind if plan.kind in ("volume", "cine") else ("volume" if len(res.shape) >= 3 and plan.kind == "nifti" else "image")
+    if plan.kind in ("volume", "cine"):
+        kind = plan.kind
+    else:
+        kind = "volume" if len(res.shape) >= 3 and plan.kind == "nifti" else "image"
     return {
         "item_id": plan.item_id,
         "patient": "pat-" + patient[:12], "study": "stu-" + study[:12], "series": "ser-" + series[:12],
@@ -419,12 +436,6 @@ def _counts(files: list[dict], rows: list[dict], decoded: int, label_counts: dic
 
 
 # ---------------------------------------------------------------- index (re-run cache)
-def _atomic_json(path: Path, doc, indent: int | None = 1) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(doc, indent=indent))
-    os.replace(tmp, path)
-
-
 def _load_index(out: Path, fingerprint: str) -> dict:
     p = out / STATE_DIR / "index.json"
     try:
@@ -436,7 +447,8 @@ def _load_index(out: Path, fingerprint: str) -> dict:
     return doc
 
 
-def _save_index(out: Path, pseudo: Pseudonymizer, records: dict[str, FileRecord], results: dict[str, ItemResult], keys: dict[str, str]) -> None:
+def _save_index(out: Path, pseudo: Pseudonymizer, records: dict[str, FileRecord], results: dict[str, ItemResult],
+                keys: dict[str, str]) -> None:
     """Paths are stored only as keyed digests (a folder may be named after a patient)."""
     (out / STATE_DIR).mkdir(exist_ok=True)
     path_key = lambda rel: pseudo.digest("FilePath", rel)  # noqa: E731
@@ -450,7 +462,7 @@ def _save_index(out: Path, pseudo: Pseudonymizer, records: dict[str, FileRecord]
         items[item_id] = {"key": keys[item_id], "result": doc}
     doc = {"version": INDEX_VERSION, "secret_fingerprint": pseudo.fingerprint,
            "files": {path_key(rel): {**rec.to_json(), "path": None} for rel, rec in records.items()}, "items": items}
-    _atomic_json(out / STATE_DIR / "index.json", doc, indent=None)
+    atomic_write_json(out / STATE_DIR / "index.json", doc, indent=None)
 
 
 def _result_from_index(doc: dict, plan: ItemPlan, pseudo: Pseudonymizer) -> ItemResult:

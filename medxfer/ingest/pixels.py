@@ -19,12 +19,13 @@ import numpy as np
 import pydicom
 from pydicom.uid import UID
 
-from .scan import describe_error
+from ..core.errors import MedxferError
+from .scrub import describe_error
 
 NATIVE_LE = {pydicom.uid.ExplicitVRLittleEndian, pydicom.uid.ImplicitVRLittleEndian}
 
 
-class PixelDecodeError(Exception):
+class PixelDecodeError(MedxferError):
     """A file whose pixel data cannot be turned into an array; the message is person-readable."""
 
 
@@ -64,7 +65,8 @@ def plan_presentation(headers: list[dict]) -> Presentation:
     s_lo, s_hi = stored_range(h0)
     invert = h0["photometric"] == "MONOCHROME1"
     if is_colour(h0):
-        return Presentation(np.dtype(np.uint8 if h0["bits_allocated"] <= 8 else np.uint16), 1.0, 0.0, False, False, 0, 0)
+        colour_dtype = np.dtype(np.uint8 if h0["bits_allocated"] <= 8 else np.uint16)
+        return Presentation(colour_dtype, 1.0, 0.0, False, False, 0, 0)
     if slope is None or intercept is None:  # per-slice rescale differs (e.g. PET): float per slice
         lo = min(s_lo * s + i for s in slopes for i in intercepts)
         hi = max(s_hi * s + i for s in slopes for i in intercepts)
@@ -146,7 +148,8 @@ def read_stored(path: Path, h: dict) -> np.ndarray:
         raise PixelDecodeError(f"cannot read file: {exc.strerror or type(exc).__name__}") from None
     except Exception as exc:  # decoder plugins raise many types; the file is reported, the run goes on
         ts = UID(h["ts"])
-        raise PixelDecodeError(f"cannot decode pixel data ({ts.name or ts}): {describe_error(exc, scrub='paths')}") from exc
+        why = describe_error(exc, scrub="paths")
+        raise PixelDecodeError(f"cannot decode pixel data ({ts.name or ts}): {why}") from exc
     return arr
 
 

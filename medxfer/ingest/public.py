@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.errors import MedxferError
 from .manifest import write_csv
 
 MEDMNIST_SPLITS = ("train", "val", "test")
@@ -25,7 +26,7 @@ MEDMNIST_SPLITS = ("train", "val", "test")
 _DDTI_NAME = re.compile(r"^(?P<case>\d+)_(?P<image>\d+)(?:\((?P<nodule>\d+)\))?$")
 
 
-class ConvertError(ValueError):
+class ConvertError(MedxferError, ValueError):
     """An input that cannot be converted (reported to the user as a one-line error)."""
 
 

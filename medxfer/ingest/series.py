@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .scan import PROJECTION_MODALITIES, FileRecord
+from .scan.record import FileRecord
+from .vocabulary import PROJECTION_MODALITIES
 
 VOLUME_MODALITIES = {"CT", "MR", "PT", "NM"}
 ORIENTATION_TOLERANCE = 1e-3  # direction-cosine difference (~0.06°) under which slices/frames count as parallel
@@ -40,12 +41,16 @@ class ItemPlan:
 
 @dataclass
 class Grouping:
+    """Item plans, the duplicates left out, and notes on files used in a special way."""
+
     items: list[ItemPlan]
     duplicates: dict[str, str]  # duplicate path -> path of the file kept
     notes: dict[str, str]  # path -> note for files used in a special way (e.g. localizer kept apart)
 
 
 def _item_id(*parts: str) -> str:
+    # Not core.hashing.stable_digest: item ids (re-keyed by the pipeline's HMAC) name cached images and
+    # manifest rows; these NUL-joined bytes must stay as they are or every cohort's ids would change.
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
 
 
@@ -78,11 +83,12 @@ def group_records(records: list[FileRecord]) -> Grouping:
         h = r.header
         if h["frames"] > 1:
             items.append(_multiframe_item(r))
-        elif h["modality"] in VOLUME_MODALITIES and h.get("iop") and h.get("ipp") and h["modality"] not in PROJECTION_MODALITIES:
+        elif (h["modality"] in VOLUME_MODALITIES and h.get("iop") and h.get("ipp")
+              and h["modality"] not in PROJECTION_MODALITIES):
             stacks[_stack_key(h)].append(r)
         else:
             items.append(ItemPlan(_item_id("image", h["sop"] or r.path), "image", [r.path], h))
-    for key, group in stacks.items():
+    for group in stacks.values():
         items.extend(_stack_items(group, notes))
     for r in records:
         if r.kind in ("nifti", "raster"):
@@ -190,8 +196,9 @@ def _multiframe_item(r: FileRecord) -> ItemPlan:
     h = r.header
     frame_ipp = h.get("frame_ipp")
     frame_iop = h.get("frame_iop")
-    if frame_ipp and frame_iop and np.max(np.abs(np.asarray(frame_iop, float) - np.asarray(frame_iop[0], float))) < ORIENTATION_TOLERANCE \
-            and h["modality"] not in PROJECTION_MODALITIES and h["modality"] != "US":
+    parallel = bool(frame_ipp and frame_iop) and (
+        np.max(np.abs(np.asarray(frame_iop, float) - np.asarray(frame_iop[0], float))) < ORIENTATION_TOLERANCE)
+    if parallel and h["modality"] not in PROJECTION_MODALITIES and h["modality"] != "US":
         normal = _normal(frame_iop[0])
         dist = np.array([np.dot(np.asarray(p), normal) for p in frame_ipp])
         order = [int(i) for i in np.argsort(dist, kind="stable")]
@@ -221,5 +228,6 @@ def slice_spacing(positions: list[list[float]], iop: list[float]) -> tuple[float
     along = p - np.outer(p @ normal, normal)
     drift = float(np.max(np.linalg.norm(along - along[0], axis=1)))
     if drift > 0.5:
-        notes.append(f"slice positions drift {drift:.3g} mm off the slice normal (gantry tilt?); stored as sheared affine")
+        notes.append(f"slice positions drift {drift:.3g} mm off the slice normal (gantry tilt?); "
+                     "stored as sheared affine")
     return mean, notes

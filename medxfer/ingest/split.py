@@ -8,17 +8,18 @@ for thirty lines, and because that one balances groups, not items, per fold.
 """
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 
+from ..core.errors import MedxferError
+from ..core.files import atomic_write_json
 from .manifest import read_manifest, write_csv
 
 
-class SplitError(ValueError):
+class SplitError(MedxferError, ValueError):
     """Unusable split arguments (reported to the user as a one-line error)."""
 
 
@@ -78,5 +79,5 @@ def split(out_dir: str | os.PathLike, folds: int, *, stratify: str | None = None
         "patients_per_fold": {str(k): sum(1 for f in fold_of.values() if f == k) for k in range(folds)},
         "strata_per_fold": {str(k): dict(sorted(per_fold[k].items())) for k in range(folds)} if stratify else None,
     }
-    (out / "split.json").write_text(json.dumps(summary, indent=1))
+    atomic_write_json(out / "split.json", summary, indent=1)
     return summary

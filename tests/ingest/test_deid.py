@@ -28,7 +28,8 @@ def test_path_redactor_hides_identifiers_wherever_they_appear():
     from medxfer.ingest.deid import PathRedactor, path_tokens
 
     p = Pseudonymizer(b"k" * 32)
-    ids = {"PatientID": "MRN0042", "PatientName": "DOE^JANE", "StudyInstanceUID": "1.2.3.4.5", "PatientBirthDate": "19700101"}
+    ids = {"PatientID": "MRN0042", "PatientName": "DOE^JANE", "StudyInstanceUID": "1.2.3.4.5",
+           "PatientBirthDate": "19700101"}
     redact = PathRedactor(path_tokens(ids, p), p)
     for path in ("Doe_Jane/MRN0042/1.2.3.4.5/IM1.dcm", "png/MRN0042.png", "x/doe jane 1970-01-01/report.txt",
                  "DOE^JANE/1.2.3.4.5.dcm"):

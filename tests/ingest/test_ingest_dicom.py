@@ -40,7 +40,8 @@ def patient():
 
 
 def test_ct_sorted_by_position_not_instance_number_localizer_apart(tmp_path, patient):
-    info = synthetic.ct_series(tmp_path / "src", patient, n_slices=12, add_localizer=True, shuffle_instance_numbers=True)
+    info = synthetic.ct_series(tmp_path / "src", patient, n_slices=12, add_localizer=True,
+                               shuffle_instance_numbers=True)
     rows, report, res = run(tmp_path / "src", tmp_path / "out")
     vols = [r for r in rows if r["kind"] == "volume"]
     assert len(vols) == 1 and len(rows) == 2
@@ -70,8 +71,10 @@ def test_missing_instance_numbers_and_gap_reported(tmp_path, patient):
 
 
 def test_monochrome1_inverted_window_recorded_not_baked(tmp_path, patient):
-    m2 = synthetic.radiograph(tmp_path / "src" / "m2.dcm", patient, modality="CR", monochrome1=False, window=(1000, 2000))
-    m1 = synthetic.radiograph(tmp_path / "src" / "m1.dcm", patient, modality="CR", monochrome1=True, window=(1000, 2000))
+    m2 = synthetic.radiograph(tmp_path / "src" / "m2.dcm", patient, modality="CR", monochrome1=False,
+                              window=(1000, 2000))
+    m1 = synthetic.radiograph(tmp_path / "src" / "m1.dcm", patient, modality="CR", monochrome1=True,
+                              window=(1000, 2000))
     rows, report, _ = run(tmp_path / "src", tmp_path / "out")
     by_file = {f["item_id"]: f["path"] for f in report["files"]}
     r1 = next(r for r in rows if by_file[r["item_id"]] == "m1.dcm")
@@ -204,7 +207,8 @@ def test_pacs_export_labels_and_no_identifier_anywhere(tmp_path, caplog, capfd, 
     rows, report, res = run(exp.root, tmp_path / "out", labels=labels, key="PatientID", workers=2,
                             options=DecodeOptions(compress=True), progress=True)
     assert report["counts"]["files"] == len(exp.files) + 1
-    assert any(f["path"].startswith("[id-") and f["path"].endswith("/notes.txt") for f in report["files"]) == (layout == "loose")
+    assert any(f["path"].startswith("[id-") and f["path"].endswith("/notes.txt")
+               for f in report["files"]) == (layout == "loose")
     assert report["counts"]["labels"]["unmatched_rows"] == 1
     assert report["counts"]["labels"]["items_without_label"] == 0
     assert all(r["label"] in ("0", "1") for r in rows)
@@ -318,10 +322,10 @@ def test_missing_decoder_is_retried_on_the_next_run(tmp_path, patient, monkeypat
     info = synthetic.ct_series(tmp_path / "plain", patient, n_slices=2, rows=40, cols=40)
     for p in info.paths:
         synthetic.compress_file(p, tmp_path / "src" / p.name, JPEG2000Lossless)
-    from medxfer.ingest import scan
+    from medxfer.ingest.scan import classify
 
     with monkeypatch.context() as m:
-        m.setattr(scan, "_codec_problem", lambda ts: f"cannot decode {ts.name}: no decoder installed (test)")
+        m.setattr(classify, "_codec_problem", lambda ts: f"cannot decode {ts.name}: no decoder installed (test)")
         rows, report, _ = run(tmp_path / "src", tmp_path / "out")
     assert rows == [] and {f["category"] for f in report["files"]} == {"no_decoder"}
     rows, report, _ = run(tmp_path / "src", tmp_path / "out")  # the decoder is installed now

@@ -32,11 +32,13 @@ def test_medmnist_npz_becomes_pngs_that_ingest_reads_with_their_labels(tmp_path)
     res = convert_medmnist(tmp_path / "pneumonia.npz", tmp_path / "png", ["normal", "pneumonia"])
     assert res.counts == {"train": 12, "val": 4, "test": 4}
     rows = list(csv.DictReader(open(res.labels)))
-    assert len(rows) == 20 and rows[1] == {"image": "images/train/train_00001.png", "label": "pneumonia", "split": "train"}
+    assert len(rows) == 20 and rows[1] == {"image": "images/train/train_00001.png", "label": "pneumonia",
+                                           "split": "train"}
     # pixels are the array's, byte for byte
     assert np.array_equal(np.asarray(Image.open(tmp_path / "png" / rows[13]["image"])), arrays["val_images"][1])
 
-    out = ingest(tmp_path / "png" / "images", tmp_path / "cohort", labels=res.labels, key="image", modality="CR", workers=1)
+    out = ingest(tmp_path / "png" / "images", tmp_path / "cohort", labels=res.labels, key="image", modality="CR",
+                 workers=1)
     assert out.counts["items"] == 20 and out.counts["labels"]["items_labelled"] == 20
     manifest, _ = read_manifest(out.manifest)
     assert sorted(r["label"] for r in manifest) == ["normal"] * 10 + ["pneumonia"] * 10
@@ -76,7 +78,8 @@ def test_ddti_labels_group_a_case_into_one_patient_and_one_fold(tmp_path):
     r = CliRunner().invoke(main, ["convert", "ddti", str(tmp_path / "DDTI"), "--out", str(tmp_path / "labels")])
     assert r.exit_code == 0, r.output
     rows = {row["image"]: row for row in csv.DictReader(open(tmp_path / "labels" / "labels.csv"))}
-    assert rows["images/3_1(2).png"] == {"image": "images/3_1(2).png", "tirads": "5", "case": "3", "mask": "masks/3_1(2).gif"}
+    assert rows["images/3_1(2).png"] == {"image": "images/3_1(2).png", "tirads": "5", "case": "3",
+                                         "mask": "masks/3_1(2).gif"}
     assert rows["images/1_1.png"]["tirads"] == ""  # unlabelled, kept blank
 
     r = CliRunner().invoke(main, ["ingest", str(tmp_path / "DDTI" / "images"), "--out", str(tmp_path / "thyroid"),
@@ -116,7 +119,8 @@ def test_ddti_errors_and_patient_column_misuse(tmp_path):
         convert_ddti(tmp_path, tmp_path / "labels")
     (tmp_path / "labels.csv").write_text("image,tirads\n1_1.png,2\n")
     r = CliRunner().invoke(main, ["ingest", str(tmp_path / "DDTI" / "images"), "--out", str(tmp_path / "o"),
-                                  "--labels", str(tmp_path / "labels.csv"), "--key", "image", "--patient-column", "case"])
+                                  "--labels", str(tmp_path / "labels.csv"), "--key", "image",
+                                  "--patient-column", "case"])
     assert r.exit_code != 0 and "--patient-column 'case' is not one of its columns" in r.output
     r = CliRunner().invoke(main, ["ingest", str(tmp_path / "DDTI" / "images"), "--out", str(tmp_path / "o"),
                                   "--patient-column", "case"])
@@ -128,7 +132,8 @@ def test_real_ddti_and_pneumoniamnist_convert_with_the_documented_counts(shared_
     res = convert_ddti(shared_data / "ddti_thyroid", tmp_path / "ddti")
     assert res.counts == {"images": 655, "labelled": 457, "unlabelled": 198, "no_mask": 0}
     rows = list(csv.DictReader(open(res.labels)))
-    assert sum(r["tirads"] in ("2", "3") for r in rows) == 71 and sum(r["tirads"] in ("4a", "4b", "4c", "5") for r in rows) == 386
+    assert sum(r["tirads"] in ("2", "3") for r in rows) == 71 and sum(
+        r["tirads"] in ("4a", "4b", "4c", "5") for r in rows) == 386
     res = convert_medmnist(shared_data / "medmnist" / "pneumoniamnist_reconstructed.npz", tmp_path / "pneu",
                            ["normal", "pneumonia"])
     assert res.counts == {"train": 4708, "val": 524, "test": 624}

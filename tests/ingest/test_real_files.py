@@ -72,7 +72,8 @@ LOSSLESS_PAIRS = [
 @pytest.mark.parametrize("reference,compressed", LOSSLESS_PAIRS)
 def test_lossless_syntaxes_decode_exactly(pydicom_test_files, tmp_path, reference, compressed):
     ref = pydicom.dcmread(pydicom_test_files / reference)
-    expected = ref.pixel_array.astype(np.float64) * float(ref.get("RescaleSlope", 1)) + float(ref.get("RescaleIntercept", 0))
+    expected = (ref.pixel_array.astype(np.float64) * float(ref.get("RescaleSlope", 1))
+                + float(ref.get("RescaleIntercept", 0)))
     rows, report, out = _ingest_files(tmp_path, [pydicom_test_files / compressed])
     assert report["counts"]["used"] == 1, report["files"]
     got = _cached(out, rows[0])
@@ -91,7 +92,8 @@ def test_jpeg_baseline_ybr_to_rgb(pydicom_test_files, tmp_path):
 
 
 def test_deflate_and_jpeg_extended_and_j2k(pydicom_test_files, tmp_path):
-    rows, report, out = _ingest_files(tmp_path, [pydicom_test_files / n for n in ("image_dfl.dcm", "JPGExtended.dcm", "693_J2KI.dcm")])
+    rows, report, out = _ingest_files(tmp_path, [pydicom_test_files / n
+                                                 for n in ("image_dfl.dcm", "JPGExtended.dcm", "693_J2KI.dcm")])
     assert report["counts"]["used"] == 3, [f for f in report["files"] if f["status"] != "used"]
     ct = next(r for r in rows if r["modality"] == "CT")
     assert ct["intensity"] == "HU"
@@ -112,12 +114,14 @@ def test_ultrasound_cine_keeps_frames_and_rgb(pydicom_test_files, tmp_path):
     assert tuple(img.shape) == (3, 320, 240, 30)
     # converted to gray on request, documented in the color column
     rows2, _, out2 = _ingest_files(tmp_path / "gray", [pydicom_test_files / "examples_ybr_color.dcm"],
-                                   options=__import__("medxfer.ingest", fromlist=["DecodeOptions"]).DecodeOptions(color="gray"))
+                                   options=__import__("medxfer.ingest",
+                                                      fromlist=["DecodeOptions"]).DecodeOptions(color="gray"))
     assert (rows2[0]["channels"], rows2[0]["color"]) == ("1", "rgb->gray")
 
 
 def test_broken_real_files_are_reported_not_fatal(pydicom_test_files, tmp_path):
-    names = ["JPEG-lossy.dcm", "rtplan_truncated.dcm", "reportsi.dcm", "waveform_ecg.dcm", "rtstruct.dcm", "CT_small.dcm"]
+    names = ["JPEG-lossy.dcm", "rtplan_truncated.dcm", "reportsi.dcm", "waveform_ecg.dcm", "rtstruct.dcm",
+             "CT_small.dcm"]
     rows, report, out = _ingest_files(tmp_path, [pydicom_test_files / n for n in names])
     by = {f["path"]: f for f in report["files"]}
     assert by["CT_small.dcm"]["status"] == "used"

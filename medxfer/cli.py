@@ -58,7 +58,8 @@ def main(verbose: bool) -> None:
                             "SeriesInstanceUID, SOPInstanceUID) or a column of file paths (image folders).")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes (default: all cores).")
 @click.option("--secret-file", type=click.Path(dir_okay=False, path_type=str), default=None,
-              help="Pseudonymisation secret (default $MEDXFER_HOME/secret, created on first use). Keep it outside the output.")
+              help="Pseudonymisation secret (default $MEDXFER_HOME/secret, created on first use). "
+                   "Keep it outside the output.")
 @click.option("--color", type=click.Choice(["keep", "gray", "auto"]), default="keep", show_default=True,
               help="RGB images (ultrasound): keep RGB, convert to gray, or gray only when R=G=B.")
 @click.option("--voi", type=click.Choice(["record", "apply"]), default="record", show_default=True,
@@ -105,7 +106,8 @@ def split(dir, folds, stratify, seed):
 
     summary = run_split(dir, folds, stratify=stratify, seed=seed)
     sizes = ", ".join(f"{k}:{v}" for k, v in summary["items_per_fold"].items())
-    click.echo(f"split: {summary['patients']} patients, {summary['items']} items into {folds} folds (items per fold {sizes})", err=True)
+    click.echo(f"split: {summary['patients']} patients, {summary['items']} items into {folds} folds "
+               f"(items per fold {sizes})", err=True)
 
 
 @main.group()
@@ -125,7 +127,8 @@ def convert_medmnist(npz, out, label_names):
     \b
     Example:
       medxfer convert medmnist pneumoniamnist.npz --out pneumonia_png --label-names normal,pneumonia
-      medxfer ingest pneumonia_png/images --out cohorts/pneumonia --labels pneumonia_png/labels.csv --key image --modality CR
+      medxfer ingest pneumonia_png/images --out cohorts/pneumonia \\
+          --labels pneumonia_png/labels.csv --key image --modality CR
     """
     from .ingest.public import convert_medmnist as run
 
@@ -164,7 +167,8 @@ def weights() -> None:
 
 @weights.command("import")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=str))
-@click.option("--name", required=True, help="Source name, e.g. imagenet or radimagenet (one name serves several archs).")
+@click.option("--name", required=True,
+              help="Source name, e.g. imagenet or radimagenet (one name serves several archs).")
 @click.option("--arch", required=True, help="Encoder architecture (`medxfer weights archs` lists them).")
 @click.option("--format", "fmt", type=click.Choice(["auto", "torchvision", "keras-h5", "radimagenet-pt", "medxfer"]),
               default="auto", show_default=True, help="File format (auto: HDF5 is Keras, else by the keys).")
@@ -354,7 +358,8 @@ def ui(host, port):
 
 
 @main.command()
-@click.option("--out", "out", default="medxfer-demo", show_default=True, type=click.Path(file_okay=False, path_type=str),
+@click.option("--out", "out", default="medxfer-demo", show_default=True,
+              type=click.Path(file_okay=False, path_type=str),
               help="Folder for the export, cohort, demo weights registry and report.")
 @click.option("--quick", is_flag=True, help="A smaller, faster run (one encoder, tiny images): a smoke test.")
 def demo(out, quick):
@@ -371,7 +376,8 @@ def demo(out, quick):
     from .demo import DemoSettings, run_demo
 
     try:
-        result = run_demo(out, DemoSettings.quick() if quick else DemoSettings(), echo=lambda s: click.echo(s, err=True))
+        result = run_demo(out, DemoSettings.quick() if quick else DemoSettings(),
+                          echo=lambda s: click.echo(s, err=True))
     except Exception as exc:  # noqa: BLE001
         _fail_from(exc, "demo failed")
     click.echo(f"report: {result.report}")
@@ -388,7 +394,8 @@ def study() -> None:
 @study.command("run")
 @click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=str))
 @click.option("--shard", "shard_text", default=None, metavar="I/N",
-              help="Run the I-th of N disjoint slices of the grid (Slurm arrays, several machines on one tracking server).")
+              help="Run the I-th of N disjoint slices of the grid (Slurm arrays, several machines on one "
+                   "tracking server).")
 @click.option("--dry-run", is_flag=True, help="Print the runs and which are already done; run nothing.")
 def study_run(spec, shard_text, dry_run):
     """Run every cell × fold × seed of SPEC that is not finished yet.
@@ -419,7 +426,8 @@ def study_run(spec, shard_text, dry_run):
         for planned, state in rows:
             click.echo(f"{planned.index + 1:>4}  {state:<8} {planned.name}  config_hash={planned.config_hash}")
         counts = {s: sum(1 for _, x in rows if x == s) for s in ("done", "todo", "failed", "running")}
-        click.echo(f"{len(rows)} runs in this shard: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v), err=True)
+        click.echo(f"{len(rows)} runs in this shard: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v),
+                   err=True)
         return
     try:
         outcome = run_study(parsed, shard_index, echo=lambda line: click.echo(line, err=True),

@@ -4,7 +4,6 @@ cats-scans and RadImageNet designs run to completion, report included."""
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 from pathlib import Path
 
@@ -158,7 +157,8 @@ def test_cats_scans_sources_transfer_and_similarity(in_workspace, tmp_path):
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name("medxfer/cats-scans-busi")
     parent = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("medxfer.role") == "study"][0]
-    record = json.loads(Path(client.download_artifacts(parent.info.run_id, "similarity.json", str(tmp_path))).read_text())
+    local = client.download_artifacts(parent.info.run_id, "similarity.json", str(tmp_path))
+    record = json.loads(Path(local).read_text())
     assert set(record["sources"]) == {"pneumonia", "thyroid", "dental"}
     # the thyroid source is ultrasound like the target; the dental panoramics are not
     assert record["sources"]["thyroid"]["frechet"] < record["sources"]["dental"]["frechet"]

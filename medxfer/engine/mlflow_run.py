@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +165,12 @@ def log_outcome(tracker: RunTracker | None, metrics: dict[str, float], tags: dic
     for path in artifacts:
         if path is not None:
             tracker.log_artifact(path)
-    tracker.log_artifact(checkpoint, CHECKPOINT_ARTIFACT.rsplit("/", 1)[0])
+    folder, name = CHECKPOINT_ARTIFACT.rsplit("/", 1)
+    if Path(checkpoint).name == name:
+        tracker.log_artifact(checkpoint, folder)
+    else:  # the contract path (the `run:<id>` source) whatever the local file is called
+        with tempfile.TemporaryDirectory(prefix="medxfer-checkpoint-") as tmp:
+            tracker.log_artifact(shutil.copyfile(checkpoint, Path(tmp) / name), folder)
     for f in config_files:
         tracker.log_artifact(f, BUNDLE_CONFIGS_DIR)
     tracker.finish()

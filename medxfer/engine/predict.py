@@ -100,15 +100,21 @@ def manifest_items(manifest: str | os.PathLike, modalities: list[str] | None = N
         raise CohortError(f"{path}: no manifest (run medxfer ingest on the folder first)")
     rows, _ = read_manifest(path)
     keep = {m.upper() for m in modalities} if modalities else None
-    items = []
+    items, other_modality = [], {}
     for row in rows:
         if not is_2d(row):
             continue
-        if keep is not None and (row.get("modality") or "").upper() not in keep:
+        modality = (row.get("modality") or "").upper()
+        if keep is not None and modality not in keep:
+            other_modality[modality or "?"] = other_modality.get(modality or "?", 0) + 1
             continue
         item = _item({**row, "fold": row.get("fold") or -1}, path.parent)
         item["label"] = -1
         items.append(item)
+    if not items and other_modality:
+        found = ", ".join(f"{n} {m}" for m, n in sorted(other_modality.items()))
+        raise CohortError(f"{path}: no 2D item of modality {'/'.join(sorted(keep))} (the run's modalities) to "
+                          f"predict; the folder's 2D items are {found}")
     if not items:
         raise CohortError(f"{path}: no 2D item to predict")
     return items

@@ -9,13 +9,13 @@ from .factory import create_encoder, weights_params
 from .freeze import FreezeSummary, apply_freeze, parameter_groups, parse_policy
 from .preprocessing import PRESETS, Preprocessing, preset
 from .segmenter import create_segmenter
-from .weights import (CHECKPOINT_ARTIFACT, FORMATS, WeightsError, WeightsRecord, adapt_stem, convert_weights,
-                      import_weights, list_weights, load_strict, resolve_weights, save_checkpoint)
+from .weights import (FORMATS, WeightsError, WeightsRecord, adapt_stem, convert_weights, import_weights, list_weights,
+                      load_strict, register_source_scheme, resolve_weights, save_checkpoint)
 
 __all__ = [
-    "ARCHS", "ArchSpec", "CHECKPOINT_ARTIFACT", "Classifier", "Encoder", "FORMATS", "FreezeSummary", "PRESETS",
+    "ARCHS", "ArchSpec", "Classifier", "Encoder", "FORMATS", "FreezeSummary", "PRESETS",
     "Preprocessing", "WeightsError", "WeightsRecord", "adapt_stem", "apply_freeze", "arch_spec", "build_encoder",
     "convert_weights", "create_classifier", "create_encoder", "create_segmenter", "flexunet_name", "import_weights",
-    "list_weights", "load_strict", "parameter_groups", "parse_policy", "preset", "resolve_weights", "save_checkpoint",
-    "weights_params",
+    "list_weights", "load_strict", "parameter_groups", "parse_policy", "preset", "register_source_scheme",
+    "resolve_weights", "save_checkpoint", "weights_params",
 ]

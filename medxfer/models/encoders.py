@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -48,16 +47,13 @@ TRAIN_BN_MOMENTUM = 0.1
 class Encoder(nn.Module, BaseEncoder):
     """Base of every registered encoder.
 
-    Subclasses set ``arch``, ``feature_channels`` (five ints), ``stem_weight`` (the state-dict key
-    of the first convolution, adapted for 1-channel input), ``stem_norm`` (the BatchNorm right
-    after it, or ``None`` when the stem conv has a bias) and implement :meth:`blocks`.
+    Subclasses set ``arch`` and ``feature_channels`` (five ints) and implement :meth:`blocks`;
+    what an architecture *is* (stem keys, head keys, Keras facts …) is its :class:`ArchSpec`.
     """
 
     backbone_names: list[str] = []
     arch: str
     feature_channels: tuple[int, ...]
-    stem_weight: str
-    stem_norm: str | None
 
     def __init__(self, arch: str, in_channels: int = 3, spatial_dims: int = 2, pretrained: bool = False) -> None:
         super().__init__()
@@ -69,6 +65,11 @@ class Encoder(nn.Module, BaseEncoder):
         self.arch = arch
         self.in_channels = in_channels
         self.frozen_blocks: tuple[str, ...] = ()  # module names kept in eval mode (set by apply_freeze)
+
+    @property
+    def spec(self) -> "ArchSpec":
+        """The registry entry of this encoder's architecture."""
+        return arch_spec(self.arch)
 
     def blocks(self) -> Blocks:
         """Ordered (input → output) named groups of modules: the units of ``freeze: top:K``."""
@@ -126,8 +127,6 @@ class TorchvisionResNet(Encoder):
     downsample bias, 7×7 stem, max-pool): state-dict keys are torchvision's minus ``fc``."""
 
     backbone_names = list(_RESNET_LAYOUT)
-    stem_weight = "conv1.weight"
-    stem_norm = "bn1"
 
     def __init__(self, arch: str = "resnet50", in_channels: int = 3, spatial_dims: int = 2,
                  pretrained: bool = False) -> None:
@@ -188,8 +187,6 @@ class KerasResNet50(Encoder):
     """``keras.applications.ResNet50`` (v1) in PyTorch, with torchvision-style module names."""
 
     backbone_names = ["resnet50_keras"]
-    stem_weight = "conv1.weight"
-    stem_norm = None  # the stem conv has a bias: constant offsets fold into it
 
     def __init__(self, arch: str = "resnet50_keras", in_channels: int = 3, spatial_dims: int = 2,
                  pretrained: bool = False) -> None:
@@ -226,8 +223,6 @@ class DenseNetEncoder(Encoder):
     """
 
     backbone_names = ["densenet121"]
-    stem_weight = "features.conv0.weight"
-    stem_norm = "features.norm0"
 
     def __init__(self, arch: str = "densenet121", in_channels: int = 3, spatial_dims: int = 2,
                  pretrained: bool = False) -> None:
@@ -270,8 +265,6 @@ class EfficientNetEncoderB(Encoder):
     """
 
     backbone_names = [f"efficientnet-b{i}" for i in range(5)]
-    stem_weight = "_conv_stem.weight"
-    stem_norm = "_bn0"
 
     def __init__(self, arch: str = "efficientnet-b0", in_channels: int = 3, spatial_dims: int = 2,
                  pretrained: bool = False) -> None:
@@ -331,7 +324,8 @@ class DepthwiseSeparable(nn.Module):
         return F.relu6(self.pw_bn(self.pw(x)))
 
 
-_MOBILENET_BLOCKS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)] + [(512, 1)] * 5 + [(1024, 2), (1024, 1)]
+_MOBILENET_BLOCKS = ([(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)] + [(512, 1)] * 5
+                     + [(1024, 2), (1024, 1)])
 _MOBILENET_TAPS = (2, 4, 10, 12)  # block indices whose outputs are the stride 4, 8, 16, 32 maps
 _MOBILENET_ALPHAS = {"mobilenet_v1_025": 0.25, "mobilenet_v1_050": 0.5, "mobilenet_v1_075": 0.75,
                      "mobilenet_v1_100": 1.0}
@@ -341,8 +335,6 @@ class KerasMobileNetV1(Encoder):
     """``keras.applications.MobileNet`` (v1, width multiplier α, depth multiplier 1)."""
 
     backbone_names = list(_MOBILENET_ALPHAS)
-    stem_weight = "conv1.weight"
-    stem_norm = "conv1_bn"
 
     def __init__(self, arch: str = "mobilenet_v1_100", in_channels: int = 3, spatial_dims: int = 2,
                  pretrained: bool = False) -> None:
@@ -373,13 +365,30 @@ class KerasMobileNetV1(Encoder):
 
 @dataclass(frozen=True)
 class ArchSpec:
-    """What an architecture name means: the class that builds it, its layout and its feature widths."""
+    """What an architecture name means, as data (the architecture half of timm's ``pretrained_cfg``:
+    first conv, classifier keys …; the weights half is :class:`~medxfer.models.weights.WeightsRecord`).
+
+    The class that builds it, its layout and feature widths, and every fact the weights importer,
+    the stem adaptation and the error messages need about it: code reads these fields and never
+    tests architecture names.
+    """
 
     name: str
     builder: type[Encoder]
     layout: str  # "torchvision", "keras" or "monai": which weight files can fit it
     feature_channels: tuple[int, ...]
     description: str
+    title: str = ""  # the network's common name, e.g. "ResNet50" (messages)
+    family: str = ""  # "resnet", "densenet", "efficientnet", "mobilenet": the key-mapping rules of its files
+    stem_weight: str = ""  # state-dict key of the first convolution (adapted to 1-channel input)
+    stem_norm: str | None = None  # the BatchNorm right after it; None when the stem conv has a bias
+    conv_bias: bool = False  # its convolutions have biases (tells the two ResNet50 layouts apart)
+    twin: str | None = None  # the same network in the other layout: same key names, another computation
+    head_pattern: str | None = None  # regex of classifier-head keys in its torchvision-layout files
+    radimagenet_children: tuple[tuple[str, str], ...] = ()  # RadImageNet PyTorch ``backbone.N`` → module
+    keras_application: str | None = None  # the keras.applications network with its topology and layer names
+    keras_bn_eps: float | None = None  # BatchNormalization epsilon its Keras weights were trained with
+    keras_preprocessing: str | None = None  # preset its Keras .h5 files expect unless told otherwise
 
     def build(self, in_channels: int = 3) -> Encoder:
         """A randomly initialised encoder."""
@@ -395,23 +404,40 @@ def _mobilenet_channels(alpha: float) -> tuple[int, ...]:
     return tuple(int(c * alpha) for c in (32, 128, 256, 512, 1024))
 
 
+# torchvision's ResNet children as RadImageNet's PyTorch release numbers them (nn.Sequential(*children()[:k]))
+_RADIMAGENET_RESNET = (("0", "conv1"), ("1", "bn1"), ("4", "layer1"), ("5", "layer2"), ("6", "layer3"), ("7", "layer4"))
+_RESNET = {"family": "resnet", "stem_weight": "conv1.weight", "stem_norm": "bn1", "head_pattern": r"^fc\.",
+           "radimagenet_children": _RADIMAGENET_RESNET}
+_MOBILENET = {"family": "mobilenet", "stem_weight": "conv1.weight", "stem_norm": "conv1_bn",
+              "keras_application": "MobileNet", "keras_bn_eps": KERAS_DEFAULT_BN_EPS, "keras_preprocessing": "tf"}
+
 ARCHS: dict[str, ArchSpec] = {}
 for _spec in (
-    ArchSpec("resnet18", TorchvisionResNet, "torchvision", (64, 64, 128, 256, 512), "ResNet18, torchvision layout"),
-    ArchSpec("resnet34", TorchvisionResNet, "torchvision", (64, 64, 128, 256, 512), "ResNet34, torchvision layout"),
+    ArchSpec("resnet18", TorchvisionResNet, "torchvision", (64, 64, 128, 256, 512), "ResNet18, torchvision layout",
+             title="ResNet18", **_RESNET),
+    ArchSpec("resnet34", TorchvisionResNet, "torchvision", (64, 64, 128, 256, 512), "ResNet34, torchvision layout",
+             title="ResNet34", **_RESNET),
     ArchSpec("resnet50", TorchvisionResNet, "torchvision", (64, 256, 512, 1024, 2048),
-             "ResNet50 v1.5, torchvision layout (ImageNet .pth, RadImageNet PyTorch)"),
+             "ResNet50 v1.5, torchvision layout (ImageNet .pth, RadImageNet PyTorch)",
+             title="ResNet50", twin="resnet50_keras", **_RESNET),
     ArchSpec("resnet50_keras", KerasResNet50, "keras", (64, 256, 512, 1024, 2048),
-             "ResNet50 v1, Keras layout (RadImageNet Keras .h5, Keras ImageNet .h5)"),
+             "ResNet50 v1, Keras layout (RadImageNet Keras .h5, Keras ImageNet .h5)",
+             title="ResNet50", family="resnet", stem_weight="conv1.weight", stem_norm=None, conv_bias=True,
+             twin="resnet50", keras_application="ResNet50", keras_bn_eps=KERAS_BN_EPS, keras_preprocessing="caffe"),
     ArchSpec("densenet121", DenseNetEncoder, "torchvision", (64, 256, 512, 1024, 1024),
-             "DenseNet121 (MONAI; torchvision .pth, RadImageNet PyTorch and Keras .h5)"),
-    *(ArchSpec(name, EfficientNetEncoderB, "monai", ch, f"EfficientNet-{name[-2:].upper()} (MONAI)")
+             "DenseNet121 (MONAI; torchvision .pth, RadImageNet PyTorch and Keras .h5)",
+             title="DenseNet121", family="densenet", stem_weight="features.conv0.weight", stem_norm="features.norm0",
+             head_pattern=r"^classifier\.", radimagenet_children=(("0", "features"),),
+             keras_application="DenseNet121", keras_bn_eps=KERAS_BN_EPS, keras_preprocessing="caffe"),
+    *(ArchSpec(name, EfficientNetEncoderB, "monai", ch, f"EfficientNet-{name[-2:].upper()} (MONAI)",
+               title=f"EfficientNet-{name[-2:].upper()}", family="efficientnet", stem_weight="_conv_stem.weight",
+               stem_norm="_bn0")
       for name, ch in _efficientnet_channels().items() if name in EfficientNetEncoderB.backbone_names),
-    *(ArchSpec(name, KerasMobileNetV1, "keras", _mobilenet_channels(alpha), f"MobileNet v1 alpha={alpha}, Keras layout")
+    *(ArchSpec(name, KerasMobileNetV1, "keras", _mobilenet_channels(alpha), f"MobileNet v1 alpha={alpha}, Keras layout",
+               title=f"MobileNet v1 alpha={alpha}", **_MOBILENET)
       for name, alpha in _MOBILENET_ALPHAS.items()),
 ):
     ARCHS[_spec.name] = _spec
-
 
 def flexunet_name(arch: str) -> str:
     """The name under which ``arch`` is registered in MONAI's ``FLEXUNET_BACKBONE``."""
@@ -433,13 +459,3 @@ def arch_spec(arch: str) -> ArchSpec:
 def build_encoder(arch: str, in_channels: int = 3) -> Encoder:
     """A randomly initialised encoder (use :func:`medxfer.models.create_encoder` for weights)."""
     return arch_spec(arch).build(in_channels)
-
-
-def map_state(state: dict[str, Any], fn: Callable[[str], str | None]) -> dict[str, Any]:
-    """Rename state-dict keys with ``fn`` (``None`` drops the key)."""
-    out = {}
-    for key, value in state.items():
-        new = fn(key)
-        if new is not None:
-            out[new] = value
-    return out

@@ -4,12 +4,14 @@ from __future__ import annotations
 import os
 
 from .encoders import Encoder, arch_spec
-from .weights import adapt_stem, load_strict, resolve_weights, scratch_record
+from .weights.loading import adapt_stem, load_strict
+from .weights.record import scratch_record
+from .weights.sources import resolve_weights
 
 
 def create_encoder(arch: str, weights: str = "scratch", in_channels: int = 3,
                    home: str | os.PathLike | None = None) -> Encoder:
-    """Build ``arch`` and load ``weights`` (``scratch``, ``NAME``, ``file:PATH``, ``run:ID``) strictly.
+    """Build ``arch`` and load ``weights`` (``scratch``, ``NAME``, ``file:PATH``, ``run:ID`` …) strictly.
 
     The returned encoder carries ``weights_record`` (a :class:`WeightsRecord`), ``preprocessing``
     (the :class:`Preprocessing` its inputs need, for ``in_channels``) and ``stem_adaptation``
@@ -28,9 +30,9 @@ def load_weights(encoder: Encoder, weights: str = "scratch", home: str | os.Path
     if resolved is None:
         record, note = scratch_record(encoder.arch), "random"
     else:
-        record = resolved.record
-        state, note = adapt_stem(resolved.state_dict, encoder.stem_weight, encoder.in_channels,
-                                 record.preprocessing_record, encoder.stem_norm)
+        record, spec = resolved.record, encoder.spec
+        state, note = adapt_stem(resolved.state_dict, spec.stem_weight, encoder.in_channels,
+                                 record.preprocessing_record, spec.stem_norm)
         if "bn_eps" in record.arch_options:
             encoder.set_bn_eps(float(record.arch_options["bn_eps"]))
         load_strict(encoder, state, source=f"weights {weights!r}")
@@ -45,6 +47,7 @@ def weights_params(encoder: Encoder) -> dict[str, str]:
     sha256, format, arch options), the stem adaptation and the preprocessing its inputs get."""
     record = encoder.weights_record
     params = {k: v for k, v in record.params().items() if not k.startswith("preprocessing.")}
-    params.update({"weights.in_channels": str(encoder.in_channels), "weights.stem": encoder.stem_adaptation.split(":")[0]})
+    params.update({"weights.in_channels": str(encoder.in_channels),
+                   "weights.stem": encoder.stem_adaptation.split(":")[0]})
     params.update(encoder.preprocessing.params())
     return params

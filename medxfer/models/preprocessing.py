@@ -98,7 +98,8 @@ class Preprocessing:
         if channels == 1 and target == 3:
             x = x.repeat_interleave(3, dim=cdim)
         elif channels == 3 and target == 1:
-            raise ValueError("a 3-channel image cannot feed a 1-channel stem; convert it to gray in the modality preset")
+            raise ValueError("a 3-channel image cannot feed a 1-channel stem; "
+                             "convert it to gray in the modality preset")
         elif channels != target:
             raise ValueError(f"image has {channels} channels, the network takes {target}")
         record = self.for_channels(target)

@@ -7,7 +7,6 @@ machine, and the union of the N shards is the grid.
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -15,10 +14,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ..core.hashing import sha256_file, stable_digest
 from ..engine.mlflow_run import run_name
-from ..models.weights import source_label
+from ..models.weights import imported_record, source_label
+from ..tracking.layout import ROLE_CELL, TAG_CONFIG_HASH, TAG_GRID_KEYS, TAG_ROLE, TAG_STUDY
 from .pretrain import stage_hash
 from .spec import NAME_KEYS, NOT_HASHED, SpecError, StudySpec
+
+CONFIG_HASH_LENGTH = 20  # hex characters of the config_hash and cell_hash tags, as stored
 
 
 @dataclass(frozen=True)
@@ -39,9 +42,9 @@ class PlannedRun:
 
     def tags(self, study: str, grid_keys: list[str]) -> dict[str, str]:
         """The child run's MLflow tags (see ``docs/study-mlflow-layout.md``)."""
-        tags = {"medxfer.study": study, "medxfer.role": "cell", "config_hash": self.config_hash,
+        tags = {TAG_STUDY: study, TAG_ROLE: ROLE_CELL, TAG_CONFIG_HASH: self.config_hash,
                 "cell_hash": self.cell_hash, "cell": self.cell, "fold": str(self.fold), "seed": str(self.seed),
-                "medxfer.grid_keys": ",".join(grid_keys), "task": self.name.split("/", 1)[0]}
+                TAG_GRID_KEYS: ",".join(grid_keys), "task": self.name.split("/", 1)[0]}
         tags.update({k: _tag_value(k, v) for k, v in self.cell_values.items() if k in grid_keys})
         return tags
 
@@ -68,13 +71,13 @@ def _truthy(value: Any) -> bool:
 
 
 def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    """A cell's or run's config hash: 20 hex characters, as stored in the ``config_hash`` tags."""
+    return stable_digest(obj, CONFIG_HASH_LENGTH)
 
 
 @lru_cache(maxsize=64)
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    from ..models.weights import sha256_file
-
+    """A file's sha256, once per (path, size, mtime): an unchanged file is not read again."""
     return sha256_file(path)
 
 
@@ -90,8 +93,6 @@ def _weights_identity(source: str, arch: str) -> str:
             st = path.stat()
             return "sha256:" + _file_sha256(str(path.resolve()), st.st_size, st.st_mtime_ns)
         return source
-    from ..models.weights import imported_record
-
     record = imported_record(source, arch)
     return f"sha256:{record.sha256}" if record is not None and record.sha256 else source
 

@@ -11,29 +11,45 @@ grid:
   lr: [1e-3, 1e-4]
 seeds: [0]
 train: {epochs: 30, image_size: 256, batch_size: 32}
+pretrain:
+  - name: density              # a weights source name the grid can use
+    data: {manifest: density/manifest.csv, label: density, fold: 0, modalities: [MG]}
+    from: imagenet             # start: scratch, an imported name, file:PATH, run:ID or an earlier stage
+    train: {epochs: 20}        # bundle overrides (image_size, in_channels, batch_size default to the study's)
+similarity: {encoder: resnet18, weights: scratch, image_size: 128}
 ```
 
 ``grid`` keys are bundle config keys (any of them: ``dropout``, ``image_size``, …) with a list
 of values each; ``train`` holds fixed bundle overrides. ``data.folds`` is the manifest's number
 of folds (checked) or a list of the folds to run; ``data`` may also name ``modalities``,
 ``classes`` and (segmentation) ``mask_root``. A relative ``manifest`` is read from the spec's
-folder first, then from the working directory.
+folder first, then from the working directory. ``pretrain`` stages are weights sources the grid
+can name (:mod:`.pretrain` runs them); ``similarity`` measures how close each source cohort is
+to the study's.
+
+The YAML is validated by typed models of its sections (:class:`SpecDocument` and the sections
+below it); :func:`parse_spec` resolves a valid document into the :class:`StudySpec` the grid and
+the runner read. Every problem is one :class:`SpecError` line that says what is wrong and where.
 """
 from __future__ import annotations
 
 import csv
-import hashlib
+import difflib
 import json
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 import yaml
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
+from ..core.errors import MedxferError
+from ..core.hashing import stable_digest
 from ..engine.bundles import BundleError, bundle_path
-from .pretrain import PretrainStage, parse_stages
+from ..models.weights import is_weights_name  # one rule for what a weights name may be
+from ..tracking.layout import study_experiment
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # Keys the study owns: set per run, never by the spec's grid or train sections.
@@ -44,64 +60,30 @@ NAME_KEYS = ("encoder", "weights", "freeze", "lr")
 # Settings that change where or how fast a run computes, not what it computes: left out of config_hash,
 # so a study can be sharded over a CPU machine and a GPU machine and still be one grid.
 NOT_HASHED = {"num_workers", "cache_rate", "cuda", "amp", "amp_dtype", "device", "feature_cache_dir"}
+# Keys a pretraining stage's train may not set: the stage's data and the grid's encoder decide them.
+STAGE_RESERVED = {"manifest", "label", "fold", "weights", "encoder", "experiment", "run_name"}
+# Settings a stage takes from the study's `train` unless it sets them: the input must match.
+SHARED_SETTINGS = ("image_size", "in_channels", "batch_size")
+SPEC_HASH_LENGTH = 16  # the parent run's medxfer.spec_hash, as stored
 
 
-class SpecError(ValueError):
+class SpecError(MedxferError, ValueError):
     """A study spec that cannot be run, with the reason."""
 
 
-@dataclass
-class StudySpec:
-    """A parsed, validated study spec."""
+class _Misplaced(ValueError):
+    """A section's error whose message names the section's place in the spec (``{where}``),
+    which only the caller knows: ``pretrain[2] is not a mapping``."""
 
-    name: str
-    bundle: str
-    manifest: Path
-    label: str
-    folds: list[int]
-    grid: dict[str, list[Any]]
-    seeds: list[int] = field(default_factory=lambda: [0])
-    train: dict[str, Any] = field(default_factory=dict)
-    data: dict[str, Any] = field(default_factory=dict)  # modalities, classes, mask_root
-    pretrain: list[PretrainStage] = field(default_factory=list)
-    similarity: dict[str, Any] | None = None  # dataset similarity of source cohorts to this one
-    source: Path | None = None
-    text: str = ""
+    def __init__(self, template: str):
+        super().__init__(template)
+        self.template = template
 
-    @property
-    def experiment(self) -> str:
-        """The MLflow experiment of the study (``medxfer/<name>``)."""
-        return f"medxfer/{self.name}"
-
-    @property
-    def stages(self) -> dict[str, PretrainStage]:
-        """Pretraining stages by name (each a weights source of the grid)."""
-        return {s.name: s for s in self.pretrain}
-
-    @property
-    def task(self) -> str:
-        return "segmentation" if "segmentation" in Path(self.bundle).name else "classification"
-
-    def bundle_defaults(self) -> dict[str, Any]:
-        """The bundle's own values of the run-name keys (used when the grid does not set them)."""
-        config = json.loads((bundle_path(self.bundle) / "configs" / "train.json").read_text())
-        return {k: config.get(k) for k in NAME_KEYS}
-
-    def spec_hash(self) -> str:
-        """A hash of what the spec asks for (recorded on the parent run)."""
-        blob = json.dumps({"bundle": self.bundle, "label": self.label, "folds": self.folds, "grid": self.grid,
-                           "seeds": self.seeds, "train": self.train, "data": self.data,
-                           "pretrain": [vars(s) for s in self.pretrain]}, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    def at(self, where: str) -> str:
+        return self.template.replace("{where}", where)
 
 
-def _as_list(key: str, value: Any) -> list[Any]:
-    values = value if isinstance(value, list) else [value]
-    if not values:
-        raise SpecError(f"grid.{key} is empty: give at least one value")
-    if len(set(json.dumps(v, sort_keys=True) for v in values)) != len(values):
-        raise SpecError(f"grid.{key} lists a value twice: {values}")
-    return values
+# ---- values
 
 
 def yaml_number(value: Any) -> Any:
@@ -114,15 +96,18 @@ def yaml_number(value: Any) -> Any:
     return value
 
 
-def _manifest_folds(manifest: Path) -> list[int]:
-    with open(manifest, newline="") as f:
-        reader = csv.DictReader(f)
-        if "fold" not in (reader.fieldnames or []):
-            raise SpecError(f"{manifest}: no `fold` column; run `medxfer split {manifest.parent} --folds K` first")
-        return sorted({int(r["fold"]) for r in reader if r.get("fold") not in (None, "")})
+def _grid_values(value: Any) -> list[Any]:
+    """A grid key's values: a list (a single value is a list of one), non-empty, each value once."""
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise _Misplaced("{where} is empty: give at least one value")
+    if len(set(json.dumps(v, sort_keys=True) for v in values)) != len(values):
+        raise _Misplaced(f"{{where}} lists a value twice: {values}")
+    return values
 
 
 def _resolve_manifest(value: str, source: Path | None) -> Path:
+    """A manifest of the spec: a relative path from the spec's folder first, then from the working directory."""
     path = Path(os.path.expanduser(str(value)))
     if not path.is_absolute():
         candidates = ([source.parent / path] if source else []) + [Path.cwd() / path]
@@ -132,107 +117,426 @@ def _resolve_manifest(value: str, source: Path | None) -> Path:
     return path.resolve()
 
 
-def parse_spec(raw: dict[str, Any], source: Path | None = None, text: str = "") -> StudySpec:
-    """Validate a spec mapping (what ``yaml.safe_load`` returns) into a :class:`StudySpec`."""
-    if not isinstance(raw, dict):
-        raise SpecError("a study spec is a mapping with name, data, bundle, grid")
-    unknown = set(raw) - {"name", "data", "bundle", "grid", "seeds", "train", "pretrain", "similarity"}
-    if unknown:
-        raise SpecError(f"unknown top-level keys {sorted(unknown)} (allowed: name, data, bundle, grid, seeds, "
-                        "train, pretrain, similarity)")
-    name = str(raw.get("name") or "")
-    if not NAME_PATTERN.match(name):
-        raise SpecError(f"name {name!r}: letters, digits, '.', '_' and '-' only (it names the MLflow experiment)")
-    bundle = str(raw.get("bundle") or "classification")
-    try:
-        root = bundle_path(bundle)
-    except BundleError as exc:
-        raise SpecError(str(exc)) from None
-    config_keys = set(json.loads((root / "configs" / "train.json").read_text())) | {"feature_cache", "feature_cache_dir"}
+def _manifest(value: Any, info: ValidationInfo) -> Path:
+    return _resolve_manifest(str(value), (info.context or {}).get("source"))
 
-    data = dict(raw.get("data") or {})
-    for key in ("manifest", "label"):
-        if not data.get(key):
-            raise SpecError(f"data.{key} is required")
-    unknown = set(data) - {"manifest", "label", "folds", "modalities", "classes", "mask_root"}
-    if unknown:
-        raise SpecError(f"unknown data keys {sorted(unknown)} (allowed: manifest, label, folds, modalities, "
-                        "classes, mask_root)")
-    manifest = _resolve_manifest(data.pop("manifest"), source)
-    label = str(data.pop("label"))
-    available = _manifest_folds(manifest)
-    requested = data.pop("folds", None)
-    if requested is None:
-        folds = available
-    elif isinstance(requested, int):
-        if requested != len(available):
-            raise SpecError(f"data.folds is {requested} but {manifest} is split into {len(available)} folds "
-                            f"{available}: re-split or correct the spec")
-        folds = available
-    else:
-        folds = sorted({int(f) for f in requested})
-        missing = sorted(set(folds) - set(available))
-        if missing:
-            raise SpecError(f"data.folds {missing} not in the manifest's folds {available}")
-    if len(available) < 3:
-        raise SpecError(f"{manifest} has {len(available)} folds; a study needs >= 3 (test, validation, training)")
-    if "mask_root" in data:
-        data["mask_root"] = str(Path(data["mask_root"]).expanduser().resolve())
 
-    grid_raw = raw.get("grid") or {}
-    if not isinstance(grid_raw, dict) or not grid_raw:
-        raise SpecError("grid is required: a mapping of bundle keys to lists of values")
-    train = {k: yaml_number(v) for k, v in dict(raw.get("train") or {}).items()}
-    grid = {str(k): [yaml_number(v) for v in _as_list(str(k), v)] for k, v in grid_raw.items()}
-    for section, keys in (("grid", grid), ("train", train)):
+def _classes(value: Any) -> Any:
+    if value is not None and not isinstance(value, (list, dict)):
+        raise _Misplaced(f"{{where}} is a list of class names or a mapping class -> values, not {value!r}")
+    return value
+
+
+def _manifest_folds(manifest: Path) -> list[int]:
+    """The folds a manifest is split into (its ``fold`` column)."""
+    with open(manifest, newline="") as f:
+        reader = csv.DictReader(f)
+        if "fold" not in (reader.fieldnames or []):
+            raise SpecError(f"{manifest}: no `fold` column; run `medxfer split {manifest.parent} --folds K` first")
+        return sorted({int(r["fold"]) for r in reader if r.get("fold") not in (None, "")})
+
+
+def _bundle_keys(bundle: str) -> set[str]:
+    """The keys a spec may set for ``bundle``: its train config's, and the study's feature cache."""
+    return set(_bundle_config(bundle)) | {"feature_cache", "feature_cache_dir"}
+
+
+def _bundle_config(bundle: str) -> dict[str, Any]:
+    return json.loads((bundle_path(bundle) / "configs" / "train.json").read_text())
+
+
+def _closest(unknown: list[str], allowed: list[str] | set[str]) -> str:
+    """``; did you mean 'grid' for 'gird'?`` for the unknown keys that look like an allowed one."""
+    pairs = [(key, difflib.get_close_matches(str(key), sorted(allowed), n=1)) for key in unknown]
+    hints = [f"{match[0]!r} for {key!r}" for key, match in pairs if match]
+    return f"; did you mean {', '.join(hints)}?" if hints else ""
+
+
+YamlValue = Annotated[Any, BeforeValidator(yaml_number)]
+GridValues = Annotated[list[YamlValue], BeforeValidator(_grid_values)]
+ManifestPath = Annotated[Path, BeforeValidator(_manifest)]
+Classes = Annotated[list[Any] | dict[Any, Any], BeforeValidator(_classes)]  # medxfer.engine.data checks the values
+
+
+# ---- the sections of the YAML
+
+
+class _Section(BaseModel):
+    """A mapping of the spec: typed keys, and an unknown key reported with the allowed ones."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+    not_mapping: ClassVar[str] = "{where} is not a mapping"
+    unknown_keys: ClassVar[str] = "unknown {where} keys {keys} (allowed: {allowed})"
+    sort_allowed: ClassVar[bool] = False  # list the allowed keys sorted, not in declaration order
+    EXTRAS: ClassVar[tuple[str, ...]] = ()  # keys passed on to the bundle as given (see `extras`)
+
+    @classmethod
+    def allowed_keys(cls) -> list[str]:
+        """The keys the section may hold, as the YAML spells them."""
+        keys = [f.alias or name for name, f in cls.model_fields.items()]
+        return sorted(keys) if cls.sort_allowed else keys
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            raise _Misplaced(cls.not_mapping)
+        allowed = cls.allowed_keys()
+        unknown = sorted(set(raw) - set(allowed), key=str)
+        if unknown:
+            message = cls.unknown_keys.format(where="{where}", keys=unknown, allowed=", ".join(allowed))
+            raise _Misplaced(message + _closest(unknown, allowed))
+        return cls._prepare(dict(raw))
+
+    @classmethod
+    def _prepare(cls, raw: dict[str, Any]) -> dict[str, Any]:
+        """The section's keys before field validation (defaults for empty values)."""
+        return raw
+
+    def extras(self) -> dict[str, Any]:
+        """The section's ``EXTRAS`` the spec gives (an empty value included): settings passed on to the bundle."""
+        return {k: getattr(self, k) for k in self.EXTRAS if k in self.model_fields_set}
+
+
+class DataSection(_Section):
+    """``data``: the study's cohort, its label column and the test folds to run."""
+
+    manifest: ManifestPath
+    label: str
+    folds: list[int] = Field(default=None, validate_default=True)  # resolved: the test folds to run
+    modalities: list[str] | None = None
+    classes: Classes | None = None
+    mask_root: str | None = None
+
+    EXTRAS = ("modalities", "classes", "mask_root")
+
+    @classmethod
+    def _prepare(cls, raw: dict[str, Any]) -> dict[str, Any]:
+        for key in ("manifest", "label"):
+            if not raw.get(key):
+                raise SpecError(f"data.{key} is required")
+        return raw
+
+    @field_validator("folds", mode="before")
+    @classmethod
+    def _test_folds(cls, requested: Any, info: ValidationInfo) -> list[int]:
+        if "manifest" not in info.data:
+            return []  # the manifest's own error is the one reported
+        manifest = info.data["manifest"]
+        available = _manifest_folds(manifest)
+        if requested is None:
+            folds = available
+        elif isinstance(requested, int):
+            if requested != len(available):
+                raise SpecError(f"data.folds is {requested} but {manifest} is split into {len(available)} folds "
+                                f"{available}: re-split or correct the spec")
+            folds = available
+        else:
+            folds = sorted({int(f) for f in requested})
+            missing = sorted(set(folds) - set(available))
+            if missing:
+                raise SpecError(f"data.folds {missing} not in the manifest's folds {available}")
+        if len(available) < 3:
+            raise SpecError(f"{manifest} has {len(available)} folds; a study needs >= 3 (test, validation, training)")
+        return folds
+
+    @field_validator("mask_root")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        return None if value is None else str(Path(value).expanduser().resolve())
+
+
+class StageData(_Section):
+    """A pretraining stage's ``data``: its cohort, label column and test fold."""
+
+    sort_allowed = True
+    EXTRAS = ("modalities", "classes")
+
+    manifest: ManifestPath
+    label: str
+    fold: int = 0
+    modalities: list[str] | None = None
+    classes: Classes | None = None
+
+
+class PretrainStage(BaseModel):
+    """One pretraining stage, resolved: a weights source the grid can name."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    manifest: Path
+    label: str
+    fold: int = 0
+    start: str = "scratch"
+    train: dict[str, Any] = Field(default_factory=dict)
+    data: dict[str, Any] = Field(default_factory=dict)  # modalities, classes
+
+
+class StageSection(_Section):
+    """One entry of ``pretrain``: name, data and optionally from (the start) and train."""
+
+    unknown_keys = "{where}: unknown keys {keys} (allowed: {allowed})"
+    sort_allowed = True
+
+    name: str = ""
+    data: StageData
+    start: str = Field(default="scratch", alias="from")
+    train: dict[str, YamlValue] = Field(default_factory=dict)  # lr: 1e-3 as in the study
+
+    @classmethod
+    def _prepare(cls, raw: dict[str, Any]) -> dict[str, Any]:
+        raw = {k: v for k, v in raw.items() if v not in (None, "")}
+        data = raw.get("data")
+        if (not isinstance(data, dict) or set(data) - set(StageData.allowed_keys())
+                or not data.get("manifest") or not data.get("label")):
+            raise SpecError(f"pretrain {raw.get('name', '')}: data needs manifest and label "
+                            f"(allowed: {', '.join(StageData.allowed_keys())})")
+        return raw
+
+    @model_validator(mode="after")
+    def _start_and_settings(self) -> StageSection:
+        if not (self.start == "scratch" or ":" in self.start or is_weights_name(self.start)):
+            raise SpecError(f"pretrain {self.name}: from {self.start!r} is not a weights source")
+        bad = sorted(set(self.train) & STAGE_RESERVED)
+        if bad:
+            raise SpecError(f"pretrain {self.name}: train may not set {bad}")
+        return self
+
+    def resolve(self, study_train: dict[str, Any]) -> PretrainStage:
+        """The stage, with the input settings it does not set taken from the study's ``train``."""
+        train = dict(self.train)
+        for key in SHARED_SETTINGS:
+            if key in study_train:
+                train.setdefault(key, study_train[key])
+        return PretrainStage(name=self.name, manifest=self.data.manifest, label=self.data.label, fold=self.data.fold,
+                             start=self.start, train=train, data=self.data.extras())
+
+
+class SimilaritySection(_Section):
+    """``similarity``: the fixed encoder that measures how close each source cohort is to the
+    study's. Sources are the pretraining stages' cohorts, plus ``sources`` (weights name →
+    manifest of the data those weights were trained on, for imported weights)."""
+
+    not_mapping = "similarity is a mapping: {encoder, weights, image_size, in_channels, sources}"
+    sort_allowed = True
+
+    encoder: str = "resnet18"
+    weights: str = "scratch"
+    image_size: int = 128
+    in_channels: int = 1
+    sources: dict[str, ManifestPath] = Field(default_factory=dict)
+
+    @classmethod
+    def _prepare(cls, raw: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in raw.items() if v is not None}
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _sources_mapping(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise SpecError("similarity.sources maps a weights name to the manifest of its training data")
+        return value
+
+    def settings(self, stages: list[PretrainStage]) -> dict[str, Any]:
+        """The record :mod:`.similarity` reads: encoder settings and every source cohort."""
+        sources = {s.name: {"manifest": str(s.manifest), "modalities": s.data.get("modalities")} for s in stages}
+        sources.update({name: {"manifest": str(path), "modalities": None} for name, path in self.sources.items()})
+        return {"encoder": self.encoder, "weights": self.weights, "image_size": self.image_size,
+                "in_channels": self.in_channels, "sources": sources}
+
+
+class SpecDocument(_Section):
+    """A study spec as written (the YAML mapping), validated. Needs ``context={"source": path}``
+    for manifests relative to the spec's folder; :meth:`resolve` gives the :class:`StudySpec`."""
+
+    not_mapping = "a study spec is a mapping with name, data, bundle, grid"
+    unknown_keys = "unknown top-level keys {keys} (allowed: {allowed})"
+
+    name: str = Field(default="", validate_default=True)
+    data: DataSection = Field(default_factory=dict, validate_default=True)
+    bundle: str = Field(default="classification", validate_default=True)
+    grid: dict[str, GridValues] = Field(default_factory=dict, validate_default=True)
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    train: dict[str, YamlValue] = Field(default_factory=dict)
+    pretrain: list[StageSection] = Field(default_factory=list)
+    similarity: SimilaritySection | None = None
+
+    @classmethod
+    def _prepare(cls, raw: dict[str, Any]) -> dict[str, Any]:
+        raw = {k: v for k, v in raw.items() if v is not None}  # `key:` with no value is the default
+        if raw.get("similarity") is False:
+            del raw["similarity"]
+        elif raw.get("similarity") is True:
+            raw["similarity"] = {}
+        return raw
+
+    @field_validator("name")
+    @classmethod
+    def _experiment_name(cls, name: str) -> str:
+        if not NAME_PATTERN.match(name):
+            raise SpecError(f"name {name!r}: letters, digits, '.', '_' and '-' only (it names the MLflow experiment)")
+        return name
+
+    @field_validator("bundle")
+    @classmethod
+    def _bundle_exists(cls, bundle: str) -> str:
+        bundle = bundle or "classification"
+        try:
+            bundle_path(bundle)
+        except BundleError as exc:
+            raise SpecError(str(exc)) from None
+        return bundle
+
+    @field_validator("grid", mode="before")
+    @classmethod
+    def _grid_mapping(cls, grid: Any) -> Any:
+        if not isinstance(grid, dict) or not grid:
+            raise SpecError("grid is required: a mapping of bundle keys to lists of values")
+        return grid
+
+    @field_validator("grid", "train")
+    @classmethod
+    def _bundle_settings(cls, keys: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        section = info.field_name
         bad = sorted(set(keys) & RESERVED)
         if bad:
             raise SpecError(f"{section} may not set {bad}: the study sets them per run (folds and seeds have "
                             "their own keys)")
-        unknown = sorted(set(keys) - config_keys)
-        if unknown:
-            raise SpecError(f"{section}: {unknown} are not keys of the {bundle} bundle")
-    both = sorted(set(grid) & set(train))
-    if both:
-        raise SpecError(f"{both} are in both grid and train: put each key in one place")
-    stages = parse_stages(raw.get("pretrain"), lambda m: _resolve_manifest(m, source), train, SpecError)
-    seeds = raw.get("seeds", [0])
-    seeds = [int(s) for s in (seeds if isinstance(seeds, list) else [seeds])]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise SpecError(f"seeds must be a non-empty list of distinct integers, not {seeds}")
-    similarity = _parse_similarity(raw.get("similarity"), stages, source)
-    return StudySpec(name=name, bundle=bundle, manifest=manifest, label=label, folds=folds, grid=grid,
-                     seeds=seeds, train=train, data=data, pretrain=stages, similarity=similarity, source=source,
-                     text=text)
+        if "bundle" in info.data:  # else the bundle's own error is the one reported
+            config_keys = _bundle_keys(info.data["bundle"])
+            unknown = sorted(set(keys) - config_keys)
+            if unknown:
+                raise SpecError(f"{section}: {unknown} are not keys of the {info.data['bundle']} bundle"
+                                + _closest(unknown, config_keys))
+        return keys
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seed_list(cls, seeds: Any) -> Any:
+        return seeds if isinstance(seeds, list) else [seeds]
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise SpecError(f"seeds must be a non-empty list of distinct integers, not {seeds}")
+        return seeds
+
+    @field_validator("pretrain", mode="before")
+    @classmethod
+    def _stage_list(cls, stages: Any) -> Any:
+        if not isinstance(stages, list):
+            raise SpecError("pretrain is a list of stages, each with name, data and optionally from and train")
+        return stages
+
+    @field_validator("pretrain")
+    @classmethod
+    def _stage_chain(cls, stages: list[StageSection]) -> list[StageSection]:
+        names = [s.name for s in stages]
+        for i, stage in enumerate(stages):
+            if not is_weights_name(stage.name) or stage.name == "scratch" or stage.name in names[:i]:
+                raise SpecError(f"pretrain[{i}]: name {stage.name!r} must be a new weights name "
+                                "(letters, digits, . _ -)")
+            if stage.start in names[i + 1:] or stage.start == stage.name:
+                raise SpecError(f"pretrain {stage.name}: from {stage.start!r} must be an earlier stage (no cycles)")
+        return stages
+
+    @model_validator(mode="after")
+    def _one_place_each(self) -> SpecDocument:
+        both = sorted(set(self.grid) & set(self.train))
+        if both:
+            raise SpecError(f"{both} are in both grid and train: put each key in one place")
+        if self.similarity is not None and not self.pretrain and not self.similarity.sources:
+            raise SpecError("similarity: no source cohort (declare pretrain stages or similarity.sources)")
+        return self
+
+    def resolve(self, source: Path | None = None, text: str = "") -> StudySpec:
+        """The :class:`StudySpec` of this document (read from ``source``, whose YAML is ``text``)."""
+        stages = [stage.resolve(self.train) for stage in self.pretrain]
+        return StudySpec(name=self.name, bundle=self.bundle, manifest=self.data.manifest, label=self.data.label,
+                         folds=self.data.folds, grid=self.grid, seeds=self.seeds, train=self.train,
+                         data=self.data.extras(), pretrain=stages,
+                         similarity=self.similarity.settings(stages) if self.similarity else None,
+                         source=source, text=text)
 
 
-SIMILARITY_KEYS = {"encoder", "weights", "image_size", "in_channels", "sources"}
+# ---- the resolved spec
 
 
-def _parse_similarity(raw: Any, stages: list[PretrainStage], source: Path | None) -> dict[str, Any] | None:
-    """The ``similarity`` section: which fixed encoder measures how close each source cohort is to
-    the study's cohort. Sources are the pretraining stages' cohorts, plus ``sources`` (weights
-    name → manifest of the data those weights were trained on, for imported weights)."""
-    if raw in (None, False):
-        return None
-    raw = {} if raw is True else raw
-    if not isinstance(raw, dict):
-        raise SpecError("similarity is a mapping: {encoder, weights, image_size, in_channels, sources}")
-    unknown = set(raw) - SIMILARITY_KEYS
-    if unknown:
-        raise SpecError(f"unknown similarity keys {sorted(unknown)} (allowed: {', '.join(sorted(SIMILARITY_KEYS))})")
-    out = {"encoder": str(raw.get("encoder", "resnet18")), "weights": str(raw.get("weights", "scratch")),
-           "image_size": int(raw.get("image_size", 128)), "in_channels": int(raw.get("in_channels", 1))}
-    sources = {s.name: {"manifest": str(s.manifest), "modalities": s.data.get("modalities")} for s in stages}
-    extra = raw.get("sources") or {}
-    if not isinstance(extra, dict):
-        raise SpecError("similarity.sources maps a weights name to the manifest of its training data")
-    for name, manifest in extra.items():
-        sources[str(name)] = {"manifest": str(_resolve_manifest(str(manifest), source)), "modalities": None}
-    if not sources:
-        raise SpecError("similarity: no source cohort (declare pretrain stages or similarity.sources)")
-    out["sources"] = sources
-    return out
+class StudySpec(BaseModel):
+    """A parsed, validated study spec: what the grid expands and the runner runs."""
+
+    name: str
+    bundle: str
+    manifest: Path
+    label: str
+    folds: list[int]
+    grid: dict[str, list[Any]]
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    train: dict[str, Any] = Field(default_factory=dict)
+    data: dict[str, Any] = Field(default_factory=dict)  # modalities, classes, mask_root
+    pretrain: list[PretrainStage] = Field(default_factory=list)
+    similarity: dict[str, Any] | None = None  # dataset similarity of source cohorts to this one
+    source: Path | None = None
+    text: str = ""
+
+    @property
+    def experiment(self) -> str:
+        """The MLflow experiment of the study (``medxfer/<name>``)."""
+        return study_experiment(self.name)
+
+    @property
+    def stages(self) -> dict[str, PretrainStage]:
+        """Pretraining stages by name (each a weights source of the grid)."""
+        return {s.name: s for s in self.pretrain}
+
+    @property
+    def task(self) -> str:
+        """``segmentation`` for a segmentation bundle, else ``classification``."""
+        return "segmentation" if "segmentation" in Path(self.bundle).name else "classification"
+
+    def bundle_defaults(self) -> dict[str, Any]:
+        """The bundle's own values of the run-name keys (used when the grid does not set them)."""
+        config = _bundle_config(self.bundle)
+        return {k: config.get(k) for k in NAME_KEYS}
+
+    def spec_hash(self) -> str:
+        """A hash of what the spec asks for (recorded on the parent run)."""
+        return stable_digest({"bundle": self.bundle, "label": self.label, "folds": self.folds, "grid": self.grid,
+                              "seeds": self.seeds, "train": self.train, "data": self.data,
+                              "pretrain": [dict(s) for s in self.pretrain]}, SPEC_HASH_LENGTH)
+
+
+# ---- reading
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    """``("pretrain", 0, "data")`` → ``pretrain[0].data``."""
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+
+
+def _one_line(exc: ValidationError) -> str:
+    """The first problem of a validation, as one line: the validators' own message, or pydantic's with where."""
+    error = exc.errors(include_url=False)[0]
+    where = _where(error["loc"]) or "spec"
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, _Misplaced):
+        return cause.at(where)
+    if isinstance(cause, SpecError):
+        return str(cause)
+    if error["type"] == "missing":
+        return f"{where} is required"
+    return f"{where}: {cause if isinstance(cause, Exception) else error['msg']}"
+
+
+def parse_spec(raw: Any, source: Path | None = None, text: str = "") -> StudySpec:
+    """Validate a spec mapping (what ``yaml.safe_load`` returns) into a :class:`StudySpec`."""
+    try:
+        document = SpecDocument.model_validate(raw, context={"source": source})
+    except ValidationError as exc:
+        raise SpecError(_one_line(exc)) from None
+    return document.resolve(source, text)
 
 
 def load_spec(path: str | os.PathLike) -> StudySpec:

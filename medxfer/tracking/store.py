@@ -7,6 +7,7 @@ unchanged).
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -24,6 +25,14 @@ def tracking_uri() -> str:
     return uri
 
 
+_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+
+
+def redact_credentials(text: str) -> str:
+    """``text`` with the ``user:password@`` part of every URL in it removed."""
+    return _CREDENTIALS.sub(lambda m: m.group("scheme"), text)
+
+
 class RunNotFound(MedxferError, ValueError):
     """An MLflow run id that the store does not hold, or a run without the artifact asked for."""
 
@@ -36,9 +45,11 @@ def get_run(run_id: str):
     try:
         return mlflow.MlflowClient(tracking_uri=tracking_uri()).get_run(run_id)
     except MlflowException as exc:
-        # the tracking URI is not repeated: a server URI can carry credentials
-        raise RunNotFound(f"run:{run_id}: no such MLflow run in the tracking store "
-                          f"({exc.message.splitlines()[0]})") from None
+        # MLflow's text may hold the server URL: a server URI can carry credentials
+        detail = redact_credentials(exc.message.splitlines()[0])
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise RunNotFound(f"run:{run_id}: no such MLflow run in the tracking store ({detail})") from None
+        raise RunNotFound(f"run:{run_id}: the tracking store could not be read ({detail})") from None
 
 
 def download_run_artifact(run_id: str, artifact_path: str, dst: str | os.PathLike | None = None) -> Path:
@@ -53,7 +64,8 @@ def download_run_artifact(run_id: str, artifact_path: str, dst: str | os.PathLik
     try:
         return Path(client.download_artifacts(run_id, artifact_path, str(dst)))
     except (MlflowException, OSError) as exc:
-        raise RunNotFound(f"run:{run_id}: the run has no artifact {artifact_path!r} ({str(exc).splitlines()[0]})") from None
+        detail = redact_credentials(str(exc).splitlines()[0])
+        raise RunNotFound(f"run:{run_id}: the run has no artifact {artifact_path!r} ({detail})") from None
 
 
 def client():

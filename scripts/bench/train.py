@@ -71,7 +71,7 @@ def bundle_throughput(args, manifest: Path) -> tuple[float, int]:
 def baseline_throughput(args, manifest: Path) -> float:
     """Images/s of a bare loop on pre-stacked tensors with the same model, optimizer and loss."""
     from medxfer.engine import load_cohort
-    from medxfer.engine.classification import classification_transforms
+    from medxfer.transforms.pipelines import classification_transforms
     from medxfer.models import create_classifier, parameter_groups
 
     torch.manual_seed(0)

@@ -66,7 +66,8 @@ def test_classes_mapping_groups_values_and_leaves_the_rest_out(mammography_cohor
     assert c.classes == ["no_cancer", "cancer"] and len(items) == 48 and not c.skipped
     assert all(i["label"] == (i["label_name"] == "cancer") for i in items)
     assert sum(i["label"] for i in items) == 16  # a third malignant
-    c = load_cohort(mammography_cohort.manifest, "pathology", fold=0, classes={"benign": "benign", "malignant": ["malignant"]})
+    c = load_cohort(mammography_cohort.manifest, "pathology", fold=0,
+                    classes={"benign": "benign", "malignant": ["malignant"]})
     assert c.skipped == {"other_class": 16} and c.classes == ["benign", "malignant"]
     with pytest.raises(CohortError, match="in both"):
         load_cohort(mammography_cohort.manifest, "pathology", classes={"a": ["benign"], "b": ["benign", "malignant"]})

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from medxfer.engine import CohortError, load_cohort
-from medxfer.engine.classification import classification_transforms
+from medxfer.transforms.pipelines import classification_transforms
 from medxfer.engine.multiview import MultiViewError, group_views
 from medxfer.models import create_classifier
 from medxfer.models.classifier import MultiViewClassifier

@@ -196,7 +196,8 @@ def _recalibrate_batchnorm(model: torch.nn.Module, x: torch.Tensor) -> None:
 @pytest.fixture(scope="module")
 def trained(lesion_cohort):
     """A scratch ResNet18 trained briefly on the training + validation folds (flip augmentation)."""
-    from medxfer.engine.classification import classification_transforms, roc_auc
+    from medxfer.engine.classification import roc_auc
+    from medxfer.transforms.pipelines import classification_transforms
 
     torch.manual_seed(SEED)
     model = create_classifier("resnet18", num_classes=2, in_channels=1)
@@ -266,7 +267,7 @@ def test_localize_skips_items_without_a_mask(lesion_cohort, trained):
 
 def test_right_mammogram_masks_are_mirrored_with_their_image(lesion_cohort):
     """MG + laterality R: the preset mirrors the image, and the mask must follow it."""
-    from medxfer.engine.classification import classification_transforms
+    from medxfer.transforms.pipelines import classification_transforms
 
     preprocessing = create_classifier("mobilenet_v1_025", in_channels=1).preprocessing
     transform = localization_transforms(SIZE, 1, preprocessing)
@@ -274,7 +275,8 @@ def test_right_mammogram_masks_are_mirrored_with_their_image(lesion_cohort):
     left = transform(dict(item, modality="MG", laterality="L"))
     right = transform(dict(item, modality="MG", laterality="R"))
     # the image is exactly what the classifier sees
-    reference = classification_transforms(SIZE, 1, preprocessing, augment=False)(dict(item, modality="MG", laterality="R"))
+    reference = classification_transforms(SIZE, 1, preprocessing, augment=False)(
+        dict(item, modality="MG", laterality="R"))
     torch.testing.assert_close(right["image"], reference["image"])
     torch.testing.assert_close(right["image"], left["image"].flip(1))
     assert torch.equal(right["mask"], left["mask"].flip(1)) and not torch.equal(right["mask"], left["mask"])

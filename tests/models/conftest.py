@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import pytest
 
+import medxfer.engine.run_weights  # noqa: F401 - the run: weights source, as `import medxfer.engine` registers it
+
 
 @pytest.fixture
 def home(tmp_path, monkeypatch):
@@ -24,7 +26,7 @@ def log_checkpoint_run(uri: str, checkpoint, tmp_path) -> str:
     """An MLflow run holding ``checkpoint`` at medxfer's checkpoint artifact path; returns its id."""
     import mlflow
 
-    from medxfer.models import CHECKPOINT_ARTIFACT
+    from medxfer.tracking.layout import CHECKPOINT_ARTIFACT
 
     client = mlflow.MlflowClient(tracking_uri=uri)
     try:

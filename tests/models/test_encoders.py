@@ -77,3 +77,30 @@ def test_encoders_never_download():
         ARCHS["resnet18"].builder(arch="resnet18", pretrained=True)
     enc = create_encoder("resnet18")
     assert enc.weights_record.name == "scratch" and enc.preprocessing.mode == "scratch"
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_arch_spec_facts_match_the_network(arch):
+    """The facts the importer and the stem adaptation read from the spec name real parts of the network."""
+    import re
+
+    from medxfer.models.weights.keras_h5 import KERAS_LAYER_MAPS
+
+    spec = ARCHS[arch]
+    state = build_encoder(arch).state_dict()
+    assert spec.title and spec.family and state[spec.stem_weight].ndim == 4
+    stem_bias = spec.stem_weight.rsplit(".", 1)[0] + ".bias"
+    assert (f"{spec.stem_norm}.running_mean" in state) if spec.stem_norm else (stem_bias in state)
+    assert (stem_bias in state) == spec.conv_bias
+    assert not any(re.match(spec.head_pattern, k) for k in state) if spec.head_pattern else True
+    modules = {k.split(".")[0] for k in state}
+    assert all(module in modules for _, module in spec.radimagenet_children)
+    if spec.twin:  # same key names, another network
+        twin = ARCHS[spec.twin]
+        assert twin.twin == arch and twin.layout != spec.layout and twin.conv_bias != spec.conv_bias
+    if spec.keras_application:
+        assert spec.keras_application in KERAS_LAYER_MAPS and spec.keras_bn_eps and spec.keras_preprocessing
+        weights = {k for k in state if not k.endswith("num_batches_tracked")}
+        keras_keys = {k for prefix, _ in KERAS_LAYER_MAPS[spec.keras_application]().values() for k in weights
+                      if k.startswith(prefix + ".")}
+        assert keras_keys == weights

@@ -105,7 +105,7 @@ def real_mobilenet(shared_data):
 
 @pytest.mark.shared_data
 def test_real_imagenet_mobilenet_imports_and_matches_keras(home, real_mobilenet):
-    from medxfer.models.weights import sha256_file
+    from medxfer.core.hashing import sha256_file
 
     record = import_weights(real_mobilenet, "imagenet", "mobilenet_v1_025")
     assert record.source_sha256 == sha256_file(real_mobilenet)

@@ -40,14 +40,20 @@ def resnet_state_dict(depth: int, seed: int = 0, num_classes: int = 1000) -> dic
             p = f"layer{li}.{b}"
             stride = 2 if (b == 0 and li > 1) else 1
             if block == "basic":
-                _conv(s, f"{p}.conv1.weight", planes, inp, 3, g); _bn(s, f"{p}.bn1", planes, g)
-                _conv(s, f"{p}.conv2.weight", planes, planes, 3, g); _bn(s, f"{p}.bn2", planes, g)
+                _conv(s, f"{p}.conv1.weight", planes, inp, 3, g)
+                _bn(s, f"{p}.bn1", planes, g)
+                _conv(s, f"{p}.conv2.weight", planes, planes, 3, g)
+                _bn(s, f"{p}.bn2", planes, g)
             else:
-                _conv(s, f"{p}.conv1.weight", planes, inp, 1, g); _bn(s, f"{p}.bn1", planes, g)
-                _conv(s, f"{p}.conv2.weight", planes, planes, 3, g); _bn(s, f"{p}.bn2", planes, g)
-                _conv(s, f"{p}.conv3.weight", planes * exp, planes, 1, g); _bn(s, f"{p}.bn3", planes * exp, g)
+                _conv(s, f"{p}.conv1.weight", planes, inp, 1, g)
+                _bn(s, f"{p}.bn1", planes, g)
+                _conv(s, f"{p}.conv2.weight", planes, planes, 3, g)
+                _bn(s, f"{p}.bn2", planes, g)
+                _conv(s, f"{p}.conv3.weight", planes * exp, planes, 1, g)
+                _bn(s, f"{p}.bn3", planes * exp, g)
             if b == 0 and (stride != 1 or inp != planes * exp):
-                _conv(s, f"{p}.downsample.0.weight", planes * exp, inp, 1, g); _bn(s, f"{p}.downsample.1", planes * exp, g)
+                _conv(s, f"{p}.downsample.0.weight", planes * exp, inp, 1, g)
+                _bn(s, f"{p}.downsample.1", planes * exp, g)
             inp = planes * exp
     s["fc.weight"] = torch.randn(num_classes, inp, generator=g) * 0.01
     s["fc.bias"] = torch.zeros(num_classes)
@@ -114,8 +120,8 @@ def densenet121_state_dict(seed: int = 0, old_keys: bool = False) -> dict[str, t
 
 def densenet121_forward(s: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """torchvision DenseNet121 ``features`` followed by the ReLU of its classifier path."""
-    s = {k.replace("norm.1", "norm1").replace("norm.2", "norm2").replace("conv.1", "conv1").replace("conv.2", "conv2"): v
-         for k, v in s.items()}
+    s = {k.replace("norm.1", "norm1").replace("norm.2", "norm2").replace("conv.1", "conv1")
+         .replace("conv.2", "conv2"): v for k, v in s.items()}
     x = F.relu(_bn_f(F.conv2d(x, s["features.conv0.weight"], stride=2, padding=3), s, "features.norm0"))
     x = F.max_pool2d(x, 3, 2, 1)
     for b, n in enumerate(DENSENET121["blocks"], start=1):

@@ -71,7 +71,8 @@ def test_a_changed_stage_is_a_new_configuration_downstream(dental_cohort, tmp_pa
 def test_stage_settings_read_yaml_numbers_like_the_study(dental_cohort, tmp_path):
     # PyYAML reads 1e-3 as the string "1e-3": a stage's lr must still reach the optimizer as a number
     text = chain_spec(tmp_path / "a.yaml", dental_cohort.manifest).read_text()
-    spec = parse_spec(yaml.safe_load(text.replace("train:\n    epochs: 1\n", "train:\n    epochs: 1\n    lr: 1e-3\n", 1)))
+    with_lr = text.replace("train:\n    epochs: 1\n", "train:\n    epochs: 1\n    lr: 1e-3\n", 1)
+    spec = parse_spec(yaml.safe_load(with_lr))
     assert spec.stages["ceph-sex"].train["lr"] == 0.001
 
 
@@ -88,5 +89,55 @@ def test_stage_errors(dental_cohort, tmp_path, stages, message):
         if stage["data"].get("manifest") == "m":
             stage["data"]["manifest"] = str(dental_cohort.manifest)
     raw["pretrain"] = stages
+    with pytest.raises(SpecError, match=message):
+        parse_spec(raw)
+
+
+def _small_manifest(tmp_path):
+    path = tmp_path / "cohort" / "manifest.csv"
+    path.parent.mkdir()
+    rows = ["item_id,image,fold,y"] + [f"i{i},images/i{i}.nii,{i % 5},{i % 2}" for i in range(20)]
+    path.write_bytes("".join(row + "\r\n" for row in rows).encode())  # as csv.writer writes it
+    return path
+
+
+def test_stage_hashes_keep_their_stored_values(tmp_path, monkeypatch):
+    """A stage's run is found again by its hash: a change here re-trains every stage of a stored study."""
+    from medxfer.study.grid import _weights_identity
+    from medxfer.study.pretrain import chain, stage_hash
+
+    monkeypatch.setenv("MEDXFER_HOME", str(tmp_path / "home"))
+    manifest = str(_small_manifest(tmp_path))
+    spec = parse_spec({
+        "name": "s1", "data": {"manifest": manifest, "label": "y", "modalities": ["PX"]}, "seeds": [0],
+        "grid": {"encoder": ["resnet18"], "weights": ["scratch", "a"], "lr": ["1e-3", 1e-4]},
+        "train": {"epochs": 3, "image_size": 64},
+        "pretrain": [{"name": "a", "data": {"manifest": manifest, "label": "y", "fold": 1},
+                      "train": {"epochs": "2", "lr": "1e-3"}},
+                     {"name": "b", "from": "a", "data": {"manifest": manifest, "label": "y", "modalities": ["PX"]}}]})
+    assert spec.stages["a"].train == {"epochs": 2, "lr": 0.001, "image_size": 64}  # the study's input size
+    assert stage_hash(spec.stages, "a", "resnet18", _weights_identity) == "8f598594df46dcc81dd9"
+    assert stage_hash(spec.stages, "b", "resnet18", _weights_identity) == "00031dc1282947bd389d"
+    assert chain(spec.stages, "b") == ["scratch", "a", "b"]
+    assert next(r for r in expand(spec) if r.stage == "a").config_hash == "8c18135baa9e026d4f8a"
+
+
+@pytest.mark.parametrize("stages, message", [
+    ({"name": "a"}, r"^pretrain is a list of stages"),
+    ([{"name": "a", "data": {"manifest": "M", "label": "y"}}, "b"], r"^pretrain\[1\] is not a mapping$"),
+    ([{"name": "a", "form": "imagenet", "data": {"manifest": "M", "label": "y"}}],
+     r"^pretrain\[0\]: unknown keys \['form'\] \(allowed: data, from, name, train\); did you mean 'from'"),
+    ([{"name": "a", "data": {"manifest": "M", "label": "y"}}, {"name": "a", "data": {"manifest": "M", "label": "y"}}],
+     r"^pretrain\[1\]: name 'a' must be a new weights name"),
+    ([{"name": "a", "from": "no such/source", "data": {"manifest": "M", "label": "y"}}],
+     r"^pretrain a: from 'no such/source' is not a weights source"),
+    ([{"name": "a", "data": {"manifest": "M", "label": "y", "fold": "first"}}], r"^pretrain\[0\]\.data\.fold: "),
+])
+def test_stage_errors_name_the_stage(tmp_path, stages, message):
+    manifest = str(_small_manifest(tmp_path))
+    for stage in stages if isinstance(stages, list) else []:
+        if isinstance(stage, dict):
+            stage["data"]["manifest"] = manifest
+    raw = {"name": "s1", "data": {"manifest": manifest, "label": "y"}, "grid": {"lr": [1e-3]}, "pretrain": stages}
     with pytest.raises(SpecError, match=message):
         parse_spec(raw)

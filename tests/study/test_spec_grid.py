@@ -173,3 +173,45 @@ def test_the_hash_ignores_paths_and_spelling(manifest, tmp_path):
     assert hashes(moved, elsewhere, 30.0, feature_cache=True) == first
     assert hashes(moved, elsewhere, 30, feature_cache="false") != first  # trained through the encoder
     assert hashes(manifest, weights, 31) != first
+
+
+def test_hashes_keep_their_stored_values(manifest):
+    """Studies resume from an MLflow store by these values: a change here re-runs every study there."""
+    raw = spec_dict(manifest, data={"manifest": str(manifest), "label": "y", "modalities": ["PX"]}, seeds=[0],
+                    grid={"encoder": ["resnet18"], "weights": ["scratch", "a"], "lr": ["1e-3", 1e-4]})
+    spec = parse_spec(raw)
+    runs = expand(spec)
+    assert spec.spec_hash() == "d6bf8db957b17fc4"
+    assert (runs[0].name, runs[0].config_hash, runs[0].cell_hash) == (
+        "classification/resnet18/scratch/none/lr0.001/fold0/seed0", "2becf21baf9d63d81f6f", "98ce66b7594aca44161d")
+    assert runs[-1].config_hash == "29cabd81f6a8d2a4bcd1"
+
+
+def test_spec_errors_are_medxfer_errors_naming_the_closest_key(manifest):
+    from medxfer.core import MedxferError
+
+    assert issubclass(SpecError, MedxferError) and issubclass(SpecError, ValueError)
+    with pytest.raises(SpecError, match=r"unknown top-level keys \['gird'\] \(allowed: name, .*\); "
+                                        r"did you mean 'grid'"):
+        parse_spec(spec_dict(manifest, gird={"lr": [1]}))
+    with pytest.raises(SpecError, match=r"unknown data keys \['fold'\] .*did you mean 'folds'"):
+        parse_spec(spec_dict(manifest, data={"manifest": str(manifest), "label": "y", "fold": 2}))
+    with pytest.raises(SpecError, match=r"train: \['epoch'\] are not keys of the classification bundle; did you mean "
+                                        r"'epochs'"):
+        parse_spec(spec_dict(manifest, train={"epoch": 3}))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"seeds": ["first"]}, r"^seeds\[0\]: "),
+    ({"data": "cohort.csv"}, r"^data is not a mapping$"),
+    ({"similarity": {"image_size": "big", "sources": {"x": "M"}}}, r"^similarity\.image_size: "),
+    ({"similarity": [1]}, r"^similarity is a mapping"),
+    ({"grid": {"lr": [1e-3], "dropout": []}}, r"^grid\.dropout is empty"),
+])
+def test_type_errors_are_one_line_naming_where(manifest, change, message):
+    raw = spec_dict(manifest, **change)
+    if "similarity" in change and isinstance(change["similarity"], dict):
+        raw["similarity"]["sources"]["x"] = str(manifest)
+    with pytest.raises(SpecError, match=message) as caught:
+        parse_spec(raw)
+    assert "\n" not in str(caught.value)

@@ -14,6 +14,10 @@ graph position (``conv2d_17``), not by layer name.
 Layer names are normalised (``conv1/conv`` in TF-Keras DenseNet is ``conv1_conv`` in Keras 3).
 Kernels are transposed to PyTorch order; the stem keeps the source's input-channel order (BGR
 for caffe-mode weights: the preprocessing record flips the image instead).
+
+Which Keras network an arch is (:attr:`ArchSpec.keras_application`) and the BatchNorm epsilon it
+was trained with (:attr:`ArchSpec.keras_bn_eps`) are facts of its arch spec; the layer maps here
+are keyed by the Keras network.
 """
 from __future__ import annotations
 
@@ -24,9 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ...core.errors import MedxferError
+from ..encoders import ARCHS, arch_spec
+from .loading import name_listing
 
 
-class KerasImportError(ValueError):
+class KerasImportError(MedxferError, ValueError):
     """A Keras file that cannot become the requested encoder (message names file and reason)."""
 
 
@@ -144,35 +151,36 @@ def _mobilenet_v1_map() -> dict[str, tuple[str, str]]:
     return m
 
 
-KERAS_ARCH_MAPS = {
-    "resnet50_keras": _resnet50_keras_map,
-    "densenet121": _densenet121_map,
-    **{f"mobilenet_v1_{a}": _mobilenet_v1_map for a in ("025", "050", "075", "100")},
-}
-
-# Keras BatchNormalization epsilon each network was trained with.
-KERAS_BN_EPS = {"resnet50_keras": 1.001e-5, "densenet121": 1.001e-5,
-                **{f"mobilenet_v1_{a}": 1e-3 for a in ("025", "050", "075", "100")}}
+# keras.applications network (ArchSpec.keras_application) → its layer map
+KERAS_LAYER_MAPS = {"ResNet50": _resnet50_keras_map, "DenseNet121": _densenet121_map, "MobileNet": _mobilenet_v1_map}
 
 _HEAD_LAYER = re.compile(r"^(predictions|fc\d*|dense(_\d+)?|logits|conv_preds|classifier.*)$")
+
+
+def keras_archs(application: str | None = None) -> list[str]:
+    """The Keras-layout archs: those with a Keras network (of ``application`` when given)."""
+    return [name for name, spec in ARCHS.items()
+            if spec.keras_application and (application is None or spec.keras_application == application)]
 
 
 def detect_keras_arch(weights: KerasWeights) -> str | None:
     """Best guess of the medxfer arch a Keras file holds (for error messages and ``--arch`` checks)."""
     names = set(weights.layers)
     if {"conv2_block1_0_conv", "conv5_block3_3_conv"} <= names:
-        return "resnet50_keras"
+        return keras_archs("ResNet50")[0]
     if {"res2a_branch2a", "res5c_branch2c"} <= names:
         # Keras <= 2.2 ResNet50: BatchNorm eps 1e-3 and, in early versions, an unpadded max-pool —
         # a different network from keras.applications >= 2.3; not supported rather than guessed.
         return "Keras <= 2.2 ResNet50 (res2a_branch2a names; not supported: re-save it from keras >= 2.3)"
     if "pool2_conv" in names and "conv2_block1_0_bn" in names:
         blocks4 = sum(1 for n in names if re.fullmatch(r"conv4_block\d+_1_conv", n))
-        return "densenet121" if blocks4 == 24 else f"densenet (conv4 has {blocks4} layers, not DenseNet121)"
+        if blocks4 == 24:
+            return keras_archs("DenseNet121")[0]
+        return f"densenet (conv4 has {blocks4} layers, not DenseNet121)"
     if "conv_dw_1" in names and "conv1" in names:
-        stem = weights.layers["conv1"][0][1]
-        alpha = {8: "025", 16: "050", 24: "075", 32: "100"}.get(stem.shape[-1])
-        return f"mobilenet_v1_{alpha}" if alpha else f"mobilenet_v1 (stem width {stem.shape[-1]})"
+        width = weights.layers["conv1"][0][1].shape[-1]  # the stem's output is the first feature map
+        fitting = [a for a in keras_archs("MobileNet") if ARCHS[a].feature_channels[0] == width]
+        return fitting[0] if fitting else f"mobilenet_v1 (stem width {width})"
     return None
 
 
@@ -226,15 +234,16 @@ class KerasConversion:
 def keras_to_state_dict(weights: KerasWeights, arch: str, path: str | Path = "") -> KerasConversion:
     """Convert for ``arch``; every weighted layer must map (classifier heads are skipped and listed)."""
     detected = detect_keras_arch(weights)
-    map_fn = KERAS_ARCH_MAPS.get(arch)
-    if map_fn is None:
-        hint = f" — it looks like {detected}: use --arch {detected}" if detected and detected in KERAS_ARCH_MAPS else ""
-        if arch == "resnet50":
-            hint = (" — Keras ResNet50 is v1 (stride in the first 1x1 conv, conv biases); it loads into "
-                    "--arch resnet50_keras, never into the torchvision layout")
+    spec = arch_spec(arch)
+    if spec.keras_application is None:
+        hint = f" — it looks like {detected}: use --arch {detected}" if detected in keras_archs() else ""
+        twin = arch_spec(spec.twin) if spec.twin else None
+        if twin is not None and twin.keras_application:
+            hint = (f" — Keras {twin.title} is another network than {arch} (same key names, another computation); "
+                    f"it loads into --arch {twin.name}, never into the {spec.layout} layout")
         raise KerasImportError(f"{path}: Keras .h5 weights cannot load into {arch!r}; Keras-layout encoders: "
-                               f"{', '.join(KERAS_ARCH_MAPS)}{hint}")
-    layer_map = map_fn()
+                               f"{', '.join(keras_archs())}{hint}")
+    layer_map = KERAS_LAYER_MAPS[spec.keras_application]()
     unmapped = [n for n in weights.layers if n not in layer_map]
     heads = [n for n in unmapped if _HEAD_LAYER.match(n)]
     foreign = [n for n in unmapped if n not in heads]
@@ -243,8 +252,8 @@ def keras_to_state_dict(weights: KerasWeights, arch: str, path: str | Path = "")
         guess = f"; the file looks like {detected}" if detected and detected != arch else ""
         raise KerasImportError(
             f"{path}: not a Keras {arch}{guess}: " + "; ".join(
-                part for part in (_listing("layers missing from the file", missing),
-                                  _listing("layers the encoder does not have", foreign)) if part))
+                part for part in (name_listing("layers missing from the file", missing, limit=8),
+                                  name_listing("layers the encoder does not have", foreign, limit=8)) if part))
     state: dict[str, torch.Tensor] = {}
     for name, (prefix, kind) in layer_map.items():
         try:
@@ -252,11 +261,4 @@ def keras_to_state_dict(weights: KerasWeights, arch: str, path: str | Path = "")
         except KerasImportError as exc:
             raise KerasImportError(f"{path}: {exc}") from None
     return KerasConversion(state_dict=state, skipped_layers=heads, layout=weights.layout,
-                           keras_version=weights.keras_version, bn_eps=KERAS_BN_EPS.get(arch))
-
-
-def _listing(label: str, names: list[str], limit: int = 8) -> str:
-    if not names:
-        return ""
-    more = f" … and {len(names) - limit} more" if len(names) > limit else ""
-    return f"{label} ({len(names)}): {', '.join(names[:limit])}{more}"
+                           keras_version=weights.keras_version, bn_eps=spec.keras_bn_eps)

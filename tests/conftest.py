@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,23 @@ def mlflow_store(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
+
+
+@pytest.fixture(scope="session")
+def migrated_mlflow_db(tmp_path_factory) -> Path:
+    """An empty MLflow sqlite store with its tables made once (creating them costs seconds per store)."""
+    import mlflow
+
+    path = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def store(mlflow_store, migrated_mlflow_db) -> str:
+    """``mlflow_store`` (cwd = tmp_path, $MLFLOW_TRACKING_URI set) starting from a copy of the migrated store."""
+    shutil.copyfile(migrated_mlflow_db, mlflow_store.removeprefix("sqlite:///"))
+    return mlflow_store
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,8 @@ from typing import Any
 from ..core.hashing import sha256_file, stable_digest
 from ..engine.mlflow_run import run_name
 from ..models.weights import imported_record, source_label
-from ..tracking.layout import ROLE_CELL, TAG_CONFIG_HASH, TAG_GRID_KEYS, TAG_ROLE, TAG_STUDY
+from ..tracking.layout import (ROLE_CELL, TAG_CELL, TAG_CELL_HASH, TAG_CONFIG_HASH, TAG_FOLD, TAG_GRID_KEYS, TAG_ROLE,
+                               TAG_SEED, TAG_STUDY, TAG_TASK)
 from .pretrain import stage_hash
 from .spec import NAME_KEYS, NOT_HASHED, SpecError, StudySpec
 
@@ -43,8 +44,8 @@ class PlannedRun:
     def tags(self, study: str, grid_keys: list[str]) -> dict[str, str]:
         """The child run's MLflow tags (see ``docs/study-mlflow-layout.md``)."""
         tags = {TAG_STUDY: study, TAG_ROLE: ROLE_CELL, TAG_CONFIG_HASH: self.config_hash,
-                "cell_hash": self.cell_hash, "cell": self.cell, "fold": str(self.fold), "seed": str(self.seed),
-                TAG_GRID_KEYS: ",".join(grid_keys), "task": self.name.split("/", 1)[0]}
+                TAG_CELL_HASH: self.cell_hash, TAG_CELL: self.cell, TAG_FOLD: str(self.fold), TAG_SEED: str(self.seed),
+                TAG_GRID_KEYS: ",".join(grid_keys), TAG_TASK: self.name.split("/", 1)[0]}
         tags.update({k: _tag_value(k, v) for k, v in self.cell_values.items() if k in grid_keys})
         return tags
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 from types import SimpleNamespace
 
 import mlflow
@@ -13,21 +12,6 @@ from medxfer.engine import RunTracker, run_name
 from medxfer.engine.mlflow_run import load_best_checkpoint, log_outcome
 from medxfer.models import create_encoder, save_checkpoint
 from medxfer.tracking.layout import CHECKPOINT_ARTIFACT
-
-
-@pytest.fixture(scope="module")
-def migrated_db(tmp_path_factory):
-    """An empty MLflow sqlite store with its tables made once (creating them costs seconds per store)."""
-    path = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
-    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
-
-
-@pytest.fixture
-def store(mlflow_store, migrated_db):
-    """The suite's ``mlflow_store`` (cwd = tmp_path, $MLFLOW_TRACKING_URI set), starting from the migrated copy."""
-    shutil.copyfile(migrated_db, mlflow_store.removeprefix("sqlite:///"))
-    return mlflow_store
 
 
 def _client(uri):

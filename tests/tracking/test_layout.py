@@ -1,30 +1,13 @@
 """The MLflow layout: study experiments and the tag filters the study runner queries runs with."""
 from __future__ import annotations
 
-import shutil
 
-import mlflow
 import pytest
 
 from medxfer.tracking import client, experiment_id, search_all_runs
 from medxfer.tracking.layout import (CHECKPOINT_ARTIFACT, EXPERIMENT_PREFIX, ROLE_CELL, ROLE_PRETRAIN, ROLE_STUDY,
                                      TAG_CONFIG_HASH, TAG_ROLE, TAG_STAGE, TAG_STUDY, TRAIN_EXPERIMENT, role_filter,
                                      study_experiment)
-
-
-@pytest.fixture(scope="module")
-def migrated_db(tmp_path_factory):
-    """An empty MLflow sqlite store with its tables made once (creating them costs seconds per store)."""
-    path = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
-    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
-
-
-@pytest.fixture
-def store(mlflow_store, migrated_db):
-    """The suite's ``mlflow_store`` (cwd = tmp_path, $MLFLOW_TRACKING_URI set), starting from the migrated copy."""
-    shutil.copyfile(migrated_db, mlflow_store.removeprefix("sqlite:///"))
-    return mlflow_store
 
 
 def test_study_experiment_names():

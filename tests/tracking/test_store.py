@@ -14,21 +14,6 @@ from medxfer.tracking import (DEFAULT_TRACKING_URI, RunNotFound, client, downloa
 MISSING = "0" * 32
 
 
-@pytest.fixture(scope="module")
-def migrated_db(tmp_path_factory):
-    """An empty MLflow sqlite store with its tables made once (creating them costs seconds per store)."""
-    path = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
-    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
-
-
-@pytest.fixture
-def store(mlflow_store, migrated_db):
-    """The suite's ``mlflow_store`` (cwd = tmp_path, $MLFLOW_TRACKING_URI set), starting from the migrated copy."""
-    shutil.copyfile(migrated_db, mlflow_store.removeprefix("sqlite:///"))
-    return mlflow_store
-
-
 def _run_with_artifact(tmp_path):
     """A run of the test store holding ``checkpoint/medxfer_checkpoint.pt`` and ``metrics.json``."""
     c = client()

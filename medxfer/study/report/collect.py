@@ -20,8 +20,8 @@ import numpy as np
 from ...tracking import client as mlflow_client
 from ...tracking import search_all_runs
 from ...tracking.layout import (GRID_ARTIFACT, LOCALIZATION_ARTIFACT, ROLE_CELL, ROLE_STUDY, SIMILARITY_ARTIFACT,
-                                TAG_CONFIG_HASH, TAG_GRID_KEYS, TAG_ROLE, TAG_RUN_NAME, TASK_ARTIFACTS,
-                                study_experiment)
+                                TAG_CELL, TAG_CONFIG_HASH, TAG_FOLD, TAG_GRID_KEYS, TAG_ROLE, TAG_RUN_NAME, TAG_SEED,
+                                TAG_TASK, TASK_ARTIFACTS, study_experiment)
 from .model import METRICS, ChildRun, Localization, ReportError, StudyRuns
 
 DEFAULT_GRID_KEYS = ("encoder", "weights", "freeze", "lr")  # runs without a grid-keys tag: these, where tagged
@@ -172,7 +172,7 @@ def collect_study(name: str) -> StudyRuns:
 
     runs: list[ChildRun] = []
     with tempfile.TemporaryDirectory(prefix="medxfer-report-") as tmp:
-        for r in sorted(chosen, key=lambda r: (r.data.tags.get("cell", ""), r.info.start_time or 0)):
+        for r in sorted(chosen, key=lambda r: (r.data.tags.get(TAG_CELL, ""), r.info.start_time or 0)):
             run = _read_child(client, r, grid_keys, Path(tmp), notes)
             if run is not None:
                 runs.append(run)
@@ -191,12 +191,12 @@ def collect_study(name: str) -> StudyRuns:
 def _read_child(client, r, grid_keys: list[str], tmp: Path, notes: list[str]) -> ChildRun | None:
     """One finished child run with its test rows (and localization), or None (with a note) when it lacks them."""
     tags = r.data.tags
-    task = tags.get("task") or ("segmentation" if METRICS["segmentation"] in r.data.metrics else "classification")
+    task = tags.get(TAG_TASK) or ("segmentation" if METRICS["segmentation"] in r.data.metrics else "classification")
     name = tags.get(TAG_RUN_NAME) or r.info.run_name or r.info.run_id
-    cell = tags.get("cell") or name.rsplit("/fold", 1)[0]
+    cell = tags.get(TAG_CELL) or name.rsplit("/fold", 1)[0]
     run = ChildRun(run_id=r.info.run_id, name=name, cell=cell, task=task,
-                   grid={k: tags.get(k, "") for k in grid_keys}, fold=tags.get("fold", ""),
-                   seed=tags.get("seed", ""), metric=float(r.data.metrics.get(METRICS.get(task, ""), math.nan)),
+                   grid={k: tags.get(k, "") for k in grid_keys}, fold=tags.get(TAG_FOLD, ""),
+                   seed=tags.get(TAG_SEED, ""), metric=float(r.data.metrics.get(METRICS.get(task, ""), math.nan)),
                    item_id=np.array([], dtype=object), config_hash=tags.get(TAG_CONFIG_HASH, ""),
                    end_time=r.info.end_time or 0)
     artifact = TASK_ARTIFACTS.get(task)

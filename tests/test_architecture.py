@@ -99,3 +99,16 @@ def test_ruff_is_clean():
     proc = subprocess.run([_tool("ruff"), "check", "--no-cache", "medxfer", "tests", "scripts"], cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+
+
+def test_mypy_is_clean_on_the_shared_layers(tmp_path):
+    """Type checking where it pays: ``core`` and ``tracking``, which every layer calls (third-party
+    modules are not followed: they take minutes and are not ours). Above them, torch's
+    ``nn.Module.__getattr__`` types every submodule as ``Tensor | Module``, so mypy would mostly
+    report that."""
+    proc = subprocess.run([sys.executable, "-m", "mypy", "--ignore-missing-imports", "--follow-imports=skip",
+                           "--cache-dir", str(tmp_path), "medxfer/core", "medxfer/tracking"], cwd=ROOT,
+                          capture_output=True, text=True)
+    if "No module named mypy" in proc.stderr:
+        pytest.fail("mypy is not installed: `pip install -e .[dev]` installs it")
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]

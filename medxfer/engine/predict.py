@@ -219,4 +219,4 @@ def predict(run_id: str, data: str | os.PathLike, out: str | os.PathLike | None 
     workflow.initialize()
     workflow.run()
     workflow.finalize()
-    return out_dir / "predictions.csv"
+    return out_dir / PREDICTIONS_ARTIFACT

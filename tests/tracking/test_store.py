@@ -34,14 +34,14 @@ def test_tracking_uri_follows_the_environment(store, tmp_path):
     assert not (tmp_path / "mlruns").exists()
 
 
-def test_the_default_store_lives_under_mlruns(tmp_path, monkeypatch, migrated_db):
+def test_the_default_store_lives_under_mlruns(tmp_path, monkeypatch, migrated_mlflow_db):
     """Without $MLFLOW_TRACKING_URI: ``sqlite:///mlruns/mlflow.db`` in the working folder, artifacts in
     ``mlruns/artifacts``."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
     assert tracking_uri() == DEFAULT_TRACKING_URI
     assert (tmp_path / "mlruns").is_dir()
-    shutil.copyfile(migrated_db, tmp_path / "mlruns" / "mlflow.db")
+    shutil.copyfile(migrated_mlflow_db, tmp_path / "mlruns" / "mlflow.db")
     c = client()
     exp = c.get_experiment(experiment_id(c, "medxfer/train"))
     assert exp.artifact_location == (tmp_path / "mlruns" / "artifacts").as_uri()

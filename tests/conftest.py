@@ -125,9 +125,12 @@ def find_identifiers(root: Path, identifiers: list[str], skip_suffixes: tuple[st
     ``skip_suffixes``: files with no text fields (PNG figures) whose compressed bytes can match a
     4-letter name part by chance; base64 images inside HTML are skipped alike, and checkpoints
     (``.pt``) are searched in their strings, not their float bytes."""
+    import json
     import re
 
-    needles = [(s, s.lower().encode()) for s in identifiers if len(s) >= 4]
+    # each identifier as UTF-8 and as JSON writes non-ASCII text (\uXXXX escapes, ensure_ascii)
+    needles = [(s, form) for s in identifiers if len(s) >= 4
+               for form in {s.lower().encode(), json.dumps(s.lower())[1:-1].encode()}]
     hits = []
     for p, data in all_output_bytes(root):
         if p.suffix in skip_suffixes:
@@ -138,4 +141,4 @@ def find_identifiers(root: Path, identifiers: list[str], skip_suffixes: tuple[st
             data = "\n".join(_strings(_torch_load(p))).encode()
         low = data.lower()
         hits.extend((str(p.relative_to(root)), s) for s, n in needles if n in low)
-    return hits
+    return sorted(set(hits))

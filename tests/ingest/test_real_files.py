@@ -8,6 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pydicom
+import pydicom.data
 import pytest
 
 from medxfer.ingest import ingest
@@ -130,3 +131,24 @@ def test_broken_real_files_are_reported_not_fatal(pydicom_test_files, tmp_path):
     assert "Waveform" in by["waveform_ecg.dcm"]["reason"]
     assert "RT Structure Set" in by["rtstruct.dcm"]["reason"]
     assert len(rows) == 1
+
+
+def test_folders_named_in_iso2022_scripts_are_redacted(tmp_path):
+    """Japanese and Korean exports declare several character sets (``ISO 2022 IR 87``, ``IR 149``):
+    a folder named after the patient exactly as the header spells it, or after a part of the name,
+    is hidden in the report like a Latin one (the names were read as latin-1 escape codes before,
+    so no such folder was ever recognised)."""
+    charsets = Path(pydicom.data.__file__).parent / "charset_files"
+    src = tmp_path / "src"
+    layout = {"やまだ^たろう": "chrJapMulti.dcm", "やまだ": "chrJapMulti.dcm", "김희중": "chrKoreanMulti.dcm",
+              "Yamada^Tarou=山田^太郎=やまだ^たろう": "chrH31.dcm", "たろう_scans": "chrH31.dcm"}
+    for folder, name in layout.items():
+        (src / folder).mkdir(parents=True)
+        shutil.copy(charsets / name, src / folder / name)
+    res = ingest(src, tmp_path / "out", workers=1)
+    report = json.loads(res.report.read_text(encoding="utf-8"))
+    text = json.dumps(report, ensure_ascii=False)  # the names as a reader sees them, not \u escapes
+    assert len(report["files"]) == len(layout)  # every file accounted for
+    for shown in ("やまだ", "たろう", "김희중", "Yamada", "Tarou"):
+        assert shown not in text, shown
+    assert all(f["path"].startswith("[id-") for f in report["files"]), [f["path"] for f in report["files"]]

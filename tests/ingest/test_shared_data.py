@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pydicom
@@ -71,3 +72,23 @@ def test_real_ct_series_reference_image_kept_out(shared_data, tmp_path):
     z = img.affine[:3, 2]
     # slices sorted along the normal: the affine's slice axis is a positive step of ~3 mm
     assert 2.5 < np.linalg.norm(z) < 3.5
+
+
+@pytest.mark.shared_data
+def test_real_japanese_cd_in_folders_named_after_the_patient(shared_data, tmp_path):
+    """The real CD declares ``ISO 2022 IR 13\\ISO 2022 IR 87``: a folder named after the patient as the
+    header spells it (half-width katakana and kanji), or after the katakana family name, is hidden in
+    the report, and no spelling of the name is written anywhere (JSON escapes included)."""
+    src = shared_data / "dicom_mr_lspine_dicomdir"
+    header = pydicom.dcmread(src / "DCMDT" / "D0000000", stop_before_pixels=True)
+    name = str(header.PatientName)
+    family_kana = name.split("^")[0]
+    assert len(header.SpecificCharacterSet) == 2 and "=" in name  # the multi-valued case
+    export = tmp_path / "export"
+    for folder in (name, family_kana):
+        shutil.copytree(src / "DCMDT", export / folder / "DCMDT")
+    res = ingest(export, tmp_path / "out", workers=2)
+    report = json.loads(res.report.read_text(encoding="utf-8"))
+    assert len(report["files"]) == 2 * 67
+    assert all(f["path"].startswith("[id-") for f in report["files"])
+    assert find_identifiers(tmp_path / "out", [name, family_kana, *name.split("=")]) == []

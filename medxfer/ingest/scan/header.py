@@ -63,10 +63,13 @@ class FastHeader:
         self._endian = "<" if little in (True, None) else ">"
         self._encodings: list[str] | None = None
         charset = self.get("SpecificCharacterSet")
-        if charset and charset not in ("ISO_IR 6", "ISO_IR 100"):
+        # several values (ISO 2022 code extensions, the norm on Japanese and Korean exports) arrive as a
+        # list or, when pydicom converted the element first, as its MultiValue
+        charsets = [str(c) for c in charset] if isinstance(charset, _MULTI) else [charset] if charset else []
+        if charsets and charsets not in (["ISO_IR 6"], ["ISO_IR 100"]):
             try:
-                self._encodings = pydicom.charset.convert_encodings(charset if isinstance(charset, list) else [charset])
-            except Exception:
+                self._encodings = pydicom.charset.convert_encodings(charsets)
+            except Exception:  # noqa: BLE001 - an unknown charset: pydicom warns; text is read as latin-1
                 self._encodings = None
 
     def __contains__(self, keyword: str) -> bool:

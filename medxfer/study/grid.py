@@ -82,7 +82,7 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     return sha256_file(path)
 
 
-def _weights_identity(source: str, arch: str) -> str:
+def weights_identity(source: str, arch: str) -> str:
     """What a weights source *is*, for the hash: the file's sha256 for imported names and ``file:``
     (re-importing other weights under the same name is a new configuration), the source otherwise
     (``scratch``; ``run:<id>`` names one immutable checkpoint)."""
@@ -126,8 +126,8 @@ def expand(spec: StudySpec) -> list[PlannedRun]:
         hashed["feature_cache"] = feature_cache
         weights, encoder = str(named["weights"]), str(named["encoder"])
         stage = weights if weights in spec.stages else None
-        hashed["weights_identity"] = (f"stage:{stage_hash(spec.stages, stage, encoder, _weights_identity)}" if stage
-                                      else _weights_identity(weights, encoder))
+        hashed["weights_identity"] = (f"stage:{stage_hash(spec.stages, stage, encoder, weights_identity)}" if stage
+                                      else weights_identity(weights, encoder))
         if str(named["weights"]).startswith("file:"):
             hashed["weights"] = "file:"  # the file's sha256 is its identity, not where it lies
         # where the cohort lives is not what it is: paths stay out (the manifest's content goes in), so

@@ -32,7 +32,7 @@ from ..tracking.layout import (GRID_ARTIFACT, ROLE_CELL, ROLE_PRETRAIN, ROLE_STU
                                TAG_SPEC_HASH, TAG_STAGE, TAG_STUDY, role_filter)
 from ..tracking.store import client as mlflow_client
 from ..tracking.store import experiment_id, search_all_runs
-from .grid import PlannedRun, _weights_identity, expand, shard
+from .grid import PlannedRun, expand, shard, weights_identity
 from .pretrain import chain, stage_hash
 from .similarity import log_study_similarity
 from .spec import StudySpec
@@ -100,7 +100,7 @@ def _reset_orphans(client, runs: list) -> list:
 
 def _stage_runs(client, exp_id: str | None, spec: StudySpec, name: str, encoder: str) -> tuple[str, list]:
     """(config hash, runs in the store) of pretraining stage ``name`` for ``encoder``."""
-    config_hash = stage_hash(spec.stages, name, encoder, _weights_identity)
+    config_hash = stage_hash(spec.stages, name, encoder, weights_identity)
     query = role_filter(spec.name, ROLE_PRETRAIN, **{TAG_CONFIG_HASH: config_hash})
     return config_hash, (search_all_runs(client, exp_id, query) if exp_id else [])
 

@@ -103,7 +103,7 @@ def _small_manifest(tmp_path):
 
 def test_stage_hashes_keep_their_stored_values(tmp_path, monkeypatch):
     """A stage's run is found again by its hash: a change here re-trains every stage of a stored study."""
-    from medxfer.study.grid import _weights_identity
+    from medxfer.study.grid import weights_identity
     from medxfer.study.pretrain import chain, stage_hash
 
     monkeypatch.setenv("MEDXFER_HOME", str(tmp_path / "home"))
@@ -116,8 +116,8 @@ def test_stage_hashes_keep_their_stored_values(tmp_path, monkeypatch):
                       "train": {"epochs": "2", "lr": "1e-3"}},
                      {"name": "b", "from": "a", "data": {"manifest": manifest, "label": "y", "modalities": ["PX"]}}]})
     assert spec.stages["a"].train == {"epochs": 2, "lr": 0.001, "image_size": 64}  # the study's input size
-    assert stage_hash(spec.stages, "a", "resnet18", _weights_identity) == "8f598594df46dcc81dd9"
-    assert stage_hash(spec.stages, "b", "resnet18", _weights_identity) == "00031dc1282947bd389d"
+    assert stage_hash(spec.stages, "a", "resnet18", weights_identity) == "8f598594df46dcc81dd9"
+    assert stage_hash(spec.stages, "b", "resnet18", weights_identity) == "00031dc1282947bd389d"
     assert chain(spec.stages, "b") == ["scratch", "a", "b"]
     assert next(r for r in expand(spec) if r.stage == "a").config_hash == "8c18135baa9e026d4f8a"
 

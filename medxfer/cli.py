@@ -70,7 +70,16 @@ def main(verbose: bool) -> None:
 @click.option("--patient-column", default=None,
               help="Column of --labels that identifies each item's patient (image folders have no identity): "
                    "hashed into the patient pseudonym, so `medxfer split` keeps a patient's images in one fold.")
-def ingest(src, out, labels, key, workers, secret_file, color, voi, compress, modality, progress, patient_column):
+@click.option("--burned-in", "burned_in", type=click.Choice(["skip", "keep"]), default="skip", show_default=True,
+              help="Images whose header says BurnedInAnnotation=YES: skip them (default), or keep them when "
+                   "their pixels have been scrubbed.")
+@click.option("--follow-links", is_flag=True, default=False,
+              help="Follow symbolic links that point outside SRC (links inside SRC are always followed once).")
+@click.option("--rekey", is_flag=True, default=False,
+              help="Start OUT over with the current secret although it was built with another one "
+                   "(every pseudonym and item id changes).")
+def ingest(src, out, labels, key, workers, secret_file, color, voi, compress, modality, progress, patient_column,
+           burned_in, follow_links, rekey):
     """Ingest a PACS export (DICOMDIR or loose files), NIfTI or PNG/JPEG/PGM folder.
 
     Every file under SRC is accounted for in OUT/ingest_report.json; items go to OUT/manifest.csv
@@ -86,7 +95,8 @@ def ingest(src, out, labels, key, workers, secret_file, color, voi, compress, mo
 
     result = run_ingest(src, out, labels=labels, key=key, workers=workers, secret_file=secret_file,
                         options=DecodeOptions(color=color, voi=voi, compress=compress),
-                        modality=modality, progress=progress, patient_column=patient_column)
+                        modality=modality, progress=progress, patient_column=patient_column,
+                        burned_in=burned_in, follow_links=follow_links, rekey=rekey)
     click.echo(result.summary(), err=True)
 
 

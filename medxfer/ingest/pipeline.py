@@ -112,6 +112,9 @@ def ingest(
     modality: str | None = None,
     progress: bool | None = None,
     patient_column: str | None = None,
+    burned_in: str = "skip",
+    follow_links: bool = False,
+    rekey: bool = False,
 ) -> IngestResult:
     """Ingest every file under ``src`` into ``out`` (manifest.csv, ingest_report.json, images/).
 
@@ -120,6 +123,12 @@ def ingest(
     items of one value share one keyed ``patient`` pseudonym (and so one fold in ``medxfer split``).
     Without it, a file without DICOM identity is its own patient.
     ``progress`` shows bars on stderr (default: when stderr is a terminal).
+    ``burned_in``: ``skip`` (default) leaves out images whose header says ``BurnedInAnnotation=YES``;
+    ``keep`` uses them (for pixels scrubbed beforehand).
+    ``follow_links`` follows symbolic links that leave ``src`` (bounded by loop detection); by default
+    they are reported as skipped.
+    ``rekey`` starts ``out`` over when it was built with another secret (every pseudonym changes);
+    without it such an ``out`` is refused.
     """
     t0 = time.perf_counter()
     src, out = Path(src).resolve(), Path(out).resolve()

@@ -1,8 +1,9 @@
 """``medxfer`` command line: thin wrappers over the library API (tests call the API directly).
 
 Errors: a :class:`~medxfer.core.errors.MedxferError` from any command is one line on stderr and
-exit code 2 (:class:`MedxferGroup`); other failures of long jobs (training, studies) name their
-root cause in one line, with the chain under ``-v``. Library modules are imported inside the
+exit code 2 (:class:`MedxferGroup`), and so is a full disk or quota (the file, the space left);
+other failures of long jobs (training, studies) name their root cause in one line, with the chain
+under ``-v``. Library modules are imported inside the
 commands so that ``medxfer --help`` and argument errors do not load torch, MONAI and MLflow.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ import click
 
 from . import __version__
 from .core.errors import MedxferError
+from .core.files import disk_full_error, disk_full_message
 
 
 def _fail(message: str) -> None:
@@ -23,14 +25,40 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+def _out_option(args: list[str]) -> str | None:
+    """The value of ``--out`` in a subcommand's arguments, if any (where its files go)."""
+    for i, arg in enumerate(args):
+        if arg == "--out" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--out="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _disk_full_line(exc: BaseException, where: str | None = None) -> str | None:
+    """One line for a full disk or quota anywhere in ``exc``'s chain (None when it is not that)."""
+    full = disk_full_error(exc)
+    return disk_full_message(full, where) if full is not None else None
+
+
 class MedxferGroup(click.Group):
-    """A click group that reports medxfer's own errors as one line (by type, from any subcommand)."""
+    """A click group that reports medxfer's own errors as one line (by type, from any subcommand), and a
+    full disk or quota (``ENOSPC``/``EDQUOT`` anywhere in the chain) as one line naming the file and the
+    free space left; any other exception is a bug and keeps its traceback."""
 
     def invoke(self, ctx: click.Context):
+        where = _out_option(list(ctx.args))  # the subcommand's output folder, for a write that names no file
         try:
             return super().invoke(ctx)
         except MedxferError as exc:
-            _fail(str(exc))
+            full = _disk_full_line(exc, where)
+            _fail(full or str(exc))
+        except Exception as exc:
+            full = _disk_full_line(exc, where)
+            if full is None:
+                raise
+            logging.getLogger("medxfer").debug("disk full", exc_info=exc)
+            _fail(full)
 
 
 @click.group(cls=MedxferGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -83,7 +111,7 @@ def ingest(src, out, labels, key, workers, secret_file, color, voi, compress, mo
     """Ingest a PACS export (DICOMDIR or loose files), NIfTI or PNG/JPEG/PGM folder.
 
     Every file under SRC is accounted for in OUT/ingest_report.json; items go to OUT/manifest.csv
-    with keyed pseudonyms instead of identifiers, pixels to OUT/images/*.nii.
+    with keyed pseudonyms instead of identifiers, pixels to OUT/images/<ab>/<item_id>.nii.
 
     \b
     Example:
@@ -257,8 +285,10 @@ def weights_archs():
 
 
 def _extra_overrides(args: list[str]) -> dict:
-    """``--key value`` / ``--key=value`` pairs after the known options → bundle overrides."""
-    from .engine import parse_override
+    """``--key value`` / ``--key=value`` pairs after the known options → bundle overrides (data only:
+    a value MONAI would evaluate or resolve, ``$…``, ``@…``, ``%…``, ``#``, is refused with its key)."""
+    from .engine import BundleError, parse_override
+    from .engine.bundles import check_overrides
 
     overrides, i = {}, 0
     while i < len(args):
@@ -272,6 +302,10 @@ def _extra_overrides(args: list[str]) -> dict:
             value, i = args[i + 1], i + 1
         overrides[key.replace("-", "_") if key not in ("bundle_root",) else key] = parse_override(value)
         i += 1
+    try:
+        check_overrides(overrides, prefix="--")
+    except BundleError as exc:
+        _fail(str(exc))
     return overrides
 
 
@@ -280,7 +314,7 @@ def _fail_from(exc: BaseException, what: str) -> None:
     from .engine.bundles import error_summary
 
     logging.getLogger("medxfer").debug(what, exc_info=exc)
-    _fail(error_summary(exc))
+    _fail(_disk_full_line(exc) or error_summary(exc))
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -344,27 +378,58 @@ def predict(run_id, data, out, batch_size):
     click.echo(f"predictions: {path}")
 
 
+def _is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps a server on this machine: ``localhost``, 127.0.0.0/8 or ::1."""
+    import ipaddress
+
+    name = host.strip().strip("[]").rstrip(".").lower()
+    if name in ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:  # a host name: it resolves to some interface, maybe a public one
+        return False
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Interface to bind (the default keeps the UI on this machine).")
-@click.option("--port", type=int, default=5000, show_default=True)
-def ui(host, port):
+              help="Interface to bind. Loopback (127.0.0.0/8, ::1, localhost) keeps the UI on this machine; "
+                   "any other address needs --expose.")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+@click.option("--expose", is_flag=True,
+              help="Allow a --host beyond loopback. MLflow's UI and API have no authentication: whoever reaches "
+                   "the port reads and changes every run. Put a reverse proxy with authentication in front.")
+def ui(host, port, expose):
     """Start the MLflow UI on the project store (MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db).
+
+    The UI stays on this machine unless exposed on purpose (--host ADDRESS --expose); for
+    access from elsewhere keep it on loopback behind a reverse proxy with authentication.
 
     \b
     Example:
       medxfer ui            # then open http://127.0.0.1:5000
+      ssh -L 5000:127.0.0.1:5000 server   # from your laptop, to browse a remote machine's UI
     """
     import os
 
     from .tracking import tracking_uri, ui_command
+    from .tracking.store import redact_credentials
 
     uri = tracking_uri()
     if not uri.startswith(("sqlite:", "file:", "/", "mysql", "postgresql", "mssql")) and "://" in uri:
         _fail(f"MLFLOW_TRACKING_URI points at a tracking server ({uri.split('://')[0]}://…): open its own UI")
-    cmd = ui_command(host, port)
-    click.echo(f"MLflow UI on http://{host}:{port} (store {uri})", err=True)
-    os.execv(cmd[0], cmd)
+    if not _is_loopback(host):
+        if not expose:
+            _fail(f"--host {host} would open the MLflow UI to other machines, and MLflow has no authentication: "
+                  "anyone who reaches the port reads and changes every run. Keep the default 127.0.0.1 behind a "
+                  "reverse proxy with authentication (README: Security), or add --expose to bind it anyway")
+        click.echo(f"medxfer: warning: the MLflow UI on {host}:{port} has no authentication: anyone who can reach "
+                   "this port reads and changes every run and artifact. Put a reverse proxy with authentication "
+                   "in front of it (README: Security).", err=True)
+    argv, env = ui_command(host, port)  # the store URI travels in env, never in argv (visible in `ps`)
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"MLflow UI on http://{shown}:{port} (store {redact_credentials(uri)})", err=True)
+    os.execve(argv[0], argv, env)
 
 
 @main.command()

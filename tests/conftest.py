@@ -123,13 +123,14 @@ def find_identifiers(root: Path, identifiers: list[str], skip_suffixes: tuple[st
     """Every (file, identifier) where an identifier occurs in any output file (case-insensitive).
 
     ``skip_suffixes``: files with no text fields (PNG figures) whose compressed bytes can match a
-    4-letter name part by chance; base64 images inside HTML are skipped alike, and checkpoints
+    4-byte name part by chance; base64 images inside HTML are skipped alike, and checkpoints
     (``.pt``) are searched in their strings, not their float bytes."""
     import json
     import re
 
     # each identifier as UTF-8 and as JSON writes non-ASCII text (\uXXXX escapes, ensure_ascii)
-    needles = [(s, form) for s in identifiers if len(s) >= 4
+    # 4 bytes: a 2-character CJK name part (6 bytes) is searched, a 2-letter Latin one is not
+    needles = [(s, form) for s in identifiers if len(s.encode()) >= 4
                for form in {s.lower().encode(), json.dumps(s.lower())[1:-1].encode()}]
     hits = []
     for p, data in all_output_bytes(root):

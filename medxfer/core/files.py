@@ -3,16 +3,26 @@
 The temporary file sits next to the target (same file system, so ``os.replace`` is atomic) and is
 named after the process and a random token, so that several processes or hosts sharing a folder
 (NFS) never write into each other's temporary file.
+
+A full disk (``ENOSPC``) or an exhausted quota (``EDQUOT``) while writing is an ``OSError`` that names
+the target (a failed ``write`` names no file of its own); :func:`disk_full_error` finds one in an
+exception chain and :func:`disk_full_message` says it in one line, with the free space left.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+
+# errno values of "the disk cannot take more": no space left, quota exceeded
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 @contextlib.contextmanager
@@ -38,6 +48,10 @@ def atomic_writer(path: str | os.PathLike, mode: str = "w", *, mode_bits: int | 
         if mode_bits is not None:
             os.chmod(tmp, mode_bits)
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS and exc.filename is None:  # name the file that did not fit
+            raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path)) from exc
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -55,3 +69,49 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, *, mode_bits: int |
 def atomic_write_json(path: str | os.PathLike, doc: Any, *, indent: int | None = 1, **dumps_kwargs: Any) -> Path:
     """Write ``doc`` as JSON to ``path`` atomically; returns the path."""
     return atomic_write(path, json.dumps(doc, indent=indent, **dumps_kwargs))
+
+
+def disk_full_error(exc: BaseException | None) -> OSError | None:
+    """The ``ENOSPC``/``EDQUOT`` ``OSError`` in ``exc`` or its chain (``__cause__``/``__context__``), if any."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _mount_point(path: Path) -> Path:
+    """The mount point of the file system holding ``path`` (the nearest existing folder up)."""
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _size(n: int) -> str:
+    """``n`` bytes in MB (GB from 10 GB): the unit a user frees disk space in."""
+    return f"{n / 1e9:.1f} GB" if n >= 10e9 else f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e6:.1f} MB"
+
+
+def disk_full_message(exc: OSError, where: str | os.PathLike | None = None) -> str:
+    """One line for a full disk or quota: the file being written, the space left on its file system, what to do.
+
+    ``where`` is the folder to measure when ``exc`` names no file (default the working folder)."""
+    # a copy (shutil.copyfile) names its source in filename and the file being written in filename2
+    named = exc.filename2 if getattr(exc, "filename2", None) is not None else exc.filename
+    target = os.fsdecode(named) if named is not None else None
+    probe = Path(target).parent if target is not None else Path(where) if where is not None else Path.cwd()
+    mount = _mount_point(probe)
+    writing = f" writing {target}" if target is not None else ""
+    if exc.errno == errno.EDQUOT:
+        return (f"disk quota exceeded{writing} (on {mount}): delete some of your files there or ask for more "
+                "quota, and re-run; finished work is kept")
+    try:
+        free = f"{_size(shutil.disk_usage(mount).free)} free on {mount}"
+    except OSError:
+        free = f"free space on {mount} unknown"
+    return f"no space left on device{writing} ({free}): free some space and re-run; finished work is kept"

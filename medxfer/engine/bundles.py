@@ -3,12 +3,21 @@
 A bundle is named (``classification``, ``segmentation``: the folders under the repository's
 ``bundles/``, or ``$MEDXFER_BUNDLES``) or given as a path. Overrides are bundle config ids with
 values, exactly what ``python -m monai.bundle run --config_file … --encoder resnet50`` takes.
+
+Overrides are data, never code. MONAI's config parser interprets some strings: ``$…`` is a Python
+expression it evaluates, ``@id`` a reference to another entry, ``%file::id`` a macro that copies
+in another config (from any file), ``#`` is rewritten to its id separator ``::`` (as are the
+relative ids ``@::``/``%::``), and a mapping with ``_target_`` is a component it instantiates.
+The bundles' own configs use all of that; a value given from outside (a spec, ``medxfer train
+--key value``, a library call) that MONAI would interpret is refused by :func:`check_overrides`,
+with its key, before anything runs.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +48,64 @@ def bundle_path(bundle: str | os.PathLike) -> Path:
     return path
 
 
+# What MONAI's ConfigParser (monai/bundle: utils.py, config_item.py, reference_resolver.py,
+# config_parser.py) does with a string at the start of a config value.
+_INTERPRETED_PREFIXES = {
+    "$": "which MONAI would run as Python code",
+    "@": "which MONAI would replace with another config entry (a reference)",
+    "%": "which MONAI would replace with the content of another config, read from any file (a macro)",
+}
+_RELATIVE_ID = re.compile(r"[@%](?:::|#)")  # "@::x", "%#x": relative ids, rewritten anywhere in a string
+# ConfigComponent.non_arg_keys: a mapping with `_target_` is instantiated (any importable callable)
+COMPONENT_KEYS = frozenset({"_target_", "_disabled_", "_requires_", "_desc_", "_mode_"})
+# A top-level config id: "::" or "#" in a key would reach into the bundle's nested components
+_OVERRIDE_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "…")
+
+
+def config_data_problem(value: Any) -> tuple[str, str] | None:
+    """Where in ``value`` (``""``, ``"[0]"``, ``".key[1]"``) and why MONAI's config parser would not
+    take it as plain data; None when it is data (strings, numbers, lists and mappings of them)."""
+    if isinstance(value, str):
+        if value[:1] in _INTERPRETED_PREFIXES:
+            return "", f"{_shown(value)} starts with {value[0]!r}, {_INTERPRETED_PREFIXES[value[0]]}"
+        if _RELATIVE_ID.search(value):
+            return "", f"{_shown(value)} holds a relative reference ('@::' or '%::'), which MONAI would rewrite"
+        if "#" in value:
+            return "", f"{_shown(value)} contains '#', which MONAI's config parser rewrites to '::'"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if str(key) in COMPONENT_KEYS:
+                return f".{key}", f"the key {str(key)!r} would make MONAI instantiate or control a component"
+            found = config_data_problem(item)
+            if found:
+                return f".{key}{found[0]}", found[1]
+        return None
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            found = config_data_problem(item)
+            if found:
+                return f"[{i}]{found[0]}", found[1]
+    return None
+
+
+def check_overrides(overrides: dict[str, Any], prefix: str = "") -> None:
+    """Refuse an override that MONAI would not take as data (see the module docstring): a key that
+    is not a plain config id, or a value :func:`config_data_problem` finds. The one-line
+    :class:`BundleError` names the key (``prefix`` before it: ``--`` for the command line)."""
+    for key, value in overrides.items():
+        if not isinstance(key, str) or not _OVERRIDE_KEY.match(key):
+            raise BundleError(f"override {prefix}{key}: a bundle setting is a plain config key (letters, digits, "
+                              "'_'; '#' and '::' would reach into the bundle's components)")
+        found = config_data_problem(value)
+        if found:
+            raise BundleError(f"{prefix}{key}{found[0]}: {found[1]}; settings are data, never code")
+
+
 def parse_override(value: str) -> Any:
     """Command-line text → JSON value when it parses (``2``, ``1e-4``, ``true``, ``["PX"]``), else the string."""
     try:
@@ -49,15 +116,19 @@ def parse_override(value: str) -> Any:
 
 def root_cause(exc: BaseException) -> BaseException:
     """The first :class:`MedxferError` (or missing file) in an exception chain (MONAI wraps config
-    errors in RuntimeError); else the innermost error."""
-    seen = exc
-    while seen is not None:
+    errors in RuntimeError); else the innermost error. A context the code suppressed (``raise …
+    from None``) is not followed: ``unknown encoder 'resnet81'; known: …`` is the cause, not the
+    ``KeyError`` it replaced."""
+    seen, visited = exc, set()
+    while seen is not None and id(seen) not in visited:
+        visited.add(id(seen))
         if isinstance(seen, (MedxferError, FileNotFoundError)):
             return seen
-        if seen.__cause__ is None and seen.__context__ is None:
+        below = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
+        if below is None:
             return seen  # the innermost error says more than MONAI's "Failed to evaluate"
-        seen = seen.__cause__ or seen.__context__
-    return exc
+        seen = below
+    return seen if seen is not None else exc
 
 
 def error_summary(exc: BaseException) -> str:
@@ -81,7 +152,10 @@ def train_bundle(bundle: str | os.PathLike, config: str = "train", **overrides: 
     """Run ``configs/<config>.json`` of ``bundle`` with ``overrides`` (initialize, run, finalize).
 
     Relative ``manifest`` paths are resolved against the current directory first, so the bundle
-    can run from anywhere.
+    can run from anywhere. Overrides are bundle config ids set as plain values: one MONAI would
+    interpret (a ``$`` expression, an ``@``/``%`` reference, ``#``, a ``_target_`` component) is a
+    :class:`BundleError` naming its key, before anything runs (:func:`check_overrides`); so is a
+    key that is not a plain config id.
     """
     from monai.bundle import ConfigWorkflow
 
@@ -95,11 +169,16 @@ def train_bundle(bundle: str | os.PathLike, config: str = "train", **overrides: 
     if "manifest" in overrides:
         overrides["manifest"] = str(Path(overrides["manifest"]).resolve())
     overrides.setdefault("bundle_root", str(root))
+    check_overrides(overrides)
     # MONAI's workflow logger announces "logging file set to False" on every run: keep stderr for
     # what matters (one-line errors from the CLI).
     logging.getLogger("monai.bundle.workflows").setLevel(logging.ERROR)
     workflow = ConfigWorkflow(config_file=[str(c) for c in configs], meta_file=str(root / "configs" / "metadata.json"),
-                              logging_file=False, workflow_type="train", **overrides)
+                              logging_file=False, workflow_type="train")
+    # set here, not as ConfigWorkflow keywords: those named like its own parameters (tracking,
+    # run_id, init_id, final_id, properties_path) would be taken as workflow settings (``tracking``
+    # as a file of settings to load), not as the bundle's config keys
+    workflow.parser.update(overrides)
     try:
         workflow.initialize()
         missing = workflow.check_properties()

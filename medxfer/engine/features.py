@@ -89,15 +89,31 @@ def _save_atomic(tensor: torch.Tensor, path: Path) -> None:
         torch.save(tensor, f)
 
 
-def _load(path: Path) -> torch.Tensor | None:
-    """A cached feature vector, or None when absent or unreadable (then it is computed again)."""
+def feature_shape(network: nn.Module) -> tuple[int, ...] | None:
+    """The shape of one item's pooled features, ``(C,)``: the input size of the classifier's linear
+    head (``V × C`` for late-fused views); None when the network has no linear head to tell."""
+    head = getattr(network, "head", None)
+    return (int(head.in_features),) if isinstance(head, nn.Linear) else None
+
+
+def _load(path: Path, shape: tuple[int, ...] | None = None) -> torch.Tensor | None:
+    """A cached feature vector, or None when absent, unreadable or not a float vector of ``shape``
+    (then it is computed again and the entry replaced: a bad entry never poisons later runs)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        value = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         return None
     except Exception as exc:  # noqa: BLE001 - a truncated or foreign file is a cache miss, not an error
-        log.warning("feature cache: recomputing unreadable %s (%s)", path.name, exc)
+        log.warning("feature cache: recomputing unreadable %s (%s)", path.name, str(exc).splitlines()[0][:200])
         return None
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.ndim != 1 \
+            or (shape is not None and tuple(value.shape) != shape):
+        found = f"tensor of shape {tuple(value.shape)}, {value.dtype}" if isinstance(value, torch.Tensor) \
+            else type(value).__name__
+        log.warning("feature cache: recomputing %s: it holds a %s, not features of shape %s", path.name, found,
+                    shape if shape is not None else "(C,)")
+        return None
+    return value
 
 
 @torch.no_grad()
@@ -111,7 +127,8 @@ def cached_features(network: nn.Module, items: list[dict], image_size: int, in_c
     folder = Path(cache_dir) / extractor_key(network, image_size, in_channels)
     folder.mkdir(parents=True, exist_ok=True)
     keys = {item["item_id"]: item_key(item) for item in items}
-    features = {item_id: _load(folder / f"{key}.pt") for item_id, key in keys.items()}
+    shape = feature_shape(network)
+    features = {item_id: _load(folder / f"{key}.pt", shape) for item_id, key in keys.items()}
     missing = [item for item in items if features[item["item_id"]] is None]
     if missing:
         was_training = network.training

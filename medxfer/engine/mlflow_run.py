@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ..tracking.layout import BUNDLE_CONFIGS_DIR, CHECKPOINT_ARTIFACT, TAG_PARENT_RUN
-from ..tracking.store import experiment_id, tracking_uri
+from ..tracking.store import client as store_client
+from ..tracking.store import experiment_id
 
 
 def run_name(task: str, encoder: str, weights: str, freeze: str, lr: float, fold: int, seed: int) -> str:
@@ -44,9 +45,7 @@ class RunTracker:
     @property
     def client(self):
         if self._client is None:
-            import mlflow
-
-            self._client = mlflow.MlflowClient(tracking_uri=tracking_uri())
+            self._client = store_client()  # the store's first use is serialised with other processes
         return self._client
 
     def start(self) -> str | None:

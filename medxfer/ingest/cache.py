@@ -19,6 +19,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from ..core.files import DISK_FULL_ERRNOS
 from . import pixels
 from .scrub import describe_error
 from .series import ItemPlan, slice_spacing
@@ -50,7 +51,7 @@ class ItemResult:
     channels: int = 1
     dtype: str = ""
     color: str = "gray"
-    intensity: str = "stored"  # HU | rescaled | stored | voi
+    intensity: str = "stored"  # HU | modality_lut | rescaled | stored | voi
     spacing_source: str = "none"
     uniform_spacing: bool | None = None
     voi: str = "none"  # window | lut | none
@@ -76,18 +77,23 @@ def item_key(plan: ItemPlan, fingerprints: dict[str, tuple[int, int]], opts: Dec
     digest = hashlib.sha256(f"{CACHE_VERSION}|{plan.kind}|{plan.frame_order}|{sorted(relevant.items())}".encode())
     for p in plan.files:  # a plain stream, not json: this runs for every item on every re-run
         size, mtime = fingerprints[p]
-        digest.update(f"\x00{p}\x00{size}\x00{mtime}".encode())
+        # surrogateescape: a file name that is not UTF-8 hashes as its bytes (UTF-8 names: the same bytes as ever)
+        digest.update(f"\x00{p}\x00{size}\x00{mtime}".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 
 def image_path(item_id: str, opts: DecodeOptions) -> str:
-    """Where an item's cached image lives, relative to the output folder."""
-    return f"{IMAGES_DIR}/{item_id}{'.nii.gz' if opts.compress else '.nii'}"
+    """Where an item's cached image lives, relative to the output folder: ``images/<2 hex>/<item_id>.nii[.gz]``
+    (one sub-folder per first two characters of the id: no folder holds more than ~1/256 of the cohort)."""
+    return f"{IMAGES_DIR}/{item_id[:2]}/{item_id}{'.nii.gz' if opts.compress else '.nii'}"
 
 
 def build_item(plan: ItemPlan, src: Path, out: Path, opts: DecodeOptions, headers: dict[str, dict]) -> ItemResult:
-    """Decode one item and write it to the cache. Bad files are reported in ``failed``, never raised."""
+    """Decode one item and write it to the cache. Bad files are reported in ``failed``, never raised,
+    except a full disk (ENOSPC, EDQUOT): every later item would fail alike, so it stops the ingest
+    (an ``OSError`` naming the cached image; the CLI says it in one line, finished items are kept)."""
     res = ItemResult(plan.item_id)
+    target = out / image_path(plan.item_id, opts)
     try:
         if plan.kind == "nifti":
             arr, affine = _read_nifti(src / plan.files[0], res)
@@ -104,6 +110,7 @@ def build_item(plan: ItemPlan, src: Path, out: Path, opts: DecodeOptions, header
         res.failed.update({p: str(exc) for p in plan.files if p not in res.failed})
         return res
     except Exception as exc:  # any other reader failure: report the file, keep going
+        _raise_if_disk_full(exc, target)
         res.failed.update({p: f"cannot read image: {describe_error(exc)}" for p in plan.files if p not in res.failed})
         return res
     if arr is None:
@@ -111,8 +118,9 @@ def build_item(plan: ItemPlan, src: Path, out: Path, opts: DecodeOptions, header
     if _too_large(arr.shape, plan, res):
         return res
     try:
-        _write_nifti(arr, affine, out / image_path(plan.item_id, opts))
-    except OSError as exc:  # disk full, permissions: reported per file, the run goes on
+        _write_nifti(arr, affine, target)
+    except OSError as exc:  # permissions: reported per file, the run goes on
+        _raise_if_disk_full(exc, target)
         why = exc.strerror or type(exc).__name__
         res.failed.update({p: f"cannot write the cached image: {why}" for p in plan.files})
         return res
@@ -153,6 +161,12 @@ def _write_header(f, hdr: nib.Nifti1Header) -> None:
     f.write(b"\x00" * (NIFTI_DATA_OFFSET - len(hdr.binaryblock)))
 
 
+def _raise_if_disk_full(exc: BaseException, target: Path) -> None:
+    """Re-raise a full-disk error as an ``OSError`` that names ``target``."""
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+        raise OSError(exc.errno, exc.strerror, str(target)) from exc
+
+
 def _part(path: Path) -> Path:
     return path.with_name(path.name + ".part" + "".join(path.suffixes))
 
@@ -165,13 +179,17 @@ def _write_nifti(arr: np.ndarray, affine: np.ndarray, path: Path) -> None:
     the ``.part.nii[.gz]`` name keeps; a leftover ``.part`` file is removed by the next run's prune."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _part(path)
-    if path.suffix == ".nii" and arr.flags.f_contiguous and arr.dtype.byteorder in ("=", "<", "|"):
-        with open(tmp, "wb") as f:
-            _write_header(f, _nifti_header(arr.shape, arr.dtype, affine))
-            f.write(memoryview(arr.T if arr.ndim > 1 else arr).cast("B"))
-    else:
-        img = nib.Nifti1Image(arr, affine, header=_nifti_header(arr.shape, arr.dtype, affine))
-        nib.save(img, tmp)
+    try:
+        if path.suffix == ".nii" and arr.flags.f_contiguous and arr.dtype.byteorder in ("=", "<", "|"):
+            with open(tmp, "wb") as f:
+                _write_header(f, _nifti_header(arr.shape, arr.dtype, affine))
+                f.write(memoryview(arr.T if arr.ndim > 1 else arr).cast("B"))
+        else:
+            img = nib.Nifti1Image(arr, affine, header=_nifti_header(arr.shape, arr.dtype, affine))
+            nib.save(img, tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 
@@ -208,8 +226,12 @@ def _record_voi(h: dict, res: ItemResult, p: pixels.Presentation) -> None:
 
 
 def _intensity(h: dict, p: pixels.Presentation) -> str:
+    """What the cached values are: ``HU`` (CT), ``modality_lut`` (a Modality LUT Sequence's output),
+    ``rescaled`` (slope/intercept) or ``stored``."""
     if h["modality"] == "CT" and h.get("rescale_type", "HU").upper() in ("HU", ""):
-        return "HU"  # CT modality-LUT output is HU by definition (RescaleType defaults to HU)
+        return "HU"  # CT modality-LUT output is HU by definition (RescaleType / ModalityLUTType default to HU)
+    if p.lut:
+        return "modality_lut"
     return "rescaled" if p.rescaled else "stored"
 
 
@@ -271,15 +293,19 @@ def _stream_volume(plan: ItemPlan, src: Path, out: Path, res: ItemResult, header
     tmp = _part(path)
     good: list[int] = []
     buf = np.empty((rows, cols), dtype=p.dtype)
-    with open(tmp, "wb") as f:
-        f.seek(NIFTI_DATA_OFFSET)
-        for k, arr in _decode_slices(plan, src, res, p, hs, buf):
-            f.write(memoryview(np.ascontiguousarray(arr, dtype=p.dtype)).cast("B"))
-            good.append(k)
-        if good:
-            affine = _volume_geometry(plan, res, p, [plan.positions[k] for k in good], len(good), rows, cols)
-            f.seek(0)
-            _write_header(f, _nifti_header((cols, rows, len(good)), p.dtype, affine))
+    try:
+        with open(tmp, "wb") as f:
+            f.seek(NIFTI_DATA_OFFSET)
+            for k, arr in _decode_slices(plan, src, res, p, hs, buf):
+                f.write(memoryview(np.ascontiguousarray(arr, dtype=p.dtype)).cast("B"))
+                good.append(k)
+            if good:
+                affine = _volume_geometry(plan, res, p, [plan.positions[k] for k in good], len(good), rows, cols)
+                f.seek(0)
+                _write_header(f, _nifti_header((cols, rows, len(good)), p.dtype, affine))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     if not good:
         tmp.unlink(missing_ok=True)
         return

@@ -15,14 +15,14 @@ from pathlib import Path, PurePosixPath
 
 from ..core.errors import MedxferError
 from ..core.files import atomic_writer
-from .deid import Pseudonymizer, identifier_token
+from .deid import PathRedactor, Pseudonymizer
 from .vocabulary import LABEL_KEYWORDS
 
 MANIFEST_COLUMNS = [
     "item_id", "patient", "study", "series", "modality", "body_part", "view", "laterality",
     "image", "shape", "spacing", "frames", "channels", "kind", "source", "color", "intensity",
     "spacing_source", "uniform_spacing", "voi", "window_center", "window_width", "voi_applied",
-    "frame_time_ms", "n_files", "series_part",
+    "frame_time_ms", "n_files", "series_part", "burned_in",
 ]
 # Label columns whose names look like identifiers are dropped: any word of the name, or the whole
 # name with separators removed, in these sets ("pleural_fluid" stays; "Patient-Name", "date_of_birth" go).
@@ -51,20 +51,50 @@ def parse_list(text: str, cast=float) -> list:
     return [cast(v) for v in text.split("x")] if text else []
 
 
+# CSV formula injection: a cell starting with one of these is run as a formula by spreadsheet programs
+# (``=HYPERLINK(…)``, ``+cmd|…``, ``@SUM(…)``). Such cells are written with a leading ``'`` (the spreadsheet
+# text marker), and so is a cell that already starts with ``'``, so that reading strips exactly one. Plain
+# decimal numbers ("-1", "-0.5", "+2e-3") are not formulas and are written as they are.
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def escape_cell(value: object) -> str:
+    """A value as written to a CSV: text that a spreadsheet would run as a formula gets a leading ``'``.
+
+    None is the empty cell; numbers and text starting with anything else are written unchanged."""
+    text = "" if value is None else str(value)
+    if text[:1] == "'" or (text.startswith(FORMULA_TRIGGERS) and not _NUMBER.fullmatch(text)):
+        return "'" + text
+    return text
+
+
+def unescape_cell(text: str) -> str:
+    """The inverse of :func:`escape_cell`: one leading ``'`` before a formula character or ``'`` is removed."""
+    if len(text) > 1 and text[0] == "'" and (text[1] == "'" or text[1:].startswith(FORMULA_TRIGGERS)):
+        return text[1:]
+    return text
+
+
 def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
-    """Atomic CSV write (a crash never leaves half a manifest); None is written as an empty cell."""
-    with atomic_writer(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        w.writeheader()
+    """Atomic UTF-8 CSV write (a crash never leaves half a manifest); None is written as an empty cell.
+
+    Cells (column names too) that a spreadsheet would run as formulas are neutralised with a leading
+    ``'`` (:func:`escape_cell`); :func:`read_manifest` removes it again."""
+    with atomic_writer(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow([escape_cell(c) for c in columns])
         for r in rows:
-            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+            w.writerow([escape_cell(r.get(k)) for k in columns])
 
 
 def read_manifest(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
-    """Rows (as string dicts) and the column order of a manifest."""
-    with open(path, newline="") as f:
+    """Rows (as string dicts) and the column order of a manifest (formula escapes removed)."""
+    with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        return list(reader), list(reader.fieldnames or [])
+        reader.fieldnames = [unescape_cell(c) for c in reader.fieldnames or []]
+        rows = [{k: unescape_cell(v) if isinstance(v, str) else v for k, v in r.items()} for r in reader]
+        return rows, list(reader.fieldnames)
 
 
 @dataclass
@@ -74,7 +104,7 @@ class LabelTable:
     key: str
     by_key: dict[str, dict[str, str]]
     columns: list[str]
-    dropped_columns: list[str] = field(default_factory=list)
+    dropped_columns: list[str] = field(default_factory=list)  # "name (why)": safe to show, never an identifier
     n_rows: int = 0
     patient_column: str | None = None  # its values became keyed digests under PATIENT_FIELD, never a column
 
@@ -96,8 +126,11 @@ def load_labels(path: str | os.PathLike, key: str, pseudo: Pseudonymizer, id_tok
     PatientID key at once (the same pseudonym DICOM headers with that PatientID get) and never become
     a manifest column.
 
-    Columns named like identifiers, and columns holding a value that is an identifier seen in the
-    headers (``id_tokens``, keyed digests from the header pass), are dropped, never copied.
+    Columns named like identifiers, and columns with a value that holds an identifier seen in the
+    headers (``id_tokens``, keyed digests from the header pass) anywhere in it (``"seen Taro Yamada"``,
+    matched as paths are: :class:`~medxfer.ingest.deid.PathRedactor`), are dropped, never copied;
+    ``dropped_columns`` says why for each (a column named after an identifier is shown by its number).
+    A leading ``'`` before a formula character is removed (:func:`unescape_cell`, as the manifest writes it).
     Error messages never quote the file's content (a header-less CSV's first row is data).
     """
     p = Path(path)
@@ -106,8 +139,9 @@ def load_labels(path: str | os.PathLike, key: str, pseudo: Pseudonymizer, id_tok
     try:
         with open(p, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
-            header = [c.strip() for c in next(reader, [])]
-            rows = [dict(zip(header, (v.strip() for v in r))) for r in reader if any(v.strip() for v in r)]
+            header = [unescape_cell(c.strip()) for c in next(reader, [])]
+            rows = [dict(zip(header, (unescape_cell(v.strip()) for v in r)))
+                    for r in reader if any(v.strip() for v in r)]
     except (UnicodeDecodeError, csv.Error) as exc:
         raise LabelsError(f"labels file {p.name} is not a UTF-8 CSV ({type(exc).__name__}); save it as UTF-8") from None
     if key not in header:
@@ -116,12 +150,19 @@ def load_labels(path: str | os.PathLike, key: str, pseudo: Pseudonymizer, id_tok
     if patient_column is not None and (patient_column not in header or patient_column == key):
         raise LabelsError(f"labels file {p.name}: --patient-column {patient_column!r} is not one of its columns "
                           f"other than the key {key!r}")
+    redactor = PathRedactor(id_tokens or set(), pseudo)
     columns, dropped = [], []
-    for c in header:
+    for n, c in enumerate(header, 1):
         if c in (key, patient_column):
             continue
-        if c in LABEL_KEYWORDS or looks_like_identifier_column(c) or _holds_identifiers(rows, c, pseudo, id_tokens):
-            dropped.append(c)
+        if redactor.contains_identifier(c):
+            dropped.append(f"column {n} (its name holds an identifier from the image headers)")
+        elif c in LABEL_KEYWORDS:
+            dropped.append(f"{c} (a DICOM identifier; use it as --key to join on it)")
+        elif looks_like_identifier_column(c):
+            dropped.append(f"{c} (named like an identifier)")
+        elif (row := _row_with_identifier(rows, c, redactor)) is not None:
+            dropped.append(f"{c} (data row {row} holds an identifier from the image headers)")
         else:
             columns.append(c)
     by_key: dict[str, dict[str, str]] = {}
@@ -136,10 +177,18 @@ def load_labels(path: str | os.PathLike, key: str, pseudo: Pseudonymizer, id_tok
     return LabelTable(key, by_key, columns, dropped, len(rows), patient_column)
 
 
-def _holds_identifiers(rows: list[dict], column: str, pseudo: Pseudonymizer, id_tokens: set[str] | None) -> bool:
-    if not id_tokens:
-        return False
-    return any(len(v) >= 3 and identifier_token(v, pseudo) in id_tokens for v in (r.get(column) or "" for r in rows))
+def _row_with_identifier(rows: list[dict], column: str, redactor: PathRedactor) -> int | None:
+    """The first data row (1-based) whose value in ``column`` holds a header identifier anywhere, else None."""
+    if not redactor.tokens:
+        return None
+    seen: set[str] = set()
+    for n, r in enumerate(rows, 1):
+        v = r.get(column) or ""
+        if v and v not in seen:
+            seen.add(v)
+            if redactor.contains_identifier(v):
+                return n
+    return None
 
 
 def normalize_path(p: str) -> str:

@@ -3,11 +3,15 @@
 Two passes, both in worker processes: headers first (every file read once with
 ``stop_before_pixels`` and classified), then pixels (one task per item: decode, present, write).
 An index under ``OUT/.medxfer/`` remembers both passes by file size and mtime, so a re-run on an
-unchanged source re-reads and re-decodes nothing. The index holds what the report and manifest
-hold (relative paths, keyed digests, geometry): no identifier.
+unchanged source re-reads and re-decodes nothing. While a run works it saves its progress in pieces
+(a journal of finished header chunks and items): a re-run after a crash, even ``kill -9``, reuses what
+finished and ends as a clean run would. The index holds what the report and manifest hold (keyed
+digests of paths, geometry): no identifier. Cached images live in ``OUT/images/<ab>/<item_id>.nii``.
 """
 from __future__ import annotations
 
+import bisect
+import hashlib
 import json
 import logging
 import multiprocessing as mp
@@ -18,23 +22,36 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from ..core.errors import MedxferError
-from ..core.files import atomic_write_json
+from ..core.files import atomic_write, atomic_write_json
+from . import pixels
 from .cache import IMAGES_DIR, DecodeOptions, ItemResult, build_item, item_key
-from .deid import PathRedactor, Pseudonymizer, load_secret
+from .deid import PathRedactor, Pseudonymizer
 from .manifest import MANIFEST_COLUMNS, PATIENT_FIELD, LabelsError, format_list, join_labels, load_labels, write_csv
 from .scan.record import FileRecord
+from .scan.dicomdir import DicomdirError, check_dicomdir
 from .scan.sniff import read_file_record
-from .scan.walker import walk
-from .series import Grouping, ItemPlan, group_records
+from .scan.walker import LINK_OUTSIDE, display_path, walk
+from .secret import SecretError, open_output_secret, start_over
+from .series import DUPLICATE_RULE, PIXEL_DIGEST, Grouping, ItemPlan, group_records, shared_sop_paths
+from .split import reapply_folds
+from .vocabulary import UNRECOGNISED_EFFECT, may_show_text_in_pixels
 
 log = logging.getLogger("medxfer.ingest")
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: images in hashed sub-folders (images/ab/<item_id>.nii), progress journal beside the index
 STATE_DIR = ".medxfer"
+INDEX_FILE = "index.json"
+JOURNAL_FILE = "index.journal.jsonl"  # "index*": removed with the index when an output folder is started over
+JOURNAL_HEADER_EVERY = 256  # header records per journal line when reading in-process
+# Legacy encodings tried on a file name that is not UTF-8, so that a folder named after a patient in
+# e.g. Latin-1 is redacted rather than shown as escapes (the DICOM header names the patient in that encoding).
+LEGACY_NAME_ENCODINGS = ("cp1252", "shift_jis", "euc_kr", "gb18030", "latin-1")
 # Skips that a re-run must try again: a decoder may have been installed, a medium may read now.
 RETRY_CATEGORIES = {"no_decoder", "unreadable"}
 DEFAULT_OPTIONS = DecodeOptions()  # frozen: one shared instance is a safe default argument
@@ -87,6 +104,19 @@ def _pixel_task(plan: ItemPlan, src: str, out: str, opts: DecodeOptions, headers
     return build_item(plan, Path(src), Path(out), opts, headers)
 
 
+def _digest_task(src: str, rel: str, header: dict) -> str | None:
+    """Keyed digest of a file's stored pixel values (dtype, shape and values; not their encoding), or
+    None when they cannot be read. Compares copies that share a SOPInstanceUID."""
+    try:
+        arr = pixels.read_stored(Path(src) / rel, header)
+    except Exception:  # a copy that does not decode is compared on its header only
+        return None
+    arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))
+    h = hashlib.sha256(f"{arr.dtype.str}|{arr.shape}|".encode())
+    h.update(arr.data)
+    return _PSEUDO.digest("PixelContent", h.hexdigest())[:32]
+
+
 @contextmanager
 def _pool(workers: int, secret: bytes):
     """A process pool, or None for in-process work when ``workers == 1``."""
@@ -136,20 +166,21 @@ def ingest(
         raise IngestError(f"source folder not found: {src}")
     if out == src:
         raise IngestError("--out must not be the source folder (the cache would be ingested as input next time)")
-    if secret_file is not None and any(Path(secret_file).resolve().is_relative_to(d) for d in (src, out)):
-        raise IngestError("the secret file must not be inside the source or output folder: "
-                          "whoever holds it can recompute the pseudonyms")
     if labels is not None and not key:
         raise IngestError("--labels needs --key COLUMN (a DICOM keyword such as PatientID, or a file-path column)")
     if patient_column and labels is None:
         raise IngestError("--patient-column names a column of --labels: give --labels too")
+    if burned_in not in BURNED_IN_POLICIES:
+        raise IngestError(f"--burned-in must be one of {', '.join(BURNED_IN_POLICIES)}")
     workers = max(1, workers or os.cpu_count() or 1)
     if progress is None:
         progress = sys.stderr.isatty()
-    try:
-        secret = load_secret(secret_file)
-    except (OSError, ValueError) as exc:
-        raise IngestError(f"cannot use the secret file: {exc}") from exc
+    try:  # refused: a secret inside SRC or OUT, or another secret than OUT was built with (unless rekey)
+        opened = open_output_secret(secret_file, src, out, rekey=rekey)
+    except SecretError as exc:
+        raise IngestError(str(exc)) from exc
+    secret = opened.key
+    secret_notes = list(opened.warnings)
     pseudo = Pseudonymizer(secret)
     label_table = None
     if labels is not None:
@@ -157,21 +188,30 @@ def ingest(
             label_table = load_labels(labels, key, pseudo, patient_column=patient_column)
         except LabelsError as exc:
             raise IngestError(str(exc)) from exc
+    if opened.replaces:  # --rekey: nothing derived from the old secret survives (split.json included)
+        secret_notes.append(start_over(out, opened.replaces, opened.fingerprint))
+    for msg in secret_notes:
+        log.warning(msg)
     out.mkdir(parents=True, exist_ok=True)
     index = _load_index(out, pseudo.fingerprint)
 
-    walked = walk(src, outputs=(out,))
+    walked = walk(src, outputs=(out,), follow_links=follow_links)
     rels = walked.files
 
-    with warnings.catch_warnings(), _pool(workers, secret) as pool:
+    journal = _Journal(out / STATE_DIR / JOURNAL_FILE, pseudo)
+    with warnings.catch_warnings(), _pool(workers, secret) as pool, journal:
         _quiet()
         t_walk = time.perf_counter()
-        records, reread = _header_pass(src, rels, index, pseudo, pool, progress)
+        records, reread = _header_pass(src, rels, index, pseudo, pool, progress, journal)
+        _pixel_digests(src, records, pool, journal)
+        _check_dicomdirs(src, rels, records, pseudo, journal)
+        used, header_warnings = _header_policy(records, burned_in)  # the index keeps ``records`` as read
         t_headers = time.perf_counter()
-        grouping = group_records(list(records.values()))
+        grouping = group_records(list(used.values()))
         for plan in grouping.items:  # the ids leave ingest (file names, manifests, MLflow): keyed, like pseudonyms
             plan.item_id = pseudo.digest("item", plan.item_id)[:16]
-        results, keys, decoded = _pixel_pass(src, out, grouping, records, index, options, pool, progress, pseudo)
+        results, keys, decoded = _pixel_pass(src, out, grouping, records, index, options, pool, progress, pseudo,
+                                             journal)
         superseded = _retry_with_duplicates(src, out, grouping, records, results, options)
         for item_id, _, _ in superseded.values():
             keys.pop(item_id, None)  # built from a copy: not remembered, rebuilt (cheaply) next time
@@ -179,10 +219,14 @@ def ingest(
 
     tokens = set().union(*(rec.id_tokens for rec in records.values()))
     redact = PathRedactor(tokens, pseudo)
-    files, items_rows, report_warnings = _account(rels, records, grouping, results, modality, pseudo, redact,
+    show = lambda rel: _shown_path(rel, redact)  # noqa: E731
+    files, items_rows, report_warnings = _account(rels, used, grouping, results, modality, pseudo, show,
                                                   superseded)
-    files += [{"path": redact(rel), "status": "skipped", "item_id": None, "reason": reason, "category": "excluded"}
+    files += [{"path": show(rel), "status": "skipped", "item_id": None, "reason": reason, "category": "excluded"}
               for rel, reason in walked.excluded.items()]
+    files += [{"path": show(rel), "status": "skipped", "item_id": None, "reason": reason, "category": LINK_OUTSIDE}
+              for rel, reason in walked.links.items()]
+    report_warnings += _dicomdir_warnings(records, show) + header_warnings
     files.sort(key=lambda f: f["path"])
     label_counts = None
     if label_table is not None:
@@ -191,6 +235,10 @@ def ingest(
         label_counts = _join(label_table, items_rows, grouping, records)
     columns = MANIFEST_COLUMNS + ([c for c in label_table.columns if c not in MANIFEST_COLUMNS] if label_table else [])
     manifest = out / "manifest.csv"
+    fold_notes = reapply_folds(out, items_rows, columns)  # a split cohort keeps its folds (before the manifest goes)
+    for msg in fold_notes:
+        log.warning(msg)
+    report_warnings += [{"item_id": None, "message": m} for m in secret_notes + fold_notes]
     write_csv(manifest, items_rows, columns)
 
     counts = _counts(files, items_rows, decoded, label_counts)
@@ -207,9 +255,13 @@ def ingest(
         "secret_fingerprint": pseudo.fingerprint,
         "options": {**asdict(options), "workers": workers, "labels_key": key, "modality": modality},
     }
-    atomic_write_json(report, report_doc, indent=1)
-    if decoded or reread or set(keys) != set(index.get("items", {})) or len(records) != len(index.get("files", {})):
+    # UTF-8, not \u escapes (a compliance grep must find what is there); paths are already shown as text, and
+    # anything not encodable left over becomes a JSON \u escape rather than a crash
+    atomic_write(report, json.dumps(report_doc, indent=1, ensure_ascii=False).encode("utf-8", "backslashreplace"))
+    if (journal.written or decoded or reread or set(keys) != set(index.get("items", {}))
+            or len(records) != len(index.get("files", {}))):
         _save_index(out, pseudo, records, results, keys)  # an unchanged re-run leaves the index as it is
+    journal.discard()  # its progress is in the index now
     _prune(out, {r["image"] for r in items_rows})
     result = IngestResult(out, manifest, report, counts, seconds, report_warnings)
     log.info(result.summary())
@@ -217,9 +269,10 @@ def ingest(
 
 
 def _header_pass(src: Path, rels: list[str], index: dict, pseudo: Pseudonymizer, pool,
-                 progress: bool) -> tuple[dict[str, FileRecord], int]:
+                 progress: bool, journal: _Journal) -> tuple[dict[str, FileRecord], int]:
     """Header records for every file: from the index when size and mtime are unchanged, else read.
-    Returns the records and how many files were (re-)read."""
+    Records read go to the journal chunk by chunk (a crash keeps them). Returns the records and how
+    many files were (re-)read."""
     records: dict[str, FileRecord] = {}
     todo = []
     known = index.get("files", {})
@@ -237,24 +290,88 @@ def _header_pass(src: Path, rels: list[str], index: dict, pseudo: Pseudonymizer,
         todo.append(rel)
     bar = tqdm(total=len(todo), desc="headers", unit="file", file=sys.stderr, disable=not progress, leave=False)
     if pool is None:
-        for rel in todo:
-            records[rel] = read_file_record(src, rel, pseudo)
-            bar.update()
+        for i in range(0, len(todo), JOURNAL_HEADER_EVERY):
+            done = [read_file_record(src, rel, pseudo) for rel in todo[i:i + JOURNAL_HEADER_EVERY]]
+            records.update((rec.path, rec) for rec in done)
+            journal.files(done)
+            bar.update(len(done))
     else:
         chunk = max(8, min(256, len(todo) // (pool._max_workers * 8) or 8))
         futures = [pool.submit(_header_task, str(src), todo[i:i + chunk]) for i in range(0, len(todo), chunk)]
         for fut in as_completed(futures):
-            for rec in fut.result():
-                records[rec.path] = rec
-            bar.update(chunk)
+            done = fut.result()
+            records.update((rec.path, rec) for rec in done)
+            journal.files(done)
+            bar.update(len(done))
     bar.close()
     return records, len(todo)
 
 
+def _pixel_digests(src: Path, records: dict[str, FileRecord], pool, journal: _Journal) -> None:
+    """Add a pixel-content digest to the header of every image whose SOPInstanceUID another file has too
+    (:func:`~medxfer.ingest.series.group_records` compares the copies). Kept in the index: computed once."""
+    todo = [rel for rel in shared_sop_paths(list(records.values())) if PIXEL_DIGEST not in records[rel].header]
+    if not todo:
+        return
+    headers = [records[rel].header for rel in todo]
+    if pool is None:
+        digests = [_digest_task(str(src), rel, h) for rel, h in zip(todo, headers)]
+    else:
+        digests = list(pool.map(_digest_task, [str(src)] * len(todo), todo, headers))
+    for rel, digest in zip(todo, digests):
+        records[rel].header = {**records[rel].header, PIXEL_DIGEST: digest}
+    journal.files([records[rel] for rel in todo])
+
+
+def _check_dicomdirs(src: Path, rels: list[str], records: dict[str, FileRecord], pseudo: Pseudonymizer,
+                     journal: _Journal) -> None:
+    """Count, for each DICOMDIR, the files it references and those present (kept in its record, without
+    names). Checked again only when the DICOMDIR or the list of files under its folder changed."""
+    changed = []
+    for rel, rec in records.items():
+        if rec.category != "dicomdir":
+            continue
+        folder = rel.rpartition("/")[0]
+        prefix = folder + "/" if folder else ""
+        below = rels[bisect.bisect_left(rels, prefix):bisect.bisect_left(rels, prefix + "\U0010ffff")]
+        listing = pseudo.digest("DicomdirListing", "\n".join(below))[:32]  # keyed: paths inside
+        old = rec.header.get("dicomdir_check")
+        if old and old.get("listing") == listing:
+            continue
+        try:
+            found = check_dicomdir(src / rel)
+            check = {"listing": listing, "referenced": found.referenced, "present": found.present}
+        except DicomdirError as exc:
+            check = {"listing": listing, "error": str(exc)}
+        rec.header = {**rec.header, "dicomdir_check": check}
+        changed.append(rec)
+    journal.files(changed)
+
+
+def _dicomdir_warnings(records: dict[str, FileRecord], show) -> list[dict]:
+    """A warning per DICOMDIR that lists files missing from the source (counts only: a name may identify)."""
+    warns = []
+    for rel, rec in sorted(records.items()):
+        check = rec.header.get("dicomdir_check") if rec.category == "dicomdir" else None
+        if not check:
+            continue
+        if "error" in check:
+            warns.append({"item_id": None, "message": f"DICOMDIR {show(rel)}: its list of files could not be "
+                                                      f"checked ({check['error']})"})
+        elif check["present"] < check["referenced"]:
+            missing = check["referenced"] - check["present"]
+            warns.append({"item_id": None, "message": (
+                f"DICOMDIR {show(rel)} lists {check['referenced']} files; {missing} of them are missing from "
+                f"its folder ({check['present']} present): an incomplete copy of the medium? "
+                "The files found are ingested; copy the whole medium to ingest the rest")})
+    return warns
+
+
 def _pixel_pass(src: Path, out: Path, grouping: Grouping, records: dict[str, FileRecord], index: dict,
-                opts: DecodeOptions, pool, progress: bool,
-                pseudo: Pseudonymizer) -> tuple[dict[str, ItemResult], dict[str, str], int]:
-    """Decode the items whose cache key changed; returns results, every item's cache key, and the count decoded."""
+                opts: DecodeOptions, pool, progress: bool, pseudo: Pseudonymizer,
+                journal: _Journal) -> tuple[dict[str, ItemResult], dict[str, str], int]:
+    """Decode the items whose cache key changed; returns results, every item's cache key, and the count decoded.
+    Each finished item goes to the journal at once (a crash keeps it)."""
     known = index.get("items", {})
     fingerprints = {rel: (rec.size, rec.mtime_ns) for rel, rec in records.items()}
     results: dict[str, ItemResult] = {}
@@ -277,21 +394,24 @@ def _pixel_pass(src: Path, out: Path, grouping: Grouping, records: dict[str, Fil
 
     if pool is None:
         for plan in todo:
-            results[plan.item_id] = build_item(plan, src, out, opts, headers_of(plan))
+            res = results[plan.item_id] = build_item(plan, src, out, opts, headers_of(plan))
+            journal.item(res, keys[res.item_id])
             bar.update()
     else:
         futures = [pool.submit(_pixel_task, plan, str(src), str(out), opts, headers_of(plan)) for plan in todo]
         for fut in as_completed(futures):
             res = fut.result()
             results[res.item_id] = res
+            journal.item(res, keys[res.item_id])
             bar.update()
     bar.close()
     return results, keys, len(todo)
 
 
 def _account(rels, records, grouping: Grouping, results: dict[str, ItemResult], modality: str | None,
-             pseudo: Pseudonymizer, redact: PathRedactor, superseded: dict[str, tuple[str, str, str]]):
-    """Every file exactly once in the report; one manifest row per item that produced an image."""
+             pseudo: Pseudonymizer, show: Callable[[str], str], superseded: dict[str, tuple[str, str, str]]):
+    """Every file exactly once in the report; one manifest row per item that produced an image.
+    ``show`` gives a path as the report shows it (redacted, escaped)."""
     file_item: dict[str, str] = {}
     for plan in grouping.items:
         for f in plan.files:
@@ -305,13 +425,24 @@ def _account(rels, records, grouping: Grouping, results: dict[str, ItemResult], 
             continue
         rows.append(_manifest_row(plans[item_id], res, modality, pseudo))
     rows.sort(key=lambda r: (r["patient"], r["study"], r["series"], r["item_id"]))
-    shown = {rel: redact(rel) for rel in rels}
+    shown = {rel: show(rel) for rel in rels}
+    conflict_of = {f: c for c in grouping.conflicts for f in c.files}
+    for c in grouping.conflicts:
+        warns.append({"item_id": None, "message": (
+            f"conflicting copies of one image (same SOPInstanceUID, different {', '.join(c.differs)}): "
+            f"{' and '.join(shown[f] for f in c.files)}; none of them is used ({DUPLICATE_RULE}): "
+            "remove the wrong copy and run again")})
     files = []
     for rel in rels:
         rec = records[rel]
         entry = {"path": shown[rel], "status": "skipped", "item_id": None, "reason": rec.reason}
         if rec.kind == "skip":
             entry["category"] = rec.category
+        elif rel in conflict_of:
+            c = conflict_of[rel]
+            others = ", ".join(shown[f] for f in c.files if f != rel)
+            entry.update(reason=f"same SOPInstanceUID as {others} but different {', '.join(c.differs)}: "
+                                "no copy is used (see warnings)", category="duplicate_conflict")
         elif rel in superseded:
             item_id, reason, used = superseded[rel]
             entry.update(reason=f"{reason}; its copy {shown[used]} (same SOPInstanceUID) was used instead",
@@ -364,6 +495,49 @@ def _retry_with_duplicates(src: Path, out: Path, grouping: Grouping, records: di
     return superseded
 
 
+BURNED_IN_POLICIES = ("skip", "keep")
+BURNED_IN_REASON = ("BurnedInAnnotation (0028,0301) is YES: text, often the patient's name, is burned into the pixels "
+                    "(ingest with --burned-in keep once the pixels are scrubbed)")
+
+
+def _header_policy(records: dict[str, FileRecord], burned_in: str) -> tuple[dict[str, FileRecord], list[dict]]:
+    """The records to group, and the report's warnings about what the headers say (counts only, no value).
+
+    With ``burned_in="skip"`` an image whose header says BurnedInAnnotation=YES becomes a skip (category
+    ``burned_in``) in the returned copy. Decided here, on the header records as read (the index keeps
+    those), so that a ``--burned-in keep`` re-run reads no header again. Warns when ultrasound or
+    secondary-capture images do not say whether text is burned in, and counts, per attribute, the
+    images whose header values are outside the DICOM defined terms (those values were left out)."""
+    used = dict(records)
+    yes = unknown = 0
+    unrecognised: dict[str, int] = {}
+    for rel, rec in records.items():
+        if rec.kind != "dicom":
+            continue
+        h = rec.header
+        if h.get("burned_in") == "YES":
+            yes += 1
+            if burned_in == "skip":
+                used[rel] = replace(rec, kind="skip", category="burned_in", reason=BURNED_IN_REASON)
+                continue
+        elif not h.get("burned_in") and may_show_text_in_pixels(h):
+            unknown += 1
+        for kw in h.get("unrecognised", ()):
+            unrecognised[kw] = unrecognised.get(kw, 0) + 1
+    warns = []
+    if yes and burned_in == "keep":
+        warns.append(f"{yes} image file(s) whose header says BurnedInAnnotation=YES were used (--burned-in keep): "
+                     "their pixels show text unless they were scrubbed")
+    if unknown:
+        warns.append(f"{unknown} ultrasound / secondary-capture image file(s) do not say whether text is burned into "
+                     "their pixels (no BurnedInAnnotation); such images often show the patient's name: "
+                     "check them before the cohort leaves the hospital")
+    for kw, n in sorted(unrecognised.items()):
+        warns.append(f"{n} image file(s) hold a {kw} outside the DICOM defined terms, not copied "
+                     f"({UNRECOGNISED_EFFECT.get(kw, 'left out')})")
+    return used, [{"item_id": None, "message": m} for m in warns]
+
+
 def _manifest_row(plan: ItemPlan, res: ItemResult, modality: str | None, pseudo: Pseudonymizer) -> dict:
     h = plan.header
     is_dicom = plan.kind not in ("nifti", "raster")
@@ -388,6 +562,7 @@ def _manifest_row(plan: ItemPlan, res: ItemResult, modality: str | None, pseudo:
         "voi": res.voi, "window_center": res.window_center, "window_width": res.window_width,
         "voi_applied": int(res.voi_applied), "frame_time_ms": res.frame_time_ms,
         "n_files": len(res.used_files), "series_part": plan.series_part,
+        "burned_in": h.get("burned_in") or "unknown",  # YES only with --burned-in keep
     }
 
 
@@ -445,14 +620,125 @@ def _counts(files: list[dict], rows: list[dict], decoded: int, label_counts: dic
 
 
 # ---------------------------------------------------------------- index (re-run cache)
-def _load_index(out: Path, fingerprint: str) -> dict:
-    p = out / STATE_DIR / "index.json"
+# OUT/.medxfer/index.json holds the header record of every file and the cache key and result of every
+# item, paths only as keyed digests. While a run works, what it finishes is appended to
+# OUT/.medxfer/index.journal.jsonl (a chunk of header records, one item per line); the next run folds a
+# journal a crash left behind into the index first, so that it re-reads and re-decodes only what was not
+# finished. A successful run writes the index whole and removes the journal.
+def _path_key(pseudo: Pseudonymizer, rel: str) -> str:
+    return pseudo.digest("FilePath", rel)
+
+
+def _record_doc(rec: FileRecord) -> dict:
+    return {**rec.to_json(), "path": None}
+
+
+def _result_doc(res: ItemResult, pseudo: Pseudonymizer) -> dict:
+    doc = dict(vars(res))
+    doc["used_files"] = [_path_key(pseudo, f) for f in res.used_files]
+    doc["failed"] = {_path_key(pseudo, f): reason for f, reason in res.failed.items()}
+    return doc
+
+
+class _Journal:
+    """What a running ingest finished, appended one JSON line at a time and flushed at once: a crash (even
+    ``kill -9``) loses at most the line being written. Opened on first use, so an unchanged re-run writes
+    nothing. The first line names the index version and the secret fingerprint the entries belong to."""
+
+    def __init__(self, path: Path, pseudo: Pseudonymizer):
+        self.path, self.pseudo = path, pseudo
+        self.written = False
+        self._f = None
+
+    def __enter__(self) -> _Journal:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def files(self, recs: list[FileRecord]) -> None:
+        """Header records that are done."""
+        if recs:
+            self._write({"files": {_path_key(self.pseudo, r.path): _record_doc(r) for r in recs}})
+
+    def item(self, res: ItemResult, key: str) -> None:
+        """An item that is done (its image, if any, is in place)."""
+        self._write({"items": {res.item_id: {"key": key, "result": _result_doc(res, self.pseudo)}}})
+
+    def _write(self, entry: dict) -> None:
+        try:
+            if self._f is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._f = open(self.path, "w", encoding="utf-8")
+                self._f.write(json.dumps({"version": INDEX_VERSION,
+                                          "secret_fingerprint": self.pseudo.fingerprint}) + "\n")
+            self._f.write(json.dumps(entry, separators=(",", ":")) + "\n")
+            self._f.flush()
+        except OSError as exc:  # a failed write names no file: name the journal (a full disk says where)
+            if exc.filename is None:
+                raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
+            raise
+        self.written = True
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+    def discard(self) -> None:
+        """Remove the journal (the index holds its entries now)."""
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+
+def _replay_journal(path: Path, fingerprint: str, doc: dict) -> bool:
+    """Apply a journal a crashed run left to ``doc`` (later lines win); a line cut short is skipped.
+    Returns whether any entry was applied."""
     try:
-        doc = json.loads(p.read_text())
-    except (OSError, ValueError):
+        f = open(path, encoding="utf-8")
+    except OSError:
+        return False
+    applied = False
+    with f:
+        head = _json_line(f.readline())
+        if head.get("version") != INDEX_VERSION or head.get("secret_fingerprint") != fingerprint:
+            return False  # another secret or layout: its entries mean nothing here
+        for line in f:
+            entry = _json_line(line)
+            for part in ("files", "items"):
+                if isinstance(entry.get(part), dict):
+                    doc[part].update(entry[part])
+                    applied = True
+    return applied
+
+
+def _json_line(line: str) -> dict:
+    try:
+        doc = json.loads(line)
+    except ValueError:
         return {}
-    if doc.get("version") != INDEX_VERSION or doc.get("secret_fingerprint") != fingerprint:
-        return {}  # another secret means other pseudonyms: start afresh
+    return doc if isinstance(doc, dict) else {}
+
+
+def _load_index(out: Path, fingerprint: str) -> dict:
+    """The index of ``out`` with any journal a crash left folded in (and written back, the journal removed).
+    An index of another version or secret counts as empty (a re-run then re-reads and re-decodes). The
+    index file is written at once when missing: it marks ``out`` as an ingest output and names its secret."""
+    state = out / STATE_DIR
+    try:
+        doc = json.loads((state / INDEX_FILE).read_text())
+    except (OSError, ValueError):
+        doc = None
+    valid = (isinstance(doc, dict) and doc.get("version") == INDEX_VERSION
+             and doc.get("secret_fingerprint") == fingerprint
+             and isinstance(doc.get("files"), dict) and isinstance(doc.get("items"), dict))
+    if not valid:  # another version or secret: other pseudonyms or layout, start afresh
+        doc = {"version": INDEX_VERSION, "secret_fingerprint": fingerprint, "files": {}, "items": {}}
+    folded = _replay_journal(state / JOURNAL_FILE, fingerprint, doc)
+    if folded or not valid:
+        state.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(state / INDEX_FILE, doc, indent=None)
+    (state / JOURNAL_FILE).unlink(missing_ok=True)
     return doc
 
 
@@ -460,22 +746,15 @@ def _save_index(out: Path, pseudo: Pseudonymizer, records: dict[str, FileRecord]
                 keys: dict[str, str]) -> None:
     """Paths are stored only as keyed digests (a folder may be named after a patient)."""
     (out / STATE_DIR).mkdir(exist_ok=True)
-    path_key = lambda rel: pseudo.digest("FilePath", rel)  # noqa: E731
-    items = {}
-    for item_id, res in results.items():
-        if item_id not in keys:
-            continue
-        doc = dict(vars(res))
-        doc["used_files"] = [path_key(f) for f in res.used_files]
-        doc["failed"] = {path_key(f): reason for f, reason in res.failed.items()}
-        items[item_id] = {"key": keys[item_id], "result": doc}
+    items = {item_id: {"key": keys[item_id], "result": _result_doc(res, pseudo)}
+             for item_id, res in results.items() if item_id in keys}
     doc = {"version": INDEX_VERSION, "secret_fingerprint": pseudo.fingerprint,
-           "files": {path_key(rel): {**rec.to_json(), "path": None} for rel, rec in records.items()}, "items": items}
-    atomic_write_json(out / STATE_DIR / "index.json", doc, indent=None)
+           "files": {_path_key(pseudo, rel): _record_doc(rec) for rel, rec in records.items()}, "items": items}
+    atomic_write_json(out / STATE_DIR / INDEX_FILE, doc, indent=None)
 
 
 def _result_from_index(doc: dict, plan: ItemPlan, pseudo: Pseudonymizer) -> ItemResult:
-    paths = {pseudo.digest("FilePath", f): f for f in plan.files}
+    paths = {_path_key(pseudo, f): f for f in plan.files}
     res = ItemResult(**doc)
     res.used_files = [paths[d] for d in doc["used_files"] if d in paths]
     res.failed = {paths[d]: reason for d, reason in doc["failed"].items() if d in paths}
@@ -483,10 +762,44 @@ def _result_from_index(doc: dict, plan: ItemPlan, pseudo: Pseudonymizer) -> Item
 
 
 def _prune(out: Path, keep: set[str]) -> None:
-    """Remove cached images no manifest row points to (an item that changed or disappeared)."""
+    """Remove cached images no manifest row points to (an item that changed or disappeared, a leftover
+    ``.part`` file, an image of the flat layout of index version 1) and sub-folders left empty."""
     d = out / IMAGES_DIR
     if not d.is_dir():
         return
-    for p in d.iterdir():
-        if f"{IMAGES_DIR}/{p.name}" not in keep:
-            p.unlink(missing_ok=True)
+    for folder, _, names in os.walk(d, topdown=False):
+        rel_folder = Path(os.path.relpath(folder, out)).as_posix()
+        for name in names:
+            if f"{rel_folder}/{name}" not in keep:
+                Path(folder, name).unlink(missing_ok=True)
+        if folder != str(d):
+            try:
+                os.rmdir(folder)  # only when empty
+            except OSError:
+                pass
+
+
+# ---------------------------------------------------------------- paths as the report shows them
+def _shown_path(rel: str, redact: PathRedactor) -> str:
+    """A relative path as the report shows it: identifier parts redacted, bytes that are not UTF-8 as
+    ``\\xNN`` escapes. A name that is not UTF-8 is also read in legacy encodings (Windows Latin-1,
+    Shift JIS, EUC-KR, GB 18030): when one of them shows an identifier (a folder named after the patient
+    in the encoding of the header), that reading is redacted and shown instead."""
+    if display_path(rel) == rel:
+        return redact(rel)
+    shown = []
+    for seg in rel.split("/"):
+        text = display_path(redact(seg))
+        if text != seg:
+            raw = seg.encode("utf-8", "surrogateescape")
+            for enc in LEGACY_NAME_ENCODINGS:
+                try:
+                    guess = raw.decode(enc)
+                except UnicodeDecodeError:
+                    continue
+                hidden = redact(guess)
+                if hidden != guess:
+                    text = hidden
+                    break
+        shown.append(text)
+    return "/".join(shown)

@@ -5,12 +5,18 @@
   ``dcmread`` loop. Everything else (JPEG, JPEG-LS, JPEG 2000, RLE, deflate, big endian) goes
   through pydicom's decoder plugins (pylibjpeg and its plugins, GDCM as fallback); YBR is
   converted to RGB and PALETTE COLOR expanded by pydicom.
-* Modality LUT (rescale slope/intercept: CT in HU) is applied; MONOCHROME1 is inverted so that
-  higher is brighter, over the range the header defines (not the image's own min/max).
+* The modality transformation is applied: rescale slope/intercept (CT in HU), or the Modality LUT
+  Sequence (0028,3000) through pydicom's ``apply_modality_lut`` (such files never take the native
+  fast path, which reads stored values); MONOCHROME1 is inverted so that higher is brighter, over
+  the range the header defines (not the image's own min/max).
 * VOI (window or VOI LUT) is *recorded* for projection X-ray; applied only when asked.
+* Error texts quote no header value: a quoted word survives only when it is a number, a decoder
+  plugin, a DICOM element name or keyword, a transfer syntax name or a defined term.
 """
 from __future__ import annotations
 
+import functools
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +27,7 @@ from pydicom.uid import UID
 
 from ..core.errors import MedxferError
 from .scrub import describe_error
+from .vocabulary import PHOTOMETRIC_INTERPRETATIONS
 
 NATIVE_LE = {pydicom.uid.ExplicitVRLittleEndian, pydicom.uid.ImplicitVRLittleEndian}
 
@@ -40,6 +47,7 @@ class Presentation:
     invert: bool  # MONOCHROME1
     lo: float  # value range after rescale, used for the MONOCHROME1 inversion
     hi: float
+    lut: bool = False  # a Modality LUT Sequence gives the values (read_stored applies it)
 
 
 def stored_range(h: dict) -> tuple[int, int]:
@@ -57,6 +65,8 @@ def is_colour(h: dict) -> bool:
 def plan_presentation(headers: list[dict]) -> Presentation:
     """Pick output dtype and rescale for an item whose slices have these headers."""
     h0 = headers[0]
+    if any(h.get("modality_lut") for h in headers) and not is_colour(h0):
+        return _plan_lut(headers)
     slopes = {float(h.get("slope") or 1.0) for h in headers}
     intercepts = {float(h.get("intercept") or 0.0) for h in headers}
     rescaled = slopes != {1.0} or intercepts != {0.0}
@@ -78,6 +88,20 @@ def plan_presentation(headers: list[dict]) -> Presentation:
             if info.min <= lo and hi <= info.max and not (dt == np.uint8 and h0["bits_allocated"] > 8):
                 return Presentation(np.dtype(dt), slope, intercept, rescaled, invert, lo, hi)
     return Presentation(np.dtype(np.float32), slope, intercept, rescaled, invert, lo, hi)
+
+
+def _plan_lut(headers: list[dict]) -> Presentation:
+    """Modality LUT output: unsigned values of the LUT's bits; slices mixing LUTs and rescale are float."""
+    invert = headers[0]["photometric"] == "MONOCHROME1"
+    bits = {h.get("lut_bits") for h in headers}
+    if all(h.get("modality_lut") for h in headers) and len(bits) == 1:
+        (b,) = bits
+        return Presentation(np.dtype(np.uint8 if b <= 8 else np.uint16), 1.0, 0.0, True, invert, 0, (1 << b) - 1, True)
+    ranges = [(0, (1 << h["lut_bits"]) - 1) if h.get("modality_lut") else
+              sorted(v * float(h.get("slope") or 1.0) + float(h.get("intercept") or 0.0) for v in stored_range(h))
+              for h in headers]  # present() takes each slice's own slope (1 for LUT slices)
+    return Presentation(np.dtype(np.float32), float("nan"), float("nan"), True, invert,
+                        min(r[0] for r in ranges), max(r[1] for r in ranges), True)
 
 
 def _native_dtype(h: dict) -> np.dtype:
@@ -127,12 +151,18 @@ def reads_in_place(h: dict, p: "Presentation") -> bool:
 
 
 def can_read_native(h: dict) -> bool:
+    """True when the stored values are the file's bytes at the known offset, and are all there is to read
+    (not with a Modality LUT Sequence: its table is applied by :func:`read_stored`)."""
     return (UID(h["ts"]) in NATIVE_LE and h["spp"] == 1 and h["bits_allocated"] in (8, 16, 32)
-            and h.get("pixel_offset") is not None and h["photometric"].startswith("MONOCHROME"))
+            and h.get("pixel_offset") is not None and h["photometric"].startswith("MONOCHROME")
+            and not h.get("modality_lut"))
 
 
 def read_stored(path: Path, h: dict) -> np.ndarray:
-    """Stored values (or RGB for colour images) of one file: (rows, cols[, 3]) or (frames, rows, cols[, 3])."""
+    """Stored values (or RGB for colour images) of one file: (rows, cols[, 3]) or (frames, rows, cols[, 3]).
+
+    Where the header has a Modality LUT Sequence the LUT's output is returned instead (uint8/uint16);
+    :func:`plan_presentation` plans for it (``Presentation.lut``)."""
     if can_read_native(h):
         return read_native(path, h)
     try:
@@ -148,9 +178,52 @@ def read_stored(path: Path, h: dict) -> np.ndarray:
         raise PixelDecodeError(f"cannot read file: {exc.strerror or type(exc).__name__}") from None
     except Exception as exc:  # decoder plugins raise many types; the file is reported, the run goes on
         ts = UID(h["ts"])
-        why = describe_error(exc, scrub="paths")
-        raise PixelDecodeError(f"cannot decode pixel data ({ts.name or ts}): {why}") from exc
+        raise PixelDecodeError(f"cannot decode pixel data ({ts.name or ts}): {decoder_error(exc)}") from exc
+    if h.get("modality_lut"):
+        arr = _apply_modality_lut(arr, ds, h)
     return arr
+
+
+def _apply_modality_lut(arr: np.ndarray, ds: pydicom.Dataset, h: dict) -> np.ndarray:
+    """pydicom's ``apply_modality_lut``; a LUT Descriptor whose bits pydicom has no dtype for (PS3.3 C.11.1.1.1
+    allows 8 to 16) is read with 16-bit entries, as the LUT Data then holds them."""
+    try:
+        item = ds.ModalityLUTSequence[0]
+        descriptor = [int(v) for v in item.LUTDescriptor]
+        if descriptor[2] not in (8, 16):
+            item.LUTDescriptor = [descriptor[0], descriptor[1], 16 if descriptor[2] > 8 else 8]
+        return pydicom.pixels.apply_modality_lut(arr, ds)
+    except Exception as exc:  # a broken table: this file is reported, the run goes on
+        raise PixelDecodeError(f"broken Modality LUT Sequence (0028,3000): {decoder_error(exc)}") from exc
+
+
+# Quoted words a decoder error may keep: plugin and package names (values are never among them).
+DECODER_WORDS = frozenset({"gdcm", "pylibjpeg", "pillow", "pyjpegls", "pydicom", "numpy", "openjpeg", "libjpeg",
+                           "rle", "python-gdcm", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle"})
+_QUOTED_WORD = re.compile(r"""(['"])(.*?)\1""")
+_NUMBER = re.compile(r"[-+]?\d+(\.\d+)?")
+
+
+@functools.cache
+def _dicom_words() -> tuple[frozenset[str], tuple[str, ...]]:
+    """Element names and keywords of the DICOM dictionary; transfer syntax names."""
+    names = {v[2] for v in pydicom.datadict.DicomDictionary.values()}
+    names |= {v[4] for v in pydicom.datadict.DicomDictionary.values()}
+    return frozenset(names), tuple(UID(ts).name for ts in pydicom.uid.AllTransferSyntaxes)
+
+
+def _known_word(word: str) -> bool:
+    names, ts_names = _dicom_words()
+    return (bool(_NUMBER.fullmatch(word)) or word.lower() in DECODER_WORDS or word in PHOTOMETRIC_INTERPRETATIONS
+            or word in names or (len(word) >= 3 and any(n.startswith(word) for n in ts_names)))
+
+
+def decoder_error(exc: BaseException) -> str:
+    """A decoder's error text for the report: paths dropped, and every quoted word that is not a known
+    name (a number, a plugin, an element, a transfer syntax, a defined term) replaced by ``'…'``: decoders
+    quote element values (a PhotometricInterpretation, a NumberOfFrames …), which may hold anything."""
+    text = describe_error(exc, scrub="paths")
+    return _QUOTED_WORD.sub(lambda m: m.group(0) if m.group(2) == "…" or _known_word(m.group(2)) else "'…'", text)
 
 
 def present(arr: np.ndarray, p: Presentation, h: dict) -> np.ndarray:

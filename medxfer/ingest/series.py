@@ -2,7 +2,14 @@
 
 Rules (see ``DESIGN.md``, "Items"):
 
-* duplicates (same SOPInstanceUID) are dropped, the first path in sort order wins;
+* copies of one image (same SOPInstanceUID) are compared first (:func:`compare_copies`): when they
+  agree on the pixel format (rows, columns, frames, samples, bits allocated and stored, pixel
+  representation, photometric interpretation) and on the pixel content (``pixel_digest``, a keyed
+  digest of the stored pixels the pipeline adds to the header of every file that shares its
+  SOPInstanceUID), the first path in sort order is used and the others are duplicates; when they
+  conflict, *no* copy is used (which one is right cannot be told from the files) and the conflict
+  is reported naming every copy. A copy whose pixels could not be read (no digest) is compared on
+  its format only;
 * single-frame CT/MR/PT/NM slices are grouped by series, orientation, matrix, echo and temporal
   position; a group of two or more becomes one volume sorted by position along the slice normal
   (``ImagePositionPatient · normal``), never by InstanceNumber; a slice of another orientation
@@ -15,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -39,19 +46,58 @@ class ItemPlan:
     series_part: str = "1/1"  # k/N when one DICOM series yields N items (oblique slabs, localizers)
 
 
+# What copies of one SOPInstanceUID must share to count as the same image (header key -> words for the report).
+PIXEL_FORMAT = {"rows": "rows", "cols": "columns", "frames": "frames", "spp": "samples per pixel",
+                "bits_allocated": "bits allocated", "bits_stored": "bits stored",
+                "pixel_representation": "pixel representation", "photometric": "photometric interpretation"}
+PIXEL_DIGEST = "pixel_digest"  # header key: keyed digest of the stored pixels (None: could not be read)
+DUPLICATE_RULE = ("copies with one SOPInstanceUID are used only when they agree on matrix, frames, bit depth "
+                  "and pixel content (then the first path in sort order is used); conflicting copies are all "
+                  "left out")
+
+
+@dataclass
+class Conflict:
+    """Copies of one SOPInstanceUID that are not the same image: none of them is used."""
+
+    files: list[str]  # every copy, in path order
+    differs: list[str]  # what differs, in words ("rows", "pixel content" …)
+
+
 @dataclass
 class Grouping:
-    """Item plans, the duplicates left out, and notes on files used in a special way."""
+    """Item plans, the duplicates left out, conflicting copies, and notes on files used in a special way."""
 
     items: list[ItemPlan]
     duplicates: dict[str, str]  # duplicate path -> path of the file kept
     notes: dict[str, str]  # path -> note for files used in a special way (e.g. localizer kept apart)
+    conflicts: list[Conflict] = field(default_factory=list)
 
 
 def _item_id(*parts: str) -> str:
     # Not core.hashing.stable_digest: item ids (re-keyed by the pipeline's HMAC) name cached images and
     # manifest rows; these NUL-joined bytes must stay as they are or every cohort's ids would change.
-    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
+    # surrogateescape: a path that is not UTF-8 (a file name in another encoding) hashes as its bytes.
+    return hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def shared_sop_paths(records: list[FileRecord]) -> list[str]:
+    """Paths of the DICOM images whose SOPInstanceUID another file has too (those need a pixel digest)."""
+    by_sop: dict[str, list[str]] = defaultdict(list)
+    for r in records:
+        if r.kind == "dicom" and r.header.get("sop"):
+            by_sop[r.header["sop"]].append(r.path)
+    return sorted(p for paths in by_sop.values() if len(paths) > 1 for p in paths)
+
+
+def compare_copies(copies: list[FileRecord]) -> list[str]:
+    """What differs between copies of one SOPInstanceUID (empty when they are the same image)."""
+    first = copies[0].header
+    differs = [words for key, words in PIXEL_FORMAT.items() if any(c.header.get(key) != first.get(key) for c in copies)]
+    digests = {c.header.get(PIXEL_DIGEST) for c in copies} - {None}
+    if len(digests) > 1 and not differs:
+        differs.append("pixel content")
+    return differs
 
 
 def _normal(iop: list[float]) -> np.ndarray:
@@ -65,16 +111,23 @@ def group_records(records: list[FileRecord]) -> Grouping:
     """Turn the header records of usable files into item plans (DICOM, NIfTI and raster alike)."""
     dicom = sorted((r for r in records if r.kind == "dicom"), key=lambda r: r.path)
     duplicates: dict[str, str] = {}
-    seen: dict[str, str] = {}
-    unique: list[FileRecord] = []
+    conflicts: list[Conflict] = []
+    by_sop: dict[str, list[FileRecord]] = defaultdict(list)
     for r in dicom:
-        sop = r.header.get("sop")
-        if sop and sop in seen:
-            duplicates[r.path] = seen[sop]
+        if r.header.get("sop"):
+            by_sop[r.header["sop"]].append(r)
+    left_out: set[str] = set()
+    for copies in by_sop.values():
+        if len(copies) < 2:
             continue
-        if sop:
-            seen[sop] = r.path
-        unique.append(r)
+        differs = compare_copies(copies)
+        if differs:
+            conflicts.append(Conflict([c.path for c in copies], differs))
+            left_out.update(c.path for c in copies)
+        else:
+            duplicates.update({c.path: copies[0].path for c in copies[1:]})
+            left_out.update(c.path for c in copies[1:])
+    unique = [r for r in dicom if r.path not in left_out]
 
     items: list[ItemPlan] = []
     notes: dict[str, str] = {}
@@ -95,7 +148,7 @@ def group_records(records: list[FileRecord]) -> Grouping:
             items.append(ItemPlan(_item_id(r.kind, r.header["path_key"]), r.kind, [r.path], dict(r.header)))
     items.sort(key=lambda it: (it.header.get("patient", ""), it.files[0]))
     _number_series_parts(items)
-    return Grouping(items, duplicates, notes)
+    return Grouping(items, duplicates, notes, conflicts)
 
 
 def _number_series_parts(items: list[ItemPlan]) -> None:

@@ -5,9 +5,14 @@ within a stratum, dealt (largest first, ties in seeded random order) to the fold
 fewest items of that stratum so far; folds stay balanced in items, not only in patients.
 Hand-written rather than scikit-learn's ``StratifiedGroupKFold`` to avoid a heavy dependency
 for thirty lines, and because that one balances groups, not items, per fold.
+
+``split.json`` records the assignment (patient pseudonym -> fold), so that a re-ingest of the
+cohort keeps every known patient's fold (:func:`reapply_folds`).
 """
 from __future__ import annotations
 
+import csv
+import json
 import os
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -18,6 +23,7 @@ from ..core.errors import MedxferError
 from ..core.files import atomic_write_json
 from .manifest import read_manifest, write_csv
 
+SPLIT_FILE = "split.json"
 
 class SplitError(MedxferError, ValueError):
     """Unusable split arguments (reported to the user as a one-line error)."""
@@ -52,7 +58,8 @@ def assign_folds(patients: list[str], strata: list[str], folds: int, seed: int =
 
 
 def split(out_dir: str | os.PathLike, folds: int, *, stratify: str | None = None, seed: int = 0) -> dict:
-    """Add/replace the ``fold`` column of ``out_dir/manifest.csv``; write ``split.json``; return its summary."""
+    """Add/replace the ``fold`` column of ``out_dir/manifest.csv``; write ``split.json`` (the summary and the
+    patient -> fold assignment a re-ingest re-applies); return it."""
     out = Path(out_dir)
     manifest = out / "manifest.csv"
     if not manifest.is_file():
@@ -78,6 +85,80 @@ def split(out_dir: str | os.PathLike, folds: int, *, stratify: str | None = None
         "items_per_fold": {str(k): sum(per_fold[k].values()) for k in range(folds)},
         "patients_per_fold": {str(k): sum(1 for f in fold_of.values() if f == k) for k in range(folds)},
         "strata_per_fold": {str(k): dict(sorted(per_fold[k].items())) for k in range(folds)} if stratify else None,
+        "assignment": dict(sorted(fold_of.items())),  # patient pseudonym -> fold: re-applied by a re-ingest
     }
-    atomic_write_json(out / "split.json", summary, indent=1)
+    atomic_write_json(out / SPLIT_FILE, summary, indent=1)
     return summary
+
+
+def reapply_folds(out_dir: str | os.PathLike, rows: list[dict], columns: list[str]) -> list[str]:
+    """Keep the split of a cohort that is ingested again: set each new manifest row's ``fold`` to its
+    patient's recorded fold (``rows`` and ``columns`` are changed in place; call before the manifest
+    is replaced).
+
+    The assignment comes from ``split.json`` or, for a ``split.json`` written without one (or a fold
+    column made by hand), from the ``fold`` column of the manifest about to be replaced. A patient
+    not in the assignment gets an empty fold (``medxfer train`` leaves such rows out). Returns the
+    warnings for the user (new patients without a fold, a split that cannot be recovered); nothing
+    happens, and nothing is returned, for a cohort that was never split.
+    """
+    out = Path(out_dir)
+    recorded = _read_split(out / SPLIT_FILE)
+    info = recorded or {}
+    assignment = info.get("assignment") if isinstance(info.get("assignment"), dict) else None
+    previous = _previous_folds(out / "manifest.csv") if assignment is None else None
+    if recorded is None and not previous:
+        return []
+    if assignment is None:
+        assignment = previous or {}
+    if "fold" not in columns:
+        columns.append("fold")
+    missing: dict[str, int] = Counter()
+    for r in rows:
+        r["fold"] = assignment.get(r["patient"], "")
+        if r["fold"] == "":
+            missing[r["patient"]] += 1
+    if not missing:
+        return []
+    again = _split_command(out, info)
+    if not assignment:
+        return [f"{out} was split before, but its folds could not be recovered ({SPLIT_FILE} records no "
+                f"assignment and the previous manifest has no fold column): every fold is empty — run `{again}`"]
+    return [f"{len(missing)} patient(s) ({sum(missing.values())} item(s)) are new since the cohort was split and "
+            f"have no fold (medxfer train leaves them out): run `{again}` to include them (the folds of other "
+            f"patients may change)"]
+
+
+def _read_split(path: Path) -> dict | None:
+    """``split.json`` as a dict; None when absent; ``{}`` when unreadable."""
+    if not path.exists():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _previous_folds(manifest: Path) -> dict[str, str]:
+    """Patient -> fold from an existing manifest's fold column (patients spread over folds left out)."""
+    try:
+        rows, columns = read_manifest(manifest)
+    except (OSError, ValueError, csv.Error):
+        return {}
+    if "fold" not in columns:
+        return {}
+    seen: dict[str, set[str]] = defaultdict(set)
+    for r in rows:
+        if r.get("patient") and (r.get("fold") or "") != "":
+            seen[r["patient"]].add(r["fold"])
+    return {p: next(iter(f)) for p, f in seen.items() if len(f) == 1}
+
+
+def _split_command(out: Path, info: dict) -> str:
+    cmd = f"medxfer split {out} --folds {info.get('folds') or 'K'}"
+    if info.get("stratify"):
+        cmd += f" --stratify {info['stratify']}"
+    if info.get("seed") is not None:
+        cmd += f" --seed {info['seed']}"
+    return cmd

@@ -2,9 +2,16 @@
 
 Resuming is by ``config_hash``: a FINISHED child with the hash is never run again. A child left
 RUNNING by a runner that died (``kill -9``, a lost node) is marked FAILED and run again. A child
-is known to be orphaned when its runner's process is gone on this host, or when its heartbeat
+is known to be orphaned when its runner's process is gone on this machine, or when its heartbeat
 (a tag the runner refreshes every 30 s) is older than ``MEDXFER_STALE_SECONDS`` (default 600) —
-the rule for runners on other machines sharing one tracking server.
+the rule for runners on other machines sharing one tracking server. A runner is identified by a
+random id per process start and its machine by the kernel's boot id and pid namespace (hostnames
+repeat across containers and nodes): a process id is only checked on the machine it belongs to.
+
+Weights are pinned when the study is planned: the runner passes the sha256 of each ``file:`` and
+imported source (what the config hash holds) to the bundle as ``weights_sha256``, and a run that
+loads other bytes (the file replaced, the name re-imported meanwhile) fails instead of mixing two
+sets of weights in one cell.
 
 ``freeze: all`` classification cells train their heads from the frozen encoder's cached features
 (:mod:`medxfer.engine.features`, bundle config ``train_features.json``) unless the spec sets
@@ -18,18 +25,21 @@ import socket
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import yaml
 from mlflow.entities import Param
 
 from ..core.errors import MedxferError
 from ..core.files import atomic_write, atomic_write_json
 from ..engine.bundles import error_summary, train_bundle
+from ..models.weights import source_label
 from ..tracking.layout import (GRID_ARTIFACT, ROLE_CELL, ROLE_PRETRAIN, ROLE_STUDY, SPEC_ARTIFACT, TAG_CHAIN,
-                               TAG_CONFIG_HASH, TAG_HEARTBEAT, TAG_HOST, TAG_PID, TAG_PROGRESS, TAG_RESET, TAG_ROLE,
-                               TAG_SPEC_HASH, TAG_STAGE, TAG_STUDY, role_filter)
+                               TAG_CONFIG_HASH, TAG_HEARTBEAT, TAG_HOST, TAG_MACHINE, TAG_PID, TAG_PROGRESS, TAG_RESET,
+                               TAG_ROLE, TAG_RUNNER, TAG_SPEC_HASH, TAG_STAGE, TAG_STUDY, role_filter)
 from ..tracking.store import client as mlflow_client
 from ..tracking.store import experiment_id, search_all_runs
 from .grid import PlannedRun, expand, shard, weights_identity
@@ -74,14 +84,66 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _orphaned(run, host: str, now: float) -> bool:
-    """A RUNNING child whose runner is gone: on this host, its process is dead or is this very
-    process (which runs one child at a time and has not started this one: a restarted container
-    reusing the pid); elsewhere, its heartbeat is older than ``stale_seconds()``."""
+def machine_id() -> str:
+    """This machine, as far as process ids go: the kernel's boot id and this process's pid namespace
+    (``boot:<uuid>/pid:[<inode>]``; two containers of one host differ) where ``/proc`` has them, else
+    ``host:<hostname>``."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = ""
+    if not boot:
+        return f"host:{socket.gethostname()}"
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return f"boot:{boot}/{namespace}"
+
+
+@dataclass(frozen=True)
+class RunnerIdentity:
+    """Who runs a run: host (for people), machine (:func:`machine_id`), process id and a random id
+    of the process start (a restarted container may reuse both the hostname and the pid)."""
+
+    host: str
+    machine: str
+    pid: int
+    runner: str
+
+    def tags(self) -> dict[str, str]:
+        """The MLflow tags of a run this runner starts."""
+        return {TAG_HOST: self.host, TAG_MACHINE: self.machine, TAG_PID: str(self.pid), TAG_RUNNER: self.runner}
+
+
+_identity: RunnerIdentity | None = None
+
+
+def runner_identity() -> RunnerIdentity:
+    """This process's :class:`RunnerIdentity` (a new runner id in a forked child)."""
+    global _identity
+    if _identity is None or _identity.pid != os.getpid():
+        _identity = RunnerIdentity(host=socket.gethostname(), machine=machine_id(), pid=os.getpid(),
+                                   runner=uuid.uuid4().hex)
+    return _identity
+
+
+def _orphaned(run, me: RunnerIdentity, now: float) -> bool:
+    """A RUNNING child whose runner is gone: started by this very runner (which runs one child at a
+    time and has not started this one), or on this machine by a process that is dead or whose pid
+    is now this process's (a restarted container); on another machine — a different machine id,
+    whatever the hostname — its heartbeat is older than ``stale_seconds()``, never judged by pid.
+    Runs of an older medxfer (no runner tag) are on this machine when their hostname is this one."""
     tags = run.data.tags
-    if tags.get(TAG_HOST) == host and tags.get(TAG_PID, "").isdigit():
+    if tags.get(TAG_RUNNER):
+        if tags[TAG_RUNNER] == me.runner:
+            return True
+        local = tags.get(TAG_MACHINE) == me.machine
+    else:
+        local = tags.get(TAG_HOST) == me.host
+    if local and tags.get(TAG_PID, "").isdigit():
         pid = int(tags[TAG_PID])
-        if pid == os.getpid() or not _pid_alive(pid):
+        if pid == me.pid or not _pid_alive(pid):
             return True
     beat = float(tags.get(TAG_HEARTBEAT) or run.info.start_time / 1000.0)
     return now - beat > stale_seconds()
@@ -90,8 +152,8 @@ def _orphaned(run, host: str, now: float) -> bool:
 def _reset_orphans(client, runs: list) -> list:
     """Mark the orphaned RUNNING runs among ``runs`` FAILED; returns the orphans (the other RUNNING
     runs are alive somewhere)."""
-    host = socket.gethostname()
-    orphans = [r for r in runs if r.info.status == "RUNNING" and _orphaned(r, host, time.time())]
+    me = runner_identity()
+    orphans = [r for r in runs if r.info.status == "RUNNING" and _orphaned(r, me, time.time())]
     for r in orphans:
         client.set_terminated(r.info.run_id, status="FAILED")
         client.set_tag(r.info.run_id, TAG_RESET, "runner gone; marked FAILED and re-run")
@@ -117,7 +179,7 @@ class _Heartbeat:
     def __init__(self, client, experiment_id: str):
         self.client, self.experiment_id = client, experiment_id
         self.config_hash: str | None = None
-        self.host = socket.gethostname()
+        self.runner = runner_identity().runner
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="medxfer-heartbeat")
 
@@ -136,8 +198,7 @@ class _Heartbeat:
             try:
                 for run in self.client.search_runs(
                         [self.experiment_id], filter_string=f"tags.`{TAG_CONFIG_HASH}` = '{h}' and "
-                        f"tags.`{TAG_HOST}` = '{self.host}' and tags.`{TAG_PID}` = '{os.getpid()}' "
-                        "and attributes.status = 'RUNNING'"):
+                        f"tags.`{TAG_RUNNER}` = '{self.runner}' and attributes.status = 'RUNNING'"):
                     self.client.set_tag(run.info.run_id, TAG_HEARTBEAT, f"{time.time():.0f}")
             except Exception as exc:  # noqa: BLE001 - a missed beat is not an error
                 log.debug("heartbeat failed: %s", exc)
@@ -187,6 +248,51 @@ def stage_states(spec: StudySpec) -> list[tuple[str, str]]:
     return rows
 
 
+def _labelled(value):
+    """``value`` with every ``file:PATH`` weights source in it reduced to its base name (a folder
+    path can carry a person's name), in strings, lists and mappings."""
+    if isinstance(value, str):
+        return source_label(value)
+    if isinstance(value, list):
+        return [_labelled(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _labelled(v) for k, v in value.items()}
+    return value
+
+
+def spec_text_for_log(spec: StudySpec) -> str:
+    """The spec as written, with each ``file:PATH`` weights source reduced to ``file:<base name>``
+    (as the child runs name it); comments and layout kept where the paths can be replaced in place,
+    else the spec re-written from its parsed YAML."""
+    text = spec.text or ""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    sources: set[str] = set()
+
+    def collect(value) -> None:
+        if isinstance(value, str) and value.startswith("file:"):
+            sources.add(value)
+        elif isinstance(value, list):
+            for v in value:
+                collect(v)
+        elif isinstance(value, dict):
+            for v in value.values():
+                collect(v)
+
+    collect(raw)
+    for source in sorted(sources, key=len, reverse=True):  # a path that is the prefix of another goes last
+        if source != source_label(source):
+            text = text.replace(source, source_label(source))
+    try:
+        if yaml.safe_load(text) == _labelled(raw):
+            return text
+    except yaml.YAMLError:
+        pass
+    return yaml.safe_dump(_labelled(raw), sort_keys=False, allow_unicode=True)
+
+
 def _parent_run(client, spec: StudySpec, exp_id: str) -> str:
     """The study's parent run (created once; concurrent shards converge on the earliest)."""
     query = role_filter(spec.name, ROLE_STUDY)
@@ -199,16 +305,32 @@ def _parent_run(client, spec: StudySpec, exp_id: str) -> str:
     run = client.create_run(exp_id, run_name=f"study/{spec.name}",
                             tags={TAG_STUDY: spec.name, TAG_ROLE: ROLE_STUDY, TAG_SPEC_HASH: spec.spec_hash()})
     params = {"bundle": Path(spec.bundle).name, "label": spec.label, "folds": spec.folds, "seeds": spec.seeds,
-              **{f"grid.{k}": v for k, v in spec.grid.items()}, **{f"train.{k}": v for k, v in spec.train.items()}}
+              **{f"grid.{k}": _labelled(v) for k, v in spec.grid.items()},
+              **{f"train.{k}": _labelled(v) for k, v in spec.train.items()}}
     client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
     with tempfile.TemporaryDirectory() as tmp:
-        path = atomic_write(Path(tmp) / SPEC_ARTIFACT, spec.text or "")
+        path = atomic_write(Path(tmp) / SPEC_ARTIFACT, spec_text_for_log(spec))
         client.log_artifact(run.info.run_id, str(path))
     found = sorted(search_all_runs(client, exp_id, query), key=lambda r: (r.info.start_time, r.info.run_id))
     if found and found[0].info.run_id != run.info.run_id:  # another shard won the race
         client.delete_run(run.info.run_id)
         return found[0].info.run_id
     return run.info.run_id
+
+
+def weights_pins(spec: StudySpec, runs: list[PlannedRun]) -> dict[tuple[str, str], str]:
+    """{(weights source, encoder): sha256} of the ``file:`` and imported sources the plan names (the
+    grid's and the pretraining stages' starts), as :func:`weights_identity` — and so the config hash —
+    sees them now. Each run passes its pin to the bundle (``weights_sha256``), which refuses other bytes."""
+    wanted = {(str(r.overrides.get("weights")), str(r.overrides.get("encoder"))) for r in runs if not r.stage}
+    stage_encoders = {str(r.overrides.get("encoder")) for r in runs if r.stage}
+    wanted |= {(s.start, encoder) for s in spec.pretrain if s.start not in spec.stages for encoder in stage_encoders}
+    pins = {}
+    for source, encoder in wanted:
+        identity = weights_identity(source, encoder)
+        if identity.startswith("sha256:"):
+            pins[(source, encoder)] = identity[len("sha256:"):]
+    return pins
 
 
 class StageFailed(MedxferError, RuntimeError):
@@ -220,9 +342,10 @@ class _Stages:
     another runner trains them, or trained here; each (stage, encoder) once."""
 
     def __init__(self, client, exp_id: str, spec: StudySpec, parent_run_id: str, beat: "_Heartbeat",
-                 echo: Callable[[str], None], runs_dir: Path):
+                 echo: Callable[[str], None], runs_dir: Path, pins: dict[tuple[str, str], str] | None = None):
         self.client, self.exp_id, self.spec, self.parent = client, exp_id, spec, parent_run_id
         self.beat, self.echo, self.runs_dir = beat, echo, runs_dir
+        self.pins = pins or {}
         self.done: dict[tuple[str, str], str | StageFailed] = {}
 
     def run_id(self, name: str, encoder: str) -> str:
@@ -262,7 +385,8 @@ class _Stages:
             time.sleep(HEARTBEAT_SECONDS / 2)
         tags = {TAG_STUDY: self.spec.name, TAG_ROLE: ROLE_PRETRAIN, TAG_CONFIG_HASH: config_hash,
                 TAG_STAGE: name, TAG_CHAIN: " → ".join(chain(stages, name)), "encoder": encoder,
-                TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid()), TAG_HEARTBEAT: f"{time.time():.0f}"}
+                **runner_identity().tags(), TAG_HEARTBEAT: f"{time.time():.0f}"}
+        pin = {"weights_sha256": self.pins[(start, encoder)]} if (start, encoder) in self.pins else {}
         run_name = f"pretrain/{name}/{encoder}"
         self.echo(f"[pretrain] {run_name} (from {stage.start})")
         self.beat.config_hash = config_hash
@@ -271,7 +395,7 @@ class _Stages:
                                   encoder=encoder, weights=start, experiment=self.spec.experiment,
                                   parent_run_id=self.parent, run_name=run_name, tags=tags,
                                   output_dir=str(self.runs_dir / self.spec.name / run_name.replace("/", "_")),
-                                  **stage.data, **stage.train)
+                                  **stage.data, **stage.train, **pin)
         except Exception as exc:  # noqa: BLE001 - reported on every run that needs the stage
             raise StageFailed(f"pretraining stage {name} for {encoder} failed: {error_summary(exc)}") from None
         finally:
@@ -306,6 +430,7 @@ def run_study(spec: StudySpec, shard_index: tuple[int, int] = (1, 1),
 
     client = mlflow_client()
     runs = expand(spec)
+    pins = weights_pins(spec, runs)  # as the config hashes saw the weights, now
     selected = shard(runs, *shard_index)
     outcome = StudyOutcome(total=len(runs), selected=len(selected))
     exp_id = experiment_id(client, spec.experiment, create=True)
@@ -314,10 +439,10 @@ def run_study(spec: StudySpec, shard_index: tuple[int, int] = (1, 1),
     if spec.similarity and shard_index[0] == 1:  # one shard measures it; the report reads it
         log_study_similarity(spec, client, outcome.parent_run_id, echo)
     _, by_hash = study_state(spec, runs, client)
-    host = socket.gethostname()
+    me = runner_identity()
     grid_keys = list(spec.grid)
     with _Heartbeat(client, exp_id) as beat:
-        stages = _Stages(client, exp_id, spec, outcome.parent_run_id, beat, echo, Path(runs_dir))
+        stages = _Stages(client, exp_id, spec, outcome.parent_run_id, beat, echo, Path(runs_dir), pins)
         for planned in selected:
             children = by_hash.get(planned.config_hash, [])
             if not any(c.info.status == "FINISHED" for c in children):
@@ -332,9 +457,11 @@ def run_study(spec: StudySpec, shard_index: tuple[int, int] = (1, 1),
                 outcome.running_elsewhere.append(planned.name)
                 echo(f"skip {planned.name}: running elsewhere (heartbeat fresh)")
                 continue
-            tags = {**planned.tags(spec.name, grid_keys), TAG_HOST: host, TAG_PID: str(os.getpid()),
-                    TAG_HEARTBEAT: f"{time.time():.0f}"}
+            tags = {**planned.tags(spec.name, grid_keys), **me.tags(), TAG_HEARTBEAT: f"{time.time():.0f}"}
             overrides = dict(planned.overrides)
+            pin = pins.get((str(overrides.get("weights")), str(overrides.get("encoder"))))
+            if pin and not planned.stage:
+                overrides["weights_sha256"] = pin
             if planned.stage:
                 try:
                     overrides["weights"] = f"run:{stages.run_id(planned.stage, str(overrides.get('encoder')))}"

@@ -30,12 +30,19 @@ to the study's.
 The YAML is validated by typed models of its sections (:class:`SpecDocument` and the sections
 below it); :func:`parse_spec` resolves a valid document into the :class:`StudySpec` the grid and
 the runner read. Every problem is one :class:`SpecError` line that says what is wrong and where.
+
+A spec is data, as safe to run as a CSV is to open: no string in it may be one MONAI's config
+parser would evaluate or resolve (``$…``, ``@…``, ``%…``, ``#``; see
+:func:`medxfer.engine.bundles.config_data_problem`), a YAML mapping may not repeat a key, and
+what the grid names is checked before any run starts (:mod:`.checks`): encoders, freeze
+policies, weights sources, label columns, ``epochs``/``batch_size``/``seeds`` ranges, folds.
 """
 from __future__ import annotations
 
 import csv
 import difflib
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -47,14 +54,18 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationE
 
 from ..core.errors import MedxferError
 from ..core.hashing import stable_digest
-from ..engine.bundles import BundleError, bundle_path
+from ..engine.bundles import BundleError, bundle_path, config_data_problem
 from ..models.weights import is_weights_name  # one rule for what a weights name may be
 from ..tracking.layout import study_experiment
+from .checks import (COUNT_KEYS, count_problem, encoder_problem, freeze_problem, label_problem, registry_notes,
+                     weights_problem)
+
+log = logging.getLogger(__name__)
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # Keys the study owns: set per run, never by the spec's grid or train sections.
 RESERVED = {"manifest", "label", "fold", "seed", "experiment", "parent_run_id", "tags", "tracking", "run_name",
-            "output_dir", "bundle_root", "task", "mlflow_run_id"}
+            "output_dir", "bundle_root", "task", "mlflow_run_id", "weights_sha256"}
 # Keys that identify a run in its name: always present in a cell (bundle default when not in the grid).
 NAME_KEYS = ("encoder", "weights", "freeze", "lr")
 # Settings that change where or how fast a run computes, not what it computes: left out of config_hash,
@@ -245,6 +256,13 @@ class DataSection(_Section):
     def _absolute(cls, value: str | None) -> str | None:
         return None if value is None else str(Path(value).expanduser().resolve())
 
+    @model_validator(mode="after")
+    def _label_column(self) -> DataSection:
+        problem = label_problem(self.manifest, self.label)
+        if problem:
+            raise SpecError(f"data.label: {problem}")
+        return self
+
 
 class StageData(_Section):
     """A pretraining stage's ``data``: its cohort, label column and test fold."""
@@ -257,6 +275,16 @@ class StageData(_Section):
     fold: int = 0
     modalities: list[str] | None = None
     classes: Classes | None = None
+
+    def problem(self) -> str | None:
+        """The label column or test fold that is not in the manifest (checked once the stage chain is)."""
+        problem = label_problem(self.manifest, self.label)
+        if problem:
+            return f"data.label: {problem}"
+        folds = _manifest_folds(self.manifest)
+        if self.fold not in folds:
+            return f"data.fold {self.fold} is not one of the manifest's folds {folds}"
+        return None
 
 
 class PretrainStage(BaseModel):
@@ -298,9 +326,16 @@ class StageSection(_Section):
     def _start_and_settings(self) -> StageSection:
         if not (self.start == "scratch" or ":" in self.start or is_weights_name(self.start)):
             raise SpecError(f"pretrain {self.name}: from {self.start!r} is not a weights source")
+        problem = weights_problem(self.start)
+        if problem:
+            raise SpecError(f"pretrain {self.name}: from: {problem}")
         bad = sorted(set(self.train) & STAGE_RESERVED)
         if bad:
             raise SpecError(f"pretrain {self.name}: train may not set {bad}")
+        for key in COUNT_KEYS:
+            problem = count_problem(self.train[key]) if key in self.train else None
+            if problem:
+                raise SpecError(f"pretrain {self.name}: train.{key}: {problem}")
         return self
 
     def resolve(self, study_train: dict[str, Any]) -> PretrainStage:
@@ -419,8 +454,8 @@ class SpecDocument(_Section):
     @field_validator("seeds")
     @classmethod
     def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
-        if not seeds or len(set(seeds)) != len(seeds):
-            raise SpecError(f"seeds must be a non-empty list of distinct integers, not {seeds}")
+        if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+            raise SpecError(f"seeds must be a non-empty list of distinct integers >= 0, not {seeds}")
         return seeds
 
     @field_validator("pretrain", mode="before")
@@ -450,6 +485,42 @@ class SpecDocument(_Section):
         if self.similarity is not None and not self.pretrain and not self.similarity.sources:
             raise SpecError("similarity: no source cohort (declare pretrain stages or similarity.sources)")
         return self
+
+    @model_validator(mode="after")
+    def _grid_values_exist(self) -> SpecDocument:
+        """What every run would otherwise find out on its own, after the parent run exists: encoders,
+        freeze policies, weights sources, epochs and batch sizes of the whole grid (:mod:`.checks`)."""
+        stages = [s.name for s in self.pretrain]
+        checks = {"encoder": encoder_problem, "freeze": freeze_problem,
+                  "weights": lambda v: weights_problem(v, stages), **{k: count_problem for k in COUNT_KEYS}}
+        for section, values in (("grid", self.grid), ("train", {k: [v] for k, v in self.train.items()})):
+            for key, check in checks.items():
+                for i, value in enumerate(values.get(key, [])):
+                    problem = check(value)
+                    if problem:
+                        raise SpecError(f"{section}.{key}{f'[{i}]' if section == 'grid' else ''}: {problem}")
+        if self.similarity is not None:
+            for key, check in (("encoder", encoder_problem), ("weights", weights_problem)):
+                problem = check(getattr(self.similarity, key))
+                if problem:
+                    raise SpecError(f"similarity.{key}: {problem}")
+        for stage in self.pretrain:
+            problem = stage.data.problem()
+            if problem:
+                raise SpecError(f"pretrain {stage.name}: {problem}")
+        self._check_imported(stages)
+        return self
+
+    def _check_imported(self, stages: list[str]) -> None:
+        """Imported weights names against the registry: a name missing for some encoders is a
+        warning (:func:`.checks.registry_notes`; those cells fail with the reason, the others run)."""
+        defaults = _bundle_config(self.bundle)
+        encoders = self.grid.get("encoder") or [self.train.get("encoder", defaults.get("encoder"))]
+        sources = [*self.grid.get("weights", []), self.train.get("weights"), *(s.start for s in self.pretrain)]
+        names = [str(s) for s in sources
+                 if isinstance(s, str) and s != "scratch" and ":" not in s and s not in stages]
+        for warning in registry_notes(names, [str(e) for e in encoders]):
+            log.warning(warning)
 
     def resolve(self, source: Path | None = None, text: str = "") -> StudySpec:
         """The :class:`StudySpec` of this document (read from ``source``, whose YAML is ``text``)."""
@@ -530,13 +601,55 @@ def _one_line(exc: ValidationError) -> str:
     return f"{where}: {cause if isinstance(cause, Exception) else error['msg']}"
 
 
+def _data_only(value: Any, where: str = "") -> None:
+    """A spec is data: the first string MONAI's config parser would evaluate or resolve (``$…``,
+    ``@…``, ``%…``, ``#``) or a ``_target_`` key is a :class:`SpecError` naming where it is."""
+    found = config_data_problem(value)
+    if found:
+        place = f"{where}{found[0]}".lstrip(".") or "spec"
+        raise SpecError(f"{place}: {found[1]}; a spec holds data, never code")
+
+
 def parse_spec(raw: Any, source: Path | None = None, text: str = "") -> StudySpec:
-    """Validate a spec mapping (what ``yaml.safe_load`` returns) into a :class:`StudySpec`."""
+    """Validate a spec mapping (what ``yaml.safe_load`` returns) into a :class:`StudySpec`.
+
+    Nothing in ``raw`` is evaluated, and a value MONAI would evaluate is refused (:func:`_data_only`)."""
+    _data_only(raw)
     try:
         document = SpecDocument.model_validate(raw, context={"source": source})
     except ValidationError as exc:
         raise SpecError(_one_line(exc)) from None
-    return document.resolve(source, text)
+    spec = document.resolve(source, text)
+    # paths resolved from the spec's folder reach the bundles too ("#" in a folder name)
+    _data_only(str(spec.manifest), "data.manifest")
+    _data_only(spec.data, "data")
+    for i, stage in enumerate(spec.pretrain):
+        _data_only(str(stage.manifest), f"pretrain[{i}].data.manifest")
+    return spec
+
+
+class _DuplicateKey(yaml.YAMLError):
+    """A key given twice in one YAML mapping (YAML itself keeps the last one silently)."""
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key repeated in one mapping (``grid:`` twice)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults` then a key overriding one of them is YAML's own rule
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the constructor's own error is the one reported
+                break
+            if duplicate:
+                raise _DuplicateKey(f"line {key_node.start_mark.line + 1}: key {key!r} appears twice in one "
+                                    "mapping (YAML would keep only the last); remove one")
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_spec(path: str | os.PathLike) -> StudySpec:
@@ -544,9 +657,11 @@ def load_spec(path: str | os.PathLike) -> StudySpec:
     path = Path(path)
     try:
         text = path.read_text()
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader that also refuses repeated keys
     except OSError as exc:
         raise SpecError(f"{path}: {exc.strerror or exc}") from None
+    except _DuplicateKey as exc:
+        raise SpecError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     try:

@@ -24,12 +24,17 @@ TAG_PROGRESS = "medxfer.progress"  # parent run: "done/total"
 TAG_SIMILARITY_HASH = "medxfer.similarity_hash"  # parent run: digest of the similarity it holds
 TAG_STAGE = "medxfer.stage"  # pretraining stage name
 TAG_CHAIN = "medxfer.chain"  # pretraining chain, "a → b"
-TAG_HOST = "medxfer.host"  # runner host …
-TAG_PID = "medxfer.pid"  # … and process id, for orphan detection
+TAG_HOST = "medxfer.host"  # runner host (for people; hostnames repeat across containers and nodes) …
+TAG_PID = "medxfer.pid"  # … and process id, checked only on the runner's own machine
+TAG_MACHINE = "medxfer.machine"  # the runner's machine: kernel boot id and pid namespace (or hostname)
+TAG_RUNNER = "medxfer.runner"  # random id of the runner process (one per process start)
 TAG_HEARTBEAT = "medxfer.heartbeat"  # unix seconds, refreshed while a run is alive
 TAG_RESET = "medxfer.reset"  # why an orphaned run was marked FAILED
 TAG_PARENT_RUN = "mlflow.parentRunId"  # MLflow's own parent tag (mlflow.utils.mlflow_tags.MLFLOW_PARENT_RUN_ID)
 TAG_RUN_NAME = "mlflow.runName"
+
+# ---- params
+PARAM_WEIGHTS_SHA256 = "weights.sha256"  # every training run: sha256 of the weights it loaded (not for scratch)
 
 # ---- artifacts
 CHECKPOINT_ARTIFACT = "checkpoint/medxfer_checkpoint.pt"  # a run's weights, the `run:<id>` source

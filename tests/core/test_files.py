@@ -1,13 +1,18 @@
 """Atomic writes: the target holds the old content or the complete new one, never a half-written file."""
 from __future__ import annotations
 
+import errno
 import json
+import os
+import re
+import shutil
 import stat
 import threading
 
 import pytest
 
 from medxfer.core import atomic_write, atomic_write_json, atomic_writer
+from medxfer.core.files import disk_full_error, disk_full_message
 
 
 def _leftovers(folder, keep):
@@ -126,3 +131,58 @@ def test_concurrent_writers_leave_one_complete_version(tmp_path):
     assert errors == []
     assert target.read_text() in contents
     assert _leftovers(tmp_path, {"shared.txt"}) == []
+
+
+# ----------------------------------------------------------------------------- a full disk
+
+def test_a_full_disk_names_the_target_and_keeps_the_old_file(tmp_path):
+    """A ``write`` that hits ENOSPC names no file; the writer's error names the target, the old content
+    stays and no temporary is left (nothing half-written looks complete)."""
+    target = tmp_path / "ingest_report.json"
+    target.write_text('{"complete": true}')
+    with pytest.raises(OSError) as info:
+        with atomic_writer(target, "w") as f:
+            f.write('{"half": ')
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # what f.write raises on a full disk
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    assert isinstance(info.value.__cause__, OSError)
+    assert target.read_text() == '{"complete": true}'
+    assert _leftovers(tmp_path, {"ingest_report.json"}) == []
+
+
+def test_other_write_errors_pass_unchanged(tmp_path):
+    original = OSError(errno.EIO, "Input/output error")
+    with pytest.raises(OSError) as info:
+        with atomic_writer(tmp_path / "x.txt", "w"):
+            raise original
+    assert info.value is original
+
+
+def test_disk_full_error_is_found_anywhere_in_the_chain():
+    full = OSError(errno.EDQUOT, "Disk quota exceeded", "/data/out/model.pt")
+    try:
+        try:
+            raise full
+        except OSError as exc:
+            raise RuntimeError("checkpoint failed") from exc
+    except RuntimeError as wrapped:
+        assert disk_full_error(wrapped) is full
+    assert disk_full_error(OSError(errno.EACCES, "Permission denied", "/x")) is None
+    assert disk_full_error(ValueError("no")) is None and disk_full_error(None) is None
+
+
+def test_disk_full_message_names_the_file_the_space_left_and_what_to_do(tmp_path):
+    path = tmp_path / "cohort" / "manifest.csv"
+    line = disk_full_message(OSError(errno.ENOSPC, "No space left on device", str(path)))
+    free = shutil.disk_usage(tmp_path).free
+    assert line.startswith(f"no space left on device writing {path} (")
+    assert re.search(r"\(\d+(\.\d)? [MG]B free on /", line) and "\n" not in line
+    assert "re-run" in line and "finished work is kept" in line
+    number = float(re.search(r"\((\d+(?:\.\d)?) ([MG])B", line).group(1))
+    assert abs(number * (1e9 if " GB free" in line else 1e6) - free) < max(0.2 * free, 2e9)  # the space left there
+    copy = OSError(errno.ENOSPC, "No space left on device", "/src/weights.pt", None, str(path))  # shutil: filename2
+    assert f"writing {path} (" in disk_full_message(copy)
+    quota = disk_full_message(OSError(errno.EDQUOT, "Disk quota exceeded", str(path)))
+    assert quota.startswith(f"disk quota exceeded writing {path} (on /") and "quota" in quota
+    unnamed = disk_full_message(OSError(errno.ENOSPC, "No space left on device"), tmp_path)
+    assert unnamed.startswith("no space left on device (") and "writing" not in unnamed

@@ -129,9 +129,9 @@ def test_predict_with_a_trained_run_on_a_newly_ingested_folder(dental_cohort, ml
 def test_ui_binds_to_localhost_on_the_project_store(mlflow_store):
     from medxfer.tracking import ui_command
 
-    cmd = ui_command()
-    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
-    assert cmd[cmd.index("--backend-store-uri") + 1] == mlflow_store
+    argv, env = ui_command()
+    assert argv[argv.index("--host") + 1] == "127.0.0.1"
+    assert env["MLFLOW_BACKEND_STORE_URI"] == mlflow_store  # the store in the environment, not on argv
     help_text = CliRunner().invoke(main, ["ui", "--help"]).stdout
     assert "127.0.0.1" in help_text and "--port" in help_text
 

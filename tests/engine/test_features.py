@@ -125,6 +125,47 @@ def test_an_unreadable_cache_file_is_recomputed_with_a_warning(items, tmp_path, 
     assert calls == []
 
 
+def test_a_wrong_shaped_cache_entry_is_recomputed_and_replaced(items, tmp_path, caplog):
+    """An entry of another shape or kind where the cache expects an item's features (another encoder's
+    features copied in, a foreign file) is a miss: computed again and overwritten, so it does not
+    poison every later run; the head then trains on features of the right shape."""
+    network = _frozen()
+    calls = _counting(network)
+    before = _fill(network, items, tmp_path / "cache")
+    files = sorted((tmp_path / "cache").glob("*/*.pt"))
+    torch.save(torch.zeros(256), files[0])  # a narrower encoder's features
+    torch.save(torch.zeros(512, 1), files[1])  # the right size, the wrong shape
+    torch.save({"features": torch.zeros(512)}, files[2])  # not a tensor at all
+    calls.clear()
+    with caplog.at_level(logging.WARNING, logger="medxfer.engine.features"):
+        after = _fill(network, items, tmp_path / "cache")
+    assert sum(calls) == 3
+    assert len([r for r in caplog.records if "recomputing" in r.getMessage()]) == 3
+    for item_id, f in before.items():
+        assert after[item_id].shape == (512,) and torch.allclose(after[item_id], f, atol=1e-6)
+    for path in files:  # replaced on disk
+        assert torch.load(path, weights_only=True).shape == (512,)
+    calls.clear()
+    again = _fill(network, items, tmp_path / "cache")
+    assert calls == [] and all(torch.equal(again[k], after[k]) for k in after)
+    assert predict_features(network, items, again, "cpu").shape == (3, 2)
+
+
+def test_a_truncated_cache_entry_is_replaced_on_disk(items, tmp_path):
+    """A truncated entry (a writer killed mid-write on a file system without atomic rename) is rewritten
+    whole by the next fill, so later runs read it."""
+    network = _frozen()
+    calls = _counting(network)
+    _fill(network, items, tmp_path / "cache")
+    path = sorted((tmp_path / "cache").glob("*/*.pt"))[0]
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 2])
+    calls.clear()
+    _fill(network, items, tmp_path / "cache")
+    assert sum(calls) == 1
+    assert torch.load(path, weights_only=True).shape == (512,)
+
+
 @pytest.mark.parametrize("freeze", ["none", "top:1"])
 def test_an_encoder_that_trains_is_refused(items, tmp_path, freeze):
     """Features of an encoder that still learns would go stale: refused before anything is written."""

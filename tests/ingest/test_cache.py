@@ -12,7 +12,7 @@ import pytest
 
 from medxfer import synthetic
 from medxfer.ingest import DecodeOptions, ingest, pipeline
-from medxfer.ingest.cache import build_item, item_key
+from medxfer.ingest.cache import build_item, image_path, item_key
 from medxfer.ingest.deid import Pseudonymizer
 from medxfer.ingest.manifest import read_manifest
 from medxfer.ingest.scan.sniff import read_file_record
@@ -114,7 +114,8 @@ def test_an_unchanged_rerun_reads_and_decodes_nothing_and_a_touched_file_rebuild
     write_image(src / "dx" / "dx.dcm", np.arange(16, dtype=np.uint16).reshape(4, 4), modality="DX")
     first = ingest(src, tmp_path / "out", workers=1)
     manifest = first.manifest.read_bytes()
-    images = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out" / "images").iterdir()}
+    images = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out" / "images").rglob("*.nii")}
+    assert len(images) == 2
     assert first.counts["decoded"] == first.counts["items"] == 2
 
     def must_not_run(*args, **kwargs):
@@ -126,7 +127,7 @@ def test_an_unchanged_rerun_reads_and_decodes_nothing_and_a_touched_file_rebuild
         again = ingest(src, tmp_path / "out", workers=1)
     assert (again.counts["decoded"], again.counts["reused"]) == (0, 2)
     assert again.manifest.read_bytes() == manifest
-    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out" / "images").iterdir()} == images
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out" / "images").rglob("*.nii")} == images
 
     touched = src / plan.files[0]
     st = touched.stat()
@@ -144,10 +145,62 @@ def test_a_crash_leftover_in_the_cache_is_removed_by_the_next_run(tmp_path):
     src = tmp_path / "src"
     write_image(src / "dx.dcm", np.zeros((4, 4), np.uint16), modality="DX")
     ingest(src, tmp_path / "out", workers=1)
-    leftover = tmp_path / "out" / "images" / "0123456789abcdef.part.nii"
-    leftover.write_bytes(b"half a file")
+    leftovers = [tmp_path / "out" / "images" / "01" / "0123456789abcdef.part.nii",
+                 tmp_path / "out" / "images" / "fedcba9876543210.nii"]  # the flat layout of index version 1
+    for p in leftovers:
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(b"half a file")
     res = ingest(src, tmp_path / "out", workers=1)
-    assert not leftover.exists()
+    assert not any(p.exists() for p in leftovers) and not (tmp_path / "out" / "images" / "01").exists()
     rows, _ = read_manifest(res.manifest)
-    assert [p.name for p in (tmp_path / "out" / "images").iterdir()] == [Path(rows[0]["image"]).name]
+    images = tmp_path / "out" / "images"
+    assert [p.relative_to(tmp_path / "out").as_posix() for p in images.rglob("*")] == [
+        Path(rows[0]["image"]).parent.as_posix(), rows[0]["image"]]
     assert json.loads(res.report.read_text())["counts"]["reused"] == 1
+
+
+def test_images_live_in_sub_folders_named_by_the_start_of_the_item_id(tmp_path, ct):
+    src, _, plan, headers = ct
+    assert image_path("0123456789abcdef", DecodeOptions()) == "images/01/0123456789abcdef.nii"
+    assert image_path("0123456789abcdef", DecodeOptions(compress=True)) == "images/01/0123456789abcdef.nii.gz"
+    res = ingest(src, tmp_path / "out", workers=1)
+    [row], _ = read_manifest(res.manifest)
+    assert row["image"] == f"images/{row['item_id'][:2]}/{row['item_id']}.nii"
+    assert (tmp_path / "out" / row["image"]).is_file()
+
+
+def test_a_file_name_that_is_not_utf8_has_a_cache_key(ct):
+    # os.walk gives such a name with surrogate escapes; encoding it for the key used to abort the whole run
+    _, _, plan, _ = ct
+    name = os.fsdecode(b"ct/slice-\xff\xfe.dcm")
+    odd = replace(plan, files=[name, *plan.files[1:]])
+    prints = {f: (1000, 5) for f in odd.files}
+    key = item_key(odd, prints, DecodeOptions())
+    assert len(key) == 64 and key != item_key(replace(odd, files=["ct/slice-.dcm", *plan.files[1:]]),
+                                              {**prints, "ct/slice-.dcm": (1000, 5)}, DecodeOptions())
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["streamed", "in-memory"])
+def test_a_full_disk_stops_the_ingest_naming_the_image_and_leaves_no_part_file(tmp_path, ct, monkeypatch, compress):
+    """Every later item would fail alike: ENOSPC is raised (naming the cached image), not reported per file."""
+    import errno
+
+    from medxfer.ingest import cache
+
+    src, info, plan, headers = ct
+    def full(*args):
+        path = next(a for a in args if isinstance(a, (str, Path)) or hasattr(a, "write"))
+        if isinstance(path, (str, Path)):  # nibabel's save: a partial file, then the disk is full
+            Path(path).write_bytes(b"\0" * 10)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    opts = DecodeOptions(compress=compress)
+    if compress:  # in memory, written by nibabel
+        monkeypatch.setattr(cache.nib, "save", lambda img, path: full(path))
+    else:  # streamed slice by slice: the header is written last
+        monkeypatch.setattr(cache, "_write_header", lambda f, hdr: full(f))
+    with pytest.raises(OSError) as info_exc:
+        build_item(plan, src, tmp_path / "out", opts, headers)
+    assert info_exc.value.errno == errno.ENOSPC
+    assert info_exc.value.filename == str(tmp_path / "out" / image_path(plan.item_id, opts))
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]  # no half-written image, no .part

@@ -174,16 +174,16 @@ def test_rerun_decodes_nothing_and_changes_are_picked_up(tmp_path, patient):
     synthetic.ct_series(tmp_path / "src" / "ct", patient, n_slices=5)
     synthetic.radiograph(tmp_path / "src" / "dx.dcm", patient)
     rows1, rep1, _ = run(tmp_path / "src", tmp_path / "out")
-    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "images").iterdir()}
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "images").rglob("*.nii")}
     rows2, rep2, _ = run(tmp_path / "src", tmp_path / "out", workers=2)
     assert rep2["counts"]["decoded"] == 0 and rows2 == rows1
-    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "images").iterdir()} == mtimes
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "images").rglob("*.nii")} == mtimes
     synthetic.radiograph(tmp_path / "src" / "dx.dcm", patient, window=(100, 200))  # rewritten: new content
     rows3, rep3, _ = run(tmp_path / "src", tmp_path / "out")
     assert rep3["counts"]["decoded"] == 1
     os.remove(tmp_path / "src" / "dx.dcm")
     rows4, rep4, _ = run(tmp_path / "src", tmp_path / "out")
-    assert len(rows4) == 1 and len(list((tmp_path / "out" / "images").iterdir())) == 1  # stale cache pruned
+    assert len(rows4) == 1 and len(list((tmp_path / "out" / "images").rglob("*.nii"))) == 1  # stale cache pruned
 
 
 def test_workers_give_identical_output(tmp_path):
@@ -313,7 +313,7 @@ def test_symlinked_folders_walked_once(tmp_path, patient):
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "linked").symlink_to(tmp_path / "real")
     (tmp_path / "real" / "loop").symlink_to(tmp_path / "real")  # a link loop
-    rows, report, _ = run(tmp_path / "src", tmp_path / "out")
+    rows, report, _ = run(tmp_path / "src", tmp_path / "out", follow_links=True)  # the link leaves SRC: asked for
     assert [r["frames"] for r in rows] == ["3"]
     assert report["counts"]["used"] == 3
 

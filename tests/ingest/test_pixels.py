@@ -4,18 +4,21 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.uid import DigitalXRayImageStorageForPresentation
+from pydicom.dataset import Dataset
+from pydicom.uid import DigitalXRayImageStorageForPresentation, MRImageStorage
 
 from medxfer.core.errors import MedxferError
-from medxfer.ingest import pixels
+from medxfer.ingest import ingest, pixels
 from medxfer.ingest.deid import Pseudonymizer
+from medxfer.ingest.manifest import read_manifest
 from medxfer.ingest.scan.sniff import read_file_record
 
-from .dicom_builders import write_image
+from .dicom_builders import AXIAL, image_dataset, write_image
 
 PSEUDO = Pseudonymizer(b"unit-test-secret-0123456789abcdef")
 
@@ -138,3 +141,86 @@ def test_colour_modes():
     assert pixels.to_color_mode(rgb, "auto")[1] == "rgb"
     assert pixels.is_colour({"spp": 3}) and pixels.is_colour({"photometric": "PALETTE COLOR"})
     assert not pixels.is_colour({"spp": 1, "photometric": "MONOCHROME1"})
+
+
+# ---------------------------------------------------------------- Modality LUT Sequence (0028,3000)
+LUT = 3 * np.arange(4096, dtype=np.uint16) + 7  # a 12-bit input range mapped to 16-bit modality values
+
+
+def _lut_item(lut: np.ndarray = LUT, bits: int = 16, lut_type: str = "US") -> Dataset:
+    item = Dataset()
+    item.add_new(0x00283002, "US", [len(lut), 0, bits])  # LUT Descriptor: entries, first value mapped, bits
+    item.ModalityLUTType = lut_type
+    item.add_new(0x00283006, "OW", lut.astype("<u2").tobytes())  # LUT Data
+    return item
+
+
+def _write_lut_image(path: Path, stored=STORED, item: Dataset | None = None, **kw) -> Path:
+    ds = image_dataset(stored, bits_stored=12, **kw)
+    ds.ModalityLUTSequence = [item or _lut_item()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_the_modality_lut_sequence_gives_the_values_not_the_stored_ones(tmp_path):
+    path = _write_lut_image(tmp_path / "cr.dcm", modality="CR")
+    h = _header(path)
+    assert h["modality_lut"] and not pixels.can_read_native(h)  # the native fast path would read stored values
+    out, p = _presented(path)
+    np.testing.assert_array_equal(out, LUT[STORED])
+    np.testing.assert_array_equal(out, pydicom.pixels.apply_modality_lut(pydicom.dcmread(path).pixel_array,
+                                                                         pydicom.dcmread(path)))
+    assert out.dtype == np.uint16 and p.lut
+
+
+def test_monochrome1_with_a_modality_lut_is_inverted_over_the_lut_range(tmp_path):
+    path = _write_lut_image(tmp_path / "m1.dcm", modality="CR", photometric="MONOCHROME1")
+    out, p = _presented(path)
+    assert (p.lo, p.hi) == (0, 65535)
+    np.testing.assert_array_equal(out, 65535 - LUT[STORED].astype(np.int64))
+
+
+def test_a_lut_of_twelve_bit_entries_is_read(tmp_path):
+    lut = (np.arange(4096) // 2).astype(np.uint16)  # entries of 12 bits: pydicom alone has no uint12
+    path = _write_lut_image(tmp_path / "x.dcm", item=_lut_item(lut, bits=12), modality="CR")
+    out, p = _presented(path)
+    np.testing.assert_array_equal(out, lut[STORED])
+    assert (p.lo, p.hi) == (0, 4095)
+
+
+def test_ingest_caches_modality_lut_values_and_says_so(tmp_path):
+    """A 2D image and a volume (read slice by slice): the manifest's intensity says modality_lut."""
+    src = tmp_path / "src"
+    _write_lut_image(src / "cr.dcm", modality="CR", SeriesInstanceUID="1.2.826.0.1.3680043.8.498.10")
+    for k in range(3):
+        _write_lut_image(src / f"mr{k}.dcm", STORED + k, modality="MR", sop_class=MRImageStorage,
+                         SeriesInstanceUID="1.2.826.0.1.3680043.8.498.11", ImageOrientationPatient=AXIAL,
+                         ImagePositionPatient=[0.0, 0.0, float(k)], PixelSpacing=[1.0, 1.0])
+    res = ingest(src, tmp_path / "out", workers=1)
+    rows, _ = read_manifest(res.manifest)
+    by_modality = {r["modality"]: r for r in rows}
+    assert {r["intensity"] for r in rows} == {"modality_lut"} and set(by_modality) == {"CR", "MR"}
+    image = np.asanyarray(nib.load(tmp_path / "out" / by_modality["CR"]["image"]).dataobj).T
+    np.testing.assert_array_equal(image, LUT[STORED])
+    volume = np.asanyarray(nib.load(tmp_path / "out" / by_modality["MR"]["image"]).dataobj).T
+    np.testing.assert_array_equal(volume, np.stack([LUT[STORED + k] for k in range(3)]))
+
+
+# ---------------------------------------------------------------- error texts quote no header value
+@pytest.mark.filterwarnings("ignore:.*for VR CS:UserWarning")
+def test_a_decoder_error_quotes_no_header_value(tmp_path):
+    odd = image_dataset(STORED, photometric="YAMADA")  # no "^": the path-and-name scrub keeps it
+    odd.save_as(tmp_path / "odd.dcm", enforce_file_format=True)
+    h = dict(_header(write_image(tmp_path / "ok.dcm", STORED)), pixel_offset=None)  # as if the header were fine
+    with pytest.raises(pixels.PixelDecodeError) as err:
+        pixels.read_stored(tmp_path / "odd.dcm", h)
+    assert "YAMADA" not in str(err.value) and "'…'" in str(err.value)
+
+
+def test_decoder_errors_keep_only_known_words_in_quotes():
+    exc = RuntimeError("gdcm: 'JPEG Extended' failed with '-1038'; Unknown (0028,0004) 'Photometric "
+                       "Interpretation' value 'YAMADA' and 'MONOCHROME1'; 'pylibjpeg' read \"TARO\" at '/data/x.dcm'")
+    text = pixels.decoder_error(exc)
+    assert text == ("RuntimeError: gdcm: 'JPEG Extended' failed with '-1038'; Unknown (0028,0004) 'Photometric "
+                    "Interpretation' value '…' and 'MONOCHROME1'; 'pylibjpeg' read '…' at '…'")

@@ -1,11 +1,18 @@
 """Grouping files into items: what becomes a volume, in which slice order, and what stays a 2D item."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
+from medxfer.ingest import ingest, pipeline
+from medxfer.ingest.manifest import read_manifest
 from medxfer.ingest.scan.record import FileRecord
-from medxfer.ingest.series import group_records, slice_spacing
+from medxfer.ingest.series import compare_copies, group_records, shared_sop_paths, slice_spacing
+
+from ..conftest import find_identifiers
+from .dicom_builders import PATIENT_ID, write_image
 
 AXIAL = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
 TILTED = [1.0, 0.0, 0.0, 0.0, float(np.cos(0.3)), float(np.sin(0.3))]  # rotated 0.3 rad about x
@@ -113,3 +120,74 @@ def test_slice_spacing_reports_gaps_and_tilt():
     tilted = [[0.0, 0.5 * k, 2.0 * k] for k in range(4)]  # drifting 1.5 mm sideways: gantry tilt
     _, notes = slice_spacing(tilted, AXIAL)
     assert notes == ["slice positions drift 1.5 mm off the slice normal (gantry tilt?); stored as sheared affine"]
+
+
+# ---------------------------------------------------------------- copies of one SOPInstanceUID (issue 17 item 12)
+@pytest.mark.parametrize("change,differs", [
+    ({}, []),
+    ({"pixel_digest": None}, []),  # a copy whose pixels could not be read: compared on its header only
+    ({"pixel_digest": "other"}, ["pixel content"]),
+    ({"rows": 8}, ["rows"]),
+    ({"frames": 2}, ["frames"]),
+    ({"bits_allocated": 8, "bits_stored": 8}, ["bits allocated", "bits stored"]),
+], ids=["same", "unreadable", "altered-pixels", "other-matrix", "other-frames", "other-bit-depth"])
+def test_copies_are_one_image_only_when_format_and_pixels_agree(change, differs):
+    a = _slice("a.dcm", 0.0, modality="DX", sop="same", pixel_digest="d1")
+    b = _slice("b.dcm", 0.0, modality="DX", sop="same", **{"pixel_digest": "d1", **change})
+    other = _slice("c.dcm", 2.0, modality="DX")
+    assert compare_copies([a, b]) == differs
+    g = group_records([b, other, a])
+    if not differs:  # the first path in sort order is used
+        assert g.duplicates == {"b.dcm": "a.dcm"} and g.conflicts == []
+        assert sorted(it.files[0] for it in g.items) == ["a.dcm", "c.dcm"]
+    else:  # neither copy is used: which is right cannot be told (an altered copy sorting first must not win)
+        assert g.duplicates == {} and [(c.files, c.differs) for c in g.conflicts] == [(["a.dcm", "b.dcm"], differs)]
+        assert [it.files for it in g.items] == [["c.dcm"]]
+
+
+def test_only_files_sharing_a_sop_need_a_pixel_digest():
+    recs = [_slice("a.dcm", 0.0, sop="s1"), _slice("b.dcm", 0.0, sop="s1"), _slice("c.dcm", 2.0, sop="s2")]
+    assert shared_sop_paths(recs) == ["a.dcm", "b.dcm"]
+
+
+def _dx_file(path, pixels, sop, **kw):
+    return write_image(path, pixels, modality="DX", SOPInstanceUID=sop, **kw)
+
+
+def test_ingest_uses_agreeing_copies_once_and_no_conflicting_copy(tmp_path):
+    src = tmp_path / "src"
+    base = np.arange(16, dtype=np.uint16).reshape(4, 4)
+    _dx_file(src / "b_original" / "agree.dcm", base, "1.2.3.1")
+    _dx_file(src / "c_copy" / "agree.dcm", base, "1.2.3.1", InstitutionName="X")  # other bytes, same image
+    _dx_file(src / "b_original" / "altered.dcm", base, "1.2.3.2")
+    _dx_file(src / "a_edited" / "altered.dcm", base + 1, "1.2.3.2")  # sorts first, different pixels
+    _dx_file(src / "b_original" / "shape.dcm", base, "1.2.3.3")
+    _dx_file(src / "a_thumb" / "shape.dcm", base[:2], "1.2.3.3")  # another matrix
+    res = ingest(src, tmp_path / "out", workers=1)
+    rows, _ = read_manifest(res.manifest)
+    report = json.loads(res.report.read_text())
+    by = {f["path"]: f for f in report["files"]}
+    assert len(rows) == 1 and by["b_original/agree.dcm"]["status"] == "used"
+    assert by["c_copy/agree.dcm"]["status"] == "duplicate"
+    for a, b, what in (("a_edited/altered.dcm", "b_original/altered.dcm", "pixel content"),
+                       ("a_thumb/shape.dcm", "b_original/shape.dcm", "rows")):
+        assert by[a]["category"] == by[b]["category"] == "duplicate_conflict" and by[a]["status"] == "skipped"
+        assert by[a]["reason"] == f"same SOPInstanceUID as {b} but different {what}: no copy is used (see warnings)"
+        [msg] = [w["message"] for w in report["warnings"] if a in w["message"]]
+        assert msg.startswith(f"conflicting copies of one image (same SOPInstanceUID, different {what}): {a} and {b}; "
+                              "none of them is used (copies with one SOPInstanceUID are used only when they agree")
+    assert report["counts"]["not_used_by_reason"]["duplicate_conflict"] == 4
+
+
+def test_pixel_digests_are_remembered_and_folder_names_stay_redacted(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    base = np.arange(16, dtype=np.uint16).reshape(4, 4)
+    _dx_file(src / PATIENT_ID / "x.dcm", base, "1.2.3.9")
+    _dx_file(src / "other" / "x.dcm", base + 1, "1.2.3.9")
+    first = ingest(src, tmp_path / "out", workers=1)
+    [msg] = [w["message"] for w in first.warnings if w["message"].startswith("conflicting")]
+    assert PATIENT_ID not in msg and "[id-" in msg
+    assert find_identifiers(tmp_path / "out", [PATIENT_ID]) == []
+    monkeypatch.setattr(pipeline, "_digest_task", lambda *a: pytest.fail("a pixel digest was computed again"))
+    again = ingest(src, tmp_path / "out", workers=1)
+    assert again.warnings == first.warnings

@@ -57,3 +57,65 @@ def test_split_errors(tmp_path):
         assign_folds(["a", "b"], ["", ""], 1)
     with pytest.raises(SplitError, match="no manifest.csv"):
         split(tmp_path / "empty", 2)
+
+
+def _export(src, patients):
+    from medxfer import synthetic
+
+    for i in patients:
+        synthetic.radiograph(src / f"p{i}" / "dx.dcm", synthetic.new_patient(i), rows=24, cols=20)
+
+
+def _folds(out):
+    return {r["patient"]: r["fold"] for r in _read(out)}
+
+
+def test_reingest_keeps_the_folds_of_a_split_cohort(tmp_path):
+    import json
+
+    from medxfer.ingest import ingest
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    _export(src, range(6))
+    ingest(src, out, workers=1)
+    split(out, 3, seed=1)
+    folds = _folds(out)
+    assert json.loads((out / "split.json").read_text())["assignment"] == {p: int(f) for p, f in folds.items()}
+    res = ingest(src, out, workers=1)  # unchanged source: the same folds, no warning
+    assert _folds(out) == folds and not any("fold" in w["message"] for w in res.warnings)
+
+    # a new patient: known patients keep their fold; the newcomer has none, and the user is told what to run
+    _export(src, [6])
+    res = ingest(src, out, workers=1)
+    now = _folds(out)
+    assert {p: f for p, f in now.items() if p in folds} == folds
+    assert [f for p, f in now.items() if p not in folds] == [""]
+    msg = next(w["message"] for w in res.warnings if "no fold" in w["message"])
+    assert "1 patient(s)" in msg and f"medxfer split {out} --folds 3 --seed 1" in msg
+    assert json.loads((out / "split.json").read_text())["folds"] == 3  # the split record is left as made
+
+
+def test_split_json_without_assignment_recovers_folds_from_the_manifest(tmp_path):
+    import json
+
+    from medxfer.ingest.split import SPLIT_FILE, reapply_folds
+
+    rows = _manifest(tmp_path, n_patients=6)
+    split(tmp_path, 2)
+    doc = json.loads((tmp_path / SPLIT_FILE).read_text())
+    del doc["assignment"]  # as written before split.json recorded one
+    (tmp_path / SPLIT_FILE).write_text(json.dumps(doc))
+    folds = _folds(tmp_path)
+    new = [{"item_id": r["item_id"], "patient": r["patient"]} for r in rows]
+    columns = list(MANIFEST_COLUMNS)
+    assert reapply_folds(tmp_path, new, columns) == []
+    assert columns[-1] == "fold" and {r["patient"]: str(r["fold"]) for r in new} == folds
+    # nothing to recover from: every fold empty, and the warning says so
+    (tmp_path / "manifest.csv").unlink()
+    warns = reapply_folds(tmp_path, new, list(MANIFEST_COLUMNS))
+    assert len(warns) == 1 and "could not be recovered" in warns[0] and "medxfer split" in warns[0]
+    assert {r["fold"] for r in new} == {""}
+    # a cohort never split: nothing added
+    (tmp_path / SPLIT_FILE).unlink()
+    columns = list(MANIFEST_COLUMNS)
+    assert reapply_folds(tmp_path, [dict(r) for r in rows], columns) == [] and "fold" not in columns

@@ -3,6 +3,7 @@ have, and the real ImageNet MobileNet file from ``../shared/data``."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
@@ -91,6 +92,64 @@ def test_damaged_keras_file_is_an_error(home, tmp_path):
     path.write_bytes(data[: len(data) // 3])
     with pytest.raises(WeightsError, match="m|mobilenet"):
         import_weights(path, "k", "mobilenet_v1_025")
+
+
+# corruptions of a Keras file's bytes, each: name, how to overwrite, what the one line says
+def _overwrite(data: bytearray, marker: bytes, offset: int, new: bytes) -> None:
+    at = data.index(marker) + offset
+    data[at:at + len(new)] = new
+
+
+CORRUPTIONS = {
+    # superblock: its signature (the file no longer reads as HDF5) and its addresses
+    "superblock-signature": (lambda d: _overwrite(d, b"\x89HDF", 0, b"XXXX"), "not a readable HDF5 file"),
+    "superblock-addresses": (lambda d: d.__setitem__(slice(16, 48), b"\xff" * 32), "not a readable HDF5 file"),
+    # the root group's B-tree: h5py raises RuntimeError at the first link lookup (was a 46-line traceback)
+    "b-tree": (lambda d: _overwrite(d, b"TREE", 0, b"\xaa" * 64), "damaged Keras file"),
+    # an attribute's value: keras_version no longer UTF-8 (was a bare 'utf-8' codec error, no file name)
+    "attribute-value": (lambda d: _overwrite(d, b"2.9.0", 0, b"\xff\xfe\xfd\xfc\xfb"), "damaged Keras file"),
+    # an attribute message's header (layer_names)
+    "attribute-header": (lambda d: _overwrite(d, b"layer_names", -8, b"\x77" * 88), "damaged Keras file"),
+}
+
+
+@pytest.fixture(scope="module")
+def intact_keras_file(tmp_path_factory):
+    model = kb.build("mobilenet_v1_025", 32)
+    return kb.save(model, "mobilenet_v1_025", "tf-keras-model", tmp_path_factory.mktemp("intact"))
+
+
+def _corrupted(intact, tmp_path, name) -> Path:
+    data = bytearray(intact.read_bytes())
+    CORRUPTIONS[name][0](data)
+    path = tmp_path / f"{name}_mobilenet.h5"
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+def test_corrupted_keras_file_is_one_error_naming_the_file(home, tmp_path, intact_keras_file, corruption):
+    path = _corrupted(intact_keras_file, tmp_path, corruption)
+    with pytest.raises(WeightsError) as info:
+        import_weights(path, "k", "mobilenet_v1_025")
+    message = str(info.value)
+    assert str(path) in message and CORRUPTIONS[corruption][1] in message and "\n" not in message
+
+
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+def test_corrupted_keras_file_through_the_cli_is_one_line_exit_2(home, tmp_path, intact_keras_file, corruption):
+    from click.testing import CliRunner
+
+    from medxfer.cli import main
+
+    path = _corrupted(intact_keras_file, tmp_path, corruption)
+    result = CliRunner().invoke(main, ["weights", "import", str(path), "--name", "k", "--arch", "mobilenet_v1_025"])
+    assert result.exit_code == 2, (result.exception, result.output)
+    assert isinstance(result.exception, SystemExit)  # not an uncaught RuntimeError / UnicodeDecodeError
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("medxfer: error: ")
+    assert str(path) in lines[0] and CORRUPTIONS[corruption][1] in lines[0]
+    assert "Traceback" not in result.output
 
 
 # ----------------------------------------------------------------------------- the real file

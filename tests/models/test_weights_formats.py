@@ -136,3 +136,15 @@ def test_pickle_that_needs_code_is_refused(home, tmp_path, capsys):
             import_weights(bad, "imagenet", "resnet18")
     assert "code ran" not in capsys.readouterr().out
 
+
+
+def test_file_named_h5_without_an_hdf5_signature_is_a_damaged_hdf5_file(home, tmp_path):
+    """Sniffing: a .h5 whose signature bytes were overwritten is reported as HDF5, not as 'not PyTorch'."""
+    (tmp_path / "weights.h5").write_bytes(b"XXXX\r\n\x1a\n" + bytes(range(256)) * 8)
+    with pytest.raises(WeightsError) as info:
+        import_weights(tmp_path / "weights.h5", "imagenet", "resnet18")
+    assert str(tmp_path / "weights.h5") in str(info.value) and "not a readable HDF5 file" in str(info.value)
+    assert "PyTorch" not in str(info.value)
+    # a PyTorch file that happens to be named .h5 still imports
+    torch.save(resnet_state_dict(18), tmp_path / "resnet18.h5")
+    assert import_weights(tmp_path / "resnet18.h5", "imagenet", "resnet18").format == "torchvision"

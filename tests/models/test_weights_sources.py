@@ -1,7 +1,9 @@
 """Weights sources: file:, run: (registered by medxfer.engine), imported names and the scheme registry."""
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 
 import pytest
 import torch
@@ -27,6 +29,53 @@ def test_file_source_converts_on_the_fly(home, tmp_path):
     with torch.no_grad():
         assert rel_err(encoder(x)[-1], resnet_forward(state, x, 18)) < 1e-5
     assert list_weights() == []  # file: sources are not stored
+
+
+def test_file_source_records_the_sha256_of_the_bytes_it_loaded(home, tmp_path, monkeypatch):
+    """The file is replaced while it is being loaded: the record's sha256 (logged as the run's
+    weights.sha256) is that of the weights in the encoder, not of the file's new content."""
+    old, new = resnet_state_dict(18, seed=8), resnet_state_dict(18, seed=9)
+    path = tmp_path / "w.pt"
+    torch.save(old, path)
+    old_sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    convert = sources.convert_weights
+
+    def convert_then_replace(src, arch, *args):
+        conv = convert(src, arch, *args)
+        torch.save(new, tmp_path / "incoming.pt")
+        os.replace(tmp_path / "incoming.pt", path)  # another process swaps the file meanwhile
+        return conv
+
+    monkeypatch.setattr(sources, "convert_weights", convert_then_replace)
+    encoder = create_encoder("resnet18", f"file:{path}")
+    assert hashlib.sha256(path.read_bytes()).hexdigest() != old_sha
+    assert encoder.weights_record.sha256 == old_sha
+    assert torch.equal(encoder.conv1.weight, old["conv1.weight"])
+    sources.check_weights_sha256(encoder.weights_record, old_sha, f"file:{path}")  # the pin holds
+
+
+def test_pinned_weights_refuse_other_bytes(home, tmp_path):
+    """A study pins each file: and imported source's sha256 when it plans a run; weights that load
+    as other bytes (file replaced, name re-imported with --replace) are refused in one line."""
+    torch.save(resnet_state_dict(18, seed=1), tmp_path / "w.pt")
+    planned = hashlib.sha256((tmp_path / "w.pt").read_bytes()).hexdigest()
+    torch.save(resnet_state_dict(18, seed=2), tmp_path / "w.pt")
+    encoder = create_encoder("resnet18", f"file:{tmp_path / 'w.pt'}")
+    with pytest.raises(WeightsError) as err:
+        sources.check_weights_sha256(encoder.weights_record, planned, f"file:{tmp_path / 'w.pt'}")
+    message = str(err.value)
+    assert message.startswith("weights file:w.pt: the file changed since the study was planned")
+    assert f"sha256 {planned[:12]}… expected, {encoder.weights_record.sha256[:12]}… found" in message
+    assert str(tmp_path) not in message and "\n" not in message
+
+    first = import_weights(tmp_path / "w.pt", "mine", "resnet18")
+    sources.check_weights_sha256(create_encoder("resnet18", "mine").weights_record, f"sha256:{first.sha256}", "mine")
+    torch.save(resnet_state_dict(18, seed=3), tmp_path / "other.pt")
+    import_weights(tmp_path / "other.pt", "mine", "resnet18", replace=True)
+    with pytest.raises(WeightsError, match=r"weights mine: the name was re-imported since the study was planned "
+                                           rf"\(sha256 {first.sha256[:12]}… expected"):
+        sources.check_weights_sha256(create_encoder("resnet18", "mine").weights_record, first.sha256, "mine")
+    sources.check_weights_sha256(create_encoder("resnet18", "scratch").weights_record, None, "scratch")
 
 
 def test_run_source_loads_the_checkpoint_of_an_mlflow_run(home, tmp_path, mlflow_store):

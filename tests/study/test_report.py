@@ -58,13 +58,15 @@ def _write_rows(path: Path, rows: list[dict]) -> Path:
 
 
 def _log_child(client, exp, parent, tmp, study, task, grid, fold, seed, rows, metric, status="FINISHED",
-               end_time=None, config_hash=None, extra_artifacts=None, extra_metrics=None):
-    """One child run; ``extra_artifacts`` {file name: rows} (e.g. localization.csv) and
-    ``extra_metrics`` {name: value} are logged too."""
+               end_time=None, config_hash=None, extra_artifacts=None, extra_metrics=None, params=None):
+    """One child run; ``extra_artifacts`` {file name: rows} (e.g. localization.csv),
+    ``extra_metrics`` {name: value} and ``params`` {name: value} are logged too."""
     tags, name = _child_tags(study, task, grid, fold, seed, config_hash)
     tags["mlflow.parentRunId"] = parent
     run = client.create_run(exp, run_name=name, tags=tags)
     rid = run.info.run_id
+    for key, value in (params or {}).items():
+        client.log_param(rid, key, value)
     client.log_metric(rid, "test_auc" if task == "classification" else "test_dice", metric)
     for key, value in (extra_metrics or {}).items():
         client.log_metric(rid, key, value)
@@ -400,6 +402,40 @@ def test_multiclass_and_multiseed_in_memory(tmp_path):
     paths = rep.write_report(s2, tmp_path / "ms")
     assert "n/a" in (tmp_path / "ms" / "report.md").read_text()  # mean ± SD of an unlogged metric
     assert paths["report.html"].is_file()
+
+
+def test_a_cell_whose_runs_loaded_different_weights_is_not_pooled(store, tmp_path):
+    """Issue 20 item 6: fold 0 trained from weights c3008c…, fold 1 from 4951e1… (a file: replaced
+    during a study, by a medxfer that did not pin weights yet): the report refuses to average them,
+    naming the cell, both sha256 prefixes and the runs; runs of one sha256 (or none: scratch) pool."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=store)
+    exp = client.create_experiment("medxfer/mixed-weights")
+    parent = _parent(client, exp, "mixed-weights", tmp_path)
+    y = np.arange(40) % 2
+    p = np.round(_sigmoid(1.5 * (2 * y - 1) + np.random.default_rng(5).normal(0, 1, 40)), 6)
+    shas = {0: "c3008c" + "1" * 58, 1: "4951e1" + "2" * 58}
+    grid = {"encoder": "resnet18", "weights": "file:w.pt", "freeze": "none", "lr": "0.001"}
+    ids = {}
+    for k, sha in shas.items():
+        idx = np.flatnonzero(np.arange(40) // 20 == k)
+        ids[k] = _log_child(client, exp, parent, tmp_path, "mixed-weights", "classification", grid, k, 0,
+                            _cls_rows(idx, y, p, k), 0.8, params={"weights.sha256": sha})
+    with pytest.raises(ReportError) as err:
+        rep.build_report("mixed-weights", out_dir=tmp_path / "report")
+    message = str(err.value)
+    assert "classification/resnet18/file:w.pt/none/lr0.001" in message
+    assert f"c3008c111111… in fold0/seed0 (run {ids[0]})" in message and "4951e1222222… in fold1/seed0" in message
+    assert "\n" not in message and not (tmp_path / "report").exists()
+
+    runs = [_run(y[:20], np.c_[1 - p[:20], p[:20]], [item_id(i) for i in range(20)], "c", "w", 0, 0, 0.8),
+            _run(y[20:], np.c_[1 - p[20:], p[20:]], [item_id(i) for i in range(20, 40)], "c", "w", 1, 0, 0.8)]
+    for r in runs:
+        r.weights_sha256 = shas[0]
+    runs.append(_run(y[:20], np.c_[1 - p[:20], p[:20]], [item_id(i) for i in range(20)], "s", "scratch", 0, 0, 0.5))
+    summary = rep.summarize(rep.StudyRuns("one", None, None, ["encoder", "weights"], runs), n_resamples=50)
+    assert [c.n_runs for c in summary.cells] == [2, 1]
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

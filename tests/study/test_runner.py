@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -223,6 +224,137 @@ def test_a_run_alive_on_another_machine_is_left_alone_until_its_heartbeat_is_sta
     outcome = run_study(spec)
     assert outcome.reset == [planned.name] and len(outcome.ran) == 1 and outcome.complete
     assert client.get_run(remote.info.run_id).info.status == "FAILED"
+
+
+def _fake_run(tags: dict, start_s: float | None = None):
+    """A RUNNING run as the store returns it: tags and a start time (ms)."""
+    from types import SimpleNamespace
+
+    start = (time.time() if start_s is None else start_s) * 1000
+    return SimpleNamespace(data=SimpleNamespace(tags=tags),
+                           info=SimpleNamespace(status="RUNNING", start_time=start, run_id="r"))
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_the_runner_is_identified_by_more_than_its_hostname(monkeypatch):
+    """Issue 20 item 8: hosts sharing a hostname (containers, cloned nodes) never judge each other's
+    runs by pid — only by heartbeat age; on this machine a dead pid, a reused pid or this very
+    runner still mean orphaned; runs of an older medxfer (no runner tag) keep the hostname rule."""
+    from medxfer.study.runner import _orphaned, machine_id, runner_identity
+
+    me = runner_identity()
+    assert me.host == socket.gethostname() and me.pid == os.getpid() and len(me.runner) == 32
+    assert me.machine == machine_id() and runner_identity() is me
+    if Path("/proc/sys/kernel/random/boot_id").exists():
+        assert me.machine.startswith("boot:" + Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+    now, dead = time.time(), _dead_pid()
+    twin = {"medxfer.host": me.host, "medxfer.machine": "boot:another-machine/pid:[1]", "medxfer.runner": "f" * 32,
+            "medxfer.heartbeat": f"{now:.0f}"}
+    for pid in (os.getpid(), dead):  # the pids mean nothing on the other machine: its heartbeat is fresh
+        assert not _orphaned(_fake_run({**twin, "medxfer.pid": str(pid)}), me, now)
+    assert _orphaned(_fake_run({**twin, "medxfer.pid": str(os.getpid())}), me, now + 601)  # stale heartbeat
+
+    local = {**twin, "medxfer.machine": me.machine}
+    assert _orphaned(_fake_run({**local, "medxfer.pid": str(dead)}), me, now)  # its process is gone
+    assert _orphaned(_fake_run({**local, "medxfer.pid": str(os.getpid())}), me, now)  # pid reused by this process
+    assert not _orphaned(_fake_run({**local, "medxfer.pid": str(os.getppid())}), me, now)  # alive
+    assert _orphaned(_fake_run({**local, "medxfer.runner": me.runner, "medxfer.pid": str(os.getppid())}), me, now)
+
+    old = {"medxfer.host": me.host, "medxfer.heartbeat": f"{now:.0f}"}  # a store written before runner ids
+    assert _orphaned(_fake_run({**old, "medxfer.pid": str(dead)}), me, now)
+    assert not _orphaned(_fake_run({**old, "medxfer.pid": str(os.getppid())}), me, now)
+    assert not _orphaned(_fake_run({**old, "medxfer.host": "gpu-node-7", "medxfer.pid": str(dead)}), me, now)
+
+
+def test_the_heartbeat_refreshes_this_runners_runs_only(store, monkeypatch):
+    """A twin machine's run with this hostname and pid keeps its own heartbeat: were it refreshed
+    here, a dead twin's run would look alive for ever."""
+    from medxfer.study import runner
+    from medxfer.tracking import client, experiment_id
+
+    monkeypatch.setattr(runner, "HEARTBEAT_SECONDS", 0.2)
+    me, c = runner.runner_identity(), client()
+    exp = experiment_id(c, "medxfer/beat")
+    tags = {"config_hash": "h" * 20, "medxfer.heartbeat": "1000", "medxfer.host": me.host,
+            "medxfer.pid": str(me.pid)}
+    mine = c.create_run(exp, tags={**tags, **me.tags()}).info.run_id
+    twin_tags = {**tags, "medxfer.machine": "boot:twin/pid:[1]", "medxfer.runner": "0" * 32}
+    twin = c.create_run(exp, tags=twin_tags).info.run_id
+    with runner._Heartbeat(c, exp) as beat:
+        beat.config_hash = "h" * 20
+        deadline = time.time() + 60
+        while c.get_run(mine).data.tags["medxfer.heartbeat"] == "1000" and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(0.5)
+    assert float(c.get_run(mine).data.tags["medxfer.heartbeat"]) > time.time() - 120
+    assert c.get_run(twin).data.tags["medxfer.heartbeat"] == "1000"
+
+
+def test_a_live_run_of_a_machine_with_the_same_hostname_and_pid_is_left_alone(dental_cohort, mlflow_store, tmp_path):
+    """Two containers called ``worker`` whose runners both have pid 7: the other one's RUNNING run
+    (fresh heartbeat) is not reset and not run a second time; a new run carries the runner's
+    identity (hostname, machine, pid, runner id)."""
+    import mlflow
+
+    from medxfer.study.runner import runner_identity
+    from medxfer.tracking import experiment_id
+
+    spec = load_spec(write_spec(tmp_path / "study.yaml", dental_cohort.manifest,
+                                {"encoder": ["resnet18"], "weights": ["scratch"], "freeze": ["all"]},
+                                name="twin", data={"folds": [0]}))
+    (planned,) = expand(spec)
+    client = mlflow.MlflowClient(tracking_uri=mlflow_store)
+    twin = client.create_run(experiment_id(client, spec.experiment), run_name=planned.name, tags={
+        **planned.tags(spec.name, list(spec.grid)), "medxfer.host": socket.gethostname(),
+        "medxfer.pid": str(os.getpid()), "medxfer.machine": "boot:0f1e2d3c/pid:[4026531836]",
+        "medxfer.runner": "0" * 32, "medxfer.heartbeat": f"{time.time():.0f}"})
+    lines: list[str] = []
+    outcome = run_study(spec, echo=lines.append)
+    assert outcome.reset == [] and outcome.ran == [] and outcome.running_elsewhere == [planned.name]
+    assert client.get_run(twin.info.run_id).info.status == "RUNNING"
+    assert "medxfer.reset" not in client.get_run(twin.info.run_id).data.tags
+
+    client.delete_run(twin.info.run_id)
+    outcome = run_study(spec)
+    assert len(outcome.ran) == 1 and outcome.complete
+    tags = client.get_run(outcome.ran[0][1]).data.tags
+    me = runner_identity()
+    assert tags["medxfer.runner"] == me.runner and tags["medxfer.machine"] == me.machine
+    assert tags["medxfer.host"] == me.host and tags["medxfer.pid"] == str(os.getpid())
+
+
+def test_the_parent_run_names_file_weights_by_base_name(dental_cohort, mlflow_store, tmp_path):
+    """Issue 20 item 4: like the child runs, the parent's params and its spec.yaml hold
+    ``file:<base name>`` only — a folder path can carry a person's name; comments stay."""
+    import mlflow
+
+    from medxfer.study.runner import _parent_run
+    from medxfer.tracking import experiment_id
+
+    folder = tmp_path / "Dr Jane Roe" / "weights"
+    folder.mkdir(parents=True)
+    for name in ("w.pt", "w.pt.v2"):
+        (folder / name).write_bytes(b"weights")
+    spec_file = write_spec(tmp_path / "study.yaml", dental_cohort.manifest,
+                           {"encoder": ["resnet18"], "weights": ["scratch", f"file:{folder / 'w.pt'}",
+                                                                 f"file:{folder / 'w.pt.v2'}"]}, name="paths",
+                           train={"dropout": 0.1})
+    spec_file.write_text("# compare my weights\n" + spec_file.read_text())
+    spec = load_spec(spec_file)
+    client = mlflow.MlflowClient(tracking_uri=mlflow_store)
+    parent = _parent_run(client, spec, experiment_id(client, spec.experiment))
+    params = client.get_run(parent).data.params
+    assert params["grid.weights"] == "['scratch', 'file:w.pt', 'file:w.pt.v2']"
+    logged = Path(client.download_artifacts(parent, "spec.yaml", str(tmp_path / "dl"))).read_text()
+    assert "Jane" not in logged and "Jane" not in str(params)
+    assert logged.startswith("# compare my weights")
+    assert yaml.safe_load(logged)["grid"]["weights"] == ["scratch", "file:w.pt", "file:w.pt.v2"]
+    assert yaml.safe_load(logged)["data"] == yaml.safe_load(spec.text)["data"]
 
 
 def test_segmentation_study_compares_sources_on_per_case_dice(mlflow_store, tmp_path):

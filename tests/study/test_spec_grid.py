@@ -1,26 +1,19 @@
 """Study spec validation and grid expansion: names, config hashes, shards."""
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import pytest
 
 from medxfer.study.grid import expand, parse_shard, shard
+from tests.study.conftest import write_manifest
 from medxfer.study.spec import SpecError, load_spec, parse_spec
 
 
 @pytest.fixture
 def manifest(tmp_path) -> Path:
-    path = tmp_path / "cohort" / "manifest.csv"
-    path.parent.mkdir()
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["item_id", "image", "fold", "y"])
-        for i in range(20):
-            w.writerow([f"i{i}", f"images/i{i}.nii", i % 5, i % 2])
-    return path
+    return write_manifest(tmp_path, {"y": lambda i: i % 2})
 
 
 def spec_dict(manifest: Path, **changes) -> dict:

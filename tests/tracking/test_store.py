@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import shutil
 import socket
+import tempfile
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -155,3 +157,33 @@ def test_search_all_runs_follows_every_page(store):
     assert sorted(r.info.run_id for r in runs) == sorted(wanted)
     assert paged.pages == 3
     assert search_all_runs(c, exp, "tags.kind = 'nothing'") == []
+
+
+def test_the_first_use_of_a_database_store_is_locked_beside_it(tmp_path):
+    """Where the lock that serialises a new store's creation lives (tests/tracking/test_store_lock.py
+    races two processes on it): beside a SQLite file, in the temp folder for a database server, none
+    for a tracking server or in-memory SQLite; the URI's credentials never appear in its name."""
+    from medxfer.tracking.store import ensure_store, store_lock_path
+
+    assert store_lock_path(f"sqlite:///{tmp_path}/mlflow.db") == tmp_path / "mlflow.db.lock"
+    assert store_lock_path("sqlite:///mlruns/mlflow.db") == Path("mlruns/mlflow.db.lock")
+    server = store_lock_path("postgresql://user:secret@db.example/mlflow")
+    assert server.parent == Path(tempfile.gettempdir()) and "secret" not in str(server)
+    assert store_lock_path("sqlite://") is None and store_lock_path("sqlite:///:memory:") is None
+    assert store_lock_path("http://user:pw@mlflow.example:5000") is None and store_lock_path("file:///x") is None
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert ensure_store(uri) == uri and (tmp_path / "mlflow.db").is_file()
+    assert mlflow.MlflowClient(uri).search_experiments()  # the tables exist: the default experiment
+
+
+@pytest.mark.parametrize("uri, shown", [
+    ("postgresql://mlflow:s3cret@db:5432/mlflow", "postgresql://db:5432/mlflow"),
+    ("postgresql://mlflow:s3/cr3t@db:5432/mlflow", "postgresql://db:5432/mlflow"),  # "/" in the password
+    ("mysql://db:3306/mlflow?user=u&password=s3cret&ssl=1", "mysql://db:3306/mlflow?user=u&password=***&ssl=1"),
+    ("sqlite:///mlruns/mlflow.db", "sqlite:///mlruns/mlflow.db"),
+    ("http://tracking.example.org/api", "http://tracking.example.org/api"),
+])
+def test_credentials_are_redacted_in_every_spelling(uri, shown):
+    from medxfer.tracking.store import redact_credentials
+
+    assert redact_credentials(f"cannot reach {uri} now") == f"cannot reach {shown} now"

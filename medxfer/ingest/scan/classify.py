@@ -1,9 +1,10 @@
 """Decide what a DICOM file is: an image to ingest, or a skip with a reason a person can act on.
 
 A file is skipped when its header does not read, when it is a DICOMDIR, carries no pixel data or
-non-image pixels (RT Dose, SEG, PDF …), when an element the pixel pass needs is missing, or when
-no installed decoder handles its transfer syntax. An image gets its header summary
-(:func:`~medxfer.ingest.scan.summary.summarize`). Nothing here raises for a bad file.
+non-image pixels (RT Dose, SEG, PDF …), when an element the pixel pass needs is missing or holds a
+value outside its defined terms, or when no installed decoder handles its transfer syntax. An image
+gets its header summary (:func:`~medxfer.ingest.scan.summary.summarize`). Nothing here raises for a
+bad file, and no reason quotes a header value: only registered names and defined terms.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from ..scrub import describe_error
 from ..vocabulary import NON_IMAGE_WITH_PIXELS, PATH_IDENTIFIERS
 from .header import PIXEL_DATA_TAG_BE, PIXEL_DATA_TAG_LE, FastHeader, read_header, text_value
 from .record import FileRecord
-from .summary import summarize
+from .summary import photometric, summarize
 
 
 def read_dicom_record(full: Path, rec: FileRecord, pseudo: Pseudonymizer, *, has_preamble: bool) -> FileRecord:
@@ -29,11 +30,20 @@ def read_dicom_record(full: Path, rec: FileRecord, pseudo: Pseudonymizer, *, has
         rec.reason, rec.category = f"unreadable DICOM header: {describe_error(exc)}", "unreadable"
         return rec
     ds = raw.ds
+    identifiers: dict[str, str] = {}
     try:
-        fh = FastHeader(ds)
-        rec.id_tokens = sorted(path_tokens({kw: text_value(fh.get(kw, "")) for kw in PATH_IDENTIFIERS}, pseudo))
-    except Exception:  # a broken identifier element: hide this file's own name rather than risk it
-        rec.id_tokens = sorted(path_tokens({"FileName": rec.path.rsplit("/", 1)[-1]}, pseudo))
+        fh: FastHeader | None = FastHeader(ds)
+    except Exception:  # a broken SpecificCharacterSet
+        fh = None
+    broken = fh is None
+    for kw in PATH_IDENTIFIERS if fh is not None else ():  # one broken element must not cost the others
+        try:
+            identifiers[kw] = text_value(fh.get(kw, ""))
+        except Exception:
+            broken = True
+    if broken:  # and hide this file's own name rather than risk it
+        identifiers["FileName"] = rec.path.rsplit("/", 1)[-1]
+    rec.id_tokens = sorted(path_tokens(identifiers, pseudo))
     try:
         return _classify_dicom(FastHeader(ds), rec, pseudo, raw.pixel_pos, raw.pixel_element, full)
     except Exception as exc:
@@ -93,6 +103,10 @@ def _classify_dicom(fh: FastHeader, rec: FileRecord, pseudo: Pseudonymizer, pixe
             rec.category = "broken_header"
             rec.reason = f"broken header: {kw} {tag} is {'missing' if v is None else 'not positive'}"
             return rec
+    if photometric(fh) is None:  # the decoder would quote the value in its error
+        rec.category = "broken_header"
+        rec.reason = "broken header: an unrecognised PhotometricInterpretation (0028,0004)"
+        return rec
     ts = transfer_syntax(ds)
     if ts is None:
         rec.category = "broken_header"

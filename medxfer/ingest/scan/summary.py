@@ -2,8 +2,9 @@
 
 Patient, study, series and instance identities are kept as keyed digests
 (:class:`~medxfer.ingest.deid.Pseudonymizer`); everything else is technical (geometry, pixel
-format, rescale, window, view, laterality). Values copied to the manifest pass
-:func:`~medxfer.ingest.vocabulary.code_string`.
+format, rescale, window, view, laterality). Every text value kept is a DICOM defined term
+(:func:`~medxfer.ingest.vocabulary.defined_term`): a value outside its vocabulary is kept as ``""``
+and its attribute's keyword (never the value) is listed in ``unrecognised``, which the report counts.
 """
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import pydicom
 from pydicom.uid import UID
 
 from ..deid import Pseudonymizer
-from ..vocabulary import LATERALITIES, VIEW_CODES, VIEW_MEANINGS, code_string
+from ..vocabulary import (BODY_PARTS, BURNED_IN_VALUES, IMAGE_TYPES, LATERALITIES, MODALITIES,
+                          PHOTOMETRIC_INTERPRETATIONS, RESCALE_TYPES, UNRECOGNISED, VIEW_CODES, VIEW_MEANINGS,
+                          VIEW_POSITIONS, defined_term, registered_sop_class)
 from .header import PIXEL_DATA_TAG_LE, FastHeader, float_values, number_value, text_value
 
 
@@ -57,24 +60,33 @@ def summarize(fh: FastHeader, pseudo: Pseudonymizer, ts: UID, pixel_pos: int, pi
             length = struct.unpack("<I", pixel_element[4:8])[0] if len(pixel_element) >= 8 else None
             header_len = 8
     encapsulated = bool(ts.is_compressed)
-    image_type = [x.upper() for x in text_value(fh.get("ImageType")).split("\\") if x]
+    image_type = [x for x in (defined_term(v, IMAGE_TYPES) for v in text_value(fh.get("ImageType")).split("\\")) if x]
+    unrecognised: list[str] = []
+
+    def term(keyword: str, terms, value: object = None, **kw) -> str:
+        """The defined term the header holds ("" when empty or unrecognised; the keyword noted then)."""
+        v = defined_term(fh.get(keyword, "") if value is None else value, terms, **kw)
+        if v is None:
+            unrecognised.append(keyword)
+        return v or ""
+
     frames = int(number_value(fh.get("NumberOfFrames"), 1) or 1)
     h: dict[str, Any] = {
         "keys": keys,
         "patient": patient_key, "study": study_key, "series": series_key,
         "sop": keys.get("SOPInstanceUID"),
-        "modality": str(fh.get("Modality", "") or "").upper(),
-        "sop_class": str(fh.get("SOPClassUID", "") or ""),
+        "modality": term("Modality", MODALITIES),
+        "sop_class": registered_sop_class(fh.get("SOPClassUID", "")),
         "ts": str(ts),
         "rows": int(fh.get("Rows")), "cols": int(fh.get("Columns")), "frames": max(frames, 1),
         "spp": int(fh.get("SamplesPerPixel", 1) or 1),
-        "photometric": str(fh.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").upper(),
+        "photometric": photometric(fh) or "",  # classify skips a file whose value is not a defined term
         "bits_allocated": int(fh.get("BitsAllocated")),
         "bits_stored": int(fh.get("BitsStored") or fh.get("BitsAllocated")),
         "pixel_representation": int(fh.get("PixelRepresentation", 0) or 0),
         "planar": int(fh.get("PlanarConfiguration", 0) or 0),
         "slope": number_value(fh.get("RescaleSlope"), 1.0), "intercept": number_value(fh.get("RescaleIntercept"), 0.0),
-        "rescale_type": str(fh.get("RescaleType", "") or ""),
+        "rescale_type": _rescale_type(fh.get("RescaleType", ""), unrecognised),
         "window_center": number_value(fh.get("WindowCenter")), "window_width": number_value(fh.get("WindowWidth")),
         "voi_lut": "VOILUTSequence" in fh,
         "image_type": image_type,
@@ -84,21 +96,46 @@ def summarize(fh: FastHeader, pseudo: Pseudonymizer, ts: UID, pixel_pos: int, pi
         "thickness": number_value(fh.get("SliceThickness")),
         "echo": number_value(fh.get("EchoNumbers")), "temporal": number_value(fh.get("TemporalPositionIdentifier")),
         "acquisition": number_value(fh.get("AcquisitionNumber")),
-        "body_part": str(fh.get("BodyPartExamined", "") or "").upper(),
+        "body_part": term("BodyPartExamined", BODY_PARTS, squeeze=True),
+        "burned_in": term("BurnedInAnnotation", BURNED_IN_VALUES),  # "" = unknown
         "frame_time": number_value(fh.get("FrameTime")),
         "pixel_offset": pixel_pos + header_len if length is not None and not encapsulated else None,
         "pixel_length": length if not encapsulated else None,
         "encapsulated": encapsulated,
     }
     h["spacing"], h["spacing_source"] = pixel_spacing(fh)
-    h["view"] = code_string(view(fh))
-    side = laterality(fh)
-    h["laterality"] = side if side in LATERALITIES else ""
-    h["modality"] = code_string(h["modality"])
-    h["body_part"] = code_string(h["body_part"])
+    position = defined_term(fh.get("ViewPosition", ""), VIEW_POSITIONS)
+    h["view"] = position or view_from_codes(fh)
+    if position is None and not h["view"]:
+        unrecognised.append("ViewPosition")
+    h["laterality"] = term("ImageLaterality", LATERALITIES, laterality(fh))
     if frames > 1 and "PerFrameFunctionalGroupsSequence" in fh:
-        _enhanced_geometry(ds, h)
+        _enhanced_geometry(ds, h, unrecognised)
+    h["modality_lut"] = False
+    if "ModalityLUTSequence" in fh and h["photometric"].startswith("MONOCHROME"):
+        _modality_lut(fh, h, unrecognised)
+    h["unrecognised"] = sorted(set(unrecognised))
     return h
+
+
+def photometric(fh: FastHeader) -> str | None:
+    """PhotometricInterpretation (MONOCHROME2 when missing); None when it is not a defined term."""
+    return defined_term(fh.get("PhotometricInterpretation", "") or "MONOCHROME2", PHOTOMETRIC_INTERPRETATIONS)
+
+
+def _modality_lut(fh: FastHeader, h: dict, unrecognised: list[str]) -> None:
+    """A Modality LUT Sequence maps stored values to modality values in place of rescale (PS3.3 C.11.1).
+
+    The pixel pass applies it (pydicom reads the table from the file); the summary records that it
+    exists, the bits of its output (the value range for MONOCHROME1 inversion) and its type."""
+    item = fh.get("ModalityLUTSequence")[0]
+    descriptor = item.get("LUTDescriptor")
+    bits = int(descriptor[2]) if isinstance(descriptor, (list, tuple, pydicom.multival.MultiValue)) \
+        and len(descriptor) == 3 else 16
+    h["modality_lut"], h["lut_bits"] = True, min(max(bits, 8), 16)
+    h["slope"], h["intercept"] = 1.0, 0.0  # the LUT replaces rescale (pydicom applies the LUT, not both)
+    h.pop("frame_rescale", None)
+    h["rescale_type"] = _rescale_type(item.get("ModalityLUTType", ""), unrecognised)
 
 
 def pixel_spacing(fh: FastHeader) -> tuple[list[float] | None, str]:
@@ -124,11 +161,8 @@ def pixel_spacing(fh: FastHeader) -> tuple[list[float] | None, str]:
     return None, "none"
 
 
-def view(fh: FastHeader) -> str:
-    """The view (``CC``, ``MLO``, ``PA`` …): ViewPosition, else the ViewCodeSequence code or its meaning."""
-    vp = str(fh.get("ViewPosition", "") or "").strip().upper()
-    if vp:
-        return vp
+def view_from_codes(fh: FastHeader) -> str:
+    """The mammography view (``CC``, ``MLO`` …) of the ViewCodeSequence: its code, else its meaning."""
     seq = fh.get("ViewCodeSequence")
     if seq:
         code = str(seq[0].get("CodeValue", "") or "")
@@ -142,7 +176,7 @@ def view(fh: FastHeader) -> str:
 
 
 def laterality(fh: FastHeader) -> str:
-    """ImageLaterality, else Laterality, else the functional groups' FrameLaterality (upper-case, unchecked)."""
+    """ImageLaterality, else Laterality, else the functional groups' FrameLaterality (raw: check it)."""
     for kw in ("ImageLaterality", "Laterality"):
         v = str(fh.get(kw, "") or "").strip().upper()
         if v:
@@ -156,7 +190,7 @@ def laterality(fh: FastHeader) -> str:
     return ""
 
 
-def _enhanced_geometry(ds: pydicom.Dataset, h: dict) -> None:
+def _enhanced_geometry(ds: pydicom.Dataset, h: dict, unrecognised: list[str]) -> None:
     """Per-frame positions (Enhanced CT/MR and friends) from the functional groups."""
     shared = ds.get("SharedFunctionalGroupsSequence")
     shared_item = shared[0] if shared else None
@@ -179,7 +213,7 @@ def _enhanced_geometry(ds: pydicom.Dataset, h: dict) -> None:
     if pvt:
         h["slope"] = number_value(pvt[0].get("RescaleSlope"), 1.0)
         h["intercept"] = number_value(pvt[0].get("RescaleIntercept"), 0.0)
-        h["rescale_type"] = str(pvt[0].get("RescaleType", "") or "")
+        h["rescale_type"] = _rescale_type(pvt[0].get("RescaleType", ""), unrecognised)
     else:
         per_frame = []
         for item in ds.PerFrameFunctionalGroupsSequence:
@@ -189,7 +223,7 @@ def _enhanced_geometry(ds: pydicom.Dataset, h: dict) -> None:
         if per_frame:
             h["slope"], h["intercept"] = per_frame[0]
             first_pvt = ds.PerFrameFunctionalGroupsSequence[0].get("PixelValueTransformationSequence")
-            h["rescale_type"] = str(first_pvt[0].get("RescaleType", "") or "") if first_pvt else ""
+            h["rescale_type"] = _rescale_type(first_pvt[0].get("RescaleType", ""), unrecognised) if first_pvt else ""
             if any(fr != per_frame[0] for fr in per_frame):
                 h["frame_rescale"] = per_frame
     if shared_item is not None and shared_item.get("PixelMeasuresSequence") and not h.get("thickness"):
@@ -198,3 +232,12 @@ def _enhanced_geometry(ds: pydicom.Dataset, h: dict) -> None:
         h["frame_ipp"] = positions
         h["frame_iop"] = orientations
         h["iop"] = h["iop"] or orientations[0]
+
+
+def _rescale_type(value: object, unrecognised: list[str]) -> str:
+    """RescaleType / ModalityLUTType: a defined term, ``""`` (none: HU for CT), or ``unrecognised`` (not HU)."""
+    v = defined_term(value, RESCALE_TYPES)
+    if v is None:
+        unrecognised.append("RescaleType")
+        return UNRECOGNISED
+    return v

@@ -47,13 +47,32 @@ def default_preprocessing(fmt: str, arch: str) -> tuple[Preprocessing, str]:
     return IMAGENET, "torchvision ImageNet weights: RGB, ImageNet mean/std"
 
 
+# file name endings of HDF5 (Keras) files: one without the HDF5 signature is damaged, not PyTorch
+_HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5", ".keras")
+
+
 def detect_format(path: str | os.PathLike) -> str:
-    """``keras-h5`` for HDF5, else by the content of the PyTorch file."""
+    """``keras-h5`` for HDF5, else by the content of the PyTorch file.
+
+    A file named like HDF5 (``.h5``) that is neither HDF5 nor PyTorch is reported as a damaged
+    HDF5 file (its signature was overwritten), not as an unreadable PyTorch file."""
     import h5py  # only Keras imports need it
 
     if Path(path).is_file() and h5py.is_hdf5(path):
         return "keras-h5"
-    obj = safe_torch_load(path)
+    try:
+        obj = safe_torch_load(path)
+    except WeightsError as exc:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(4)
+        except OSError:  # no such file: safe_torch_load's reason stands
+            raise exc from None
+        # a zip (torch.save) or a pickle (legacy torch.save) named .h5 keeps the PyTorch reason (e.g. refused code)
+        if Path(path).suffix.lower() in _HDF5_SUFFIXES and not head.startswith((b"PK\x03\x04", b"\x80")):
+            raise WeightsError(f"{path}: not a readable HDF5 file (no valid HDF5 signature: damaged or truncated "
+                               "at its start); get a fresh copy of the file") from None
+        raise
     if is_checkpoint(obj):
         return "medxfer"
     state = plain_state_dict(obj, path)
@@ -79,6 +98,9 @@ def convert_weights(path: str | os.PathLike, arch: str, fmt: str = "auto",
             conv = keras_to_state_dict(read_keras_h5(path), arch, path)
         except KerasImportError as exc:
             raise WeightsError(str(exc)) from None
+        except (KeyError, IndexError, TypeError) as exc:  # weights of unexpected names or shapes: a damaged file
+            raise WeightsError(f"{path}: damaged Keras file, weights of unexpected names or shapes "
+                               f"({type(exc).__name__}: {exc})") from None
         state, skipped = conv.state_dict, conv.skipped_layers
         provenance.update(source_layout=conv.layout, keras_version=conv.keras_version)
         if conv.bn_eps is not None:

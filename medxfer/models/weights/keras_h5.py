@@ -59,51 +59,75 @@ def normalise_layer_name(name: str) -> str:
     return name.replace("/", "_")
 
 
+# what h5py and numpy raise on a damaged file: corrupted metadata surfaces as RuntimeError from
+# h5py's link and object calls, OSError from reads, KeyError for a missing member, UnicodeDecodeError
+# (a ValueError) from a name attribute with overwritten bytes, TypeError for an attribute of another kind
+_DAMAGE = (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (a KeyError's without the quotes ``str`` adds)."""
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    text = text.strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def read_keras_h5(path: str | Path) -> KerasWeights:
-    """All weights of a Keras ``.h5`` file, without Keras; raises :class:`KerasImportError`."""
+    """All weights of a Keras ``.h5`` file, without Keras; raises :class:`KerasImportError`.
+
+    A damaged file (superblock, B-tree, heap, attribute or data bytes overwritten) is one
+    :class:`KerasImportError` naming the file, whatever h5py raises for it (``OSError``,
+    ``RuntimeError``, ``KeyError``, a ``UnicodeDecodeError`` of a name attribute …).
+    """
     import h5py  # imported here: only Keras imports need it
 
     try:
         f = h5py.File(path, "r")
-    except OSError as exc:
-        raise KerasImportError(f"{path}: not a readable HDF5 file ({exc})") from None
-    with f:
-        version, backend = _attr_str(f.attrs.get("keras_version")), _attr_str(f.attrs.get("backend"))
-        config = _attr_str(f.attrs.get("model_config"))
-        try:
-            if "layer_names" in f.attrs or "model_weights" in f:
-                root = f["model_weights"] if "model_weights" in f else f
-                layout = ("keras3-legacy-h5" if version and version.startswith("3") else "tf-keras-model") \
-                    if "model_weights" in f else "tf-keras-weights"
-                version = version or _attr_str(root.attrs.get("keras_version"))
-                backend = backend or _attr_str(root.attrs.get("backend"))
-                layers = {}
-                for raw in root.attrs["layer_names"]:
-                    name = _attr_str(raw)
-                    group = root[name]
-                    names = [_attr_str(w) for w in group.attrs.get("weight_names", [])]
-                    if not names:
-                        continue
-                    values = []
-                    for wname in names:
-                        kind = wname.rsplit("/", 1)[-1].split(":")[0]
-                        values.append((kind, np.asarray(group[wname])))
-                    layers[normalise_layer_name(name)] = values
-            elif "layers" in f and "vars" in f:
-                # Keras 3 native .weights.h5 names layers by class and graph position
-                # ("conv2d_17"), not by layer name: mapping them would rest on Keras's internal
-                # topological order, so refuse with the way out instead of guessing.
-                raise KerasImportError(
-                    f"{path}: a Keras 3 native .weights.h5 file, which stores layers by class and position "
-                    "rather than by name; re-save the model in Keras as legacy HDF5 (model.save('model.h5')) "
-                    "and import that")
-            else:
-                raise KerasImportError(f"{path}: HDF5 file without Keras weights (no layer_names, "
-                                       "model_weights or layers group)")
-        except KerasImportError:
-            raise
-        except (KeyError, OSError, ValueError) as exc:
-            raise KerasImportError(f"{path}: damaged Keras file ({exc})") from None
+    except _DAMAGE as exc:
+        raise KerasImportError(f"{path}: not a readable HDF5 file ({_first_line(exc)})") from None
+    try:
+        with f:
+            return _read_open_file(f, path)
+    except KerasImportError:
+        raise
+    except _DAMAGE as exc:
+        raise KerasImportError(f"{path}: damaged Keras file, its HDF5 structure cannot be read "
+                               f"({_first_line(exc)}); get a fresh copy of the file") from None
+
+
+def _read_open_file(f, path: str | Path) -> KerasWeights:
+    """:func:`read_keras_h5` on an open ``h5py.File``."""
+    version, backend = _attr_str(f.attrs.get("keras_version")), _attr_str(f.attrs.get("backend"))
+    config = _attr_str(f.attrs.get("model_config"))
+    if "layer_names" in f.attrs or "model_weights" in f:
+        root = f["model_weights"] if "model_weights" in f else f
+        layout = ("keras3-legacy-h5" if version and version.startswith("3") else "tf-keras-model") \
+            if "model_weights" in f else "tf-keras-weights"
+        version = version or _attr_str(root.attrs.get("keras_version"))
+        backend = backend or _attr_str(root.attrs.get("backend"))
+        layers = {}
+        for raw in root.attrs["layer_names"]:
+            name = _attr_str(raw)
+            group = root[name]
+            names = [_attr_str(w) for w in group.attrs.get("weight_names", [])]
+            if not names:
+                continue
+            values = []
+            for wname in names:
+                kind = wname.rsplit("/", 1)[-1].split(":")[0]
+                values.append((kind, np.asarray(group[wname])))
+            layers[normalise_layer_name(name)] = values
+    elif "layers" in f and "vars" in f:
+        # Keras 3 native .weights.h5 names layers by class and graph position
+        # ("conv2d_17"), not by layer name: mapping them would rest on Keras's internal
+        # topological order, so refuse with the way out instead of guessing.
+        raise KerasImportError(
+            f"{path}: a Keras 3 native .weights.h5 file, which stores layers by class and position "
+            "rather than by name; re-save the model in Keras as legacy HDF5 (model.save('model.h5')) "
+            "and import that")
+    else:
+        raise KerasImportError(f"{path}: HDF5 file without Keras weights (no layer_names, "
+                               "model_weights or layers group)")
     if not layers:
         raise KerasImportError(f"{path}: the Keras file holds no weights")
     return KerasWeights(layers=layers, layout=layout, keras_version=version, backend=backend, model_config=config)

@@ -9,17 +9,19 @@
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ...core.hashing import sha256_file
 from ..encoders import arch_spec
 from .errors import WeightsError
 from .formats import convert_weights
-from .record import ResolvedWeights, conversion_record
+from .record import ResolvedWeights, WeightsRecord, conversion_record
 from .registry import is_weights_name, list_weights, load_imported, record_path
 
 SourceResolver = Callable[[str, str], ResolvedWeights]
@@ -101,11 +103,59 @@ def resolve_weights(source: str, arch: str, home: str | os.PathLike | None = Non
     return load_imported(source, arch, home)
 
 
+def check_weights_sha256(record: WeightsRecord | None, expected: str | None, source: str) -> None:
+    """Raise a :class:`WeightsError` unless the weights loaded from ``source`` (their ``record``,
+    whose ``sha256`` is that of the bytes actually read) are the ones pinned by ``expected`` (the
+    sha256 a study saw when it planned the run; ``None`` or ``""``: nothing pinned). A ``file:``
+    replaced or a name re-imported (``--replace``) since then is refused, not silently trained on."""
+    if not expected:
+        return
+    expected = str(expected).lower().removeprefix("sha256:")
+    found = record.sha256 if record is not None else ""
+    if found == expected:
+        return
+    label = source_label(source)
+    what = ("the file changed" if source.startswith("file:")
+            else "the name was re-imported" if is_weights_name(source) else "the weights changed")
+    raise WeightsError(f"weights {label}: {what} since the study was planned (sha256 {expected[:12]}… expected, "
+                       f"{(found or 'none')[:12]}… found); restore them, or run the study again to plan with the "
+                       "new weights (a new configuration)")
+
+
+def _copy_hashing(src: str, dst: Path) -> str:
+    """Copy ``src`` to ``dst``; the sha256 of the bytes copied."""
+    digest = hashlib.sha256()
+    try:
+        with open(src, "rb") as fin, open(dst, "wb") as fout:
+            while chunk := fin.read(1 << 20):
+                digest.update(chunk)
+                fout.write(chunk)
+    except (FileNotFoundError, IsADirectoryError):
+        raise WeightsError(f"{src}: no such file") from None
+    except OSError as exc:
+        raise WeightsError(f"{src}: cannot be read ({exc.strerror or exc})") from None
+    return digest.hexdigest()
+
+
 def _resolve_file(path: str, arch: str) -> ResolvedWeights:
-    """``file:PATH``: a supported file converted on the fly; only its base name is recorded."""
-    conv = convert_weights(path, arch)
+    """``file:PATH``: a supported file converted on the fly; only its base name is recorded.
+
+    The file is read once, into a private copy hashed as it is copied, and converted from the copy:
+    the recorded sha256 is that of the very bytes loaded, even when the file is replaced meanwhile."""
     name = Path(path).name
-    record = conversion_record(f"file:{name}", arch, conv, sha256_file(path), name,
+    if not Path(path).is_file():
+        raise WeightsError(f"{path}: no such file")
+    tmp = tempfile.mkdtemp(prefix="medxfer-weights-")
+    try:
+        copy = Path(tmp) / (name or "weights")
+        sha = _copy_hashing(path, copy)
+        try:
+            conv = convert_weights(copy, arch)
+        except WeightsError as exc:
+            raise WeightsError(str(exc).replace(str(copy), path)) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    record = conversion_record(f"file:{name}", arch, conv, sha, name,
                                provenance={"preprocessing_reason": conv.preprocessing_reason})
     return ResolvedWeights(record, conv.state_dict)
 

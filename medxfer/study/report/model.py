@@ -47,6 +47,7 @@ class ChildRun:
     config_hash: str = ""
     end_time: int = 0
     loc: Localization | None = None  # from localization.csv, when the run has one
+    weights_sha256: str = ""  # sha256 of the weights the run loaded (its weights.sha256 param; "" for scratch)
 
     @property
     def binary(self) -> bool:

@@ -5,6 +5,10 @@ metric, the pooled metric (out-of-fold AUC, macro OvR AUC, or mean per-case Dice
 bootstrap CI, and the transfer score against the scratch cell with the same other grid values.
 Cells identical in every grid key but ``weights`` are compared on the items both have (DeLong or
 Wilcoxon; localization by Wilcoxon and exact McNemar), Holm-adjusted per family.
+
+The runs of a cell are pooled only when they loaded the same weights (the ``weights.sha256`` each
+run logged): a cell whose runs loaded different weights — a ``file:`` replaced or a name
+re-imported during the study by a medxfer that did not pin them — is an error, not averaged.
 """
 from __future__ import annotations
 
@@ -293,6 +297,21 @@ def _similarity(data: dict | None, cells: list[CellSummary], keys: list[str], ta
                              rows=rows, correlations=correlations)
 
 
+def check_one_weights(cell: str, runs: list[ChildRun]) -> None:
+    """:class:`ReportError` when the runs of ``cell`` loaded different weights (their logged sha256;
+    runs without one — scratch, older runs — are not judged): pooling them would average two models."""
+    where: dict[str, list[str]] = {}
+    for r in runs:
+        if r.weights_sha256:
+            where.setdefault(r.weights_sha256, []).append(f"fold{r.fold}/seed{r.seed} (run {r.run_id})")
+    if len(where) > 1:
+        found = "; ".join(f"{sha[:12]}… in {', '.join(runs_of)}"
+                          for sha, runs_of in sorted(where.items(), key=lambda kv: kv[1]))
+        raise ReportError(f"cell {cell}: its runs loaded different weights (sha256 {found}); the weights changed "
+                          "during the study: delete the runs of the wrong weights in MLflow (or run them again) "
+                          "and report again")
+
+
 def summarize(runs: StudyRuns, n_resamples: int = 2000, seed: int = 0) -> StudySummary:
     """Cell rows (mean ± SD, pooled metric with bootstrap CI, transfer score) and comparison rows
     (DeLong / Wilcoxon between weights sources, Holm-adjusted together)."""
@@ -303,6 +322,8 @@ def summarize(runs: StudyRuns, n_resamples: int = 2000, seed: int = 0) -> StudyS
     order = sorted(by_cell, key=lambda c: (by_cell[c][0].task,
                                            tuple(_value_key(k, by_cell[c][0].grid.get(k, "")) for k in keys), c))
     ordered = {c: sorted(by_cell[c], key=lambda r: (_natural(r.seed), _natural(r.fold))) for c in order}
+    for c in order:
+        check_one_weights(c, ordered[c])
     cells = [_summarize_cell(c, ordered[c], n_resamples, seed) for c in order]
     for c in cells:
         if c.task == "classification":

@@ -29,10 +29,12 @@ import numpy as np
 from tqdm import tqdm
 
 from ..core.errors import MedxferError
-from ..core.files import atomic_write, atomic_write_json
+from ..core.files import atomic_write
 from . import pixels
-from .cache import IMAGES_DIR, DecodeOptions, ItemResult, build_item, item_key
+from .cache import DecodeOptions, ItemResult, build_item, item_key
 from .deid import PathRedactor, Pseudonymizer
+from .index import (JOURNAL_FILE, STATE_DIR, IndexJournal, load_index, prune_images,
+                    result_from_index, save_index)
 from .manifest import MANIFEST_COLUMNS, PATIENT_FIELD, LabelsError, format_list, join_labels, load_labels, write_csv
 from .scan.record import FileRecord
 from .scan.dicomdir import DicomdirError, check_dicomdir
@@ -44,10 +46,6 @@ from .split import reapply_folds
 from .vocabulary import UNRECOGNISED_EFFECT, may_show_text_in_pixels
 
 log = logging.getLogger("medxfer.ingest")
-INDEX_VERSION = 2  # 2: images in hashed sub-folders (images/ab/<item_id>.nii), progress journal beside the index
-STATE_DIR = ".medxfer"
-INDEX_FILE = "index.json"
-JOURNAL_FILE = "index.journal.jsonl"  # "index*": removed with the index when an output folder is started over
 JOURNAL_HEADER_EVERY = 256  # header records per journal line when reading in-process
 # Legacy encodings tried on a file name that is not UTF-8, so that a folder named after a patient in
 # e.g. Latin-1 is redacted rather than shown as escapes (the DICOM header names the patient in that encoding).
@@ -193,12 +191,12 @@ def ingest(
     for msg in secret_notes:
         log.warning(msg)
     out.mkdir(parents=True, exist_ok=True)
-    index = _load_index(out, pseudo.fingerprint)
+    index = load_index(out, pseudo.fingerprint)
 
     walked = walk(src, outputs=(out,), follow_links=follow_links)
     rels = walked.files
 
-    journal = _Journal(out / STATE_DIR / JOURNAL_FILE, pseudo)
+    journal = IndexJournal(out / STATE_DIR / JOURNAL_FILE, pseudo)
     with warnings.catch_warnings(), _pool(workers, secret) as pool, journal:
         _quiet()
         t_walk = time.perf_counter()
@@ -260,16 +258,16 @@ def ingest(
     atomic_write(report, json.dumps(report_doc, indent=1, ensure_ascii=False).encode("utf-8", "backslashreplace"))
     if (journal.written or decoded or reread or set(keys) != set(index.get("items", {}))
             or len(records) != len(index.get("files", {}))):
-        _save_index(out, pseudo, records, results, keys)  # an unchanged re-run leaves the index as it is
+        save_index(out, pseudo, records, results, keys)  # an unchanged re-run leaves the index as it is
     journal.discard()  # its progress is in the index now
-    _prune(out, {r["image"] for r in items_rows})
+    prune_images(out, {r["image"] for r in items_rows})
     result = IngestResult(out, manifest, report, counts, seconds, report_warnings)
     log.info(result.summary())
     return result
 
 
 def _header_pass(src: Path, rels: list[str], index: dict, pseudo: Pseudonymizer, pool,
-                 progress: bool, journal: _Journal) -> tuple[dict[str, FileRecord], int]:
+                 progress: bool, journal: IndexJournal) -> tuple[dict[str, FileRecord], int]:
     """Header records for every file: from the index when size and mtime are unchanged, else read.
     Records read go to the journal chunk by chunk (a crash keeps them). Returns the records and how
     many files were (re-)read."""
@@ -307,7 +305,7 @@ def _header_pass(src: Path, rels: list[str], index: dict, pseudo: Pseudonymizer,
     return records, len(todo)
 
 
-def _pixel_digests(src: Path, records: dict[str, FileRecord], pool, journal: _Journal) -> None:
+def _pixel_digests(src: Path, records: dict[str, FileRecord], pool, journal: IndexJournal) -> None:
     """Add a pixel-content digest to the header of every image whose SOPInstanceUID another file has too
     (:func:`~medxfer.ingest.series.group_records` compares the copies). Kept in the index: computed once."""
     todo = [rel for rel in shared_sop_paths(list(records.values())) if PIXEL_DIGEST not in records[rel].header]
@@ -324,7 +322,7 @@ def _pixel_digests(src: Path, records: dict[str, FileRecord], pool, journal: _Jo
 
 
 def _check_dicomdirs(src: Path, rels: list[str], records: dict[str, FileRecord], pseudo: Pseudonymizer,
-                     journal: _Journal) -> None:
+                     journal: IndexJournal) -> None:
     """Count, for each DICOMDIR, the files it references and those present (kept in its record, without
     names). Checked again only when the DICOMDIR or the list of files under its folder changed."""
     changed = []
@@ -369,7 +367,7 @@ def _dicomdir_warnings(records: dict[str, FileRecord], show) -> list[dict]:
 
 def _pixel_pass(src: Path, out: Path, grouping: Grouping, records: dict[str, FileRecord], index: dict,
                 opts: DecodeOptions, pool, progress: bool, pseudo: Pseudonymizer,
-                journal: _Journal) -> tuple[dict[str, ItemResult], dict[str, str], int]:
+                journal: IndexJournal) -> tuple[dict[str, ItemResult], dict[str, str], int]:
     """Decode the items whose cache key changed; returns results, every item's cache key, and the count decoded.
     Each finished item goes to the journal at once (a crash keeps it)."""
     known = index.get("items", {})
@@ -382,7 +380,7 @@ def _pixel_pass(src: Path, out: Path, grouping: Grouping, records: dict[str, Fil
         old = known.get(plan.item_id)
         if old and old["key"] == key and not old["result"]["failed"] and (
                 old["result"]["image"] is None or (out / old["result"]["image"]).exists()):
-            results[plan.item_id] = _result_from_index(old["result"], plan, pseudo)
+            results[plan.item_id] = result_from_index(old["result"], plan, pseudo)
             continue
         todo.append(plan)
     # Largest items first so that one big series does not finish last on a single worker.
@@ -617,166 +615,6 @@ def _counts(files: list[dict], rows: list[dict], decoded: int, label_counts: dic
     if label_counts is not None:
         counts["labels"] = label_counts
     return counts
-
-
-# ---------------------------------------------------------------- index (re-run cache)
-# OUT/.medxfer/index.json holds the header record of every file and the cache key and result of every
-# item, paths only as keyed digests. While a run works, what it finishes is appended to
-# OUT/.medxfer/index.journal.jsonl (a chunk of header records, one item per line); the next run folds a
-# journal a crash left behind into the index first, so that it re-reads and re-decodes only what was not
-# finished. A successful run writes the index whole and removes the journal.
-def _path_key(pseudo: Pseudonymizer, rel: str) -> str:
-    return pseudo.digest("FilePath", rel)
-
-
-def _record_doc(rec: FileRecord) -> dict:
-    return {**rec.to_json(), "path": None}
-
-
-def _result_doc(res: ItemResult, pseudo: Pseudonymizer) -> dict:
-    doc = dict(vars(res))
-    doc["used_files"] = [_path_key(pseudo, f) for f in res.used_files]
-    doc["failed"] = {_path_key(pseudo, f): reason for f, reason in res.failed.items()}
-    return doc
-
-
-class _Journal:
-    """What a running ingest finished, appended one JSON line at a time and flushed at once: a crash (even
-    ``kill -9``) loses at most the line being written. Opened on first use, so an unchanged re-run writes
-    nothing. The first line names the index version and the secret fingerprint the entries belong to."""
-
-    def __init__(self, path: Path, pseudo: Pseudonymizer):
-        self.path, self.pseudo = path, pseudo
-        self.written = False
-        self._f = None
-
-    def __enter__(self) -> _Journal:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def files(self, recs: list[FileRecord]) -> None:
-        """Header records that are done."""
-        if recs:
-            self._write({"files": {_path_key(self.pseudo, r.path): _record_doc(r) for r in recs}})
-
-    def item(self, res: ItemResult, key: str) -> None:
-        """An item that is done (its image, if any, is in place)."""
-        self._write({"items": {res.item_id: {"key": key, "result": _result_doc(res, self.pseudo)}}})
-
-    def _write(self, entry: dict) -> None:
-        try:
-            if self._f is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._f = open(self.path, "w", encoding="utf-8")
-                self._f.write(json.dumps({"version": INDEX_VERSION,
-                                          "secret_fingerprint": self.pseudo.fingerprint}) + "\n")
-            self._f.write(json.dumps(entry, separators=(",", ":")) + "\n")
-            self._f.flush()
-        except OSError as exc:  # a failed write names no file: name the journal (a full disk says where)
-            if exc.filename is None:
-                raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
-            raise
-        self.written = True
-
-    def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
-
-    def discard(self) -> None:
-        """Remove the journal (the index holds its entries now)."""
-        self.close()
-        self.path.unlink(missing_ok=True)
-
-
-def _replay_journal(path: Path, fingerprint: str, doc: dict) -> bool:
-    """Apply a journal a crashed run left to ``doc`` (later lines win); a line cut short is skipped.
-    Returns whether any entry was applied."""
-    try:
-        f = open(path, encoding="utf-8")
-    except OSError:
-        return False
-    applied = False
-    with f:
-        head = _json_line(f.readline())
-        if head.get("version") != INDEX_VERSION or head.get("secret_fingerprint") != fingerprint:
-            return False  # another secret or layout: its entries mean nothing here
-        for line in f:
-            entry = _json_line(line)
-            for part in ("files", "items"):
-                if isinstance(entry.get(part), dict):
-                    doc[part].update(entry[part])
-                    applied = True
-    return applied
-
-
-def _json_line(line: str) -> dict:
-    try:
-        doc = json.loads(line)
-    except ValueError:
-        return {}
-    return doc if isinstance(doc, dict) else {}
-
-
-def _load_index(out: Path, fingerprint: str) -> dict:
-    """The index of ``out`` with any journal a crash left folded in (and written back, the journal removed).
-    An index of another version or secret counts as empty (a re-run then re-reads and re-decodes). The
-    index file is written at once when missing: it marks ``out`` as an ingest output and names its secret."""
-    state = out / STATE_DIR
-    try:
-        doc = json.loads((state / INDEX_FILE).read_text())
-    except (OSError, ValueError):
-        doc = None
-    valid = (isinstance(doc, dict) and doc.get("version") == INDEX_VERSION
-             and doc.get("secret_fingerprint") == fingerprint
-             and isinstance(doc.get("files"), dict) and isinstance(doc.get("items"), dict))
-    if not valid:  # another version or secret: other pseudonyms or layout, start afresh
-        doc = {"version": INDEX_VERSION, "secret_fingerprint": fingerprint, "files": {}, "items": {}}
-    folded = _replay_journal(state / JOURNAL_FILE, fingerprint, doc)
-    if folded or not valid:
-        state.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(state / INDEX_FILE, doc, indent=None)
-    (state / JOURNAL_FILE).unlink(missing_ok=True)
-    return doc
-
-
-def _save_index(out: Path, pseudo: Pseudonymizer, records: dict[str, FileRecord], results: dict[str, ItemResult],
-                keys: dict[str, str]) -> None:
-    """Paths are stored only as keyed digests (a folder may be named after a patient)."""
-    (out / STATE_DIR).mkdir(exist_ok=True)
-    items = {item_id: {"key": keys[item_id], "result": _result_doc(res, pseudo)}
-             for item_id, res in results.items() if item_id in keys}
-    doc = {"version": INDEX_VERSION, "secret_fingerprint": pseudo.fingerprint,
-           "files": {_path_key(pseudo, rel): _record_doc(rec) for rel, rec in records.items()}, "items": items}
-    atomic_write_json(out / STATE_DIR / INDEX_FILE, doc, indent=None)
-
-
-def _result_from_index(doc: dict, plan: ItemPlan, pseudo: Pseudonymizer) -> ItemResult:
-    paths = {_path_key(pseudo, f): f for f in plan.files}
-    res = ItemResult(**doc)
-    res.used_files = [paths[d] for d in doc["used_files"] if d in paths]
-    res.failed = {paths[d]: reason for d, reason in doc["failed"].items() if d in paths}
-    return res
-
-
-def _prune(out: Path, keep: set[str]) -> None:
-    """Remove cached images no manifest row points to (an item that changed or disappeared, a leftover
-    ``.part`` file, an image of the flat layout of index version 1) and sub-folders left empty."""
-    d = out / IMAGES_DIR
-    if not d.is_dir():
-        return
-    for folder, _, names in os.walk(d, topdown=False):
-        rel_folder = Path(os.path.relpath(folder, out)).as_posix()
-        for name in names:
-            if f"{rel_folder}/{name}" not in keep:
-                Path(folder, name).unlink(missing_ok=True)
-        if folder != str(d):
-            try:
-                os.rmdir(folder)  # only when empty
-            except OSError:
-                pass
 
 
 # ---------------------------------------------------------------- paths as the report shows them

@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 
 from medxfer import synthetic
-from medxfer.ingest import ingest, pipeline
+from medxfer.ingest import index, ingest, pipeline
 from medxfer.ingest.cache import build_item
 from medxfer.ingest.manifest import read_manifest, write_csv
 from medxfer.ingest.scan.sniff import read_file_record
 
 from ..conftest import find_identifiers
 
-JOURNAL = Path(".medxfer") / pipeline.JOURNAL_FILE
-INDEX = Path(".medxfer") / pipeline.INDEX_FILE
+JOURNAL = Path(".medxfer") / index.JOURNAL_FILE
+INDEX = Path(".medxfer") / index.INDEX_FILE
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +195,7 @@ def test_an_output_of_index_version_1_is_rebuilt_in_the_new_layout(export, clean
 def test_a_journal_of_another_secret_is_ignored(export, clean, tmp_path, run):
     out = tmp_path / "out"
     (out / JOURNAL).parent.mkdir(parents=True)
-    (out / JOURNAL).write_text(json.dumps({"version": pipeline.INDEX_VERSION, "secret_fingerprint": "0" * 12})
+    (out / JOURNAL).write_text(json.dumps({"version": index.INDEX_VERSION, "secret_fingerprint": "0" * 12})
                                + "\n" + json.dumps({"items": {"x": {"key": "k", "result": {}}}}) + "\n{\"files\": {")
     run(export.root, out, workers=1)
     assert _outcome(out) == _outcome(clean) and "x" not in json.loads((out / INDEX).read_text())["items"]

@@ -21,6 +21,7 @@ from ignite.metrics import Metric
 
 from ..core.files import atomic_write, atomic_writer
 from ..core.hashing import sha256_file
+from ..ingest.manifest import escape_cell
 from ..explain.localization import localize, plot_overlays, summarize, write_localization_csv
 from ..models import save_checkpoint, weights_params
 from ..tracking.layout import (CHECKPOINT_ARTIFACT, LOCALIZATION_ARTIFACT, METRICS_ARTIFACT, PREDICTIONS_ARTIFACT,
@@ -159,7 +160,8 @@ def write_predictions(path: Path, items: list[dict], prob: np.ndarray, classes: 
         w = csv.writer(f)
         w.writerow(columns)
         for item, p in zip(items, prob):
-            row = [item["item_id"], item["fold"], classes[int(item["label"])], int(item["label"])]
+            # a class name is a label value: spreadsheet-safe, like the manifest it came from
+            row = [item["item_id"], item["fold"], escape_cell(classes[int(item["label"])]), int(item["label"])]
             row += [f"{v:.6f}" for v in p] + ([f"{p[1]:.6f}"] if len(classes) == 2 else [])
             w.writerow(row)
     return path

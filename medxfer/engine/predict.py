@@ -18,7 +18,7 @@ import torch
 
 from ..core.files import atomic_writer
 from ..core.hashing import sha256_file
-from ..ingest.manifest import read_manifest
+from ..ingest.manifest import escape_cell, read_manifest
 from ..models import Preprocessing, WeightsError, create_classifier, create_segmenter, load_strict
 from ..models.weights import safe_torch_load
 from ..tracking.layout import CHECKPOINT_ARTIFACT, PREDICTIONS_ARTIFACT, RUN_CONFIG_ARTIFACT
@@ -179,7 +179,7 @@ class PredictionWriter:
         for item, out in zip(engine.state.batch, engine.state.output):  # both decollated per item
             prob = torch.softmax(out["pred"].float(), -1)
             self.rows.append([item["item_id"], *(f"{p:.6f}" for p in prob.tolist()),
-                              self.classes[int(prob.argmax())]])
+                              escape_cell(self.classes[int(prob.argmax())])])  # spreadsheet-safe, like the manifest
 
     def _write(self, engine) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

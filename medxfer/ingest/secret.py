@@ -9,9 +9,9 @@ folder (whoever holds it can recompute the pseudonyms), and should be readable b
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
+import re
 import secrets
 import shutil
 from dataclasses import dataclass
@@ -105,18 +105,28 @@ def permission_warning(path: str | os.PathLike) -> str | None:
             f"every pseudonym; run `chmod 600 {path}`")
 
 
+# A top-level "secret_fingerprint" key of medxfer's own JSON files, found by searching, not parsing: an
+# index or report of a large cohort is tens of MB, and every ingest checks both before it starts. A quote
+# inside a JSON string is escaped, so an unescaped '"secret_fingerprint"' is a key.
+_FINGERPRINT_KEY_TEXT = f'"{FINGERPRINT_KEY}"'
+_FINGERPRINT_VALUE = re.compile(r'\s*:\s*"([0-9A-Za-z]+)"')
+
+
 def recorded_fingerprints(out: str | os.PathLike) -> set[str]:
     """The secret fingerprints ``out`` records (its report and its index); unreadable files are ignored."""
     out = Path(out)
     found = set()
     for p in (out / REPORT_FILE, out / STATE_MARK):
         try:
-            doc = json.loads(p.read_text())
-        except (OSError, ValueError):
+            text = p.read_text(encoding="utf-8", errors="replace")
+        except OSError:
             continue
-        fp = doc.get(FINGERPRINT_KEY) if isinstance(doc, dict) else None
-        if isinstance(fp, str) and fp:
-            found.add(fp)
+        i = text.find(_FINGERPRINT_KEY_TEXT)
+        while i >= 0:
+            m = _FINGERPRINT_VALUE.match(text, i + len(_FINGERPRINT_KEY_TEXT))
+            if m and (i == 0 or text[i - 1] != "\\"):
+                found.add(m.group(1))
+            i = text.find(_FINGERPRINT_KEY_TEXT, i + 1)
     return found
 
 

@@ -198,3 +198,12 @@ def test_cli_refuses_another_secret_in_one_line_and_rekey_starts_over(tmp_path):
     r = CliRunner().invoke(main, args + ["--secret-file", str(b), "--rekey"])
     assert r.exit_code == 0, r.output
     assert recorded_fingerprints(tmp_path / "out") == {Pseudonymizer(load_secret(b)).fingerprint}
+
+
+def test_a_fingerprint_spelled_inside_a_value_is_not_the_outputs(tmp_path):
+    """Fingerprints are found by search, not by parsing (large indexes): a value that spells the key is not one."""
+    out = tmp_path / "out"
+    out.mkdir()
+    doc = {"files": [{"reason": 'odd "secret_fingerprint": "feedbeef" text'}], "secret_fingerprint": "abc123"}
+    (out / "ingest_report.json").write_text(json.dumps(doc, indent=1))
+    assert recorded_fingerprints(out) == {"abc123"}

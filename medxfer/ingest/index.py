@@ -16,11 +16,11 @@ from ..core.files import atomic_write_json
 from .cache import IMAGES_DIR, ItemResult
 from .deid import Pseudonymizer
 from .scan.record import FileRecord
+from .scan.walker import STATE_MARK
 from .series import ItemPlan
 
 INDEX_VERSION = 2  # 2: images in hashed sub-folders (images/ab/<item_id>.nii), progress journal beside the index
-STATE_DIR = ".medxfer"
-INDEX_FILE = "index.json"
+STATE_DIR, INDEX_FILE = STATE_MARK.split("/")  # .medxfer/index.json: the walker knows an output by it
 JOURNAL_FILE = "index.journal.jsonl"  # "index*": removed with the index when an output folder is started over
 
 

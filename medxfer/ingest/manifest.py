@@ -18,6 +18,7 @@ from ..core.files import atomic_writer
 from .deid import PathRedactor, Pseudonymizer
 from .vocabulary import LABEL_KEYWORDS
 
+MANIFEST_FILE = "manifest.csv"  # in an ingest output folder
 MANIFEST_COLUMNS = [
     "item_id", "patient", "study", "series", "modality", "body_part", "view", "laterality",
     "image", "shape", "spacing", "frames", "channels", "kind", "source", "color", "intensity",

@@ -35,12 +35,13 @@ from .cache import DecodeOptions, ItemResult, build_item, item_key
 from .deid import PathRedactor, Pseudonymizer
 from .index import (JOURNAL_FILE, STATE_DIR, IndexJournal, load_index, prune_images,
                     result_from_index, save_index)
-from .manifest import MANIFEST_COLUMNS, PATIENT_FIELD, LabelsError, format_list, join_labels, load_labels, write_csv
+from .manifest import (MANIFEST_COLUMNS, MANIFEST_FILE, PATIENT_FIELD, LabelsError, format_list, join_labels,
+                       load_labels, write_csv)
 from .scan.record import FileRecord
 from .scan.dicomdir import DicomdirError, check_dicomdir
 from .scan.sniff import read_file_record
 from .scan.walker import LINK_OUTSIDE, display_path, walk
-from .secret import SecretError, open_output_secret, start_over
+from .secret import REPORT_FILE, SecretError, open_output_secret, start_over
 from .series import DUPLICATE_RULE, PIXEL_DIGEST, Grouping, ItemPlan, group_records, shared_sop_paths
 from .split import reapply_folds
 from .vocabulary import UNRECOGNISED_EFFECT, may_show_text_in_pixels
@@ -232,7 +233,7 @@ def ingest(
         label_table = load_labels(labels, key, pseudo, tokens, patient_column)
         label_counts = _join(label_table, items_rows, grouping, records)
     columns = MANIFEST_COLUMNS + ([c for c in label_table.columns if c not in MANIFEST_COLUMNS] if label_table else [])
-    manifest = out / "manifest.csv"
+    manifest = out / MANIFEST_FILE
     fold_notes = reapply_folds(out, items_rows, columns)  # a split cohort keeps its folds (before the manifest goes)
     for msg in fold_notes:
         log.warning(msg)
@@ -245,7 +246,7 @@ def ingest(
         report_warnings.append({"item_id": None,
                                 "message": f"label columns dropped because they would hold identifiers: {dropped}"})
     seconds = time.perf_counter() - t0
-    report = out / "ingest_report.json"
+    report = out / REPORT_FILE
     report_doc = {
         "files": files, "counts": counts, "warnings": report_warnings, "seconds": round(seconds, 3),
         "seconds_by_step": {"walk": round(t_walk - t0, 3), "headers": round(t_headers - t_walk, 3),

@@ -21,13 +21,13 @@ from ..core.errors import MedxferError
 from ..core.home import medxfer_home
 from .cache import IMAGES_DIR
 from .deid import Pseudonymizer
-from .scan.walker import STATE_MARK
+from .index import INDEX_FILE, STATE_DIR
+from .manifest import MANIFEST_FILE
 from .split import SPLIT_FILE
 
 log = logging.getLogger("medxfer.ingest")
 SECRET_BYTES = 32
 REPORT_FILE = "ingest_report.json"
-MANIFEST_FILE = "manifest.csv"
 FINGERPRINT_KEY = "secret_fingerprint"
 
 
@@ -116,7 +116,7 @@ def recorded_fingerprints(out: str | os.PathLike) -> set[str]:
     """The secret fingerprints ``out`` records (its report and its index); unreadable files are ignored."""
     out = Path(out)
     found = set()
-    for p in (out / REPORT_FILE, out / STATE_MARK):
+    for p in (out / REPORT_FILE, out / STATE_DIR / INDEX_FILE):
         try:
             text = p.read_text(encoding="utf-8", errors="replace")
         except OSError:
@@ -138,14 +138,16 @@ def _mismatch(out: Path, old: set[str], what: str) -> SecretError:
         f"with this one (every pseudonym, item id and fold changes)")
 
 
-def check_output_secret(out: str | os.PathLike, fingerprint: str, rekey: bool = False) -> set[str]:
-    """Compare the secret's fingerprint with the one ``out`` was built with.
+def check_output_secret(out: str | os.PathLike, fingerprint: str, rekey: bool = False,
+                        recorded: set[str] | None = None) -> set[str]:
+    """Compare the secret's fingerprint with the one ``out`` was built with (``recorded``: what
+    :func:`recorded_fingerprints` found, when the caller has read it already).
 
     Returns the other fingerprints ``out`` records when ``rekey`` allows starting it over (empty when
     ``out`` is new or was built with this secret); raises :class:`SecretError` when they differ and
     ``rekey`` is false.
     """
-    old = recorded_fingerprints(out) - {fingerprint}
+    old = (recorded_fingerprints(out) if recorded is None else recorded) - {fingerprint}
     if old and not rekey:
         raise _mismatch(Path(out), old, f"this secret's is {fingerprint}")
     return old
@@ -179,7 +181,7 @@ def open_output_secret(secret_file: str | os.PathLike | None, src: str | os.Path
     except (OSError, ValueError) as exc:
         raise SecretError(f"cannot use the secret file: {exc}") from exc
     fingerprint = Pseudonymizer(key).fingerprint
-    replaces = check_output_secret(out, fingerprint, rekey)
+    replaces = check_output_secret(out, fingerprint, rekey, recorded=old)
     warning = permission_warning(path)
     return OutputSecret(key, path, fingerprint, frozenset(replaces), (warning,) if warning else ())
 
@@ -197,8 +199,8 @@ def start_over(out: str | os.PathLike, replaces: set[str] | frozenset[str], fing
     (out / MANIFEST_FILE).unlink(missing_ok=True)
     if (out / IMAGES_DIR).is_dir():
         shutil.rmtree(out / IMAGES_DIR)
-    index = out / STATE_MARK
-    for p in sorted(index.parent.glob("index*")) if index.parent.is_dir() else []:
+    state = out / STATE_DIR
+    for p in sorted(state.glob("index*")) if state.is_dir() else []:  # the index and its journal
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
         else:

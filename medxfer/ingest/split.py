@@ -21,7 +21,7 @@ import numpy as np
 
 from ..core.errors import MedxferError
 from ..core.files import atomic_write_json
-from .manifest import read_manifest, write_csv
+from .manifest import MANIFEST_FILE, read_manifest, write_csv
 
 SPLIT_FILE = "split.json"
 
@@ -61,7 +61,7 @@ def split(out_dir: str | os.PathLike, folds: int, *, stratify: str | None = None
     """Add/replace the ``fold`` column of ``out_dir/manifest.csv``; write ``split.json`` (the summary and the
     patient -> fold assignment a re-ingest re-applies); return it."""
     out = Path(out_dir)
-    manifest = out / "manifest.csv"
+    manifest = out / MANIFEST_FILE
     if not manifest.is_file():
         raise SplitError(f"no manifest.csv in {out} (run `medxfer ingest` first)")
     rows, columns = read_manifest(manifest)
@@ -106,7 +106,7 @@ def reapply_folds(out_dir: str | os.PathLike, rows: list[dict], columns: list[st
     recorded = _read_split(out / SPLIT_FILE)
     info = recorded or {}
     assignment = info.get("assignment") if isinstance(info.get("assignment"), dict) else None
-    previous = _previous_folds(out / "manifest.csv") if assignment is None else None
+    previous = _previous_folds(out / MANIFEST_FILE) if assignment is None else None
     if recorded is None and not previous:
         return []
     if assignment is None:

@@ -130,18 +130,38 @@ def ingest(src, out, labels, key, workers, secret_file, color, voi, compress, mo
 
 @main.command()
 @click.argument("dir", type=click.Path(exists=True, file_okay=False, path_type=str))
-@click.option("--folds", type=int, required=True, help="Number of folds K (>= 2).")
+@click.option("--folds", type=int, default=None, help="Number of folds K (>= 2).")
 @click.option("--stratify", default=None, help="Manifest column to stratify by (e.g. the label).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed: the same seed gives the same folds.")
-def split(dir, folds, stratify, seed):
+@click.option("--from-column", default=None,
+              help="Take the folds from this column instead (a dataset's official split); with --order.")
+@click.option("--order", default=None,
+              help="With --from-column: its values in fold order, comma-separated (test,val,train: fold 0 tests "
+                   "on the official test set, fold 1 = validation).")
+def split(dir, folds, stratify, seed, from_column, order):
     """Patient-level, stratified k-fold split: writes the `fold` column of DIR/manifest.csv.
 
     \b
     Example:
       medxfer split cohort/ --folds 5 --stratify label --seed 0
+      medxfer split adrenal/ --from-column split --order test,val,train
     """
     from .ingest import split as run_split
+    from .ingest.split import split_from_column
 
+    if from_column:
+        if folds is not None or stratify:
+            _fail("--from-column takes the folds from a column: leave out --folds and --stratify")
+        if not order:
+            _fail("--from-column needs --order, its values in fold order (e.g. test,val,train)")
+        summary = split_from_column(dir, from_column, order.split(","))
+        sizes = ", ".join(f"{k}:{v}" for k, v in summary["items_per_fold"].items())
+        click.echo(f"split: {summary['patients']} patients, {summary['items']} items into {summary['folds']} folds "
+                   f"from column {from_column} (items per fold {sizes}; {summary['items_without_fold']} without a "
+                   "fold)", err=True)
+        return
+    if folds is None:
+        _fail("give --folds K (or --from-column COLUMN --order …)")
     summary = run_split(dir, folds, stratify=stratify, seed=seed)
     sizes = ", ".join(f"{k}:{v}" for k, v in summary["items_per_fold"].items())
     click.echo(f"split: {summary['patients']} patients, {summary['items']} items into {folds} folds "
@@ -156,17 +176,25 @@ def convert() -> None:
 @convert.command("medmnist")
 @click.argument("npz", type=click.Path(exists=True, dir_okay=False, path_type=str))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str),
-              help="Output folder: images/<split>/*.png and labels.csv (image,label,split).")
+              help="Output folder: images/<split>/*.png (2D) or *.nii.gz (3D) and labels.csv (image,label,split).")
 @click.option("--label-names", default=None,
               help="Class names by index, comma-separated (PneumoniaMNIST: normal,pneumonia); default the index.")
 def convert_medmnist(npz, out, label_names):
-    """Write a MedMNIST .npz as PNG files and a labels CSV.
+    """Write a MedMNIST .npz as image files and a labels CSV (image,label,split).
+
+    2D sets become PNG files; 3D sets (AdrenalMNIST3D, VesselMNIST3D, ... 28³ or 64³) become NIfTI
+    volumes with the array's last axis as z, the slice axis of 2.5D training, and 1 mm voxels (MedMNIST
+    records no spacing). The split column keeps the official train/val/test assignment.
 
     \b
-    Example:
+    Examples:
       medxfer convert medmnist pneumoniamnist.npz --out pneumonia_png --label-names normal,pneumonia
       medxfer ingest pneumonia_png/images --out cohorts/pneumonia \\
           --labels pneumonia_png/labels.csv --key image --modality CR
+      medxfer convert medmnist adrenalmnist3d_64.npz --out adrenal_nii --label-names normal,hyperplasia
+      medxfer ingest adrenal_nii/images --out cohorts/adrenal \\
+          --labels adrenal_nii/labels.csv --key image --modality OT
+      medxfer split cohorts/adrenal --folds 5 --stratify label --seed 0
     """
     from .ingest.public import convert_medmnist as run
 
@@ -362,7 +390,9 @@ def train(ctx, bundle, manifest, label, encoder, weights, freeze, fold):
 def predict(run_id, data, out, batch_size):
     """Predict with the model of MLflow run RUN_ID on DATA, a folder made by medxfer ingest.
 
-    Writes predictions.csv (item_id, p_<class>…, predicted); labels and folds are not needed.
+    Writes predictions.csv (item_id, p_<class>…, predicted); labels and folds are not needed. A run
+    trained on slices of volumes / cines writes one row per volume or cine, its slices aggregated as
+    in training, plus a `samples` column.
 
     \b
     Example:

@@ -1,4 +1,4 @@
-"""Moving batches to the device the way GPUs like them."""
+"""Batches: moving them to the device the way GPUs like them, and reading a key of every sample."""
 from __future__ import annotations
 
 import torch
@@ -13,3 +13,12 @@ def prepare_batch(batchdata: dict, device: torch.device | str | None = None, non
     fmt = {"memory_format": torch.channels_last} if device.type == "cuda" and image.ndim == 4 else {}
     return (image.to(device=device, non_blocking=non_blocking, **fmt),
             label.to(device=device, non_blocking=non_blocking))
+
+
+def batch_values(batch, key: str) -> list:
+    """``key`` of every sample of a batch, collated (a dict of lists / tensors) or decollated (a list of
+    sample dicts, as MONAI's engines leave ``engine.state.batch`` after an iteration); tensors as numbers."""
+    if isinstance(batch, dict):
+        values = batch[key]
+        return values.tolist() if hasattr(values, "tolist") else list(values)
+    return [b[key].item() if hasattr(b[key], "item") else b[key] for b in batch]

@@ -27,10 +27,12 @@ from ..models import save_checkpoint, weights_params
 from ..tracking.layout import (CHECKPOINT_ARTIFACT, LOCALIZATION_ARTIFACT, METRICS_ARTIFACT, PREDICTIONS_ARTIFACT,
                                RUN_CONFIG_ARTIFACT)
 from ..transforms.pipelines import classification_transforms
+from .batches import batch_values
 from .data import Cohort, class_values
 from .features import FeatureHead, predict_features
 from .mlflow_run import load_best_checkpoint, log_outcome
 from .multiview import DEFAULT_GROUP_BY
+from .slices import aggregate_probabilities
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -46,15 +48,29 @@ def _labels(label) -> torch.Tensor:
 
 
 class ValidationAUC(Metric):
-    """ROC AUC (one-vs-rest macro for more than two classes) from logits; NaN when undefined."""
+    """ROC AUC (one-vs-rest macro for more than two classes) from logits; NaN when undefined.
 
-    def __init__(self, num_classes: int, output_transform=lambda x: x):
+    With ``aggregate`` (slice samples of volumes / cines, :mod:`.slices`) the samples' probabilities
+    are first aggregated per item (the batch's ``item_id``, labelled by ``item_label``): the AUC that
+    chooses the checkpoint is the item-level one the test reports."""
+
+    def __init__(self, num_classes: int, output_transform=lambda x: x, aggregate: str | None = None):
         self.num_classes = num_classes
+        self.aggregate = aggregate
         super().__init__(output_transform=output_transform)
 
     def reset(self) -> None:
         self._p: list[torch.Tensor] = []
         self._y: list[torch.Tensor] = []
+        self._ids: list[str] = []
+        self._item_y: dict[str, int] = {}
+
+    def iteration_completed(self, engine) -> None:
+        if self.aggregate:
+            ids = [str(i) for i in batch_values(engine.state.batch, "item_id")]
+            self._ids.extend(ids)
+            self._item_y.update(zip(ids, (int(v) for v in batch_values(engine.state.batch, "item_label"))))
+        super().iteration_completed(engine)
 
     def update(self, output) -> None:
         pred, label = output
@@ -63,7 +79,13 @@ class ValidationAUC(Metric):
 
     def compute(self) -> float:
         """AUC, or -inf when undefined (one class in the validation set): never "best"."""
-        value = roc_auc(torch.cat(self._y).numpy(), torch.cat(self._p).numpy()) if self._y else math.nan
+        if not self._y:
+            return -math.inf
+        y, p = torch.cat(self._y).numpy(), torch.cat(self._p).numpy()
+        if self.aggregate:
+            ids, p = aggregate_probabilities(p, self._ids, self.aggregate)
+            y = np.array([self._item_y[i] for i in ids])
+        value = roc_auc(y, p)
         return value if math.isfinite(value) else -math.inf
 
 
@@ -212,6 +234,10 @@ def run_params(config: dict[str, Any], cohort: Cohort, network, manifest: str | 
                    **{f"data.n_{k}": str(v) for k, v in cohort.counts().items()},
                    "data.train_class_counts": json.dumps(cohort.class_counts("train")),
                    "data.left_out": json.dumps(cohort.skipped, sort_keys=True)})
+    if cohort.sliced:  # volumes / cines cut into slice samples; every result is per item
+        params.update({"input": cohort.input, "slices": str(cohort.slices), "aggregate": cohort.aggregate,
+                       **{f"data.n_{k}_samples": str(v) for k, v in cohort.sample_counts().items()},
+                       "data.results_per": f"item ({cohort.aggregate} of its slice / frame samples)"})
     if isinstance(config.get("classes"), dict):  # values grouped into classes (TI-RADS 2–3 vs 4a–5)
         grouped: dict[str, list[str]] = {}
         for value, name in class_values(config["classes"]).items():
@@ -251,19 +277,22 @@ def finalize(network: torch.nn.Module, cohort: Cohort, run_config: dict[str, Any
                                          "validation AUC")
     transform = classification_transforms(int(run_config["image_size"]), int(run_config["in_channels"]),
                                           model.preprocessing, augment=False, views=model.views, fusion=model.fusion)
-    val_y = np.array([int(i["label"]) for i in cohort.val])
-    test_y = np.array([int(i["label"]) for i in cohort.test])
     if features is not None:
         val_prob = predict_features(model, cohort.val, features, device)
         test_prob = predict_features(model, cohort.test, features, device)
     else:
         val_prob = predict_items(model, cohort.val, transform, device, batch_size, num_workers)
         test_prob = predict_items(model, cohort.test, transform, device, batch_size, num_workers)
+    if cohort.sliced:  # slice / frame samples → one prediction per volume or cine (and per 2D item)
+        val_prob = item_probabilities(cohort, "val", val_prob)
+        test_prob = item_probabilities(cohort, "test", test_prob)
+    val_y = np.array([int(i["label"]) for i in cohort.items("val")])
+    test_y = np.array([int(i["label"]) for i in cohort.items("test")])
     thresholds = youden_thresholds(val_y, val_prob) if len(val_y) else None
     metrics = classification_metrics(test_y, test_prob, thresholds)
     metrics.update({k.replace("test_", "best_val_"): v for k, v in
                     classification_metrics(val_y, val_prob, thresholds).items() if k.endswith("auc")})
-    predictions = write_predictions(out / PREDICTIONS_ARTIFACT, cohort.test, test_prob, cohort.classes)
+    predictions = write_predictions(out / PREDICTIONS_ARTIFACT, cohort.items("test"), test_prob, cohort.classes)
     title = f"{run_config.get('encoder')} / {run_config.get('weights')} · fold {cohort.fold}"
     roc = plot_roc(out / "roc.png", test_y, test_prob, cohort.classes, title)
     localization = []
@@ -279,7 +308,7 @@ def finalize(network: torch.nn.Module, cohort: Cohort, run_config: dict[str, Any
     summary = {"metrics": metrics, "model_selection": selection,
                "youden_threshold_source": "validation" if thresholds is not None else "test",
                "youden_thresholds": thresholds, "classes": cohort.classes, "counts": cohort.counts(),
-               "config": run_config}
+               "sample_counts": cohort.sample_counts(), "config": run_config}
     atomic_write(out / METRICS_ARTIFACT, json.dumps(summary, indent=2, default=str) + "\n")
     atomic_write(out / RUN_CONFIG_ARTIFACT, json.dumps(run_config, indent=2, default=str) + "\n")
     log_outcome(tracker, metrics, {"model_selection": selection,
@@ -287,6 +316,14 @@ def finalize(network: torch.nn.Module, cohort: Cohort, run_config: dict[str, Any
                 [predictions, roc, out / METRICS_ARTIFACT, out / RUN_CONFIG_ARTIFACT, *localization], checkpoint,
                 config_files)
     return metrics
+
+
+def item_probabilities(cohort: Cohort, role: str, prob: np.ndarray) -> np.ndarray:
+    """Sample probabilities of ``role`` aggregated per item (``cohort.aggregate``), in the order of
+    :meth:`Cohort.items`."""
+    ids, out = aggregate_probabilities(prob, [s["item_id"] for s in getattr(cohort, role)], cohort.aggregate)
+    assert ids == [i["item_id"] for i in cohort.items(role)]
+    return out
 
 
 def localize_test_cases(model: torch.nn.Module, cohort: Cohort, run_config: dict[str, Any], out: Path,

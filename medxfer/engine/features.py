@@ -34,7 +34,8 @@ from ..transforms.pipelines import classification_transforms
 
 log = logging.getLogger(__name__)
 TRANSFORM_VERSION = 1  # bump when the deterministic image pipeline changes meaning
-_ITEM_KEYS_IGNORED = {"label", "fold"}
+# labels never change an image's features; a sample's identity is its file and slice_indices
+_ITEM_KEYS_IGNORED = {"label", "fold", "item_label", "label_name", "item_label_name", "sample_id", "slice"}
 
 
 class FeatureHead(nn.Module):
@@ -120,16 +121,17 @@ def _load(path: Path, shape: tuple[int, ...] | None = None) -> torch.Tensor | No
 def cached_features(network: nn.Module, items: list[dict], image_size: int, in_channels: int,
                     cache_dir: str | os.PathLike, device: torch.device | str, batch_size: int = 16,
                     num_workers: int = 0) -> dict[str, torch.Tensor]:
-    """Pooled encoder features (C,) per ``item_id`` for ``items``: read from ``cache_dir`` where
-    present, computed (in batches, eval mode) and written where not."""
+    """Pooled encoder features (C,) per ``sample_id`` for ``items`` (samples: 2D items, or slices of
+    volumes / cines, each cached on its own): read from ``cache_dir`` where present, computed (in
+    batches, eval mode) and written where not."""
     if any(p.requires_grad for p in network.encoder.parameters()):
         raise ValueError("the feature cache needs a frozen encoder (freeze: all)")
     folder = Path(cache_dir) / extractor_key(network, image_size, in_channels)
     folder.mkdir(parents=True, exist_ok=True)
-    keys = {item["item_id"]: item_key(item) for item in items}
+    keys = {_sample_id(item): item_key(item) for item in items}
     shape = feature_shape(network)
-    features = {item_id: _load(folder / f"{key}.pt", shape) for item_id, key in keys.items()}
-    missing = [item for item in items if features[item["item_id"]] is None]
+    features = {sample_id: _load(folder / f"{key}.pt", shape) for sample_id, key in keys.items()}
+    missing = [item for item in items if features[_sample_id(item)] is None]
     if missing:
         was_training = network.training
         network.to(device).eval()  # MONAI may build the datasets before the network is moved
@@ -138,17 +140,22 @@ def cached_features(network: nn.Module, items: list[dict], image_size: int, in_c
         loader = DataLoader(Dataset(missing, transform), batch_size=batch_size, shuffle=False, num_workers=num_workers)
         for batch in loader:
             feats = network.features(batch["image"].to(device)).float().cpu()
-            for item_id, f in zip(batch["item_id"], feats):
-                features[item_id] = f.clone()
-                _save_atomic(features[item_id], folder / f"{keys[item_id]}.pt")
+            for sample_id, f in zip(batch["sample_id"] if "sample_id" in batch else batch["item_id"], feats):
+                features[sample_id] = f.clone()
+                _save_atomic(features[sample_id], folder / f"{keys[sample_id]}.pt")
         network.train(was_training)
     return features
 
 
+def _sample_id(item: dict) -> str:
+    """A sample's cache identity: ``sample_id`` (a slice of a volume) or, for older records, ``item_id``."""
+    return str(item.get("sample_id") or item["item_id"])
+
+
 def feature_items(features: dict[str, torch.Tensor], items: list[dict]) -> list[dict]:
-    """Dataset records ``{"image": features, "label": y, "item_id"}`` for a MONAI ``Dataset``."""
-    return [{"image": features[i["item_id"]], "label": torch.tensor(int(i["label"])), "item_id": i["item_id"]}
-            for i in items]
+    """Dataset records ``{"image": features, "label": y, "item_id", "item_label"}`` for a MONAI ``Dataset``."""
+    return [{"image": features[_sample_id(i)], "label": torch.tensor(int(i["label"])), "item_id": i["item_id"],
+             "item_label": int(i.get("item_label", i["label"]))} for i in items]
 
 
 @torch.no_grad()
@@ -159,7 +166,7 @@ def predict_features(network: nn.Module, items: list[dict], features: dict[str, 
     head.eval()
     out = []
     for start in range(0, len(items), batch_size):
-        x = torch.stack([features[i["item_id"]] for i in items[start:start + batch_size]]).to(device)
+        x = torch.stack([features[_sample_id(i)] for i in items[start:start + batch_size]]).to(device)
         out.append(torch.softmax(head(x).float(), 1).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0))
 

@@ -71,7 +71,7 @@ def group_views(rows_items: list[tuple[dict, dict]], views: Sequence[str], group
                 raise MultiViewError(f"view group {ids}: its images have different {what}: {sorted(values)}")
         first = parts[0]
         sample = {k: first[k] for k in ("fold", "modality", "body_part", "laterality") if k in first}
-        sample.update({"item_id": ids, "view": "+".join(wanted), "image_path": first["image_path"],
+        sample.update({"item_id": ids, "sample_id": ids, "view": "+".join(wanted), "image_path": first["image_path"],
                        "views": [dict(p) for p in parts]})
         for key in ("label", "label_name"):
             if key in first:

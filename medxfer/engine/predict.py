@@ -3,17 +3,26 @@
 ``medxfer predict RUN DIR`` ingests nothing itself: DIR is an ingested folder (its
 ``manifest.csv``; labels and folds are not needed). The run's checkpoint artifact holds the
 encoder and head, its ``run_config.json`` the image size, channels and classes.
+
+A run trained on slices of volumes and cines (its ``input``, ``slices`` and ``aggregate``, see
+:mod:`.slices`) predicts them the same way: each volume / cine of DIR is cut into the slice samples
+the run's settings pick, and its sample probabilities are aggregated into one row per item (column
+``samples``: how many were aggregated); 2D items are one sample each. ``slices: labelled`` needs
+per-slice labels, which a folder to predict does not have: prediction then takes every slice
+(``all``). Segmentation runs write one mask NIfTI per volume on the volume's own grid.
 """
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..core.files import atomic_writer
@@ -24,7 +33,10 @@ from ..models.weights import safe_torch_load
 from ..tracking.layout import CHECKPOINT_ARTIFACT, PREDICTIONS_ARTIFACT, RUN_CONFIG_ARTIFACT
 from ..tracking.store import RunNotFound, download_run_artifact, get_run
 from .bundles import bundle_path
-from .data import CohortError, _item, is_2d
+from .data import CohortError, _item, is_2d, reference_images, slice_count, slice_samples
+from .slices import SliceSelection, aggregate_probabilities, check_aggregate, check_input, check_slices
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -91,18 +103,49 @@ def check_evaluation_fold(run_model: RunModel, fold: int, manifest: str | os.Pat
                           f"{trained_fold}, or on another cohort)")
 
 
-def manifest_items(manifest: str | os.PathLike, modalities: list[str] | None = None) -> list[dict]:
-    """Every 2D item of an ingested folder, labels not needed (``label`` = -1)."""
+def prediction_selection(input: str | None = "2d", slices: str | None = None) -> SliceSelection | None:
+    """The slices a run's predictions cut volumes and cines into: ``None`` (2D items only) for a run
+    trained on 2D items, the run's own selection otherwise (``input: 2.5d`` without ``slices`` is
+    ``all``, as in training). ``labelled`` becomes ``all``: a folder to predict has no per-slice labels."""
+    selection = check_slices(slices)
+    if selection is None and check_input(input) == "2.5d":
+        selection = SliceSelection("all")
+    if selection is not None and selection.mode == "labelled":
+        selection = SliceSelection("all")
+    return selection
+
+
+def is_sliced(config: dict[str, Any]) -> bool:
+    """Whether a run (its ``run_config.json``) was trained on slice samples of volumes / cines."""
+    return prediction_selection(config.get("input") or "2d", config.get("slices")) is not None
+
+
+def manifest_items(manifest: str | os.PathLike, modalities: list[str] | None = None, input: str | None = "2d",
+                   slices: str | None = None) -> list[dict]:
+    """The samples to predict in an ingested folder, labels not needed (``label`` = -1).
+
+    Without ``slices`` (and with ``input: 2d``, a run trained on 2D items): every 2D item, volumes and
+    cines left out. With them (the run's settings, :func:`prediction_selection`): 2D items whole and
+    every volume / cine cut into its slice samples (:func:`.data.slice_samples`), the samples of an
+    item consecutive, so that their predictions aggregate per ``item_id``."""
     path = Path(manifest)
     if path.is_dir():
         path = path / "manifest.csv"
     if not path.is_file():
         raise CohortError(f"{path}: no manifest (run medxfer ingest on the folder first)")
+    input_mode = check_input(input)
+    selection = prediction_selection(input_mode, slices)
+    width = 3 if input_mode == "2.5d" else 1
     rows, _ = read_manifest(path)
     keep = {m.upper() for m in modalities} if modalities else None
-    items, other_modality = [], {}
+    items, other_modality, left_out = [], {}, {"volume": 0, "not_sliceable": 0}
+    references = reference_images(rows) if selection is not None else set()  # as in training (load_cohort)
     for row in rows:
-        if not is_2d(row):
+        if row["item_id"] in references:
+            continue
+        n = 0 if is_2d(row) else slice_count(row)
+        if not is_2d(row) and (selection is None or n == 0):
+            left_out["volume" if selection is None else "not_sliceable"] += 1
             continue
         modality = (row.get("modality") or "").upper()
         if keep is not None and modality not in keep:
@@ -110,24 +153,56 @@ def manifest_items(manifest: str | os.PathLike, modalities: list[str] | None = N
             continue
         item = _item({**row, "fold": row.get("fold") or -1}, path.parent)
         item["label"] = -1
-        items.append(item)
+        if selection is None:
+            items.append(item)
+        elif n == 0:  # a 2D image in a sliced run: itself, one sample
+            items.append({**item, "slice_indices": [-1] * width, "item_label": -1})
+        else:
+            items.extend(slice_samples(item, n, selection.select(n), input_mode))
+    what = "2D item" if selection is None else "2D item, volume or cine"
+    if left_out["volume"]:
+        log.info("%s: %d volume / cine item(s) left out: the run was trained on 2D items (no slices)",
+                 path, left_out["volume"])
+    if left_out["not_sliceable"]:
+        log.warning("%s: %d item(s) left out: more than three spatial axes (a 4D series has no single slice "
+                    "axis to cut)", path, left_out["not_sliceable"])
     if not items and other_modality:
         found = ", ".join(f"{n} {m}" for m, n in sorted(other_modality.items()))
-        raise CohortError(f"{path}: no 2D item of modality {'/'.join(sorted(keep))} (the run's modalities) to "
-                          f"predict; the folder's 2D items are {found}")
+        raise CohortError(f"{path}: no {what} of modality {'/'.join(sorted(keep))} (the run's modalities) to "
+                          f"predict; the folder's {what}s are {found}")
     if not items:
-        raise CohortError(f"{path}: no 2D item to predict")
+        hint = " (its volumes and cines need a run trained with slices)" if left_out["volume"] else ""
+        raise CohortError(f"{path}: no {what} to predict{hint}")
     return items
+
+
+def _unpad(pred: torch.Tensor, width: int, height: int, image_size: int) -> torch.Tensor:
+    """An argmax mask at network size back on a ``width`` × ``height`` grid (undoing resize-with-pad)."""
+    import torch.nn.functional as F
+
+    scale = image_size / max(width, height)
+    new = [int(round(width * scale)), int(round(height * scale))]
+    before = [(image_size - n) // 2 for n in new]
+    crop = pred[before[0]:before[0] + new[0], before[1]:before[1] + new[1]]
+    return F.interpolate(crop[None, None], size=(width, height), mode="nearest")[0, 0]
 
 
 class MaskWriter:
     """Ignite handler: argmax masks back on each item's own grid (undoing resize-with-pad), written
-    as NIfTI with the item's affine to ``masks/<item_id>.nii.gz``, plus ``predictions.csv``."""
+    as NIfTI with the item's affine to ``masks/<item_id>.nii.gz``, plus ``predictions.csv``.
 
-    def __init__(self, output_dir: str | os.PathLike, image_size: int):
+    Slice samples of a volume (``slice`` ≥ 0, consecutive per item) are stacked back on the volume's
+    grid, one mask NIfTI per volume with the volume's affine (segmentation predicts every slice of a
+    volume, whatever slices the run trained on: a mask is only useful whole; slices not predicted would
+    stay background). With ``sliced`` the CSV has a ``samples`` column (slices predicted; 1 for a 2D item)
+    and ``foreground_pixels`` counts voxels of the whole volume."""
+
+    def __init__(self, output_dir: str | os.PathLike, image_size: int, sliced: bool = False):
         self.output_dir = Path(output_dir)
         self.image_size = int(image_size)
+        self.sliced = bool(sliced)
         self.rows: list[list] = []
+        self._volume: dict[str, Any] | None = None  # the volume whose slices are being stacked
 
     def attach(self, engine) -> None:
         from ignite.engine import Events
@@ -137,37 +212,66 @@ class MaskWriter:
 
     def _write_masks(self, engine) -> None:
         import nibabel as nib
-        import numpy as np
-        import torch.nn.functional as F
 
         (self.output_dir / "masks").mkdir(parents=True, exist_ok=True)
         for item, out in zip(engine.state.batch, engine.state.output):
             pred = out["pred"].argmax(0).float()  # (size, size), x first
             width, height = (int(v) for v in item["shape"][:2])
-            scale = self.image_size / max(width, height)
-            new = [int(round(width * scale)), int(round(height * scale))]
-            before = [(self.image_size - n) // 2 for n in new]
-            crop = pred[before[0]:before[0] + new[0], before[1]:before[1] + new[1]]
-            mask = F.interpolate(crop[None, None], size=(width, height), mode="nearest")[0, 0]
+            mask = _unpad(pred.cpu(), width, height, self.image_size).numpy().astype(np.uint8)
+            k = int(item.get("slice", -1))
+            if k >= 0:
+                self._add_slice(str(item["item_id"]), str(item["image_path"]), k, mask)
+                continue
+            self._flush()
             affine = nib.load(item["image_path"]).affine
             path = self.output_dir / "masks" / f"{item['item_id']}.nii.gz"
-            nib.save(nib.Nifti1Image(mask.numpy().astype(np.uint8), affine), path)
-            self.rows.append([item["item_id"], f"masks/{path.name}", int(mask.sum())])
+            nib.save(nib.Nifti1Image(mask, affine), path)
+            self.rows.append([item["item_id"], f"masks/{path.name}", int(mask.sum())] + ([1] if self.sliced else []))
+
+    def _add_slice(self, item_id: str, image_path: str, k: int, mask: np.ndarray) -> None:
+        import nibabel as nib
+
+        if self._volume is None or self._volume["item_id"] != item_id:
+            self._flush()
+            header = nib.load(image_path)  # the header only: the volume's grid and affine
+            grid = tuple(int(v) for v in header.shape[:3])
+            self._volume = {"item_id": item_id, "affine": header.affine, "samples": 0,
+                            "mask": np.zeros(grid, dtype=np.uint8)}
+        self._volume["mask"][:, :, k] = mask
+        self._volume["samples"] += 1
+
+    def _flush(self) -> None:
+        import nibabel as nib
+
+        volume, self._volume = self._volume, None
+        if volume is None:
+            return
+        path = self.output_dir / "masks" / f"{volume['item_id']}.nii.gz"
+        nib.save(nib.Nifti1Image(volume["mask"], volume["affine"]), path)
+        self.rows.append([volume["item_id"], f"masks/{path.name}", int(volume["mask"].sum()), volume["samples"]])
 
     def _write_csv(self, engine) -> None:
+        self._flush()
         with atomic_writer(self.output_dir / PREDICTIONS_ARTIFACT, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["item_id", "mask", "foreground_pixels"])
+            w.writerow(["item_id", "mask", "foreground_pixels"] + (["samples"] if self.sliced else []))
             w.writerows(self.rows)
 
 
 class PredictionWriter:
-    """Ignite handler: collects softmax probabilities per item and writes ``predictions.csv``."""
+    """Ignite handler: collects softmax probabilities per sample and writes ``predictions.csv``.
 
-    def __init__(self, path: str | os.PathLike, classes: list[str]):
+    Without ``aggregate`` (a run trained on 2D items) one row per item: ``item_id, p_<class>…,
+    predicted``. With it (a run trained on slices, :mod:`.slices`) the samples' probabilities are
+    aggregated per ``item_id`` (``mean``, ``max``, ``top:K``) into one row per item, with a last
+    column ``samples`` (slices / frames aggregated; 1 for a 2D item)."""
+
+    def __init__(self, path: str | os.PathLike, classes: list[str], aggregate: str | None = None):
         self.path = Path(path)
         self.classes = list(classes)
-        self.rows: list[list] = []
+        self.aggregate = None if aggregate is None else check_aggregate(aggregate)
+        self.ids: list[str] = []
+        self.prob: list[np.ndarray] = []
 
     def attach(self, engine) -> None:
         from ignite.engine import Events
@@ -177,16 +281,36 @@ class PredictionWriter:
 
     def _collect(self, engine) -> None:
         for item, out in zip(engine.state.batch, engine.state.output):  # both decollated per item
-            prob = torch.softmax(out["pred"].float(), -1)
-            self.rows.append([item["item_id"], *(f"{p:.6f}" for p in prob.tolist()),
-                              escape_cell(self.classes[int(prob.argmax())])])  # spreadsheet-safe, like the manifest
+            self.ids.append(str(item["item_id"]))
+            self.prob.append(torch.softmax(out["pred"].detach().float().cpu(), -1).numpy())
+
+    def rows(self) -> list[list]:
+        """The CSV rows (without header) of what was collected."""
+        if not self.ids:
+            return []
+        prob = np.stack(self.prob)
+        if self.aggregate is None:
+            ids, samples = self.ids, None
+        else:
+            ids, prob = aggregate_probabilities(prob, self.ids, self.aggregate)
+            counts: dict[str, int] = {}
+            for item_id in self.ids:
+                counts[item_id] = counts.get(item_id, 0) + 1
+            samples = [counts[i] for i in ids]
+        out = []
+        for r, (item_id, p) in enumerate(zip(ids, prob)):
+            row = [item_id, *(f"{v:.6f}" for v in p.tolist()),
+                   escape_cell(self.classes[int(p.argmax())])]  # spreadsheet-safe, like the manifest
+            out.append(row + ([samples[r]] if samples is not None else []))
+        return out
 
     def _write(self, engine) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_writer(self.path, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["item_id", *(f"p_{c}" for c in self.classes), "predicted"])
-            w.writerows(self.rows)
+            w.writerow(["item_id", *(f"p_{c}" for c in self.classes), "predicted"]
+                       + (["samples"] if self.aggregate is not None else []))
+            w.writerows(self.rows())
 
 
 def _run_task(run_id: str) -> str:
@@ -200,9 +324,9 @@ def _run_task(run_id: str) -> str:
 def predict(run_id: str, data: str | os.PathLike, out: str | os.PathLike | None = None,
             batch_size: int = 16) -> Path:
     """Run the ``inference.json`` of the run's bundle on an ingested folder; returns the predictions
-    CSV (classification: probabilities; segmentation: one row per mask NIfTI under ``masks/``)."""
-    import logging
-
+    CSV (classification: probabilities, one row per item — a volume or cine of a run trained on its
+    slices is one row, its slices aggregated as in training; segmentation: one row per mask NIfTI
+    under ``masks/``, one per volume for such runs)."""
     from monai.bundle import ConfigWorkflow
 
     task = _run_task(run_id)

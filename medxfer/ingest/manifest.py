@@ -19,6 +19,9 @@ from .deid import PathRedactor, Pseudonymizer
 from .vocabulary import LABEL_KEYWORDS
 
 MANIFEST_FILE = "manifest.csv"  # in an ingest output folder
+# Per-slice labels (a labels CSV keyed by SOPInstanceUID on volumes): ``item_id, slice, <label columns>``,
+# ``slice`` the 0-based index along the cached volume's third (slice) axis; beside the manifest.
+SLICE_LABELS_FILE = "slice_labels.csv"
 MANIFEST_COLUMNS = [
     "item_id", "patient", "study", "series", "modality", "body_part", "view", "laterality",
     "image", "shape", "spacing", "frames", "channels", "kind", "source", "color", "intensity",
@@ -96,6 +99,28 @@ def read_manifest(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
         reader.fieldnames = [unescape_cell(c) for c in reader.fieldnames or []]
         rows = [{k: unescape_cell(v) if isinstance(v, str) else v for k, v in r.items()} for r in reader]
         return rows, list(reader.fieldnames)
+
+
+def read_slice_labels(path: str | os.PathLike) -> dict[str, dict[int, dict[str, str]]]:
+    """``item_id -> slice -> {column: value}`` from a :data:`SLICE_LABELS_FILE` (empty when absent)."""
+    if not Path(path).is_file():
+        return {}
+    rows, _ = read_manifest(path)
+    out: dict[str, dict[int, dict[str, str]]] = {}
+    for r in rows:
+        item_id, k = r.pop("item_id"), int(r.pop("slice"))
+        out.setdefault(item_id, {})[k] = r
+    return out
+
+
+def write_slice_labels(path: str | os.PathLike, rows: list[dict], label_columns: list[str]) -> None:
+    """Write a :data:`SLICE_LABELS_FILE` (``item_id, slice, *label_columns``; atomic, escaped like the
+    manifest), or remove the one an earlier run left when ``rows`` is empty."""
+    p = Path(path)
+    if rows:
+        write_csv(p, rows, ["item_id", "slice", *label_columns])
+    else:
+        p.unlink(missing_ok=True)
 
 
 @dataclass

@@ -35,8 +35,8 @@ from .cache import DecodeOptions, ItemResult, build_item, item_key
 from .deid import PathRedactor, Pseudonymizer
 from .index import (JOURNAL_FILE, STATE_DIR, IndexJournal, load_index, prune_images,
                     result_from_index, save_index)
-from .manifest import (MANIFEST_COLUMNS, MANIFEST_FILE, PATIENT_FIELD, LabelsError, format_list, join_labels,
-                       load_labels, write_csv)
+from .manifest import (MANIFEST_COLUMNS, MANIFEST_FILE, PATIENT_FIELD, SLICE_LABELS_FILE, LabelsError, format_list,
+                       join_labels, load_labels, write_csv, write_slice_labels)
 from .scan.record import FileRecord
 from .scan.dicomdir import DicomdirError, check_dicomdir
 from .scan.sniff import read_file_record
@@ -227,18 +227,21 @@ def ingest(
               for rel, reason in walked.links.items()]
     report_warnings += _dicomdir_warnings(records, show) + header_warnings
     files.sort(key=lambda f: f["path"])
-    label_counts = None
+    label_counts, slice_rows = None, []
     if label_table is not None:
         # again, now that the identifiers are known
         label_table = load_labels(labels, key, pseudo, tokens, patient_column)
-        label_counts = _join(label_table, items_rows, grouping, records)
-    columns = MANIFEST_COLUMNS + ([c for c in label_table.columns if c not in MANIFEST_COLUMNS] if label_table else [])
+        label_counts, slice_rows = _join(label_table, items_rows, grouping, records, results)
+    label_columns = [c for c in label_table.columns if c not in MANIFEST_COLUMNS] if label_table else []
+    columns = MANIFEST_COLUMNS + label_columns
     manifest = out / MANIFEST_FILE
     fold_notes = reapply_folds(out, items_rows, columns)  # a split cohort keeps its folds (before the manifest goes)
     for msg in fold_notes:
         log.warning(msg)
     report_warnings += [{"item_id": None, "message": m} for m in secret_notes + fold_notes]
     write_csv(manifest, items_rows, columns)
+    # per-slice labels beside it, or an earlier run's file removed when there are none now
+    write_slice_labels(out / SLICE_LABELS_FILE, slice_rows, _slice_label_columns(label_columns))
 
     counts = _counts(files, items_rows, decoded, label_counts)
     if label_table is not None and label_table.dropped_columns:
@@ -575,15 +578,40 @@ def _path_identity(rel: str, pseudo: Pseudonymizer) -> tuple[str, str, str]:
     return patient, study, pseudo.digest("FileSeries", rel)
 
 
-def _join(table, rows: list[dict], grouping: Grouping, records: dict[str, FileRecord]) -> dict:
+def _per_slice(table, plan: ItemPlan) -> bool:
+    """Whether ``plan`` takes its labels slice by slice: a labels CSV keyed by SOPInstanceUID on a volume
+    stacked from single-frame files (one SOP per slice; a multi-frame file has one SOP for all)."""
+    return table.key == "SOPInstanceUID" and plan.kind == "volume" and plan.frame_order is None
+
+
+def _slice_label_columns(label_columns: list[str]) -> list[str]:
+    """The label columns of :data:`SLICE_LABELS_FILE` (one named ``slice`` would clash with the index)."""
+    return [c for c in label_columns if c != "slice"]
+
+
+def _join(table, rows: list[dict], grouping: Grouping, records: dict[str, FileRecord],
+          results: dict[str, ItemResult]) -> tuple[dict, list[dict]]:
+    """Put the labels on the manifest rows (in place); returns the label counts and the per-slice rows.
+
+    A volume labelled per slice (:func:`_per_slice`) keeps its label columns empty: each cached slice
+    whose SOP has a label row gets a row ``item_id, slice, <labels>`` instead, ``slice`` = k for
+    ``used_files[k]`` (the files that decoded, in stack order: the cache's third axis). Keys stay digests;
+    none is written."""
     plans = {p.item_id: p for p in grouping.items}
+
+    def key_of(f: str) -> str | None:
+        return records[f].header.get("keys", {}).get(table.key)
+
     item_keys: dict[str, set[str]] = {}
+    volumes: list[dict] = []
     for r in rows:
         plan = plans[r["item_id"]]
         if table.is_path_key:
             item_keys[r["item_id"]] = set(plan.files)
+        elif _per_slice(table, plan):
+            volumes.append(r)
         else:
-            item_keys[r["item_id"]] = {records[f].header.get("keys", {}).get(table.key) for f in plan.files} - {None}
+            item_keys[r["item_id"]] = {key_of(f) for f in plan.files} - {None}
     labels, counts = join_labels(table, item_keys)
     for r in rows:
         for c, v in labels.get(r["item_id"], {}).items():
@@ -591,9 +619,38 @@ def _join(table, rows: list[dict], grouping: Grouping, records: dict[str, FileRe
                 r["patient"] = "pat-" + v[:12]  # the labels CSV names the patient (keyed digest, like DICOM's)
             elif c not in MANIFEST_COLUMNS:
                 r[c] = v
+    from_labels = sum(PATIENT_FIELD in labels.get(r["item_id"], {}) for r in rows)
+    columns = _slice_label_columns([c for c in table.columns if c not in MANIFEST_COLUMNS])
+    slice_rows: list[dict] = []
+    matched: set[str] = set()
+    labelled_volumes = conflicts = 0
+    for r in volumes:
+        patients = set()
+        n = len(slice_rows)
+        for k, f in enumerate(results[r["item_id"]].used_files):
+            values = table.by_key.get(key_of(f) or "")
+            if values is None:
+                continue
+            matched.add(key_of(f))
+            slice_rows.append({"item_id": r["item_id"], "slice": k, **{c: values.get(c, "") for c in columns}})
+            if PATIENT_FIELD in values:
+                patients.add(values[PATIENT_FIELD])
+        labelled_volumes += len(slice_rows) > n
+        if len(patients) == 1:  # the slices' rows agree on the patient: the volume is theirs
+            r["patient"] = "pat-" + patients.pop()[:12]
+            from_labels += 1
+        conflicts += len(patients) > 1  # they disagree: the header's patient stays
+    if table.key == "SOPInstanceUID":
+        counts["matched_rows"] += len(matched)
+        counts["unmatched_rows"] = table.n_rows - counts["matched_rows"]
+        counts["items_without_label"] = len(rows) - counts["items_labelled"] - labelled_volumes
+        counts["volumes_with_slice_labels"] = labelled_volumes
+        counts["slices_labelled"] = len(slice_rows)
     if table.patient_column:
-        counts["patient_from_labels"] = sum(PATIENT_FIELD in labels.get(r["item_id"], {}) for r in rows)
-    return counts
+        counts["patient_from_labels"] = from_labels
+        if conflicts:
+            counts["volumes_with_conflicting_patients"] = conflicts
+    return counts, slice_rows
 
 
 def _counts(files: list[dict], rows: list[dict], decoded: int, label_counts: dict | None) -> dict:

@@ -22,7 +22,7 @@ from ..core.home import medxfer_home
 from .cache import IMAGES_DIR
 from .deid import Pseudonymizer
 from .index import INDEX_FILE, STATE_DIR
-from .manifest import MANIFEST_FILE
+from .manifest import MANIFEST_FILE, SLICE_LABELS_FILE
 from .split import SPLIT_FILE
 
 log = logging.getLogger("medxfer.ingest")
@@ -187,7 +187,7 @@ def open_output_secret(secret_file: str | os.PathLike | None, src: str | os.Path
 
 
 def start_over(out: str | os.PathLike, replaces: set[str] | frozenset[str], fingerprint: str) -> str:
-    """Remove what an earlier secret produced in ``out`` (split.json, manifest, images, index, report;
+    """Remove what an earlier secret produced in ``out`` (split.json, manifest, slice labels, images, index, report;
     the fingerprint carriers last, so an interrupted start-over still needs ``rekey``). Returns the
     message to report."""
     out = Path(out)
@@ -197,6 +197,7 @@ def start_over(out: str | os.PathLike, replaces: set[str] | frozenset[str], fing
         split_json.unlink()
         removed.append(SPLIT_FILE)
     (out / MANIFEST_FILE).unlink(missing_ok=True)
+    (out / SLICE_LABELS_FILE).unlink(missing_ok=True)  # keyed by the old item ids
     if (out / IMAGES_DIR).is_dir():
         shutil.rmtree(out / IMAGES_DIR)
     state = out / STATE_DIR

@@ -91,6 +91,52 @@ def split(out_dir: str | os.PathLike, folds: int, *, stratify: str | None = None
     return summary
 
 
+def split_from_column(out_dir: str | os.PathLike, column: str, order: list[str]) -> dict:
+    """Folds from an existing assignment column (a public dataset's official train / val / test split):
+    the value ``order[k]`` becomes fold ``k``. With ``order = [test, val, train]``, ``fold: 0`` of a study
+    tests on the official test set and selects on the official validation set (see ``fold_roles``).
+
+    Rows with another value get no fold (left out by training, counted here); a patient whose rows
+    carry different values is an error (the column must split by patient, or folds would leak).
+    Writes ``split.json`` like :func:`split`, so a re-ingest keeps the assignment."""
+    out = Path(out_dir)
+    manifest = out / MANIFEST_FILE
+    if not manifest.is_file():
+        raise SplitError(f"no manifest.csv in {out} (run `medxfer ingest` first)")
+    rows, columns = read_manifest(manifest)
+    if column not in columns:
+        raise SplitError(f"--from-column {column!r} is not in the manifest (columns: {', '.join(columns)})")
+    order = [str(v).strip() for v in order]
+    if len(order) < 2 or len(set(order)) != len(order):
+        raise SplitError(f"--order names each fold's value once, at least two: got {order}")
+    fold_of: dict[str, int] = {}
+    unassigned = 0
+    for r in rows:
+        value = (r.get(column) or "").strip()
+        if value not in order:
+            r["fold"] = ""
+            unassigned += 1
+            continue
+        k = order.index(value)
+        if fold_of.setdefault(r["patient"], k) != k:
+            raise SplitError(f"patient {r['patient']} has items in {order[fold_of[r['patient']]]!r} and {value!r} of "
+                             f"column {column!r}: folds must keep a patient's items together")
+        r["fold"] = k
+    if not fold_of:
+        raise SplitError(f"no row of column {column!r} has one of the values {order}")
+    if "fold" not in columns:
+        columns.append("fold")
+    write_csv(manifest, rows, columns)
+    summary = {
+        "folds": len(order), "from_column": column, "order": order, "patients": len(fold_of),
+        "items": len(rows) - unassigned, "items_without_fold": unassigned,
+        "items_per_fold": {str(k): sum(1 for r in rows if r["fold"] == k) for k in range(len(order))},
+        "assignment": dict(sorted(fold_of.items())),
+    }
+    atomic_write_json(out / SPLIT_FILE, summary, indent=1)
+    return summary
+
+
 def reapply_folds(out_dir: str | os.PathLike, rows: list[dict], columns: list[str]) -> list[str]:
     """Keep the split of a cohort that is ingested again: set each new manifest row's ``fold`` to its
     patient's recorded fold (``rows`` and ``columns`` are changed in place; call before the manifest
@@ -156,6 +202,8 @@ def _previous_folds(manifest: Path) -> dict[str, str]:
 
 
 def _split_command(out: Path, info: dict) -> str:
+    if info.get("from_column"):
+        return f"medxfer split {out} --from-column {info['from_column']} --order {','.join(info.get('order') or [])}"
     cmd = f"medxfer split {out} --folds {info.get('folds') or 'K'}"
     if info.get("stratify"):
         cmd += f" --stratify {info['stratify']}"

@@ -35,7 +35,9 @@ A spec is data, as safe to run as a CSV is to open: no string in it may be one M
 parser would evaluate or resolve (``$…``, ``@…``, ``%…``, ``#``; see
 :func:`medxfer.engine.bundles.config_data_problem`), a YAML mapping may not repeat a key, and
 what the grid names is checked before any run starts (:mod:`.checks`): encoders, freeze
-policies, weights sources, label columns, ``epochs``/``batch_size``/``seeds`` ranges, folds.
+policies, weights sources, label columns, ``epochs``/``batch_size``/``seeds`` ranges, folds, and the
+volume settings ``input``/``slices``/``aggregate`` (with ``in_channels`` for 2.5D) in ``train``, the grid
+and each pretraining stage.
 """
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ from ..engine.bundles import BundleError, bundle_path, config_data_problem
 from ..models.weights import is_weights_name  # one rule for what a weights name may be
 from ..tracking.layout import study_experiment
 from .checks import (COUNT_KEYS, count_problem, encoder_problem, freeze_problem, label_problem, registry_notes,
-                     weights_problem)
+                     slice_settings_problem, weights_problem)
 
 log = logging.getLogger(__name__)
 
@@ -499,6 +501,10 @@ class SpecDocument(_Section):
                     problem = check(value)
                     if problem:
                         raise SpecError(f"{section}.{key}{f'[{i}]' if section == 'grid' else ''}: {problem}")
+        problem = slice_settings_problem(self.grid, self.train,
+                                         {s.name: s.resolve(self.train).train for s in self.pretrain})
+        if problem:
+            raise SpecError(problem)
         if self.similarity is not None:
             for key, check in (("encoder", encoder_problem), ("weights", weights_problem)):
                 problem = check(getattr(self.similarity, key))

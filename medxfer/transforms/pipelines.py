@@ -73,7 +73,11 @@ def multiview_transforms(image_size: int, in_channels: int, preprocessing, augme
 
 def segmentation_transforms(image_size: int, in_channels: int, preprocessing: Preprocessing | dict,
                             augment: bool) -> Compose:
-    """Image and mask: load, preset, resize-with-pad (mask nearest), augmentation, normalisation."""
+    """Image and mask: load, preset, resize-with-pad (mask nearest), augmentation, normalisation.
+
+    A slice sample of a volume (:mod:`medxfer.engine.slices`) loads its slab as the image channels
+    (one slice, or k−1, k, k+1 for 2.5D, scaled per volume) and slice ``k`` of the mask volume as
+    its mask (:class:`.masks.LoadMaskd`); one random augmentation moves both alike."""
     if image_size % 32:
         raise ValueError(f"image_size {image_size}: the UNet needs a multiple of 32")
     # no mirroring of right mammograms here: masks and predicted NIfTI masks stay on the image grid

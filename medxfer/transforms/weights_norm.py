@@ -11,9 +11,11 @@ from typing import Any
 
 import torch
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
 from ..models.preprocessing import Preprocessing
+from .presets import with_meta_of
 
 
 def _record(preprocessing: Preprocessing | dict[str, Any]) -> Preprocessing:
@@ -35,12 +37,9 @@ class WeightsNormalize(Transform):
         self.in_channels = in_channels if in_channels is not None else len(self.preprocessing.mean)
 
     def __call__(self, img: Any) -> Any:
-        out = self.preprocessing.apply(img, self.in_channels, channel_dim=0)
-        if hasattr(img, "copy_meta_from"):  # MetaTensor: keep affine and meta
-            from monai.data import MetaTensor
-
-            return MetaTensor(out, meta=img.meta, applied_operations=img.applied_operations)
-        return out
+        if isinstance(img, MetaTensor):  # the arithmetic on the plain tensor, wrapped once: keep affine and meta
+            return with_meta_of(self.preprocessing.apply(img.as_tensor(), self.in_channels, channel_dim=0), img)
+        return self.preprocessing.apply(img, self.in_channels, channel_dim=0)
 
 
 class WeightsNormalized(MapTransform):

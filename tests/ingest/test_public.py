@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 
+import nibabel as nib
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -58,6 +59,49 @@ def test_medmnist_errors_name_the_problem(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     r = CliRunner().invoke(main, ["convert", "medmnist", str(tmp_path / "bad.npz"), "--out", str(tmp_path / "o")])
     assert r.exit_code != 0 and "bad.npz" in r.output and "Traceback" not in r.output
+
+
+def test_medmnist_3d_npz_becomes_nifti_volumes_sliced_along_the_arrays_last_axis(tmp_path):
+    rng = np.random.default_rng(3)
+    # non-cubic, so that an axis swapped anywhere shows; the val split carries a trailing channel axis
+    vols = {"train": rng.integers(0, 256, (4, 4, 5, 6), dtype=np.uint8),
+            "val": rng.integers(0, 256, (2, 4, 5, 6, 1), dtype=np.uint8)}
+    np.savez(tmp_path / "adrenal3d.npz", train_images=vols["train"], train_labels=np.array([[0], [1], [1], [0]]),
+             val_images=vols["val"], val_labels=np.array([[1], [0]], np.uint8))
+    res = convert_medmnist(tmp_path / "adrenal3d.npz", tmp_path / "nii", ["normal", "hyperplasia"])
+    assert res.counts == {"train": 4, "val": 2}
+    rows = list(csv.DictReader(open(res.labels)))
+    assert rows[2] == {"image": "images/train/train_00002.nii.gz", "label": "hyperplasia", "split": "train"}
+    assert rows[4] == {"image": "images/val/val_00000.nii.gz", "label": "hyperplasia", "split": "val"}
+    img = nib.load(tmp_path / "nii" / rows[5]["image"])
+    # voxel (i, j, k) is the array's [i, j, k]: the array's last axis is NIfTI z; 1 mm, identity affine
+    assert img.shape == (4, 5, 6) and img.get_data_dtype() == np.uint8
+    assert np.array_equal(np.asarray(img.dataobj), vols["val"][1, ..., 0])
+    assert np.array_equal(img.affine, np.eye(4)) and img.header.get_zooms() == (1.0, 1.0, 1.0)
+
+    out = ingest(tmp_path / "nii" / "images", tmp_path / "cohort", labels=res.labels, key="image", modality="OT",
+                 workers=1)
+    assert out.counts["items"] == 6 and out.counts["labels"]["items_labelled"] == 6
+    manifest, _ = read_manifest(out.manifest)
+    assert {(r["kind"], r["shape"], r["spacing"], r["frames"], r["modality"]) for r in manifest} == {
+        ("volume", "4x5x6", "1x1x1", "6", "OT")}  # 6 slices along z for 2D/2.5D training
+    assert sorted((r["split"], r["label"]) for r in manifest) == [
+        ("train", "hyperplasia")] * 2 + [("train", "normal")] * 2 + [("val", "hyperplasia"), ("val", "normal")]
+    cached = {np.asarray(nib.load(tmp_path / "cohort" / r["image"]).dataobj).tobytes() for r in manifest}
+    assert vols["train"][2].tobytes() in cached  # same orientation after ingest's copy
+
+
+def test_medmnist_3d_shapes_it_cannot_write_are_refused(tmp_path):
+    np.savez(tmp_path / "f.npz", train_images=np.zeros((2, 4, 4, 4), np.float32), train_labels=np.zeros((2, 1)))
+    with pytest.raises(ConvertError, match=r"train_images is float32 \(2, 4, 4, 4\), expected uint8 .*N×D×H×W"):
+        convert_medmnist(tmp_path / "f.npz", tmp_path / "o")
+    np.savez(tmp_path / "c.npz", train_images=np.zeros((2, 4, 4, 4, 3), np.uint8), train_labels=np.zeros((2, 1)))
+    with pytest.raises(ConvertError, match=r"\(2, 4, 4, 4, 3\)"):
+        convert_medmnist(tmp_path / "c.npz", tmp_path / "o")
+    # a 2D set with a trailing channel axis stays PNG
+    np.savez(tmp_path / "g.npz", train_images=np.full((1, 8, 9, 1), 7, np.uint8), train_labels=np.zeros((1, 1)))
+    convert_medmnist(tmp_path / "g.npz", tmp_path / "g")
+    assert np.asarray(Image.open(tmp_path / "g" / "images/train/train_00000.png")).shape == (8, 9)
 
 
 def _ddti(root, rng):
@@ -139,3 +183,21 @@ def test_real_ddti_and_pneumoniamnist_convert_with_the_documented_counts(shared_
     assert res.counts == {"train": 4708, "val": 524, "test": 624}
     labels = [r["label"] for r in csv.DictReader(open(res.labels))]
     assert labels.count("normal") == 1214 + 135 + 234
+
+
+@pytest.mark.shared_data
+def test_real_adrenalmnist3d_converts_and_ingests_one_volume_per_gland(shared_data, tmp_path):
+    npz = shared_data / "medmnist3d" / "adrenalmnist3d.npz"
+    if not npz.is_file():
+        pytest.skip(f"{npz} not found")
+    res = convert_medmnist(npz, tmp_path / "nii", ["normal", "hyperplasia"])
+    assert res.counts == {"train": 1188, "val": 98, "test": 298}  # MedMNIST's official split sizes
+    out = ingest(tmp_path / "nii" / "images", tmp_path / "adrenal", labels=res.labels, key="image", modality="OT")
+    manifest, columns = read_manifest(out.manifest)
+    assert "label" in columns and "split" in columns and len(manifest) == 1584
+    assert {(r["kind"], r["shape"], r["frames"]) for r in manifest} == {("volume", "28x28x28", "28")}
+    counts = {}
+    for r in manifest:
+        counts[r["split"], r["label"]] = counts.get((r["split"], r["label"]), 0) + 1
+    assert counts == {("train", "normal"): 929, ("train", "hyperplasia"): 259, ("val", "normal"): 76,
+                      ("val", "hyperplasia"): 22, ("test", "normal"): 229, ("test", "hyperplasia"): 69}

@@ -13,9 +13,9 @@ from medxfer import synthetic
 from medxfer.cli import main
 from medxfer.ingest import IngestError, ingest, split
 from medxfer.ingest.deid import Pseudonymizer
-from medxfer.ingest.manifest import read_manifest
+from medxfer.ingest.manifest import SLICE_LABELS_FILE, read_manifest
 from medxfer.ingest.secret import (check_output_secret, load_secret, permission_warning, recorded_fingerprints,
-                                   SecretError)
+                                   SecretError, start_over)
 
 
 def _export(src: Path, n: int = 4, first: int = 0) -> None:
@@ -207,3 +207,12 @@ def test_a_fingerprint_spelled_inside_a_value_is_not_the_outputs(tmp_path):
     doc = {"files": [{"reason": 'odd "secret_fingerprint": "feedbeef" text'}], "secret_fingerprint": "abc123"}
     (out / "ingest_report.json").write_text(json.dumps(doc, indent=1))
     assert recorded_fingerprints(out) == {"abc123"}
+
+
+def test_start_over_removes_the_slice_labels_of_the_old_item_ids(tmp_path):
+    """Per-slice labels are keyed by item ids of the old secret: an interrupted --rekey must not leave
+    them beside a manifest whose item ids all changed."""
+    (tmp_path / SLICE_LABELS_FILE).write_text("item_id,slice,finding\nold0001,3,1\n")
+    (tmp_path / "manifest.csv").write_text("item_id\nold0001\n")
+    start_over(tmp_path, {"old"}, "new")
+    assert not (tmp_path / SLICE_LABELS_FILE).exists() and not (tmp_path / "manifest.csv").exists()

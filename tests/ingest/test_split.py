@@ -119,3 +119,30 @@ def test_split_json_without_assignment_recovers_folds_from_the_manifest(tmp_path
     (tmp_path / SPLIT_FILE).unlink()
     columns = list(MANIFEST_COLUMNS)
     assert reapply_folds(tmp_path, [dict(r) for r in rows], columns) == [] and "fold" not in columns
+
+
+def test_folds_from_an_official_split_column_keep_its_assignment(tmp_path):
+    from click.testing import CliRunner
+
+    from medxfer.cli import main
+    from medxfer.engine.data import fold_roles
+    from medxfer.ingest.split import split_from_column
+
+    rows = [{"item_id": f"i{k}", "patient": f"pat-{k}", "label": "0", "split": s}
+            for k, s in enumerate(["train"] * 6 + ["val"] * 2 + ["test"] * 3 + ["extra"])]
+    write_csv(tmp_path / "manifest.csv", rows, MANIFEST_COLUMNS + ["label", "split"])
+    summary = split_from_column(tmp_path, "split", ["test", "val", "train"])
+    got = {r["item_id"]: (r["split"], r["fold"]) for r in _read(tmp_path)}
+    assert {s: f for s, f in got.values()} == {"test": "0", "val": "1", "train": "2", "extra": ""}
+    assert summary["items_per_fold"] == {"0": 3, "1": 2, "2": 6} and summary["items_without_fold"] == 1
+    # fold 0 of a study then tests on the official test set and selects on the official validation set
+    assert fold_roles([0, 1, 2], 0) == {"test": [0], "val": [1], "train": [2]}
+    # the command line, and a column that would split a patient
+    result = CliRunner().invoke(main, ["split", str(tmp_path), "--from-column", "split", "--order", "test,val,train"])
+    assert result.exit_code == 0, result.output
+    rows[0]["patient"] = rows[-2]["patient"]  # one patient in train and test
+    write_csv(tmp_path / "manifest.csv", rows, MANIFEST_COLUMNS + ["label", "split"])
+    with pytest.raises(SplitError, match="keep a patient's items together"):
+        split_from_column(tmp_path, "split", ["test", "val", "train"])
+    result = CliRunner().invoke(main, ["split", str(tmp_path), "--from-column", "split"])
+    assert result.exit_code == 2 and "--order" in result.output

@@ -154,3 +154,80 @@ def test_the_whole_grid_is_checked_before_a_parent_run_exists(manifest, tmp_path
         (line,) = result.stderr.strip().splitlines()
         assert line.startswith(f"medxfer: error: {spec}: grid.encoder[1]: unknown encoder 'resnet81'; known: ")
     assert mlflow.MlflowClient(uri).get_experiment_by_name("medxfer/checked") is None
+
+
+# ---- volumes and cines (issue 13): input / slices / aggregate, checked before any run
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"grid": {"slices": ["range:0.25-0.75", "range:0.8-0.2"]}},
+     r"^grid.slices\[1\]: 'range:0.8-0.2': range:LO-HI needs 0 <= LO <= HI <= 1 \(fractions of the slice axis\)$"),
+    ({"grid": {"slices": ["middle"]}},
+     r"^grid.slices\[0\]: 'middle' is not one of all, center, every:K, range:LO-HI, labelled$"),
+    ({"grid": {"slices": ["every:0"]}}, r"^grid.slices\[0\]: 'every:0': every:K needs K >= 1$"),
+    ({"train": {"slices": "range:0.2"}}, r"^train.slices: 'range:0.2' is not one of all, center"),
+    ({"train": {"input": "3d"}}, r"^train.input: 3d is for native 3D networks, not the 2D bundles; use 2d or 2.5d"),
+    ({"grid": {"input": ["2d", "2,5d"]}}, r"^grid.input\[1\]: '2,5d' is not one of 2d, 2.5d$"),
+    ({"grid": {"aggregate": ["mean", "median"]}}, r"^grid.aggregate\[1\]: 'median' is not one of mean, max, top:K"),
+    ({"train": {"aggregate": "top:0"}}, r"^train.aggregate: 'top:0' is not one of mean, max, top:K \(K >= 1\)$"),
+    ({"train": {"input": "2.5d", "in_channels": 1}},
+     r"^train.in_channels: input: 2.5d makes 3-channel samples \(slices k-1, k, k\+1\); in_channels is 1: "
+     r"set in_channels: 3 \(or leave it unset\)$"),
+    ({"grid": {"input": ["2d", "2.5d"]}, "train": {"in_channels": 1}},
+     r"^train.in_channels with grid.input\[1\]: input: 2.5d makes 3-channel samples"),
+    ({"grid": {"in_channels": [3, 1]}, "train": {"input": "2.5d"}},
+     r"^grid.in_channels\[1\]: input: 2.5d makes 3-channel samples .*in_channels is 1"),
+    ({"grid": {"in_channels": [3, 1.5]}}, r"^grid.in_channels\[1\]: 1.5 is not a whole number >= 1$"),
+])
+def test_a_volume_setting_no_run_could_use_is_an_error_naming_its_key(manifest, change, expected):
+    """A typo in `slices` or `aggregate` would otherwise fail every run of the grid, one by one, after
+    the parent run exists (or, for `range:0.8-0.2`, never be noticed by a cohort of 2D items)."""
+    raw = spec_dict(manifest)
+    for section, value in change.items():
+        raw[section] = {**raw[section], **value}
+    assert re.search(expected, _error(raw)), _error(raw)
+
+
+def test_valid_volume_settings_pass_in_every_place(manifest):
+    grid = {"encoder": ["resnet18"], "weights": ["scratch", "pre"], "input": ["2d", "2.5d"],
+            "slices": [None, "all", "center", "every:2", "range:0.25-0.75", "labelled"],
+            "aggregate": ["mean", "max", "top:3"]}
+    stage = {"name": "pre", "data": {"manifest": str(manifest), "label": "sex"},
+             "train": {"input": "2.5d", "slices": "every:3", "aggregate": "top:2"}}
+    spec = parse_spec(spec_dict(manifest, grid=grid, pretrain=[stage]))
+    assert spec.grid["slices"][4] == "range:0.25-0.75" and spec.stages["pre"].train["slices"] == "every:3"
+    # 2.5d with in_channels 3 (or unset: the bundle takes 3) is fine
+    parse_spec(spec_dict(manifest, train={"epochs": 2, "input": "2.5d", "in_channels": 3}))
+
+
+def test_a_stage_volume_setting_is_checked_with_the_settings_it_takes_from_the_study(manifest):
+    def stage(train: dict, study_train: dict | None = None) -> dict:
+        return spec_dict(manifest, grid={"encoder": ["resnet18"], "weights": ["pre"]},
+                         train={"epochs": 2, **(study_train or {})},
+                         pretrain=[{"name": "pre", "data": {"manifest": str(manifest), "label": "sex"},
+                                    "train": train}])
+
+    assert _error(stage({"slices": "range:0.9-0.1"})) == (
+        "pretrain pre: train.slices: 'range:0.9-0.1': range:LO-HI needs 0 <= LO <= HI <= 1 (fractions of the "
+        "slice axis)")
+    assert _error(stage({"aggregate": "avg"})).startswith("pretrain pre: train.aggregate: 'avg' is not one of")
+    # the stage takes in_channels 1 from the study's train: its 2.5d samples could not enter the network
+    assert _error(stage({"input": "2.5d"}, {"in_channels": 1})).startswith(
+        "pretrain pre: train.in_channels: input: 2.5d makes 3-channel samples")
+
+
+def test_a_bad_slices_value_fails_study_run_before_a_parent_run_exists(manifest, tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(spec_dict(manifest, grid={"encoder": ["resnet18"],
+                                                             "slices": ["range:0.25-0.75", "range:0.8-0.2"]})))
+    result = CliRunner().invoke(main, ["study", "run", str(spec)])
+    assert result.exit_code != 0
+    (line,) = result.stderr.strip().splitlines()
+    assert line == (f"medxfer: error: {spec}: grid.slices[1]: 'range:0.8-0.2': range:LO-HI needs 0 <= LO <= HI "
+                    "<= 1 (fractions of the slice axis)")
+    assert mlflow.MlflowClient(uri).get_experiment_by_name("medxfer/checked") is None

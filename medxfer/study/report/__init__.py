@@ -18,6 +18,11 @@ Cells identical in every grid key but ``weights`` are compared pairwise on the i
 DeLong's test (binary classification, probability averaged over seeds per item) or the Wilcoxon
 signed-rank test (per-case Dice); all p-values of a report are Holm-adjusted together.
 
+Studies on volumes and cines (runs whose params show ``input``/``slices``/``aggregate``: 2D
+networks trained on slice / frame samples) are reported per item exactly like 2D studies — their
+``predictions.csv`` rows are volumes / cines — and the methods text says so, with the settings
+(:func:`.prose.item_level`).
+
 Optional sections:
 
 * **Lesion localization** — classification runs with a ``localization.csv`` (Grad-CAM pointing
@@ -47,11 +52,11 @@ Modules, in the order the data flows:
 """
 from .build import build_report
 from .collect import collect_study
-from .model import (CellSummary, ChildRun, Comparison, Localization, LocSummary, ReportError, SimilarityCorrelation,
-                    SimilarityRow, SimilaritySummary, StudyRuns, StudySummary)
+from .model import (CellSummary, ChildRun, Comparison, ItemSampling, Localization, LocSummary, ReportError,
+                    SimilarityCorrelation, SimilarityRow, SimilaritySummary, StudyRuns, StudySummary)
 from .summarize import summarize
 from .write import write_report
 
-__all__ = ["ReportError", "ChildRun", "StudyRuns", "CellSummary", "Comparison", "StudySummary", "Localization",
-           "LocSummary", "SimilarityRow", "SimilarityCorrelation", "SimilaritySummary",
+__all__ = ["ReportError", "ChildRun", "StudyRuns", "CellSummary", "Comparison", "StudySummary", "ItemSampling",
+           "Localization", "LocSummary", "SimilarityRow", "SimilarityCorrelation", "SimilaritySummary",
            "collect_study", "summarize", "write_report", "build_report"]

@@ -22,7 +22,7 @@ from ...tracking import search_all_runs
 from ...tracking.layout import (GRID_ARTIFACT, LOCALIZATION_ARTIFACT, PARAM_WEIGHTS_SHA256, ROLE_CELL, ROLE_STUDY,
                                 SIMILARITY_ARTIFACT, TAG_CELL, TAG_CONFIG_HASH, TAG_FOLD, TAG_GRID_KEYS, TAG_ROLE,
                                 TAG_RUN_NAME, TAG_SEED, TAG_TASK, TASK_ARTIFACTS, study_experiment)
-from .model import METRICS, ChildRun, Localization, ReportError, StudyRuns
+from .model import METRICS, SAMPLING_PARAMS, ChildRun, Localization, ReportError, StudyRuns
 
 DEFAULT_GRID_KEYS = ("encoder", "weights", "freeze", "lr")  # runs without a grid-keys tag: these, where tagged
 
@@ -198,7 +198,8 @@ def _read_child(client, r, grid_keys: list[str], tmp: Path, notes: list[str]) ->
                    grid={k: tags.get(k, "") for k in grid_keys}, fold=tags.get(TAG_FOLD, ""),
                    seed=tags.get(TAG_SEED, ""), metric=float(r.data.metrics.get(METRICS.get(task, ""), math.nan)),
                    item_id=np.array([], dtype=object), config_hash=tags.get(TAG_CONFIG_HASH, ""),
-                   end_time=r.info.end_time or 0, weights_sha256=r.data.params.get(PARAM_WEIGHTS_SHA256, ""))
+                   end_time=r.info.end_time or 0, weights_sha256=r.data.params.get(PARAM_WEIGHTS_SHA256, ""),
+                   sampling={k: r.data.params[k] for k in SAMPLING_PARAMS if k in r.data.params})
     artifact = TASK_ARTIFACTS.get(task)
     if artifact is None:
         notes.append(f"run {name}: unknown task {task!r}, left out")

@@ -17,6 +17,10 @@ class ReportError(MedxferError, ValueError):
     """A study that cannot be reported (unknown, no finished run, unreadable artifacts)."""
 
 
+# Params a run logs when it cut volumes / cines into 2D samples (medxfer.engine.classification.run_params)
+SAMPLING_PARAMS = ("input", "slices", "aggregate", "data.results_per", "data.n_test", "data.n_test_samples")
+
+
 # ---- collected from MLflow
 @dataclass
 class Localization:
@@ -48,6 +52,12 @@ class ChildRun:
     end_time: int = 0
     loc: Localization | None = None  # from localization.csv, when the run has one
     weights_sha256: str = ""  # sha256 of the weights the run loaded (its weights.sha256 param; "" for scratch)
+    sampling: dict[str, str] = field(default_factory=dict)  # SAMPLING_PARAMS the run logged (volumes / cines)
+
+    @property
+    def sliced(self) -> bool:
+        """Whether the run cut volumes / cines into 2D slice or frame samples (its results are per item)."""
+        return bool(self.sampling.get("data.results_per")) or self.sampling.get("slices", "") not in ("", "None")
 
     @property
     def binary(self) -> bool:
@@ -182,6 +192,21 @@ class SimilaritySummary:
 
 
 @dataclass
+class ItemSampling:
+    """The runs of a study that cut their items (volumes, cines) into 2D samples with one setting:
+    their results are per item, aggregated from the samples."""
+
+    task: str
+    input: str  # "2d" | "2.5d"
+    slices: str  # "all" | "center" | "every:K" | "range:LO-HI" | "labelled"
+    aggregate: str  # "mean" | "max" | "top:K"; "" when the runs logged none
+    cells: list[str]
+    n_runs: int
+    n_test_items: int | None  # items tested, summed over the runs (None when a run did not log it)
+    n_test_samples: int | None  # slice / frame samples those items were cut into
+
+
+@dataclass
 class StudySummary:
     """Everything the report shows: cells, comparisons (AUC/Dice and localization), similarity, provenance."""
 
@@ -200,6 +225,7 @@ class StudySummary:
     created: str = ""
     loc_comparisons: list[Comparison] = field(default_factory=list)  # Holm-adjusted as their own family
     similarity: SimilaritySummary | None = None
+    sampling: list[ItemSampling] = field(default_factory=list)  # empty: 2D items only
 
     @property
     def loc_cells(self) -> list[CellSummary]:

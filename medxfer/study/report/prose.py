@@ -5,7 +5,13 @@ words a reader of the report needs to interpret the tables.
 """
 from __future__ import annotations
 
-from .model import StudySummary
+import re
+
+from .model import ItemSampling, StudySummary
+
+INPUT_WORDS = {"2d": "one slice or frame per sample",
+               "2.5d": "slice k with its neighbours k−1 and k+1 as the three channels, the end slice repeated at "
+                       "the edges"}
 
 
 def provenance(s: StudySummary) -> list[str]:
@@ -17,6 +23,75 @@ def provenance(s: StudySummary) -> list[str]:
     return lines + list(s.notes)
 
 
+def _slices_words(value: str) -> str:
+    """A ``slices`` setting in words."""
+    fixed = {"all": "every slice / frame", "center": "the middle slice / frame",
+             "labelled": "the slices that carry a label of their own"}
+    if value in fixed:
+        return fixed[value]
+    every = re.fullmatch(r"every:(\d+)", value)
+    if every:
+        step = int(every.group(1))
+        if step == 1:
+            return "every slice / frame"
+        suffix = "th" if step % 100 in (11, 12, 13) else {1: "st", 2: "nd", 3: "rd"}.get(step % 10, "th")
+        return f"every {step}{suffix} slice / frame: 0, {step}, {2 * step}, …"
+    span = re.fullmatch(r"range:(\d*\.?\d+)-(\d*\.?\d+)", value)
+    if span:
+        low, high = (float(x) * 100 for x in span.groups())
+        return f"the slices / frames from {low:g} % to {high:g} % of the slice axis"
+    return value
+
+
+def _aggregate_words(value: str) -> str:
+    """An ``aggregate`` setting in words: how an item's probability comes from its samples'."""
+    top = re.fullmatch(r"top:(\d+)", value)
+    if value == "mean":
+        return "an item's probability is the mean of its samples' probabilities"
+    if value == "max":
+        return "an item's probability is the highest of its samples' probabilities"
+    if top:
+        return f"an item's probability is the mean of its {top.group(1)} highest sample probabilities"
+    return value
+
+
+def _sampling_setting(g: ItemSampling, name_cells: bool) -> str:
+    parts = [f"input {g.input} ({INPUT_WORDS.get(g.input, g.input)})", f"slices {g.slices} ({_slices_words(g.slices)})"]
+    if g.aggregate and g.task == "classification":
+        parts.append(f"aggregate {g.aggregate} ({_aggregate_words(g.aggregate)})")
+    text = ", ".join(parts)
+    if g.n_test_items and g.n_test_samples is not None:
+        text += (f"; {g.n_test_samples / g.n_test_items:.1f} samples per tested item on average ({g.n_test_samples} "
+                 f"sample predictions made {g.n_test_items} item predictions in {g.n_runs} "
+                 f"{'run' if g.n_runs == 1 else 'runs'})")
+    if name_cells:
+        text += f" (cells {', '.join(g.cells)})"
+    return text
+
+
+def item_level(s: StudySummary) -> str:
+    """What the results are computed on when runs cut volumes / cines into 2D samples (their params
+    ``input``, ``slices``, ``aggregate``): items, never samples. Empty for a study of 2D items."""
+    if not s.sampling:
+        return ""
+    several = len(s.sampling) > 1
+    parts = ["The items are volumes or cines, cut into 2D slice / frame samples for the 2D networks, and every "
+             "result is per item (volume / cine), never per sample: "
+             + "; ".join(_sampling_setting(g, several) for g in s.sampling) + "."]
+    tasks = {g.task for g in s.sampling}
+    if "classification" in tasks:
+        parts.append("The samples' predictions are aggregated into one prediction per item before validation "
+                     "(checkpoint choice) and testing; each run's predictions.csv holds one row per tested item, "
+                     "so the AUCs, their CIs, the DeLong tests and the Cases column count items.")
+    if "segmentation" in tasks:
+        parts.append("Segmentation Dice is per item too: per_case.csv holds one row per tested volume.")
+    sliced = {cell for g in s.sampling for cell in g.cells}
+    others = [c.cell for c in s.cells if c.cell not in sliced]
+    if others:
+        parts.append(f"The other cells ({', '.join(others)}) trained on 2D items, one image per sample.")
+    return " ".join(parts)
+
+
 def methods(s: StudySummary) -> str:
     """How cells are scored and compared (pooled metric, CIs, tests, Holm, transfer score)."""
     tasks = {c.task for c in s.cells}
@@ -24,6 +99,8 @@ def methods(s: StudySummary) -> str:
     pct = int(s.level * 100)
     parts = ["Each cell is one combination of grid values, trained once per cross-validation fold and seed.",
              "Mean ± SD is over the cell's runs, each scored on its own held-out test fold (sample SD)."]
+    if s.sampling:
+        parts.append(item_level(s))
     if "classification" in tasks:
         parts.append(
             "The pooled out-of-fold (OOF) AUC is the AUC of the concatenated test-fold predictions of all folds "

@@ -22,8 +22,8 @@ import numpy as np
 from ..stats import (auc, bootstrap_auc_ci, bootstrap_mean_ci, delong_test, holm, mcnemar_exact, mean_sd, spearman,
                      transfer_score, wilcoxon_signed_rank)
 from ...tracking.layout import SIMILARITY_ARTIFACT
-from .model import (LEVEL, METRICS, SIM_MEASURES, CellSummary, ChildRun, Comparison, LocSummary, ReportError,
-                    SimilarityCorrelation, SimilarityRow, SimilaritySummary, StudyRuns, StudySummary)
+from .model import (LEVEL, METRICS, SIM_MEASURES, CellSummary, ChildRun, Comparison, ItemSampling, LocSummary,
+                    ReportError, SimilarityCorrelation, SimilarityRow, SimilaritySummary, StudyRuns, StudySummary)
 
 
 def _natural(value: str) -> tuple:
@@ -297,6 +297,34 @@ def _similarity(data: dict | None, cells: list[CellSummary], keys: list[str], ta
                              rows=rows, correlations=correlations)
 
 
+def _count(value: str | None) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def item_sampling(runs: list[ChildRun]) -> list[ItemSampling]:
+    """The settings (task, input, slices, aggregate) with which runs cut volumes / cines into 2D samples,
+    from the params they logged, each with its cells and the test items / samples summed over its runs;
+    empty when every run trained on 2D items."""
+    groups: dict[tuple[str, str, str, str], list[ChildRun]] = {}
+    for r in runs:
+        if r.sliced:
+            settings = r.sampling
+            key = (r.task, settings.get("input", "2d"), settings.get("slices", "all"), settings.get("aggregate", ""))
+            groups.setdefault(key, []).append(r)
+    out = []
+    for (task, input_mode, slices, aggregate), members in groups.items():
+        items = [_count(r.sampling.get("data.n_test")) for r in members]
+        samples = [_count(r.sampling.get("data.n_test_samples")) for r in members]
+        out.append(ItemSampling(task=task, input=input_mode, slices=slices, aggregate=aggregate,
+                                cells=sorted({r.cell for r in members}), n_runs=len(members),
+                                n_test_items=None if None in items else sum(items),
+                                n_test_samples=None if None in samples else sum(samples)))
+    return out
+
+
 def check_one_weights(cell: str, runs: list[ChildRun]) -> None:
     """:class:`ReportError` when the runs of ``cell`` loaded different weights (their logged sha256;
     runs without one — scratch, older runs — are not judged): pooling them would average two models."""
@@ -366,4 +394,4 @@ def summarize(runs: StudyRuns, n_resamples: int = 2000, seed: int = 0) -> StudyS
                         comparisons=comparisons, n_resamples=int(n_resamples), seed=int(seed),
                         n_runs=len(runs.runs), n_not_finished=runs.n_not_finished, n_superseded=runs.n_superseded,
                         notes=notes, created=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                        loc_comparisons=loc_comparisons, similarity=similarity)
+                        loc_comparisons=loc_comparisons, similarity=similarity, sampling=item_sampling(runs.runs))

@@ -213,11 +213,12 @@ def real_workspace(tmp_path_factory, shared_data) -> Path:
     ingest(root / "converted" / "pneumonia" / "images", cohorts / "pneumonia", labels=pneumonia.labels,
            key="image", modality="CR", workers=2)
     split(cohorts / "pneumonia", 5, stratify="label")
-    adrenal = convert_medmnist(shared_data / "medmnist3d" / "adrenalmnist3d_64.npz", root / "converted" / "adrenal",
-                               ["normal", "hyperplasia"])
-    ingest(root / "converted" / "adrenal" / "images", cohorts / "adrenal", labels=adrenal.labels, key="image",
-           modality="OT", workers=2)
-    split_from_column(cohorts / "adrenal", "split", ["test", "val", "train"])
+    for npz, cohort in (("adrenalmnist3d_64", "adrenal"), ("adrenalmnist3d", "adrenal28")):  # 64³ and 28³
+        adrenal = convert_medmnist(shared_data / "medmnist3d" / f"{npz}.npz", root / "converted" / cohort,
+                                   ["normal", "hyperplasia"])
+        ingest(root / "converted" / cohort / "images", cohorts / cohort, labels=adrenal.labels, key="image",
+               modality="OT", workers=2)
+        split_from_column(cohorts / cohort, "split", ["test", "val", "train"])
     return root
 
 
@@ -262,11 +263,13 @@ def test_real_cohorts_hold_the_documented_tasks(real_workspace):
     c = load_cohort(real_workspace / seg["manifest"], seg["label"], task="segmentation",
                     mask_root=real_workspace / seg["mask_root"])
     assert len(c.train + c.val + c.test) == 647 and c.skipped == {"no_label": 133}
-    adrenal = spec["adrenal-2p5d.yaml"]
-    c = load_cohort(real_workspace / adrenal["data"]["manifest"], adrenal["data"]["label"],
-                    classes=adrenal["data"]["classes"], input=adrenal["train"]["input"],
-                    slices=adrenal["train"]["slices"], aggregate=adrenal["train"]["aggregate"])
-    # the official split (test 298 [229 / 69], val 98, train 1188), 64 slices each: range 0.25-0.75 keeps 16..47
-    assert c.counts() == {"train": 1188, "val": 98, "test": 298}
-    assert c.sample_counts() == {"train": 1188 * 32, "val": 98 * 32, "test": 298 * 32}
-    assert [sum(i["label"] == k for i in c.items("test")) for k in (0, 1)] == [229, 69]
+    # the official split (test 298 [229 / 69], val 98, train 1188); range 0.25-0.75 keeps slices 16..47 of 64
+    # and 7..20 of 28
+    for name, per_volume in (("adrenal-2p5d.yaml", 32), ("adrenal28-2p5d.yaml", 14)):
+        adrenal = spec[name]
+        c = load_cohort(real_workspace / adrenal["data"]["manifest"], adrenal["data"]["label"],
+                        classes=adrenal["data"]["classes"], input=adrenal["train"]["input"],
+                        slices=adrenal["train"]["slices"], aggregate=adrenal["train"]["aggregate"])
+        assert c.counts() == {"train": 1188, "val": 98, "test": 298}
+        assert c.sample_counts() == {"train": 1188 * per_volume, "val": 98 * per_volume, "test": 298 * per_volume}
+        assert [sum(i["label"] == k for i in c.items("test")) for k in (0, 1)] == [229, 69]

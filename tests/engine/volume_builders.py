@@ -33,6 +33,15 @@ class Built:
         return read_manifest(self.manifest)[0]
 
 
+def fixed_secret(root: Path) -> Path:
+    """A fixed pseudonymisation secret in ``root``: item ids, patient pseudonyms and so the folds of
+    ``medxfer split`` are the same on every run (a random secret would give each run other folds)."""
+    path = root / "secret"
+    path.write_text("medxfer-volume-builders-fixed-secret-0123456789abcdef")
+    path.chmod(0o600)
+    return path
+
+
 def marker(k: int) -> int:
     """The value of every voxel of slice ``k`` of a :func:`nifti_cohort` volume (outside its blob)."""
     return 10 * k + 1
@@ -65,7 +74,7 @@ def nifti_cohort(root: Path, n_volumes: int = 9, n_slices: int = 8, n_images: in
         w.writeheader()
         w.writerows(rows)
     out = root / "out"
-    res = ingest(src, out, labels=labels, key="file", modality="OT", workers=1, secret_file=root / "secret")
+    res = ingest(src, out, labels=labels, key="file", modality="OT", workers=1, secret_file=fixed_secret(root))
     split(out, folds, stratify="label")
     return Built(src, out, res.manifest, facts={"n_slices": n_slices})
 
@@ -113,7 +122,7 @@ def _labelled_ingest(root: Path, src: Path, labels: Path, header: list[str], row
         w.writerow(header)
         w.writerows(rows)
     out = root / "out"
-    res = ingest(src, out, labels=labels, key=header[0], workers=1, secret_file=root / "secret")
+    res = ingest(src, out, labels=labels, key=header[0], workers=1, secret_file=fixed_secret(root))
     split(out, folds)
     return out, res.manifest
 

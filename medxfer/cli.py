@@ -236,9 +236,13 @@ def weights() -> None:
 @click.option("--name", required=True,
               help="Source name, e.g. imagenet or radimagenet (one name serves several archs).")
 @click.option("--arch", required=True, help="Encoder architecture (`medxfer weights archs` lists them).")
-@click.option("--format", "fmt", type=click.Choice(["auto", "torchvision", "keras-h5", "radimagenet-pt", "medxfer"]),
+# the choices are medxfer.models' FORMATS and PRESETS, written out so that --help imports nothing (a test keeps
+# them equal)
+@click.option("--format", "fmt", type=click.Choice(["auto", "torchvision", "keras-h5", "radimagenet-pt", "medxfer",
+                                                    "medicalnet", "swinunetr-ssl"]),
               default="auto", show_default=True, help="File format (auto: HDF5 is Keras, else by the keys).")
-@click.option("--preprocessing", type=click.Choice(["imagenet", "caffe", "caffe-keras", "tf", "scratch"]), default=None,
+@click.option("--preprocessing", type=click.Choice(["imagenet", "caffe", "caffe-keras", "tf", "scratch", "medicalnet",
+                                                    "swin-ssl"]), default=None,
               help="Input preprocessing the weights expect (default: what the format and arch imply).")
 @click.option("--sha256", "expected_sha256", default=None, help="Expected sha256 of FILE (e.g. the published one).")
 @click.option("--note", default="", help="Free-text provenance (where the file came from).")
@@ -309,7 +313,7 @@ def weights_archs():
     from .models import ARCHS
 
     for spec in ARCHS.values():
-        click.echo(f"{spec.name:18s} {spec.layout:12s} {spec.description}")
+        click.echo(f"{spec.name:18s} {spec.spatial_dims}D {spec.layout:12s} {spec.description}")
 
 
 def _extra_overrides(args: list[str]) -> dict:

@@ -51,6 +51,18 @@ def mammography_cohort(tmp_path_factory) -> DentalCohort:
 
 
 @pytest.fixture
+def one_torch_thread():
+    """One intra-op torch thread for the test (restored after): tiny networks on a shared CPU, where two
+    threads spin against each other. Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def mlflow_store(tmp_path, monkeypatch):
     """A SQLite MLflow store in the test's folder, set as ``MLFLOW_TRACKING_URI``; cwd is tmp_path."""
     monkeypatch.chdir(tmp_path)

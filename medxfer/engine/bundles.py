@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import MedxferError
+from ..models.encoders import ARCHS
 
 BUNDLE_NAMES = ("classification", "segmentation")
 
@@ -106,6 +107,15 @@ def check_overrides(overrides: dict[str, Any], prefix: str = "") -> None:
             raise BundleError(f"{prefix}{key}{found[0]}: {found[1]}; settings are data, never code")
 
 
+def encoder_dims_problem(encoder: Any) -> str | None:
+    """A registered 3D encoder named for the 2D bundles: the one-line reason, else None."""
+    if not (isinstance(encoder, str) and encoder in ARCHS) or ARCHS[encoder].spatial_dims == 2:
+        return None
+    known = ", ".join(a for a, spec in ARCHS.items() if spec.spatial_dims == 2)
+    return (f"encoder {encoder!r} is a 3D encoder; the bundles train 2D networks (on 2D images and on "
+            f"slices of volumes): use one of {known}")
+
+
 def parse_override(value: str) -> Any:
     """Command-line text → JSON value when it parses (``2``, ``1e-4``, ``true``, ``["PX"]``), else the string."""
     try:
@@ -170,6 +180,8 @@ def train_bundle(bundle: str | os.PathLike, config: str = "train", **overrides: 
         overrides["manifest"] = str(Path(overrides["manifest"]).resolve())
     overrides.setdefault("bundle_root", str(root))
     check_overrides(overrides)
+    if encoder_dims_problem(overrides.get("encoder")):
+        raise BundleError(encoder_dims_problem(overrides.get("encoder")))
     # MONAI's workflow logger announces "logging file set to False" on every run: keep stderr for
     # what matters (one-line errors from the CLI).
     logging.getLogger("monai.bundle.workflows").setLevel(logging.ERROR)

@@ -3,6 +3,7 @@
 >>> enc = create_encoder("resnet50", weights="imagenet", in_channels=1)   # doctest: +SKIP
 >>> clf = create_classifier("densenet121", weights="radimagenet", num_classes=2, freeze="top:10")  # doctest: +SKIP
 """
+from . import encoders3d  # noqa: F401 - registers the 3D encoders in the one registry (ARCHS)
 from .classifier import Classifier, create_classifier
 from .encoders import ARCHS, ArchSpec, Encoder, arch_spec, build_encoder, flexunet_name
 from .factory import create_encoder, weights_params

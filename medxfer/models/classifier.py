@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..core.errors import MedxferError
-from .encoders import Encoder
+from .encoders import Encoder, arch_spec
 from .factory import create_encoder
 from .freeze import apply_freeze
 
@@ -55,7 +55,7 @@ class Classifier(nn.Module):
         if num_classes < 1:
             raise ValueError("num_classes must be >= 1")
         self.encoder = encoder
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = nn.AdaptiveAvgPool3d(1) if encoder.spec.spatial_dims == 3 else nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(encoder.feature_channels[-1], num_classes)
         self.views: tuple[str, ...] = ()  # multi-view samples (medxfer.engine.multiview)
@@ -97,7 +97,7 @@ class MultiViewClassifier(Classifier):
         return pooled.reshape(x.shape[0], -1)
 
 
-def create_classifier(arch: str, weights: str = "scratch", num_classes: int = 2, in_channels: int = 3,
+def create_classifier(arch: str, weights: str = "scratch", num_classes: int = 2, in_channels: int | None = None,
                       dropout: float = 0.0, freeze: str = "none",
                       home: str | os.PathLike | None = None, views: list[str] | None = None,
                       fusion: str = "late") -> Classifier:
@@ -105,8 +105,10 @@ def create_classifier(arch: str, weights: str = "scratch", num_classes: int = 2,
 
     With ``views`` (e.g. ``["CC", "MLO"]``) and ``fusion="late"`` the encoder is shared across views
     (:class:`MultiViewClassifier`); ``fusion="early"`` reads the views as the channels of one
-    3-channel image (see :mod:`medxfer.engine.multiview` for how samples are assembled)."""
+    3-channel image (see :mod:`medxfer.engine.multiview` for how samples are assembled).
+    ``in_channels`` defaults to the arch's own (3 for the 2D encoders, 1 for the 3D ones)."""
     views = check_views(views, fusion)
+    in_channels = arch_spec(arch).in_channels if in_channels is None else in_channels
     encoder = create_encoder(arch, weights, network_channels(views, fusion, in_channels), home)
     if views and fusion == "late":
         model: Classifier = MultiViewClassifier(encoder, num_classes, len(views), dropout)

@@ -1,5 +1,8 @@
 """Encoder registry: 2D networks whose ``forward`` returns five feature maps, deepest last.
 
+The one registry :data:`ARCHS` also holds the 3D encoders of :mod:`.encoders3d` (``ArchSpec.spatial_dims``
+is 3; they register themselves when ``medxfer.models`` is imported).
+
 Every encoder gives feature maps at strides 2, 4, 8, 16 and 32 (the FlexibleUNet encoder
 convention), so one module serves the classifier (pool the last map) and the UNet decoder
 (all five, registered in MONAI's ``FLEXUNET_BACKBONE`` as ``medxfer-<arch>``).
@@ -57,8 +60,10 @@ class Encoder(nn.Module, BaseEncoder):
 
     def __init__(self, arch: str, in_channels: int = 3, spatial_dims: int = 2, pretrained: bool = False) -> None:
         super().__init__()
-        if spatial_dims != 2:
-            raise ValueError(f"medxfer encoders are 2D (spatial_dims=2), got spatial_dims={spatial_dims}")
+        expected = ARCHS[arch].spatial_dims if arch in ARCHS else 2
+        if spatial_dims != expected:
+            raise ValueError(f"{arch} is a {expected}D encoder (spatial_dims={expected}), "
+                             f"got spatial_dims={spatial_dims}")
         if pretrained:
             raise ValueError("medxfer never downloads weights: build the encoder without `pretrained` and pass "
                              "a weights source (medxfer.models.create_segmenter(..., weights=NAME))")
@@ -101,7 +106,8 @@ class Encoder(nn.Module, BaseEncoder):
     # --- MONAI BaseEncoder interface (FlexibleUNet registration) ---
     @classmethod
     def get_encoder_parameters(cls) -> list[dict]:
-        return [{"arch": a, "spatial_dims": 2, "in_channels": 3, "pretrained": False} for a in cls.backbone_names]
+        return [{"arch": a, "spatial_dims": ARCHS[a].spatial_dims, "in_channels": ARCHS[a].in_channels,
+                 "pretrained": False} for a in cls.backbone_names]
 
     @classmethod
     def num_channels_per_output(cls) -> list[tuple[int, ...]]:
@@ -389,10 +395,15 @@ class ArchSpec:
     keras_application: str | None = None  # the keras.applications network with its topology and layer names
     keras_bn_eps: float | None = None  # BatchNormalization epsilon its Keras weights were trained with
     keras_preprocessing: str | None = None  # preset its Keras .h5 files expect unless told otherwise
+    spatial_dims: int = 2  # 2 or 3: the input it takes (3D encoders live in encoders3d.py)
+    in_channels: int = 3  # default input channels (1 for the 3D encoders: their published weights are gray)
+    input_rule: str = ""  # what input sizes it takes, when restricted (3D: multiples of 32)
+    published_weights: str = ""  # the published weights file(s) whose layout fits it (3D: MedicalNet, SwinUNETR SSL)
 
-    def build(self, in_channels: int = 3) -> Encoder:
-        """A randomly initialised encoder."""
-        return self.builder(arch=self.name, in_channels=in_channels)
+    def build(self, in_channels: int | None = None) -> Encoder:
+        """A randomly initialised encoder (``in_channels`` defaults to the arch's)."""
+        return self.builder(arch=self.name, in_channels=self.in_channels if in_channels is None else in_channels,
+                            spatial_dims=self.spatial_dims)
 
 
 def _efficientnet_channels() -> dict[str, tuple[int, ...]]:
@@ -456,6 +467,6 @@ def arch_spec(arch: str) -> ArchSpec:
         raise ValueError(f"unknown encoder {arch!r}; known: {', '.join(ARCHS)}") from None
 
 
-def build_encoder(arch: str, in_channels: int = 3) -> Encoder:
+def build_encoder(arch: str, in_channels: int | None = None) -> Encoder:
     """A randomly initialised encoder (use :func:`medxfer.models.create_encoder` for weights)."""
     return arch_spec(arch).build(in_channels)

@@ -9,14 +9,16 @@ from .weights.record import scratch_record
 from .weights.sources import resolve_weights
 
 
-def create_encoder(arch: str, weights: str = "scratch", in_channels: int = 3,
+def create_encoder(arch: str, weights: str = "scratch", in_channels: int | None = None,
                    home: str | os.PathLike | None = None) -> Encoder:
     """Build ``arch`` and load ``weights`` (``scratch``, ``NAME``, ``file:PATH``, ``run:ID`` …) strictly.
 
     The returned encoder carries ``weights_record`` (a :class:`WeightsRecord`), ``preprocessing``
     (the :class:`Preprocessing` its inputs need, for ``in_channels``) and ``stem_adaptation``
-    (how the first convolution was fitted to ``in_channels``).
+    (how the first convolution was fitted to ``in_channels``). ``in_channels`` defaults to the arch's
+    own (3 for the 2D encoders, 1 for the 3D ones).
     """
+    in_channels = arch_spec(arch).in_channels if in_channels is None else in_channels
     if in_channels not in (1, 3):
         raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
     return load_weights(arch_spec(arch).build(in_channels), weights, home)

@@ -15,6 +15,18 @@ in pretraining:
 - ``tf`` (Keras MobileNet, Inception, EfficientNet-V2 …): ``x * 2 - 1`` → [-1, 1].
 - ``torch-densenet`` (Keras DenseNet ``preprocess_input``): ImageNet mean/std, RGB — same as
   ``imagenet``.
+
+3D weights add what their pretraining fixed about the volume (optional fields, absent from the
+stored record when unset): ``spacing`` (target voxel spacing, mm), ``roi_size`` (pretraining
+patch) and ``intensity`` (how raw voxels became the network's input scale):
+
+- ``medicalnet`` (MedicalNet 3D ResNets, 1 channel): ``intensity="nonzero-zscore"``, the z-score
+  with the mean and std of the non-zero voxels (MedicalNet ``datasets/brains18.py``
+  ``__itensity_normalize_one_volume__``), applied by :meth:`Preprocessing.apply` per volume.
+- ``swin-ssl`` (SwinUNETR self-supervised Swin-ViT, 1 channel): ``intensity="hu-window:-1000:1000"``,
+  CT HU clipped to [-1000, 1000] and scaled to [0, 1] — the CT modality preset's job, after which
+  the affine is the identity; spacing (1.5, 1.5, 2.0) mm and ROI 96³ (the defaults of
+  research-contributions ``SwinUNETR/Pretrain/main.py``).
 """
 from __future__ import annotations
 
@@ -46,10 +58,15 @@ class Preprocessing:
     input_size: int | None = None  # the pretraining input size, when known
     gray_to_rgb: str = "repeat"  # 1-channel images into a 3-channel stem: "repeat" the gray channel
     note: str = ""
+    # 3D weights (omitted from to_dict when unset, so 2D records are unchanged):
+    spacing: tuple[float, ...] | None = None  # target voxel spacing in mm the weights were pretrained at
+    roi_size: tuple[int, ...] | None = None  # pretraining patch size (voxels)
+    intensity: str = ""  # "" (the modality preset's [0, 1]), "nonzero-zscore" or "hu-window:LOW:HIGH"
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly dict (tuples become lists)."""
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+        """JSON-friendly dict (tuples become lists); the optional 3D fields only when set."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()
+                if k not in _OPTIONAL_FIELDS or v not in (None, "")}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Preprocessing":
@@ -110,10 +127,27 @@ class Preprocessing:
         shape[cdim] = target
         mean = torch.tensor(record.mean, dtype=x.dtype, device=x.device).reshape(shape)
         std = torch.tensor(record.std, dtype=x.dtype, device=x.device).reshape(shape)
+        if record.intensity == "nonzero-zscore":
+            x = _nonzero_zscore(x, cdim)
         x = (x - mean) / std
         if record.post_scale != 1.0:
             x = x * record.post_scale
         return x
+
+
+_OPTIONAL_FIELDS = ("spacing", "roi_size", "intensity")
+
+
+def _nonzero_zscore(x: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    """Per image and channel: ``(x - mean) / std`` over the non-zero voxels (MedicalNet's rule);
+    an image without non-zero voxels is left as it is."""
+    flat = x.reshape(*x.shape[:channel_dim + 1], -1)  # one statistic per (batch…, channel)
+    mask = flat != 0
+    count = mask.sum(-1, keepdim=True)
+    mean = (flat * mask).sum(-1, keepdim=True) / count.clamp_min(1)
+    std = ((((flat - mean) * mask) ** 2).sum(-1, keepdim=True) / count.clamp_min(1)).sqrt()  # numpy's std (ddof 0)
+    out = torch.where(count > 0, (flat - mean) / std.clamp_min(1e-8), flat)
+    return out.reshape(x.shape)
 
 
 IMAGENET = Preprocessing(mode="imagenet", mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=224,
@@ -127,8 +161,16 @@ TF = Preprocessing(mode="tf", scale=2.0, mean=(1.0, 1.0, 1.0), input_size=224,
                    note="Keras tf mode: inputs scaled to [-1, 1]")
 SCRATCH = Preprocessing(mode="scratch", scale=2.0, mean=(1.0, 1.0, 1.0),
                         note="no pretraining: inputs scaled to [-1, 1]")
+MEDICALNET = Preprocessing(mode="medicalnet", channel_order="GRAY", mean=(0.0,), std=(1.0,), intensity="nonzero-zscore",
+                           note="MedicalNet 3D ResNet: 1 channel, z-score over the non-zero voxels (spacing and "
+                                "input size: unverified, MedicalNet resized volumes to a fixed shape)")
+SWIN_SSL = Preprocessing(mode="swin-ssl", channel_order="GRAY", mean=(0.0,), std=(1.0,), input_size=96,
+                         spacing=(1.5, 1.5, 2.0), roi_size=(96, 96, 96), intensity="hu-window:-1000:1000",
+                         note="SwinUNETR SSL Swin-ViT: 1 channel, CT HU clipped to [-1000, 1000] scaled to [0, 1], "
+                              "1.5x1.5x2.0 mm, 96^3 ROI (SwinUNETR/Pretrain/main.py defaults)")
 
-PRESETS: dict[str, Preprocessing] = {p.mode: p for p in (IMAGENET, CAFFE, CAFFE_KERAS, TF, SCRATCH)}
+PRESETS: dict[str, Preprocessing] = {p.mode: p for p in (IMAGENET, CAFFE, CAFFE_KERAS, TF, SCRATCH, MEDICALNET,
+                                                             SWIN_SSL)}
 
 
 def preset(name: str) -> Preprocessing:

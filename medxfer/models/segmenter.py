@@ -5,7 +5,7 @@ import os
 
 from monai.networks.nets import FlexibleUNet
 
-from .encoders import flexunet_name
+from .encoders import arch_spec, flexunet_name
 from .factory import load_weights
 from .freeze import apply_freeze
 
@@ -15,11 +15,12 @@ def create_segmenter(arch: str, weights: str = "scratch", in_channels: int = 1, 
                      home: str | os.PathLike | None = None) -> FlexibleUNet:
     """``FlexibleUNet(backbone="medxfer-<arch>")`` with the encoder's weights loaded strictly.
 
-    The input's height and width must be multiples of 32. The network carries the encoder's
+    The input's spatial sizes must be multiples of 32; a 3D encoder makes a 3D UNet. The network carries the encoder's
     ``weights_record``, ``preprocessing`` and ``freeze_summary``.
     """
     net = FlexibleUNet(in_channels=in_channels, out_channels=out_channels, backbone=flexunet_name(arch),
-                       pretrained=False, decoder_channels=decoder_channels, spatial_dims=2)
+                       pretrained=False, decoder_channels=decoder_channels,
+                       spatial_dims=arch_spec(arch).spatial_dims)
     load_weights(net.encoder, weights, home)
     for attr in ("weights_record", "preprocessing", "stem_adaptation"):
         setattr(net, attr, getattr(net.encoder, attr))

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..engine import run_weights  # noqa: F401 - registers the run: weights scheme
+from ..engine.bundles import encoder_dims_problem
 from ..engine.slices import SliceSettingError, check_aggregate, check_channels, check_input, check_slices
 from ..models.encoders import ARCHS
 from ..models.freeze import parse_policy
@@ -47,10 +48,12 @@ def _did_you_mean(value: str, known: Iterable[str]) -> str:
 
 
 def encoder_problem(value: Any) -> str | None:
-    """An encoder that is not in the registry: ``unknown encoder 'resnet81'; known: …``."""
+    """An encoder that is not in the registry (``unknown encoder 'resnet81'; known: …``), or a 3D encoder,
+    which the 2D bundles cannot use."""
+    known_2d = [a for a, spec in ARCHS.items() if spec.spatial_dims == 2]
     if isinstance(value, str) and value in ARCHS:
-        return None
-    return f"unknown encoder {value!r}; known: {', '.join(ARCHS)}" + _did_you_mean(str(value), ARCHS)
+        return encoder_dims_problem(value)
+    return f"unknown encoder {value!r}; known: {', '.join(known_2d)}" + _did_you_mean(str(value), known_2d)
 
 
 def freeze_problem(value: Any) -> str | None:

@@ -70,6 +70,23 @@ def test_train_cli_refuses_an_expression_override_in_one_line(tmp_path, monkeypa
     assert not marker.exists()
 
 
+def test_a_3d_encoder_in_a_2d_bundle_is_one_line_before_any_work(tmp_path, monkeypatch):
+    """The 3D encoders share the registry with the 2D ones; the 2D bundles refuse them up front
+    instead of failing inside the first convolution."""
+    monkeypatch.chdir(tmp_path)
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("item_id,image,fold,y\n")
+    for bundle in ("classification", "segmentation"):
+        result = CliRunner().invoke(main, ["train", bundle, "--manifest", str(manifest), "--label", "y",
+                                           "--encoder", "resnet18_3d"])
+        assert result.exit_code == 2
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("medxfer: error: encoder 'resnet18_3d' is a 3D encoder; the bundles train 2D")
+    with pytest.raises(BundleError, match="use one of resnet18, "):
+        train_bundle("classification", manifest=str(manifest), label="y", encoder="swinvit_3d")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlruns").exists()
+
+
 def test_tracking_is_the_bundles_setting_not_a_file_monai_loads(dental_cohort, mlflow_store, tmp_path):
     """``tracking`` is a key of the bundle's config (MLflow on or off). Given to ConfigWorkflow as a
     keyword it was MONAI's own ``tracking``: a settings file loaded into the config, code and all."""

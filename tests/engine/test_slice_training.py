@@ -9,7 +9,6 @@ import shutil
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from medxfer.engine import train_bundle
 from medxfer.engine.classification import roc_auc
@@ -20,13 +19,7 @@ from ..conftest import find_identifiers
 from .volume_builders import colour_cine_export, ct_finding_export
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: these runs are tiny, and on a shared CPU two threads spin against each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def predictions(run) -> list[dict]:

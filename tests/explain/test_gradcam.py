@@ -87,7 +87,7 @@ def _reference_cam(model, x: torch.Tensor, weights: torch.Tensor) -> torch.Tenso
     return torch.where(peak > 0, up / peak.clamp_min(1e-30), torch.zeros_like(up))
 
 
-@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("arch", [a for a in ARCHS if ARCHS[a].spatial_dims == 2])  # Grad-CAM here is 2D
 def test_gradcam_maps_for_every_encoder(arch):
     torch.manual_seed(SEED)
     model = create_classifier(arch, num_classes=2, in_channels=1)

@@ -51,3 +51,13 @@ def test_empty_registry_and_archs(home):
         assert arch in archs
     help_text = _run(["weights", "import", "--help"]).stdout
     assert "--name radimagenet --arch resnet50_keras" in help_text and "--preprocessing" in help_text
+
+
+def test_the_import_command_offers_every_format_and_preset():
+    """The CLI's choices are written out (``--help`` imports no model code): they must stay the library's."""
+    from medxfer.cli import weights_import
+    from medxfer.models import FORMATS, PRESETS
+
+    choices = {p.name: list(p.type.choices) for p in weights_import.params if hasattr(p.type, "choices")}
+    assert choices["fmt"] == ["auto", *FORMATS]
+    assert choices["preprocessing"] == list(PRESETS)

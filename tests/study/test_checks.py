@@ -51,6 +51,9 @@ def _error(raw: dict) -> str:
     ({"grid": {"weights": ["run:"]}}, r"^grid.weights\[0\]: weights 'run:' names no run reference"),
     ({"grid": {"weights": ["image net"]}}, r"^grid.weights\[0\]: 'image net' is not a weights source"),
     ({"similarity": {"encoder": "resnet81", "sources": {}}}, r"^similarity.encoder: unknown encoder 'resnet81'"),
+    ({"grid": {"encoder": ["resnet18_3d"]}},
+     r"^grid.encoder\[0\]: encoder 'resnet18_3d' is a 3D encoder; the bundles train 2D networks .*use one of "
+     r"resnet18, "),
     ({"train": {"epochs": 0}}, r"^train.epochs: 0 is not a whole number >= 1"),
     ({"train": {"epochs": 2.5}}, r"^train.epochs: 2.5 is not a whole number >= 1"),
     ({"train": {"batch_size": -4}}, r"^train.batch_size: -4 is not a whole number >= 1"),

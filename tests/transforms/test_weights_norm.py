@@ -49,7 +49,7 @@ def test_record_round_trips_and_names_mlflow_params():
     assert Preprocessing.from_dict(json.loads(json.dumps(CAFFE.to_dict()))) == CAFFE
     params = CAFFE.params()
     assert params["preprocessing.mode"] == "caffe" and params["preprocessing.channel_order"] == "BGR"
-    with pytest.raises(ValueError, match="known: caffe, caffe-keras, imagenet, scratch, tf"):
+    with pytest.raises(ValueError, match="known: caffe, caffe-keras, imagenet, medicalnet, scratch, swin-ssl, tf"):
         preset("inception")
 
 

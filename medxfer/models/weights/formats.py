@@ -1,7 +1,8 @@
 """Weights files → a state dict in the encoder's layout: format detection and conversion, strictly checked.
 
 Formats: ``torchvision`` and ``radimagenet-pt`` (:mod:`.pytorch_files`), ``keras-h5``
-(:mod:`.keras_h5`) and ``medxfer`` checkpoints (:mod:`.checkpoints`). Every conversion ends with a
+(:mod:`.keras_h5`), ``medxfer`` checkpoints (:mod:`.checkpoints`) and the 3D ``medicalnet`` and
+``swinunetr-ssl`` files (:mod:`.layouts3d`). Every conversion ends with a
 strict load into a fresh encoder, so a file that does not fit is refused at import, with a hint
 naming the arch it does fit when there is one.
 """
@@ -19,11 +20,12 @@ from ..preprocessing import IMAGENET, Preprocessing, preset
 from .checkpoints import is_checkpoint, read_checkpoint
 from .errors import WeightsError
 from .keras_h5 import KerasImportError, keras_to_state_dict, read_keras_h5
+from .layouts3d import FORMATS_3D, convert_3d, default_preprocessing_3d, detect_layout_3d, layout_provenance
 from .loading import load_strict, plain_state_dict, safe_torch_load
 from .pytorch_files import from_radimagenet_pt, from_torchvision
 from .record import Conversion
 
-FORMATS = ("torchvision", "keras-h5", "radimagenet-pt", "medxfer")
+FORMATS = ("torchvision", "keras-h5", "radimagenet-pt", "medxfer", *FORMATS_3D)
 _LAYOUT_TITLES = {"keras": "Keras", "monai": "MONAI"}
 _CONV_BIAS = re.compile(r"(^|\.)conv\d*\.bias$")
 
@@ -37,6 +39,9 @@ _KERAS_PREPROCESSING_REASONS = {
 
 def default_preprocessing(fmt: str, arch: str) -> tuple[Preprocessing, str]:
     """The preprocessing a file of ``fmt`` for ``arch`` expects, and why."""
+    three_d = default_preprocessing_3d(fmt, arch)
+    if three_d is not None:
+        return three_d
     if fmt == "keras-h5":
         spec = arch_spec(arch)
         mode = spec.keras_preprocessing or "caffe"
@@ -76,7 +81,9 @@ def detect_format(path: str | os.PathLike) -> str:
     if is_checkpoint(obj):
         return "medxfer"
     state = plain_state_dict(obj, path)
-    return "radimagenet-pt" if any(k.startswith("backbone.") for k in state) else "torchvision"
+    if any(k.startswith("backbone.") for k in state):
+        return "radimagenet-pt"
+    return detect_layout_3d(state) or "torchvision"
 
 
 def convert_weights(path: str | os.PathLike, arch: str, fmt: str = "auto",
@@ -113,6 +120,10 @@ def convert_weights(path: str | os.PathLike, arch: str, fmt: str = "auto",
         default = Preprocessing.from_dict(checkpoint["preprocessing"])
         reason = "from the medxfer checkpoint"
         provenance.update(checkpoint.get("provenance") or {})
+    elif fmt in FORMATS_3D:
+        state, skipped = convert_3d(fmt, plain_state_dict(safe_torch_load(path), path))
+        provenance.update(layout_provenance(fmt, arch))
+        default, reason = default_preprocessing(fmt, arch)
     else:
         if spec.layout == "keras":
             raise WeightsError(f"{path}: {fmt} weights are torchvision-layout networks; {arch} is a Keras-layout "
@@ -139,9 +150,9 @@ def convert_weights(path: str | os.PathLike, arch: str, fmt: str = "auto",
 
 
 def _stem_channels(state: dict[str, torch.Tensor], spec: ArchSpec) -> int:
-    """Input channels of the file's first convolution (3 when it has none)."""
+    """Input channels of the file's first convolution (the arch's default when it has none)."""
     weight = state.get(spec.stem_weight)
-    return int(weight.shape[1]) if weight is not None and weight.ndim == 4 else 3
+    return int(weight.shape[1]) if weight is not None and weight.ndim >= 4 else spec.in_channels
 
 
 def _layout_hint(state: dict[str, torch.Tensor], spec: ArchSpec) -> str:
@@ -162,6 +173,9 @@ def _layout_hint(state: dict[str, torch.Tensor], spec: ArchSpec) -> str:
 
 def _fits(state: dict[str, torch.Tensor], spec: ArchSpec) -> bool:
     """Whether ``state`` is exactly a state dict of ``spec`` (keys and shapes)."""
+    stem = state.get(spec.stem_weight)
+    if stem is None or stem.ndim != spec.spatial_dims + 2:  # cheap: no network built for an arch that cannot fit
+        return False
     try:
         own = spec.build(_stem_channels(state, spec)).state_dict()
     except Exception:  # noqa: BLE001 - only a hint

@@ -113,16 +113,17 @@ def adapt_stem(state: dict[str, torch.Tensor], stem_key: str, in_channels: int,
         return state, "as trained"
     out = dict(state)
     channels = weight.shape[1]
+    per_channel = (1, channels) + (1,) * (weight.ndim - 2)  # 2D (O, I, kH, kW) and 3D (O, I, kD, kH, kW) stems
     if in_channels == 1:
         if preprocessing is None or len(preprocessing.mean) != channels:
             out[stem_key] = weight.sum(dim=1, keepdim=True)
             return out, f"rgb-summed: {stem_key} summed over its {channels} input channels"
         mean = torch.tensor(preprocessing.mean, dtype=weight.dtype)
         std = torch.tensor(preprocessing.std, dtype=weight.dtype)
-        scale = (std.mean() / std).reshape(1, channels, 1, 1)
+        scale = (std.mean() / std).reshape(per_channel)
         out[stem_key] = (weight * scale).sum(dim=1, keepdim=True)
-        offset = ((mean.mean() - mean) / std).reshape(1, channels, 1, 1)
-        delta = preprocessing.post_scale * (weight * offset).sum(dim=(1, 2, 3))
+        offset = ((mean.mean() - mean) / std).reshape(per_channel)
+        delta = preprocessing.post_scale * (weight * offset).sum(dim=tuple(range(1, weight.ndim)))
         if stem_norm is not None:
             target = f"{stem_norm}.running_mean"
             out[target] = state[target] - delta
@@ -132,6 +133,6 @@ def adapt_stem(state: dict[str, torch.Tensor], stem_key: str, in_channels: int,
         return out, (f"rgb-summed: {stem_key} summed over its {channels} input channels, weighted by "
                      f"mean(std)/std; the mean offset folded into {target}")
     if channels == 1:
-        out[stem_key] = weight.repeat(1, in_channels, 1, 1) / in_channels
+        out[stem_key] = weight.repeat(1, in_channels, *[1] * (weight.ndim - 2)) / in_channels
         return out, f"gray-repeated: {stem_key} repeated over {in_channels} channels and divided by {in_channels}"
     raise WeightsError(f"the weights' first convolution takes {channels} channels; cannot adapt it to {in_channels}")

@@ -116,6 +116,14 @@ def encoder_dims_problem(encoder: Any) -> str | None:
             f"slices of volumes): use one of {known}")
 
 
+def check_encoder_dims(encoder: Any) -> None:
+    """Refuse a 3D encoder in the 2D bundles (:func:`encoder_dims_problem`) with a one-line
+    :class:`BundleError`; first in the bundles' ``initialize``, so before any network is built."""
+    problem = encoder_dims_problem(encoder)
+    if problem:
+        raise BundleError(problem)
+
+
 def parse_override(value: str) -> Any:
     """Command-line text → JSON value when it parses (``2``, ``1e-4``, ``true``, ``["PX"]``), else the string."""
     try:
@@ -180,8 +188,7 @@ def train_bundle(bundle: str | os.PathLike, config: str = "train", **overrides: 
         overrides["manifest"] = str(Path(overrides["manifest"]).resolve())
     overrides.setdefault("bundle_root", str(root))
     check_overrides(overrides)
-    if encoder_dims_problem(overrides.get("encoder")):
-        raise BundleError(encoder_dims_problem(overrides.get("encoder")))
+    check_encoder_dims(overrides.get("encoder"))  # before MONAI parses anything (the bundle checks it too)
     # MONAI's workflow logger announces "logging file set to False" on every run: keep stderr for
     # what matters (one-line errors from the CLI).
     logging.getLogger("monai.bundle.workflows").setLevel(logging.ERROR)

@@ -152,6 +152,7 @@ def _item(row: dict, root: Path) -> dict:
         "image": str(root / row["image"]),
         "image_path": str(root / row["image"]),  # kept when "image" becomes a tensor
         "item_id": row["item_id"],
+        "kind": row.get("kind", "") or "image",  # image | volume | cine (a cine's frames are times, not places)
         "fold": int(row["fold"]),
         "modality": row.get("modality", "") or "OT",
         "body_part": row.get("body_part", ""),

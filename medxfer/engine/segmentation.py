@@ -49,6 +49,13 @@ from .data import Cohort
 from .mlflow_run import load_best_checkpoint, log_outcome
 
 
+def foreground_dice(pred: torch.Tensor, truth: torch.Tensor) -> float:
+    """Foreground Dice of two binary masks of any shape; 1 when both are empty."""
+    p, t = pred.bool(), truth.bool()
+    total = p.sum().item() + t.sum().item()
+    return 1.0 if total == 0 else 2.0 * (p & t).sum().item() / total
+
+
 def dice_and_hd95(pred: torch.Tensor, truth: torch.Tensor,
                   spacing: Sequence[float] | None = None) -> tuple[float, float]:
     """Foreground Dice and 95th-percentile Hausdorff distance of two binary masks, 2D ``(H, W)`` or 3D
@@ -59,11 +66,10 @@ def dice_and_hd95(pred: torch.Tensor, truth: torch.Tensor,
     from monai.metrics import compute_hausdorff_distance
 
     p, t = pred.bool(), truth.bool()
-    inter, total = (p & t).sum().item(), p.sum().item() + t.sum().item()
-    if total == 0:
+    if not p.any() and not t.any():
         return 1.0, 0.0
-    dice = 2.0 * inter / total
-    if p.sum() == 0 or t.sum() == 0:
+    dice = foreground_dice(p, t)
+    if not p.any() or not t.any():
         return dice, math.nan
     onehot = lambda m: torch.stack([~m, m]).float()[None]  # noqa: E731
     hd = compute_hausdorff_distance(onehot(p), onehot(t), include_background=False, percentile=95,
@@ -208,11 +214,14 @@ class _Volume:
         self.preds: list[torch.Tensor] = []
         self.truths: list[torch.Tensor] = []
         self.dice: list[float] = []  # each slice's own 2D Dice
+        self.hd: list[float] = []  # and its own 2D HD95 in pixels
         self.best: tuple[int, np.ndarray, np.ndarray, np.ndarray, int] | None = None  # overlay candidate
 
-    def add(self, k: int, image: np.ndarray, truth: torch.Tensor, pred: torch.Tensor, dice: float) -> None:
+    def add(self, k: int, image: np.ndarray, truth: torch.Tensor, pred: torch.Tensor, dice: float,
+            hd: float) -> None:
         self.ks.append(k)
         self.dice.append(dice)
+        self.hd.append(hd)
         self.preds.append(pred)
         self.truths.append(truth)
         area = int(truth.sum()) * 2 + int(pred.sum())  # the slice with the most lesion shows best
@@ -220,7 +229,9 @@ class _Volume:
             self.best = (area, image, truth.numpy(), pred.numpy(), k)
 
     def score(self, image_size: int) -> tuple[dict, tuple | None]:
-        """The volume's per-case row (3D Dice / HD95 over its stacked slices) and its overlay."""
+        """The volume's per-case row (3D Dice / HD95 over its stacked slices) and its overlay. A cine's
+        frames are moments, not places: its Dice is over all frames together, its HD95 the mean of its
+        frames' own 2D HD95 (a distance across frames would count time as millimetres)."""
         order = np.argsort(self.ks)
         ks = [self.ks[i] for i in order]
         pred = torch.stack([self.preds[i] for i in order], dim=-1)
@@ -228,14 +239,20 @@ class _Volume:
         steps = set(np.diff(ks).tolist())
         regular = len(steps) <= 1  # all / every:K / range / center: evenly spaced slices
         step = int(steps.pop()) if len(steps) == 1 else 1
-        spacing = volume_spacing(self.item, image_size, step)
-        if spacing is None:  # no recorded spacing: the index grid (a slice step counts as one pixel)
+        spacing = None if self.item.get("kind") == "cine" else volume_spacing(self.item, image_size, step)
+        if self.item.get("kind") == "cine":
+            dice = foreground_dice(pred, truth)
+            defined = [h for h in self.hd if math.isfinite(h)]
+            hd_px = float(np.mean(defined)) if defined else math.nan
+            scale = mm_per_pixel(self.item, image_size)
+            hd_mm = hd_px * scale if scale is not None and math.isfinite(hd_px) else math.nan
+        elif spacing is None:  # no recorded spacing: the index grid (a slice step counts as one pixel)
             dice, hd_px = dice_and_hd95(pred, truth, (1.0, 1.0, float(step)))
             hd_mm = math.nan
         else:  # one HD95 in mm; in pixels with the in-plane pixel size as the unit
             dice, hd_mm = dice_and_hd95(pred, truth, spacing)
             hd_px = hd_mm / ((spacing[0] + spacing[1]) / 2)
-        if not regular:  # unevenly spaced slices: no single slice spacing, no distance
+        if not regular and self.item.get("kind") != "cine":  # uneven slices: no single slice spacing, no distance
             hd_px = hd_mm = math.nan
         row = {"item_id": self.item["item_id"], "fold": self.item["fold"], "dice": dice,
                "hd95_px": hd_px, "hd95_mm": hd_mm, "slices": len(ks),
@@ -300,7 +317,7 @@ def evaluate_items(network: torch.nn.Module, items: list[dict], transform, devic
                     raise ValueError(f"item {item['item_id']}: its slice samples are not consecutive")
                 volume = _Volume(item)
             image = batch["image"][j]
-            volume.add(z, image[image.shape[0] // 2].numpy(), truth, pred[j], dice)  # the centre channel of a slab
+            volume.add(z, image[image.shape[0] // 2].numpy(), truth, pred[j], dice, hd)  # the slab's centre channel
     flush()
     return result
 

@@ -151,19 +151,26 @@ class ModalityPresetd(MapTransform):
         def bounds(lower: float, upper: float) -> tuple[float, float] | None:
             return volume_percentiles(whole, lower, upper) if whole else None
 
+        def min_max() -> tuple[float, float]:  # only where a rule needs it: two passes over the data
+            return bounds(0.0, 100.0) or (float(arr.min()), float(arr.max()))
+
         if modality == "CT":
             return _window_scale(arr, *self.ct_window)
         if modality == "MR":
             return _percentile_scale(arr, *self.mr_percentiles, bounds(*self.mr_percentiles))
-        lo, hi = bounds(0.0, 100.0) or (float(arr.min()), float(arr.max()))
-        if modality == "US" or (modality == "OT" and hi <= 255 and lo >= 0 and not has_window):
+        if modality == "US":
             return np.clip(arr / 255.0, 0.0, 1.0)
+        if modality == "OT" and not has_window:
+            lo, hi = min_max()
+            if hi <= 255 and lo >= 0:
+                return np.clip(arr / 255.0, 0.0, 1.0)
         if modality == "MG":
             return _percentile_scale(arr, *self.xray_percentiles, bounds(*self.xray_percentiles))
         if has_window:
             return _window_scale(arr, center, width)
         if modality in PROJECTION:
             return _percentile_scale(arr, *self.xray_percentiles, bounds(*self.xray_percentiles))
+        lo, hi = min_max()
         return np.clip((arr - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(arr)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from medxfer.cli import main
 from medxfer.engine import BundleError, train_bundle
-from medxfer.engine.bundles import COMPONENT_KEYS, error_summary, root_cause
+from medxfer.engine.bundles import COMPONENT_KEYS, bundle_path, error_summary, root_cause
 
 
 SMALL = {"epochs": 1, "image_size": 32, "batch_size": 4, "modalities": ["PX"], "fold": 1}
@@ -85,6 +85,24 @@ def test_a_3d_encoder_in_a_2d_bundle_is_one_line_before_any_work(tmp_path, monke
     with pytest.raises(BundleError, match="use one of resnet18, "):
         train_bundle("classification", manifest=str(manifest), label="y", encoder="swinvit_3d")
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlruns").exists()
+
+
+@pytest.mark.parametrize("config", ["train", "multi_gpu_train"])
+@pytest.mark.parametrize("bundle", ["classification", "segmentation"])
+def test_the_bundles_own_initialize_refuses_a_3d_encoder_first(bundle, config):
+    """``python -m monai.bundle run`` and torchrun never pass through train_bundle: the bundle's own
+    ``initialize`` list checks the encoder first, before anything builds the network."""
+    from monai.bundle import ConfigParser
+
+    root = bundle_path(bundle) / "configs"
+    parser = ConfigParser()
+    parser.read_config([str(root / "train.json")] + ([str(root / f"{config}.json")] if config != "train" else []))
+    parser["encoder"] = "resnet18_3d"
+    assert parser["initialize"][0] == "$medxfer.engine.bundles.check_encoder_dims(@encoder)"
+    with pytest.raises(RuntimeError) as caught:  # MONAI wraps what an expression raises
+        parser.get_parsed_content("initialize#0")
+    assert isinstance(root_cause(caught.value), BundleError)
+    assert error_summary(caught.value).startswith("encoder 'resnet18_3d' is a 3D encoder; the bundles train 2D")
 
 
 def test_tracking_is_the_bundles_setting_not_a_file_monai_loads(dental_cohort, mlflow_store, tmp_path):

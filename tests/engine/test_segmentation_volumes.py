@@ -283,3 +283,22 @@ def test_msd_hippocampus_volumes_train_one_epoch(shared_data, tmp_path, store):
     assert len(rows) == 3 and all(0.0 <= float(r["dice"]) <= 1.0 for r in rows)
     depth = {r["item_id"]: r["shape"].split("x")[2] for r in csv.DictReader(open(tmp_path / "cohort" / "manifest.csv"))}
     assert all(r["slices"] == depth[r["item_id"]] for r in rows)  # every slice of each volume scored
+
+
+def test_a_cine_is_scored_frame_by_frame_not_as_a_volume():
+    """A cine's frames are moments: its HD95 is the mean of its frames' 2D HD95 (pixels, and mm by the
+    in-plane spacing), however many frames there are; a volume's stacked slices are scored in 3D."""
+    from medxfer.engine.segmentation import _Volume
+
+    truth = torch.zeros(32, 32, dtype=torch.bool)
+    truth[10:20, 10:20] = True
+    shifted = torch.roll(truth, 3, dims=0)  # the prediction 3 pixels off in every frame
+    item = {"item_id": "c1", "fold": 0, "kind": "cine", "spacing": [0.5, 0.5], "shape": [64, 64],
+            "image_path": "/nonexistent.nii"}  # a cine reads no header: nothing to open
+    for frames in (2, 6):
+        cine = _Volume(item)
+        for k in range(frames):
+            cine.add(2 * k, np.zeros((32, 32)), truth, shifted, *dice_and_hd95(shifted, truth))
+        row, _ = cine.score(image_size=32)
+        assert row["hd95_px"] == pytest.approx(3.0) and row["hd95_mm"] == pytest.approx(3.0 * 0.5 * 64 / 32)
+        assert row["dice"] == pytest.approx(dice_and_hd95(shifted, truth)[0]) and row["slices"] == frames

@@ -35,8 +35,9 @@ LAYOUTS = {
     "medicalnet": "MedicalNet checkpoint: {'state_dict': DataParallel 'module.*' keys of a 3D ResNet}",
     "swinunetr-ssl": "SwinUNETR SSL checkpoint: {'state_dict': 'module.patch_embed.*', 'module.layersN.0.*'}",
 }
-_MEDICALNET_HEAD = re.compile(r"^(conv_seg|fc)\.")
-_SWIN_HEAD = re.compile(r"^(rotation_pre|rotation_head|contrastive_pre|contrastive_head|conv)\.")
+# the heads each layout may carry: those its archs' records name (one place: encoders3d's ArchSpecs)
+_MEDICALNET_HEAD = re.compile(arch_spec("resnet18_3d").head_pattern)
+_SWIN_HEAD = re.compile(arch_spec("swinvit_3d").head_pattern)
 _SWIN_PREFIX = re.compile(r"^(swinViT|swin_vit)\.")
 _SWIN_MLP = re.compile(r"\.mlp\.fc([12])\.")
 _REASONS = {

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 
 from medxfer import synthetic
@@ -19,6 +20,12 @@ N = 8
 MARKERS = [-700 + 150 * ((5 * k) % N) for k in range(N)]  # HU of spatial slice k: distinct, not monotone
 NAME_ORDER = [3, 7, 0, 5, 1, 6, 2, 4]  # file name number of spatial slice k
 LABELLED = {1: "1", 4: "0", 6: "+subdural"}  # spatial slice -> label ("+…" is escaped in the CSV)
+UTF8_NAME = "山田^太郎"  # the CT series is re-written in UTF-8 (ISO_IR 192) under this patient name
+
+
+def _patient_folder(patient) -> str:
+    """The folder a PACS export might name after the patient: name and ID (the leak scans search both)."""
+    return f"{UTF8_NAME.replace('^', ' ')} {patient.patient_id}"
 
 
 def _export(src: Path, patient) -> tuple[synthetic.modalities.SeriesInfo, dict[str, str]]:
@@ -28,12 +35,17 @@ def _export(src: Path, patient) -> tuple[synthetic.modalities.SeriesInfo, dict[s
     info = synthetic.ct_series(src / "ct", patient, n_slices=N, rows=16, cols=16, volume=vol,
                                shuffle_instance_numbers=True)
     for k, p in enumerate(info.paths):
-        p.rename(p.with_name(f"img_{NAME_ORDER[k]:02d}.dcm"))
+        ds = pydicom.dcmread(p)
+        ds.SpecificCharacterSet, ds.PatientName = "ISO_IR 192", UTF8_NAME
+        ds.save_as(p.with_name(f"img_{NAME_ORDER[k]:02d}.dcm"), enforce_file_format=True)
+        p.unlink()
+    assert str(pydicom.dcmread(src / "ct" / "img_00.dcm").PatientName) == UTF8_NAME  # non-Latin, in UTF-8
     spatial = list(range(N))
     assert info.instance_numbers != [k + 1 for k in spatial] and NAME_ORDER != spatial
     assert np.argsort(info.instance_numbers).tolist() != np.argsort(NAME_ORDER).tolist()
-    xr = synthetic.radiograph(src / "xr.dcm", patient, rows=32, cols=32)
-    mr = synthetic.enhanced_mr(src / "mr.dcm", patient, frames=4, rows=16, cols=16)
+    folder = src / _patient_folder(patient)  # a patient-named folder, as exports have them
+    xr = synthetic.radiograph(folder / "xr.dcm", patient, rows=32, cols=32)
+    mr = synthetic.enhanced_mr(folder / "mr.dcm", patient, frames=4, rows=16, cols=16)
     return info, {xr.sop_uid: "image", mr.sop_uid: "multiframe"}
 
 
@@ -89,7 +101,8 @@ def test_each_label_sits_on_the_slice_of_its_instance(tmp_path, patient):
         "rows": 6, "matched_rows": 5, "unmatched_rows": 1, "ambiguous_rows": 0, "items_labelled": 2,
         "items_without_label": 0, "volumes_with_slice_labels": 1, "slices_labelled": 3}
     ids = [*info.sop_uids, *single, info.study_uid, info.series_uid, patient.patient_id,
-           *patient.name.split("^"), patient.birth_date, patient.accession]
+           *patient.name.split("^"), patient.birth_date, patient.accession, *UTF8_NAME.split("^"),
+           _patient_folder(patient)]
     assert find_identifiers(out, ids) == []
 
     # a re-run decodes nothing (the slice order comes from the index) and writes the same file

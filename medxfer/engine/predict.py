@@ -30,6 +30,7 @@ from ..core.hashing import sha256_file
 from ..ingest.manifest import escape_cell, read_manifest
 from ..models import Preprocessing, WeightsError, create_classifier, create_segmenter, load_strict
 from ..models.weights import safe_torch_load
+from ..transforms.presets import longest_side_size
 from ..tracking.layout import CHECKPOINT_ARTIFACT, PREDICTIONS_ARTIFACT, RUN_CONFIG_ARTIFACT
 from ..tracking.store import RunNotFound, download_run_artifact, get_run
 from .bundles import bundle_path
@@ -180,8 +181,7 @@ def _unpad(pred: torch.Tensor, width: int, height: int, image_size: int) -> torc
     """An argmax mask at network size back on a ``width`` × ``height`` grid (undoing resize-with-pad)."""
     import torch.nn.functional as F
 
-    scale = image_size / max(width, height)
-    new = [int(round(width * scale)), int(round(height * scale))]
+    new = longest_side_size((width, height), image_size)  # the forward step's own rounding
     before = [(image_size - n) // 2 for n in new]
     crop = pred[before[0]:before[0] + new[0], before[1]:before[1] + new[1]]
     return F.interpolate(crop[None, None], size=(width, height), mode="nearest")[0, 0]

@@ -7,10 +7,12 @@ import torch
 def prepare_batch(batchdata: dict, device: torch.device | str | None = None, non_blocking: bool = False,
                   **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
     """MONAI ``prepare_batch``: image and label to ``device``; on CUDA the image goes channels-last
-    (faster convolutions with cuDNN and tensor cores), and copies are non-blocking from pinned memory."""
+    (channels-last-3d for volumes: faster convolutions with cuDNN and tensor cores), and copies are
+    non-blocking from pinned memory."""
     image, label = batchdata["image"], batchdata["label"]
     device = torch.device(device) if device is not None else image.device
-    fmt = {"memory_format": torch.channels_last} if device.type == "cuda" and image.ndim == 4 else {}
+    formats = {4: torch.channels_last, 5: torch.channels_last_3d}
+    fmt = {"memory_format": formats[image.ndim]} if device.type == "cuda" and image.ndim in formats else {}
     return (image.to(device=device, non_blocking=non_blocking, **fmt),
             label.to(device=device, non_blocking=non_blocking))
 

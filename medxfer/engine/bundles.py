@@ -24,6 +24,7 @@ from typing import Any
 
 from ..core.errors import MedxferError
 from ..models.encoders import ARCHS
+from ..models.segmenter import PLAIN_SEGMENTERS, segmenter_dims
 
 BUNDLE_NAMES = ("classification", "segmentation")
 
@@ -107,19 +108,28 @@ def check_overrides(overrides: dict[str, Any], prefix: str = "") -> None:
             raise BundleError(f"{prefix}{key}{found[0]}: {found[1]}; settings are data, never code")
 
 
-def encoder_dims_problem(encoder: Any) -> str | None:
-    """A registered 3D encoder named for the 2D bundles: the one-line reason, else None."""
-    if not (isinstance(encoder, str) and encoder in ARCHS) or ARCHS[encoder].spatial_dims == 2:
+def encoder_dims_problem(encoder: Any, input: Any = "2d") -> str | None:
+    """An encoder whose dimensions do not fit ``input``: a 3D encoder (or a plain 3D segmenter) with
+    2D / 2.5D samples, a 2D encoder with ``input: 3d``. The one-line reason, else None (unknown names are
+    the registry's to report)."""
+    mode = str(input or "2d").lower()
+    if not isinstance(encoder, str) or (encoder not in ARCHS and encoder not in PLAIN_SEGMENTERS):
         return None
-    known = ", ".join(a for a, spec in ARCHS.items() if spec.spatial_dims == 2)
-    return (f"encoder {encoder!r} is a 3D encoder; the bundles train 2D networks (on 2D images and on "
-            f"slices of volumes): use one of {known}")
+    dims = segmenter_dims(encoder)
+    if mode == "3d" and dims == 2:
+        known = ", ".join([a for a, spec in ARCHS.items() if spec.spatial_dims == 3] + list(PLAIN_SEGMENTERS))
+        return f"encoder {encoder!r} is a 2D encoder; input: 3d feeds whole volumes to a 3D network: use one of {known}"
+    if mode != "3d" and dims == 3:
+        known = ", ".join(a for a, spec in ARCHS.items() if spec.spatial_dims == 2)
+        return (f"encoder {encoder!r} is a 3D network; input: {mode} trains a 2D network (on 2D images and on "
+                f"slices of volumes): set input: 3d, or use one of {known}")
+    return None
 
 
-def check_encoder_dims(encoder: Any) -> None:
-    """Refuse a 3D encoder in the 2D bundles (:func:`encoder_dims_problem`) with a one-line
-    :class:`BundleError`; first in the bundles' ``initialize``, so before any network is built."""
-    problem = encoder_dims_problem(encoder)
+def check_encoder_dims(encoder: Any, input: Any = "2d") -> None:
+    """Refuse an encoder whose dimensions do not fit ``input`` (:func:`encoder_dims_problem`) with a
+    one-line :class:`BundleError`; first in the bundles' ``initialize``, so before any network is built."""
+    problem = encoder_dims_problem(encoder, input)
     if problem:
         raise BundleError(problem)
 
@@ -188,7 +198,8 @@ def train_bundle(bundle: str | os.PathLike, config: str = "train", **overrides: 
         overrides["manifest"] = str(Path(overrides["manifest"]).resolve())
     overrides.setdefault("bundle_root", str(root))
     check_overrides(overrides)
-    check_encoder_dims(overrides.get("encoder"))  # before MONAI parses anything (the bundle checks it too)
+    check_encoder_dims(overrides.get("encoder"), overrides.get("input"))  # before MONAI parses anything (and again
+    # in the bundle, which knows its defaults)
     # MONAI's workflow logger announces "logging file set to False" on every run: keep stderr for
     # what matters (one-line errors from the CLI).
     logging.getLogger("monai.bundle.workflows").setLevel(logging.ERROR)

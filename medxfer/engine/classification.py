@@ -276,7 +276,9 @@ def finalize(network: torch.nn.Module, cohort: Cohort, run_config: dict[str, Any
         selection = load_best_checkpoint(FeatureHead(model) if features is not None else model, out, evaluator,
                                          "validation AUC")
     transform = classification_transforms(int(run_config["image_size"]), int(run_config["in_channels"]),
-                                          model.preprocessing, augment=False, views=model.views, fusion=model.fusion)
+                                          model.preprocessing, augment=False, views=model.views, fusion=model.fusion,
+                                          input=run_config.get("input"), roi_size=run_config.get("roi_size"),
+                                          spacing=run_config.get("spacing"))
     if features is not None:
         val_prob = predict_features(model, cohort.val, features, device)
         test_prob = predict_features(model, cohort.test, features, device)

@@ -49,6 +49,11 @@ class Cohort:
         return len(self.classes)
 
     @property
+    def volumetric(self) -> bool:
+        """Whether samples are whole volumes for a 3D network (``input: 3d``)."""
+        return self.input == "3d"
+
+    @property
     def sliced(self) -> bool:
         """Whether volumes / cines were cut into slice samples (results then aggregate per item)."""
         return self.slices is not None
@@ -143,11 +148,17 @@ def _window(row: dict, key: str) -> float:
     return float(row[key].split("\\")[0])
 
 
-def _item(row: dict, root: Path) -> dict:
-    # fixed-length metadata so any mix of items collates into a batch
-    shape = (parse_list(row.get("shape", ""), int) + [0, 0])[:2]
+def is_volume(row: dict) -> bool:
+    """A volume with three spatial axes: what ``input: 3d`` takes whole (not a cine, whose third axis is
+    time, nor a 4D series)."""
+    return row.get("kind") == "volume" and slice_count(row) > 0
+
+
+def _item(row: dict, root: Path, dims: int = 2) -> dict:
+    # fixed-length metadata so any mix of items collates into a batch (dims values: 3 in a 3D cohort)
+    shape = (parse_list(row.get("shape", ""), int) + [0] * dims)[:dims]
     spacing = parse_list(row.get("spacing", ""), float) if row.get("spacing_source") not in (None, "", "none") else []
-    spacing = (spacing + [math.nan, math.nan])[:2]
+    spacing = (spacing + [math.nan] * dims)[:dims]
     return {
         "image": str(root / row["image"]),
         "image_path": str(root / row["image"]),  # kept when "image" becomes a tensor
@@ -159,7 +170,7 @@ def _item(row: dict, root: Path) -> dict:
         "view": row.get("view", ""),
         "laterality": row.get("laterality", ""),
         "channels": int(row.get("channels") or 1),
-        "shape": shape,  # width, height (NIfTI x, y)
+        "shape": shape,  # width, height (NIfTI x, y), and slices in a 3D cohort
         "spacing": spacing,  # mm; NaN where no header gave one (raster images)
         "window_center": _window(row, "window_center"),
         "window_width": _window(row, "window_width"),
@@ -207,7 +218,8 @@ def load_cohort(manifest: str | os.PathLike, label: str, fold: int = 0, task: st
                 modalities: list[str] | None = None, mask_root: str | os.PathLike | None = None,
                 views: list[str] | None = None, group_by: list[str] | str | None = None, view_column: str = "view",
                 fusion: str = "late", localization: bool = False, input: str | None = "2d",
-                slices: str | None = None, aggregate: str | None = "mean") -> Cohort:
+                slices: str | None = None, aggregate: str | None = "mean",
+                segments: list[str] | None = None) -> Cohort:
     """Read ``manifest`` (``medxfer ingest`` + ``medxfer split``) into a :class:`Cohort`.
 
     Classification: ``label`` is the class column (rows without a value are skipped and counted);
@@ -220,7 +232,11 @@ def load_cohort(manifest: str | os.PathLike, label: str, fold: int = 0, task: st
     missing mask file is an error that names it.
 
     ``input``, ``slices`` and ``aggregate`` (:mod:`.slices`) cut volumes and cines into slice
-    samples; without ``slices`` (and with ``input: 2d``) only 2D items are used, as before. Per-slice
+    samples; without ``slices`` (and with ``input: 2d``) only 2D items are used, as before. ``input: 3d``
+    takes volumes whole (3D networks): 2D items and cines are left out and counted (``not_volume``).
+    Segmentation ``segments`` names the label values 1…n of the mask volumes (classes are then
+    ``background`` + those; default: a ``segments`` record of the manifest — ``1=Liver;2=Spine`` from
+    DICOM SEG / RTSTRUCT ingest — where all items share one, else binary: any nonzero is foreground). Per-slice
     labels (``slice_labels.csv`` beside the manifest, from a labels CSV keyed by SOPInstanceUID) give
     slices their own label; a volume labelled only per slice takes the class latest in class order
     among its slices (binary ``[negative, positive]``: positive when any slice is).
@@ -235,6 +251,9 @@ def load_cohort(manifest: str | os.PathLike, label: str, fold: int = 0, task: st
         raise CohortError(f"{path}: no such manifest (run medxfer ingest first)")
     input_mode, aggregate = check_input(input), check_aggregate(aggregate)
     selection = check_slices(slices)
+    if input_mode == "3d" and (selection is not None or views or localization):
+        what = "slices" if selection is not None else "views" if views else "localization"
+        raise CohortError(f"input: 3d feeds whole volumes to a 3D network: {what} does not apply (leave it unset)")
     if selection is None and input_mode == "2.5d":
         selection, slices = SliceSelection("all"), "all"
     if selection is not None and views:
@@ -256,7 +275,7 @@ def load_cohort(manifest: str | os.PathLike, label: str, fold: int = 0, task: st
         raise CohortError(f"{path}: no column {column!r}; columns: {', '.join(columns)}")
     root = path.parent
     skipped = {"other_modality": 0, "no_label": 0, "no_fold": 0, "volume": 0, "not_sliceable": 0,
-               "reference_image": 0, "other_class": 0, "no_labelled_slice": 0}
+               "reference_image": 0, "other_class": 0, "no_labelled_slice": 0, "not_volume": 0}
     references = reference_images(rows) if selection is not None else set()
     keep = {m.upper() for m in modalities} if modalities else None
     usable = []
@@ -267,6 +286,11 @@ def load_cohort(manifest: str | os.PathLike, label: str, fold: int = 0, task: st
             skipped["no_label"] += 1
         elif row.get("fold", "") == "":
             skipped["no_fold"] += 1
+        elif input_mode == "3d":
+            if is_volume(row):
+                usable.append(row)
+            else:
+                skipped["not_volume"] += 1  # a 2D image, a cine or a 4D series: not a 3D sample
         elif not is_2d(row) and selection is None:
             skipped["volume"] += 1  # 2D items only unless slices says how to cut volumes and cines
         elif not is_2d(row) and slice_count(row) == 0:
@@ -309,7 +333,11 @@ def load_cohort(manifest: str | os.PathLike, label: str, fold: int = 0, task: st
         if len(classes) < 2:
             raise CohortError(f"column {column!r} has a single class {classes}: nothing to classify")
     else:
-        classes = ["background", "foreground"]
+        if segments and input_mode != "3d":
+            raise CohortError("segments (one class per label value of the mask volumes) are for input: 3d; the "
+                              "2D bundles segment foreground (any nonzero mask value) against background")
+        named = (segments or _manifest_segments(usable)) if input_mode == "3d" else None
+        classes = ["background", *(named or ["foreground"])]
     if not usable:
         raise CohortError(f"{path}: no usable item (skipped: {({k: v for k, v in skipped.items() if v})})")
     folds = sorted({int(r["fold"]) for r in usable})
@@ -319,7 +347,7 @@ def load_cohort(manifest: str | os.PathLike, label: str, fold: int = 0, task: st
                     aggregate=aggregate)
     pairs = []
     for row in usable:
-        item = _item(row, root)
+        item = _item(row, root, 3 if input_mode == "3d" else 2)
         if task == "classification":
             item["label_name"] = class_of[row[column]]
             item["label"] = classes.index(item["label_name"])
@@ -350,6 +378,25 @@ def load_cohort(manifest: str | os.PathLike, label: str, fold: int = 0, task: st
         role = next(r for r, fs in roles.items() if item["fold"] in fs)
         getattr(cohort, role).append(item)
     return cohort
+
+
+def parse_segments(text: str) -> dict[int, str]:
+    """A manifest ``segments`` record (``1=Liver;2=Spine``) as ``{label value: name}``."""
+    out: dict[int, str] = {}
+    for part in filter(None, (p.strip() for p in str(text or "").split(";"))):
+        value, _, name = part.partition("=")
+        out[int(value)] = name.strip()
+    return out
+
+
+def _manifest_segments(rows: list[dict]) -> list[str] | None:
+    """The segment names of label values 1…n when every row records the same contiguous ``segments``
+    (DICOM SEG / RTSTRUCT ingest); None otherwise (binary: any nonzero is foreground)."""
+    records = {r.get("segments", "") for r in rows}
+    if len(records) != 1 or not next(iter(records)):
+        return None
+    found = parse_segments(next(iter(records)))
+    return [found[v] for v in sorted(found)] if sorted(found) == list(range(1, len(found) + 1)) else None
 
 
 def _numeric_order(values: list[str]) -> bool:

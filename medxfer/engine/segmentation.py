@@ -44,9 +44,11 @@ from ..tracking.layout import (CHECKPOINT_ARTIFACT, METRICS_ARTIFACT, PER_CASE_A
                                RUN_CONFIG_ARTIFACT)
 from ..transforms.masks import check_mask_grid
 from ..transforms.pipelines import segmentation_transforms
+from ..transforms.pipelines3d import segmentation_transforms_3d
 from .batches import batch_values
 from .data import Cohort
 from .mlflow_run import load_best_checkpoint, log_outcome
+from .segmentation3d import case_columns, evaluate_volumes, grid_spacing, summarize_volumes
 
 
 def foreground_dice(pred: torch.Tensor, truth: torch.Tensor) -> float:
@@ -133,7 +135,7 @@ def check_masks(cohort: Cohort) -> None:
     bad: list[str] = []
     for role in ("train", "val", "test"):
         for item in cohort.items(role):
-            if int(item.get("slice", -1)) < 0:
+            if int(item.get("slice", -1)) < 0 and not cohort.volumetric:
                 continue  # a 2D item: its mask is checked against the loaded image
             try:
                 check_mask_grid(item["item_id"], item["label"], item["image_path"])
@@ -349,6 +351,10 @@ def run_params(config: dict[str, Any], cohort: Cohort, network, manifest: str | 
                        **{f"data.n_{k}_samples": str(v) for k, v in cohort.sample_counts().items()},
                        "data.results_per": "volume (3D Dice and HD95 over its stacked slice samples; "
                                            "test_slice_dice: mean per-slice Dice)"})
+    if cohort.volumetric:
+        params.update({"input": "3d", "data.classes": ",".join(cohort.classes),
+                       "data.results_per": "volume (sliding-window prediction of the whole volume; Dice and HD95 "
+                                           "per class, test_dice their mean)"})
     params.update(weights_params(network.encoder))
     params["freeze.trainable_parameters"] = str(network.freeze_summary.trainable_parameters)
     return params
@@ -375,22 +381,33 @@ def finalize(network: torch.nn.Module, cohort: Cohort, run_config: dict[str, Any
     if selection is None:
         selection = load_best_checkpoint(model, out, evaluator,
                                          "validation Dice per volume" if cohort.sliced else "validation Dice")
-    size = int(run_config["image_size"])
-    transform = segmentation_transforms(size, int(run_config["in_channels"]), model.preprocessing, augment=False)
-    evaluation = evaluate_items(model, cohort.test, transform, device, size, batch_size)
-    metrics = summarize(evaluation.cases, slices=evaluation.slices if cohort.sliced else None)
-    columns = ["item_id", "fold", "dice", "hd95_px", "hd95_mm"] + (["slices", "slice_dice"] if cohort.sliced else [])
-    artifacts = [_write_csv(out / PER_CASE_ARTIFACT, columns, evaluation.cases)]
-    if cohort.sliced:
-        artifacts.append(_write_csv(out / PER_SLICE_ARTIFACT, ["item_id", "fold", "slice", "dice", "hd95_px"],
-                                    evaluation.slices))
+    if cohort.volumetric:  # whole volumes by sliding windows, scored per class
+        roi, spacing = run_config["roi_size"], grid_spacing(run_config.get("spacing"), model.preprocessing)
+        transform = segmentation_transforms_3d(roi, int(run_config["in_channels"]), model.preprocessing, augment=False,
+                                               num_classes=cohort.num_classes, spacing=spacing)
+        evaluation = evaluate_volumes(model, cohort.test, transform, device, cohort.classes, roi, spacing,
+                                      amp=bool(run_config.get("amp")))
+        metrics = summarize_volumes(evaluation.cases, cohort.classes)
+        artifacts = [_write_csv(out / PER_CASE_ARTIFACT, case_columns(cohort.classes), evaluation.cases)]
+    else:
+        size = int(run_config["image_size"])
+        transform = segmentation_transforms(size, int(run_config["in_channels"]), model.preprocessing, augment=False)
+        evaluation = evaluate_items(model, cohort.test, transform, device, size, batch_size)
+        metrics = summarize(evaluation.cases, slices=evaluation.slices if cohort.sliced else None)
+        columns = ["item_id", "fold", "dice", "hd95_px", "hd95_mm"] + (["slices", "slice_dice"] if cohort.sliced
+                                                                       else [])
+        artifacts = [_write_csv(out / PER_CASE_ARTIFACT, columns, evaluation.cases)]
+        if cohort.sliced:
+            artifacts.append(_write_csv(out / PER_SLICE_ARTIFACT, ["item_id", "fold", "slice", "dice", "hd95_px"],
+                                        evaluation.slices))
     overlays = plot_overlays(out / "overlays.png", *[list(x) for x in zip(*evaluation.overlays)]) \
         if evaluation.overlays else None
     head = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.")}
     checkpoint = save_checkpoint(out / CHECKPOINT_ARTIFACT, model.encoder, head=head,
                                  provenance={"task": "segmentation", "run_name": getattr(tracker, "name", ""),
-                                             "fold": cohort.fold})
-    summary = {"metrics": metrics, "model_selection": selection, "counts": cohort.counts(), "config": run_config}
+                                             "fold": cohort.fold, "classes": cohort.classes})
+    summary = {"metrics": metrics, "model_selection": selection, "counts": cohort.counts(), "config": run_config,
+               "classes": cohort.classes}
     if cohort.sliced:
         summary["sample_counts"] = cohort.sample_counts()
     atomic_write(out / METRICS_ARTIFACT, json.dumps(summary, indent=2, default=str) + "\n")

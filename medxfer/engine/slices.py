@@ -6,8 +6,9 @@ Three bundle keys (documented in the README, *Training → Volumes and cines*):
 - ``input``: ``2d`` — one slice or frame per sample; ``2.5d`` — slice k with its neighbours k−1 and
   k+1 as the three channels (the usual way to feed CT/MR to RGB-pretrained encoders). At the ends of
   the slice axis the missing neighbour repeats the end slice (replicate padding), so the first sample
-  of a volume is (0, 0, 1). A 2D image in a 2.5D cohort is its own three channels. ``3d`` belongs to
-  the native 3D bundles.
+  of a volume is (0, 0, 1). A 2D image in a 2.5D cohort is its own three channels. ``3d`` — the
+  whole volume is the sample, for a 3D network (:mod:`.volumes3d`); ``slices`` and ``aggregate`` do
+  not apply.
 - ``slices``: which slices become samples — ``all``, ``center`` (the middle one: index ``n // 2``),
   ``every:K`` (0, K, 2K, …), ``range:LO-HI`` (fractions of the extent, ``0.2-0.8`` keeps slices
   ``ceil(LO·(n−1)) … floor(HI·(n−1))``; never empty: a range narrower than one slice keeps the one
@@ -32,7 +33,7 @@ import numpy as np
 
 from ..core.errors import MedxferError
 
-INPUTS = ("2d", "2.5d")
+INPUTS = ("2d", "2.5d", "3d")
 SLICE_MODES = ("all", "center", "every:K", "range:LO-HI", "labelled")
 AGGREGATES = ("mean", "max", "top:K")
 _EVERY = re.compile(r"^every:(\d+)$")
@@ -45,10 +46,8 @@ class SliceSettingError(MedxferError, ValueError):
 
 
 def check_input(value: str | None) -> str:
-    """``2d`` or ``2.5d`` (``None`` is ``2d``); ``3d`` names the native 3D bundles."""
+    """``2d``, ``2.5d`` or ``3d`` (``None`` is ``2d``), lower-cased."""
     value = "2d" if value is None else str(value).lower()
-    if value == "3d":
-        raise SliceSettingError("input: 3d is for native 3D networks, not the 2D bundles; use 2d or 2.5d here")
     if value not in INPUTS:
         raise SliceSettingError(f"input: {value!r} is not one of {', '.join(INPUTS)}")
     return value

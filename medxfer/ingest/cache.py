@@ -118,7 +118,7 @@ def build_item(plan: ItemPlan, src: Path, out: Path, opts: DecodeOptions, header
     if _too_large(arr.shape, plan, res):
         return res
     try:
-        _write_nifti(arr, affine, target)
+        write_nifti(arr, affine, target)
     except OSError as exc:  # permissions: reported per file, the run goes on
         _raise_if_disk_full(exc, target)
         why = exc.strerror or type(exc).__name__
@@ -142,7 +142,8 @@ def _too_large(shape: tuple[int, ...], plan: ItemPlan, res: ItemResult) -> bool:
     return True
 
 
-def _nifti_header(shape: tuple[int, ...], dtype: np.dtype, affine: np.ndarray) -> nib.Nifti1Header:
+def _nifti_header(shape: tuple[int, ...], dtype: np.dtype, affine: np.ndarray, *,
+                  labels: bool = False) -> nib.Nifti1Header:
     hdr = nib.Nifti1Header()
     hdr.set_data_shape(shape)
     hdr.set_data_dtype(dtype)
@@ -151,7 +152,9 @@ def _nifti_header(shape: tuple[int, ...], dtype: np.dtype, affine: np.ndarray) -
     hdr.set_sform(affine, code=1)
     hdr.set_data_offset(NIFTI_DATA_OFFSET)
     hdr["scl_slope"], hdr["scl_inter"] = np.nan, np.nan
-    if len(shape) >= 3 and shape[-1] == 3 and dtype == np.uint8:
+    if labels:  # a label volume (NIFTI_INTENT_LABEL): never a colour vector, whatever its last axis
+        hdr.set_intent("label")
+    elif len(shape) >= 3 and shape[-1] == 3 and dtype == np.uint8:
         hdr.set_intent("vector")
     return hdr
 
@@ -171,9 +174,10 @@ def _part(path: Path) -> Path:
     return path.with_name(path.name + ".part" + "".join(path.suffixes))
 
 
-def _write_nifti(arr: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    """Write atomically. Uncompressed F-contiguous arrays (2D DICOM images: the (rows, cols) buffer
-    transposed) go out as header + one buffer write, without nibabel's chunked copy.
+def write_nifti(arr: np.ndarray, affine: np.ndarray, path: Path, *, labels: bool = False) -> None:
+    """Write atomically (``labels``: a label volume, with the NIfTI label intent). Uncompressed F-contiguous
+    arrays (2D DICOM images: the (rows, cols) buffer transposed) go out as header + one buffer write,
+    without nibabel's chunked copy.
 
     Not core.files.atomic_writer: nibabel saves by file name and picks gzip from its suffix, which
     the ``.part.nii[.gz]`` name keeps; a leftover ``.part`` file is removed by the next run's prune."""
@@ -182,10 +186,10 @@ def _write_nifti(arr: np.ndarray, affine: np.ndarray, path: Path) -> None:
     try:
         if path.suffix == ".nii" and arr.flags.f_contiguous and arr.dtype.byteorder in ("=", "<", "|"):
             with open(tmp, "wb") as f:
-                _write_header(f, _nifti_header(arr.shape, arr.dtype, affine))
+                _write_header(f, _nifti_header(arr.shape, arr.dtype, affine, labels=labels))
                 f.write(memoryview(arr.T if arr.ndim > 1 else arr).cast("B"))
         else:
-            img = nib.Nifti1Image(arr, affine, header=_nifti_header(arr.shape, arr.dtype, affine))
+            img = nib.Nifti1Image(arr, affine, header=_nifti_header(arr.shape, arr.dtype, affine, labels=labels))
             nib.save(img, tmp)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -7,6 +7,8 @@ unchanged source re-reads and re-decodes nothing. While a run works it saves its
 (a journal of finished header chunks and items): a re-run after a crash, even ``kill -9``, reuses what
 finished and ends as a clean run would. The index holds what the report and manifest hold (keyed
 digests of paths, geometry): no identifier. Cached images live in ``OUT/images/<ab>/<item_id>.nii``.
+A third, in-process pass (:mod:`.masks`) writes each DICOM SEG / RT structure set as a label volume on
+its image item's grid (``OUT/masks/<item_id>.nii.gz``, the manifest's ``mask`` and ``segments`` columns).
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from .cache import DecodeOptions, ItemResult, build_item, item_key
 from .deid import PathRedactor, Pseudonymizer
 from .index import (JOURNAL_FILE, STATE_DIR, IndexJournal, load_index, prune_images,
                     result_from_index, save_index)
+from .masks import MASK_COLUMNS, MaskPass, build_masks
 from .manifest import (MANIFEST_COLUMNS, MANIFEST_FILE, PATIENT_FIELD, SLICE_LABELS_FILE, LabelsError, format_list,
                        join_labels, load_labels, write_csv, write_slice_labels)
 from .scan.record import FileRecord
@@ -219,8 +222,10 @@ def ingest(
     tokens = set().union(*(rec.id_tokens for rec in records.values()))
     redact = PathRedactor(tokens, pseudo)
     show = lambda rel: _shown_path(rel, redact)  # noqa: E731
+    # SEG / RT structure sets -> label volumes on their items' grids (masks/), in-process
+    masks = build_masks(src, out, records, grouping, results, pseudo, redact, show)
     files, items_rows, report_warnings = _account(rels, used, grouping, results, modality, pseudo, show,
-                                                  superseded)
+                                                  superseded, masks.files)
     files += [{"path": show(rel), "status": "skipped", "item_id": None, "reason": reason, "category": "excluded"}
               for rel, reason in walked.excluded.items()]
     files += [{"path": show(rel), "status": "skipped", "item_id": None, "reason": reason, "category": LINK_OUTSIDE}
@@ -233,7 +238,9 @@ def ingest(
         label_table = load_labels(labels, key, pseudo, tokens, patient_column)
         label_counts, slice_rows = _join(label_table, items_rows, grouping, records, results)
     label_columns = [c for c in label_table.columns if c not in MANIFEST_COLUMNS] if label_table else []
-    columns = MANIFEST_COLUMNS + label_columns
+    mask_columns = MASK_COLUMNS if masks.present else []
+    report_warnings += masks.warnings + _put_masks(items_rows, masks)
+    columns = MANIFEST_COLUMNS + mask_columns + [c for c in label_columns if c not in mask_columns]
     manifest = out / MANIFEST_FILE
     fold_notes = reapply_folds(out, items_rows, columns)  # a split cohort keeps its folds (before the manifest goes)
     for msg in fold_notes:
@@ -244,6 +251,8 @@ def ingest(
     write_slice_labels(out / SLICE_LABELS_FILE, slice_rows, _slice_label_columns(label_columns))
 
     counts = _counts(files, items_rows, decoded, label_counts)
+    if masks.counts:
+        counts["masks"] = masks.counts
     if label_table is not None and label_table.dropped_columns:
         dropped = ", ".join(label_table.dropped_columns)
         report_warnings.append({"item_id": None,
@@ -270,6 +279,12 @@ def ingest(
     return result
 
 
+def _before_masks(old: dict) -> bool:
+    """A non-image record of an index written before SEG / RT structure sets became masks (it does not
+    name its SOP class): read again, it may be a mask object."""
+    return old.get("category") == "non_image" and "sop_class" not in (old.get("header") or {})
+
+
 def _header_pass(src: Path, rels: list[str], index: dict, pseudo: Pseudonymizer, pool,
                  progress: bool, journal: IndexJournal) -> tuple[dict[str, FileRecord], int]:
     """Header records for every file: from the index when size and mtime are unchanged, else read.
@@ -286,7 +301,7 @@ def _header_pass(src: Path, rels: list[str], index: dict, pseudo: Pseudonymizer,
             except OSError:
                 st = None
             if (st is not None and old["size"] == st.st_size and old["mtime_ns"] == st.st_mtime_ns
-                    and old["category"] not in RETRY_CATEGORIES):
+                    and old["category"] not in RETRY_CATEGORIES and not _before_masks(old)):
                 records[rel] = FileRecord.from_json({**old, "path": rel})
                 continue
         todo.append(rel)
@@ -411,9 +426,11 @@ def _pixel_pass(src: Path, out: Path, grouping: Grouping, records: dict[str, Fil
 
 
 def _account(rels, records, grouping: Grouping, results: dict[str, ItemResult], modality: str | None,
-             pseudo: Pseudonymizer, show: Callable[[str], str], superseded: dict[str, tuple[str, str, str]]):
+             pseudo: Pseudonymizer, show: Callable[[str], str], superseded: dict[str, tuple[str, str, str]],
+             mask_files: dict[str, dict]):
     """Every file exactly once in the report; one manifest row per item that produced an image.
-    ``show`` gives a path as the report shows it (redacted, escaped)."""
+    ``show`` gives a path as the report shows it (redacted, escaped); ``mask_files`` the entries of the
+    mask objects (:func:`~medxfer.ingest.masks.build_masks`)."""
     file_item: dict[str, str] = {}
     for plan in grouping.items:
         for f in plan.files:
@@ -440,6 +457,8 @@ def _account(rels, records, grouping: Grouping, results: dict[str, ItemResult], 
         entry = {"path": shown[rel], "status": "skipped", "item_id": None, "reason": rec.reason}
         if rec.kind == "skip":
             entry["category"] = rec.category
+        elif rel in mask_files:
+            entry.update(mask_files[rel])
         elif rel in conflict_of:
             c = conflict_of[rel]
             others = ", ".join(shown[f] for f in c.files if f != rel)
@@ -576,6 +595,26 @@ def _path_identity(rel: str, pseudo: Pseudonymizer) -> tuple[str, str, str]:
     patient = pseudo.digest("BIDSSubject", sub) if sub else pseudo.digest("FilePath", rel)
     study = pseudo.digest("BIDSSession", f"{sub}/{ses}") if sub else patient
     return patient, study, pseudo.digest("FileSeries", rel)
+
+
+def _put_masks(rows: list[dict], masks: MaskPass) -> list[dict]:
+    """Fill the ``mask`` / ``segments`` columns of the items that got a label volume (in place). A labels CSV
+    that gives an item a ``mask`` of its own keeps it (the user named it); such items are counted in the
+    returned warning."""
+    kept = 0
+    for r in rows:
+        cols = masks.columns.get(r["item_id"])
+        if cols is None:
+            continue
+        if r.get("mask"):
+            kept += 1
+            continue
+        r.update(cols)
+    if not kept:
+        return []
+    return [{"item_id": None, "message": f"{kept} item(s) have a DICOM mask object and a mask from the labels CSV: "
+                                         "the labels CSV's mask is in the manifest (the DICOM label volumes are "
+                                         "under masks/)"}]
 
 
 def _per_slice(table, plan: ItemPlan) -> bool:

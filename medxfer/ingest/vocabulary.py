@@ -28,10 +28,12 @@ PATH_IDENTIFIERS = ("PatientID", "OtherPatientIDs", "PatientName", "OtherPatient
 # SOP classes that carry pixel data but are not images to train on.
 NON_IMAGE_WITH_PIXELS = {
     "RTDoseStorage": "RT Dose grid",
-    "SegmentationStorage": "DICOM SEG segmentation object",
     "EncapsulatedPDFStorage": "encapsulated PDF",
     "RawDataStorage": "raw data",
 }
+# Mask objects ingest turns into label volumes on the grid of the image item they reference
+# (:mod:`medxfer.ingest.masks`): SOP class keyword -> the short name the report uses.
+MASK_SOP_CLASSES = {"SegmentationStorage": "DICOM SEG", "RTStructureSetStorage": "RT structure set"}
 # ImageLaterality / Laterality defined terms (left, right, both, unpaired).
 LATERALITIES = ("L", "R", "B", "U")
 

@@ -9,14 +9,14 @@ from .encoders import ARCHS, ArchSpec, Encoder, arch_spec, build_encoder, flexun
 from .factory import create_encoder, weights_params
 from .freeze import FreezeSummary, apply_freeze, parameter_groups, parse_policy
 from .preprocessing import PRESETS, Preprocessing, preset
-from .segmenter import create_segmenter
+from .segmenter import PLAIN_SEGMENTERS, create_segmenter, segmenter_dims
 from .weights import (FORMATS, WeightsError, WeightsRecord, adapt_stem, convert_weights, import_weights, list_weights,
                       load_strict, register_source_scheme, resolve_weights, save_checkpoint)
 
 __all__ = [
-    "ARCHS", "ArchSpec", "Classifier", "Encoder", "FORMATS", "FreezeSummary", "PRESETS",
+    "ARCHS", "ArchSpec", "Classifier", "Encoder", "FORMATS", "FreezeSummary", "PLAIN_SEGMENTERS", "PRESETS",
     "Preprocessing", "WeightsError", "WeightsRecord", "adapt_stem", "apply_freeze", "arch_spec", "build_encoder",
     "convert_weights", "create_classifier", "create_encoder", "create_segmenter", "flexunet_name", "import_weights",
     "list_weights", "load_strict", "parameter_groups", "parse_policy", "preset", "register_source_scheme",
-    "resolve_weights", "save_checkpoint", "weights_params",
+    "resolve_weights", "save_checkpoint", "segmenter_dims", "weights_params",
 ]

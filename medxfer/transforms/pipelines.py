@@ -13,6 +13,7 @@ from ..models.classifier import view_channels
 from ..models.preprocessing import Preprocessing
 from .masks import LoadMaskd, MirrorLikePresetd
 from .multiview import FuseViewsd, LoadViewsd
+from .pipelines3d import classification_transforms_3d, segmentation_transforms_3d
 from .presets import LoadItemd, ModalityPresetd, ResizeWithPadd
 from .weights_norm import WeightsNormalized
 
@@ -41,10 +42,15 @@ def augmentations(keys: Sequence[str] = ("image",), flip: bool = False, modes: S
 
 
 def classification_transforms(image_size: int, in_channels: int, preprocessing: Preprocessing | dict,
-                              augment: bool, views: Sequence[str] | None = None, fusion: str = "late") -> Compose:
+                              augment: bool, views: Sequence[str] | None = None, fusion: str = "late",
+                              input: str | None = "2d", roi_size: Sequence[int] | None = None,
+                              spacing: Sequence[float] | None = None) -> Compose:
     """The full pipeline: deterministic part, augmentation (training only), weights normalisation.
 
-    With ``views`` the items are multi-view samples (:mod:`medxfer.engine.multiview`)."""
+    With ``views`` the items are multi-view samples (:mod:`medxfer.engine.multiview`); with
+    ``input: 3d`` whole volumes fitted to ``roi_size`` (:mod:`.pipelines3d`)."""
+    if str(input or "2d").lower() == "3d":
+        return classification_transforms_3d(roi_size, in_channels, preprocessing, augment, spacing)
     if views:
         return multiview_transforms(image_size, in_channels, preprocessing, augment, views, fusion)
     steps = deterministic_transforms(image_size, in_channels)
@@ -72,12 +78,20 @@ def multiview_transforms(image_size: int, in_channels: int, preprocessing, augme
 
 
 def segmentation_transforms(image_size: int, in_channels: int, preprocessing: Preprocessing | dict,
-                            augment: bool) -> Compose:
+                            augment: bool, input: str | None = "2d", roi_size: Sequence[int] | None = None,
+                            num_classes: int = 2, foreground_ratio: float = 0.5, num_samples: int = 2,
+                            spacing: Sequence[float] | None = None) -> Compose:
     """Image and mask: load, preset, resize-with-pad (mask nearest), augmentation, normalisation.
+
+    ``input: 3d``: whole volumes and label volumes, random ``roi_size`` patches in training
+    (:func:`.pipelines3d.segmentation_transforms_3d`).
 
     A slice sample of a volume (:mod:`medxfer.engine.slices`) loads its slab as the image channels
     (one slice, or k−1, k, k+1 for 2.5D, scaled per volume) and slice ``k`` of the mask volume as
     its mask (:class:`.masks.LoadMaskd`); one random augmentation moves both alike."""
+    if str(input or "2d").lower() == "3d":
+        return segmentation_transforms_3d(roi_size, in_channels, preprocessing, augment, num_classes,
+                                          foreground_ratio, num_samples, spacing)
     if image_size % 32:
         raise ValueError(f"image_size {image_size}: the UNet needs a multiple of 32")
     # no mirroring of right mammograms here: masks and predicted NIfTI masks stay on the image grid

@@ -70,9 +70,9 @@ def test_train_cli_refuses_an_expression_override_in_one_line(tmp_path, monkeypa
     assert not marker.exists()
 
 
-def test_a_3d_encoder_in_a_2d_bundle_is_one_line_before_any_work(tmp_path, monkeypatch):
-    """The 3D encoders share the registry with the 2D ones; the 2D bundles refuse them up front
-    instead of failing inside the first convolution."""
+def test_a_3d_encoder_with_2d_input_is_one_line_before_any_work(tmp_path, monkeypatch):
+    """The 3D encoders share the registry with the 2D ones; a bundle running 2D / 2.5D samples refuses
+    them up front (pointing at input: 3d) instead of failing inside the first convolution."""
     monkeypatch.chdir(tmp_path)
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("item_id,image,fold,y\n")
@@ -81,7 +81,8 @@ def test_a_3d_encoder_in_a_2d_bundle_is_one_line_before_any_work(tmp_path, monke
                                            "--encoder", "resnet18_3d"])
         assert result.exit_code == 2
         (line,) = result.stderr.strip().splitlines()
-        assert line.startswith("medxfer: error: encoder 'resnet18_3d' is a 3D encoder; the bundles train 2D")
+        assert line.startswith("medxfer: error: encoder 'resnet18_3d' is a 3D network; input: 2d trains a 2D network")
+        assert "set input: 3d" in line
     with pytest.raises(BundleError, match="use one of resnet18, "):
         train_bundle("classification", manifest=str(manifest), label="y", encoder="swinvit_3d")
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlruns").exists()
@@ -89,7 +90,7 @@ def test_a_3d_encoder_in_a_2d_bundle_is_one_line_before_any_work(tmp_path, monke
 
 @pytest.mark.parametrize("config", ["train", "multi_gpu_train"])
 @pytest.mark.parametrize("bundle", ["classification", "segmentation"])
-def test_the_bundles_own_initialize_refuses_a_3d_encoder_first(bundle, config):
+def test_the_bundles_own_initialize_refuses_a_3d_encoder_with_2d_input_first(bundle, config):
     """``python -m monai.bundle run`` and torchrun never pass through train_bundle: the bundle's own
     ``initialize`` list checks the encoder first, before anything builds the network."""
     from monai.bundle import ConfigParser
@@ -98,11 +99,11 @@ def test_the_bundles_own_initialize_refuses_a_3d_encoder_first(bundle, config):
     parser = ConfigParser()
     parser.read_config([str(root / "train.json")] + ([str(root / f"{config}.json")] if config != "train" else []))
     parser["encoder"] = "resnet18_3d"
-    assert parser["initialize"][0] == "$medxfer.engine.bundles.check_encoder_dims(@encoder)"
+    assert parser["initialize"][0] == "$medxfer.engine.bundles.check_encoder_dims(@encoder, @input)"
     with pytest.raises(RuntimeError) as caught:  # MONAI wraps what an expression raises
         parser.get_parsed_content("initialize#0")
     assert isinstance(root_cause(caught.value), BundleError)
-    assert error_summary(caught.value).startswith("encoder 'resnet18_3d' is a 3D encoder; the bundles train 2D")
+    assert error_summary(caught.value).startswith("encoder 'resnet18_3d' is a 3D network; input: 2d trains a 2D")
 
 
 def test_tracking_is_the_bundles_setting_not_a_file_monai_loads(dental_cohort, mlflow_store, tmp_path):

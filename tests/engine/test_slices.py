@@ -92,9 +92,8 @@ def test_a_bad_slices_value_is_a_clear_error(value, message):
 
 
 def test_bad_input_and_aggregate_values_are_clear_errors():
-    with pytest.raises(SliceSettingError, match="input: 3d is for native 3D networks.*use 2d or 2.5d"):
-        check_input("3d")
-    with pytest.raises(SliceSettingError, match=r"input: '25d' is not one of 2d, 2\.5d"):
+    assert check_input("3D") == "3d"  # whole volumes for the 3D networks
+    with pytest.raises(SliceSettingError, match=r"input: '25d' is not one of 2d, 2\.5d, 3d"):
         check_input("25d")
     for bad in ("median", "top:0", "top:", "top:k", "max:2"):
         with pytest.raises(SliceSettingError, match=rf"aggregate: '{bad}' is not one of mean, max, top:K \(K >= 1\)"):
@@ -112,8 +111,7 @@ def test_two_and_a_half_d_needs_a_three_channel_network():
     with pytest.raises(SliceSettingError, match=r"input: 2\.5d makes 3-channel samples.*in_channels is 1: set "
                                                 r"in_channels: 3"):
         check_channels("2.5d", 1)
-    with pytest.raises(SliceSettingError, match="input: 3d"):
-        check_channels("3d", 3)
+    check_channels("3d", 1)  # a volume is one channel for the 3D networks
 
 
 def test_a_slab_is_the_slice_and_its_neighbours_with_the_end_slice_repeated():

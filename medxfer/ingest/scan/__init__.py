@@ -10,6 +10,7 @@ format, view, laterality) that the series grouping and the pixel pass need.
 * :mod:`.header` — ``dcmread`` up to the pixels and :class:`FastHeader`, the raw-element value reader;
 * :mod:`.classify` — a DICOM file: an image, or skipped with a reason (DICOMDIR, no pixels, no decoder …);
 * :mod:`.summary` — an image's de-identified header summary;
+* :mod:`.references` — what a DICOM SEG / RT structure set refers to (keyed digests), for the mask pass;
 * :mod:`.record` — :class:`FileRecord`, what the pass keeps per file.
 
 The DICOM vocabularies live in :mod:`medxfer.ingest.vocabulary` and error scrubbing in

@@ -1,10 +1,12 @@
 """Decide what a DICOM file is: an image to ingest, or a skip with a reason a person can act on.
 
 A file is skipped when its header does not read, when it is a DICOMDIR, carries no pixel data or
-non-image pixels (RT Dose, SEG, PDF …), when an element the pixel pass needs is missing or holds a
+non-image pixels (RT Dose, PDF …), when an element the pixel pass needs is missing or holds a
 value outside its defined terms, or when no installed decoder handles its transfer syntax. An image
 gets its header summary (:func:`~medxfer.ingest.scan.summary.summarize`). Nothing here raises for a
 bad file, and no reason quotes a header value: only registered names and defined terms.
+A DICOM SEG or RT structure set becomes a ``mask`` record (:func:`~medxfer.ingest.scan.references.mask_header`):
+the mask pass (:mod:`medxfer.ingest.masks`) turns it into a label volume on its image item's grid.
 """
 from __future__ import annotations
 
@@ -16,9 +18,10 @@ from pydicom.uid import UID
 
 from ..deid import Pseudonymizer, path_tokens
 from ..scrub import describe_error
-from ..vocabulary import NON_IMAGE_WITH_PIXELS, PATH_IDENTIFIERS
+from ..vocabulary import MASK_SOP_CLASSES, NON_IMAGE_WITH_PIXELS, PATH_IDENTIFIERS, registered_sop_class
 from .header import PIXEL_DATA_TAG_BE, PIXEL_DATA_TAG_LE, FastHeader, read_header, text_value
 from .record import FileRecord
+from .references import mask_header
 from .summary import photometric, summarize
 
 
@@ -81,6 +84,12 @@ def _classify_dicom(fh: FastHeader, rec: FileRecord, pseudo: Pseudonymizer, pixe
         rec.kind, rec.category = "skip", "dicomdir"
         rec.reason = f"DICOMDIR index ({n} directory records, no pixels); the files it lists are ingested on their own"
         return rec
+    if sop_class.keyword in MASK_SOP_CLASSES:  # a SEG / RT structure set: a label volume in the mask pass
+        rec.kind, rec.header = "mask", mask_header(ds, pseudo, MASK_SOP_CLASSES[sop_class.keyword])
+        rec.header["sop_class"] = registered_sop_class(sop_class)
+        return rec
+    # non-image records name their SOP class (a record without it predates the mask pass: read again)
+    rec.header = {"sop_class": registered_sop_class(sop_class)}
     if not _has_pixel_data(ds, pixel_element, full):
         rec.category = "non_image"
         if "Image Storage" in sop_name:

@@ -8,7 +8,8 @@ from typing import Any
 @dataclass
 class FileRecord:
     """What the header pass learned about one file. ``kind`` is one of
-    ``dicom`` (an image), ``nifti``, ``raster`` (PNG/JPEG/PGM/TIFF), or ``skip`` (with ``reason``)."""
+    ``dicom`` (an image), ``nifti``, ``raster`` (PNG/JPEG/PGM/TIFF), ``mask`` (a DICOM SEG or RT structure
+    set, for :mod:`medxfer.ingest.masks`), or ``skip`` (with ``reason``)."""
 
     path: str  # relative to SRC, POSIX separators
     size: int

@@ -1,0 +1,175 @@
+"""Native 3D in the bundles (``input: 3d``): whole-volume cohorts, patch training, sliding-window
+validation and test, Dice / HD95 per volume and per class; 3D classification; dimension checks."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medxfer.engine import BundleError, CohortError, load_cohort, train_bundle
+from medxfer.engine.bundles import encoder_dims_problem, error_summary
+from medxfer.engine.segmentation3d import case_columns, class_scores, inferer, summarize_volumes
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SHAPE, SPACING = (32, 32, 24), (1.0, 1.0, 2.0)
+
+
+def _volume(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """An MR-like volume with two touching boxes: label 1 (bright) in front of label 2 (brighter)."""
+    x0, y0, z0 = (int(v) for v in rng.integers(6, 12, 3))
+    labels = np.zeros(SHAPE, dtype=np.uint8)
+    labels[x0:x0 + 8, y0:y0 + 10, z0:z0 + 5] = 1
+    labels[x0 + 8:x0 + 14, y0:y0 + 10, z0:z0 + 5] = 2
+    image = rng.normal(100, 15, SHAPE).astype(np.float32)
+    image[labels == 1] += 150
+    image[labels == 2] += 300
+    return image, labels
+
+
+@pytest.fixture(scope="module")
+def cohort3d(tmp_path_factory) -> Path:
+    """9 volumes + label volumes (values 1, 2), a class column ``size``, 2D PNGs beside them; 3 folds."""
+    from PIL import Image
+
+    from medxfer.ingest import ingest, split
+
+    root = tmp_path_factory.mktemp("cohort3d")
+    (root / "src").mkdir()
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(3)
+    rows = []
+    for i in range(9):
+        image, labels = _volume(rng)
+        nib.save(nib.Nifti1Image(image, np.diag([*SPACING, 1.0])), root / "src" / f"v{i}.nii.gz")
+        nib.save(nib.Nifti1Image(labels, np.diag([*SPACING, 1.0])), root / "masks" / f"v{i}.nii.gz")
+        rows.append({"image": f"v{i}.nii.gz", "mask": str(root / "masks" / f"v{i}.nii.gz"), "size": ["a", "b"][i % 2]})
+    Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(root / "src" / "photo.png")  # a 2D item
+    rows.append({"image": "photo.png", "mask": str(root / "masks" / "v0.nii.gz"), "size": "a"})
+    with open(root / "labels.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, ["image", "mask", "size"])
+        writer.writeheader()
+        writer.writerows(rows)
+    ingest(root / "src", root / "cohort", labels=root / "labels.csv", key="image", modality="MR", workers=1)
+    split(root / "cohort", 3, seed=0)
+    return root / "cohort" / "manifest.csv"
+
+
+# ----------------------------------------------------------------------------- cohort
+
+
+def test_a_3d_cohort_takes_whole_volumes_and_counts_what_it_leaves_out(cohort3d):
+    cohort = load_cohort(cohort3d, "mask", task="segmentation", input="3d", segments=["anterior", "posterior"])
+    assert cohort.volumetric and not cohort.sliced
+    assert cohort.classes == ["background", "anterior", "posterior"]
+    assert sum(cohort.counts().values()) == 9 and cohort.skipped == {"not_volume": 1}
+    item = cohort.train[0]
+    assert item["shape"] == list(SHAPE) and item["spacing"] == list(SPACING) and item["slice"] == -1
+    binary = load_cohort(cohort3d, "mask", task="segmentation", input="3d")
+    assert binary.classes == ["background", "foreground"]  # no segments named: any nonzero is foreground
+
+
+def test_slices_views_and_segments_are_refused_where_they_do_not_apply(cohort3d):
+    with pytest.raises(CohortError, match="input: 3d feeds whole volumes to a 3D network: slices does not apply"):
+        load_cohort(cohort3d, "mask", task="segmentation", input="3d", slices="all")
+    with pytest.raises(CohortError, match="segments .* are for input: 3d"):
+        load_cohort(cohort3d, "mask", task="segmentation", input="2.5d", segments=["a", "b"])
+
+
+def test_encoder_dimensions_must_fit_the_input():
+    assert encoder_dims_problem("resnet18_3d", "3d") is None and encoder_dims_problem("unet_3d", "3D") is None
+    assert encoder_dims_problem("resnet18", "2.5d") is None
+    assert "set input: 3d" in encoder_dims_problem("resnet18_3d", "2d")
+    problem = encoder_dims_problem("resnet18", "3d")
+    assert "unet_3d" in problem and "resnet18_3d" in problem
+    with pytest.raises(BundleError, match=r"^encoder 'resnet50' is a 2D encoder; input: 3d"):
+        train_bundle("segmentation", manifest="none.csv", encoder="resnet50", input="3d")
+
+
+# ----------------------------------------------------------------------------- scores
+
+
+def test_per_class_dice_and_hd95_in_mm():
+    truth = torch.zeros(20, 20, 10, dtype=torch.long)
+    truth[4:10, 4:10, 2:6] = 1
+    truth[12:16, 4:10, 2:6] = 2
+    pred = truth.clone()
+    pred[pred == 2] = 0
+    pred[13:17, 4:10, 2:6] = 2  # class 2 one voxel off along x
+    dice, hd = class_scores(pred, truth, 3, spacing=(2.0, 1.0, 1.0))
+    assert dice[0] == 1.0 and hd[0] == 0.0
+    assert dice[1] == pytest.approx(2 * 3 / 8) and hd[1] == pytest.approx(2.0)  # one voxel = 2 mm along x
+    absent = class_scores(torch.zeros_like(truth), truth, 3, None)
+    assert absent[0] == [0.0, 0.0] and all(np.isnan(absent[1]))
+    empty = class_scores(torch.zeros_like(truth), torch.zeros_like(truth), 3, None)
+    assert empty == ([1.0, 1.0], [0.0, 0.0])
+
+
+def test_volume_summary_and_columns_name_every_class():
+    rows = [{"item_id": "a", "dice": 0.8, "hd95_px": 2.0, "hd95_mm": 2.0, "dice_anterior": 0.7, "dice_posterior": 0.9,
+             "hd95_mm_anterior": 1.0, "hd95_mm_posterior": 3.0},
+            {"item_id": "b", "dice": 0.4, "hd95_px": float("nan"), "hd95_mm": float("nan"), "dice_anterior": 0.0,
+             "dice_posterior": 0.8, "hd95_mm_anterior": float("nan"), "hd95_mm_posterior": float("nan")}]
+    out = summarize_volumes(rows, ["background", "Anterior", "posterior"])
+    assert out["test_dice"] == pytest.approx(0.6) and out["test_dice_anterior"] == pytest.approx(0.35)
+    assert out["test_hd95_mm_posterior"] == 3.0 and out["test_hd95_undefined_cases"] == 1.0
+    assert case_columns(["background", "Anterior Hippocampus"])[-2:] == ["dice_anterior_hippocampus",
+                                                                           "hd95_mm_anterior_hippocampus"]
+
+
+def test_validation_infers_3d_volumes_by_sliding_windows():
+    from monai.inferers import SimpleInferer, SlidingWindowInferer
+
+    sliding = inferer("3d", [32, 32, 32])
+    assert isinstance(sliding, SlidingWindowInferer) and tuple(sliding.roi_size) == (32, 32, 32)
+    assert isinstance(inferer("2.5d"), SimpleInferer)
+    seen = []
+    def network(x):
+        seen.append(tuple(x.shape[2:]))
+        return x.repeat(1, 3, 1, 1, 1)
+
+    out = sliding(torch.zeros(1, 1, 40, 33, 20), network)
+    assert tuple(out.shape) == (1, 3, 40, 33, 20) and set(seen) == {(32, 32, 32)}  # windows of the ROI, padded
+
+
+# ----------------------------------------------------------------------------- bundles
+
+
+@pytest.mark.parametrize("encoder", ["resnet10_3d", "unet_3d"])
+def test_the_segmentation_bundle_trains_3d_and_scores_each_class_per_volume(cohort3d, store, encoder):
+    result = train_bundle("segmentation", manifest=str(cohort3d), label="mask", encoder=encoder, input="3d",
+                          roi_size=[32, 32, 32], segments=["anterior", "posterior"], epochs=1, batch_size=2,
+                          num_samples=2, decoder_channels=[32, 16, 16, 8, 8])
+    rows = list(csv.DictReader(open(result.output_dir / "per_case.csv")))
+    test = load_cohort(cohort3d, "mask", task="segmentation", input="3d").counts()["test"]
+    assert len(rows) == test and test >= 2  # one row per test volume
+    assert list(rows[0]) == ["item_id", "fold", "dice", "hd95_px", "hd95_mm", "dice_anterior", "dice_posterior",
+                             "hd95_mm_anterior", "hd95_mm_posterior"]
+    for row in rows:
+        per_class = [float(row["dice_anterior"]), float(row["dice_posterior"])]
+        assert float(row["dice"]) == pytest.approx(np.mean(per_class))
+    metrics = json.loads((result.output_dir / "metrics.json").read_text())
+    assert metrics["classes"] == ["background", "anterior", "posterior"]
+    assert {"test_dice", "test_dice_anterior", "test_dice_posterior", "test_hd95_mm_anterior"} <= set(result.metrics)
+    config = json.loads((result.output_dir / "run_config.json").read_text())
+    assert config["input"] == "3d" and config["roi_size"] == [32, 32, 32]
+
+
+def test_a_plain_baseline_takes_no_pretrained_weights(cohort3d, store):
+    with pytest.raises(Exception) as info:
+        train_bundle("segmentation", manifest=str(cohort3d), label="mask", encoder="unet_3d", input="3d",
+                     weights="imagenet", roi_size=[32, 32, 32], epochs=1)
+    assert error_summary(info.value).startswith("unet_3d is a plain MONAI baseline trained from scratch: weights "
+                                                "must be scratch and freeze none (got weights 'imagenet'")
+
+
+def test_the_classification_bundle_trains_on_whole_volumes(cohort3d, store):
+    result = train_bundle("classification", manifest=str(cohort3d), label="size", encoder="resnet10_3d", input="3d",
+                          roi_size=[32, 32, 32], epochs=1, batch_size=2)
+    rows = list(csv.DictReader(open(result.output_dir / "predictions.csv")))
+    assert len(rows) == load_cohort(cohort3d, "size", input="3d").counts()["test"] and "test_auc" in result.metrics

@@ -108,16 +108,17 @@ def check_overrides(overrides: dict[str, Any], prefix: str = "") -> None:
             raise BundleError(f"{prefix}{key}{found[0]}: {found[1]}; settings are data, never code")
 
 
-def encoder_dims_problem(encoder: Any, input: Any = "2d") -> str | None:
+def encoder_dims_problem(encoder: Any, input: Any = "2d", task: str = "segmentation") -> str | None:
     """An encoder whose dimensions do not fit ``input``: a 3D encoder (or a plain 3D segmenter) with
     2D / 2.5D samples, a 2D encoder with ``input: 3d``. The one-line reason, else None (unknown names are
-    the registry's to report)."""
+    the registry's to report). ``task`` decides which 3D names it suggests (plain segmenters segment only)."""
     mode = str(input or "2d").lower()
     if not isinstance(encoder, str) or (encoder not in ARCHS and encoder not in PLAIN_SEGMENTERS):
         return None
     dims = segmenter_dims(encoder)
     if mode == "3d" and dims == 2:
-        known = ", ".join([a for a, spec in ARCHS.items() if spec.spatial_dims == 3] + list(PLAIN_SEGMENTERS))
+        plain = list(PLAIN_SEGMENTERS) if task == "segmentation" else []
+        known = ", ".join([a for a, spec in ARCHS.items() if spec.spatial_dims == 3] + plain)
         return f"encoder {encoder!r} is a 2D encoder; input: 3d feeds whole volumes to a 3D network: use one of {known}"
     if mode != "3d" and dims == 3:
         known = ", ".join(a for a, spec in ARCHS.items() if spec.spatial_dims == 2)
@@ -126,10 +127,10 @@ def encoder_dims_problem(encoder: Any, input: Any = "2d") -> str | None:
     return None
 
 
-def check_encoder_dims(encoder: Any, input: Any = "2d") -> None:
+def check_encoder_dims(encoder: Any, input: Any = "2d", task: str = "segmentation") -> None:
     """Refuse an encoder whose dimensions do not fit ``input`` (:func:`encoder_dims_problem`) with a
     one-line :class:`BundleError`; first in the bundles' ``initialize``, so before any network is built."""
-    problem = encoder_dims_problem(encoder, input)
+    problem = encoder_dims_problem(encoder, input, task)
     if problem:
         raise BundleError(problem)
 
@@ -198,8 +199,9 @@ def train_bundle(bundle: str | os.PathLike, config: str = "train", **overrides: 
         overrides["manifest"] = str(Path(overrides["manifest"]).resolve())
     overrides.setdefault("bundle_root", str(root))
     check_overrides(overrides)
-    check_encoder_dims(overrides.get("encoder"), overrides.get("input"))  # before MONAI parses anything (and again
-    # in the bundle, which knows its defaults)
+    task = "classification" if root.name == "classification" else "segmentation"
+    # before MONAI parses anything (and again in the bundle, which knows its defaults)
+    check_encoder_dims(overrides.get("encoder"), overrides.get("input"), task)
     # MONAI's workflow logger announces "logging file set to False" on every run: keep stderr for
     # what matters (one-line errors from the CLI).
     logging.getLogger("monai.bundle.workflows").setLevel(logging.ERROR)

@@ -238,6 +238,9 @@ def run_params(config: dict[str, Any], cohort: Cohort, network, manifest: str | 
         params.update({"input": cohort.input, "slices": str(cohort.slices), "aggregate": cohort.aggregate,
                        **{f"data.n_{k}_samples": str(v) for k, v in cohort.sample_counts().items()},
                        "data.results_per": f"item ({cohort.aggregate} of its slice / frame samples)"})
+    if cohort.volumetric:  # whole volumes into a 3D network
+        params.update({"input": "3d", "roi_size": str(config.get("roi_size")), "spacing": str(config.get("spacing")),
+                       "data.results_per": "volume (the whole volume fitted into roi_size)"})
     if isinstance(config.get("classes"), dict):  # values grouped into classes (TI-RADS 2–3 vs 4a–5)
         grouped: dict[str, list[str]] = {}
         for value, name in class_values(config["classes"]).items():

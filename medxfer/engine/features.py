@@ -172,5 +172,9 @@ def predict_features(network: nn.Module, items: list[dict], features: dict[str, 
 
 
 def all_items(cohort) -> list[dict]:
-    """Every item of a cohort (train, validation, test): what one cache fill computes."""
+    """Every item of a cohort (train, validation, test): what one cache fill computes. The cache holds
+    features of 2D samples: a whole-volume cohort (``input: 3d``) is a one-line ``ValueError``."""
+    if getattr(cohort, "volumetric", False):
+        raise ValueError("the feature cache (train_features, freeze: all) holds pooled features of 2D samples; with "
+                         "input: 3d train the frozen encoder's head end to end (configs/train.json)")
     return list(cohort.train) + list(cohort.val) + list(cohort.test)

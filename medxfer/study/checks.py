@@ -15,14 +15,27 @@ opens the tracking store:
 - the volume / cine settings ``input``, ``slices`` and ``aggregate`` parse (:mod:`medxfer.engine.slices`)
   wherever the spec sets them (``train``, each ``grid`` value, each pretraining stage's ``train``),
   and no cell combines ``input: 2.5d`` with an ``in_channels`` other than 3
-  (:func:`slice_settings_problem`).
+  (:func:`slice_settings_problem`); ``roi_size`` is three multiples of 32 and ``spacing`` three
+  positive numbers (native 3D, ``input: 3d``);
+- every cell's encoder fits its input (:func:`cell_problems`: a 3D network needs ``input: 3d``, a 2D
+  one refuses it — :func:`medxfer.engine.bundles.encoder_dims_problem`), a plain 3D segmenter
+  (``unet_3d``, ``segresnet_3d``) trains from scratch with ``freeze: none``, and ``slices`` /
+  ``aggregate`` (2D samples of volumes) and ``segments`` (label values of 3D masks) go with the input
+  they belong to. A combination that the spec fixes (a grid value with a ``train`` setting) is an error
+  naming both places; one that only a crossing of two grid keys makes (``encoder: [resnet18_3d,
+  unet_3d]`` × ``weights: [scratch, imagenet]``) is a cell that cannot exist and is left out of the grid,
+  as in a sparse grid (:func:`sparse_grid`; ``study run`` says which), unless a grid value is left with
+  no cell at all.
 """
 from __future__ import annotations
 
 import csv
+import json
 import difflib
 import itertools
+import math
 import os
+from dataclasses import dataclass
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Iterable
@@ -31,9 +44,11 @@ from ..engine import run_weights  # noqa: F401 - registers the run: weights sche
 from ..engine.bundles import encoder_dims_problem
 from ..engine.slices import SliceSettingError, check_aggregate, check_channels, check_input, check_slices
 from ..models.encoders import ARCHS
+from ..models.segmenter import PLAIN_SEGMENTERS, segmenter_dims
 from ..models.freeze import parse_policy
 from ..models.weights import imported_record, is_weights_name, list_weights, source_schemes
 from ..models.weights.sources import known_sources
+from ..transforms.pipelines3d import check_roi_size
 
 # Settings that count something: a whole number >= 1
 COUNT_KEYS = ("epochs", "batch_size")
@@ -47,13 +62,22 @@ def _did_you_mean(value: str, known: Iterable[str]) -> str:
     return f"; did you mean {match[0]!r}?" if match else ""
 
 
-def encoder_problem(value: Any) -> str | None:
-    """An encoder that is not in the registry (``unknown encoder 'resnet81'; known: …``), or a 3D encoder,
-    which the 2D bundles cannot use."""
-    known_2d = [a for a, spec in ARCHS.items() if spec.spatial_dims == 2]
-    if isinstance(value, str) and value in ARCHS:
-        return encoder_dims_problem(value)
-    return f"unknown encoder {value!r}; known: {', '.join(known_2d)}" + _did_you_mean(str(value), known_2d)
+def encoder_problem(value: Any, task: str = "segmentation") -> str | None:
+    """An encoder that is not in the registry (``unknown encoder 'resnet81'; known: …``), or a plain 3D
+    segmenter (``unet_3d``) named for a classification study. Whether its dimensions fit the input is
+    a cell's question (:func:`cell_problems`)."""
+    known = list(ARCHS) + (list(PLAIN_SEGMENTERS) if task == "segmentation" else [])
+    if isinstance(value, str) and value in known:
+        return None
+    if isinstance(value, str) and value in PLAIN_SEGMENTERS:
+        return (f"encoder {value!r} is a plain 3D segmentation network (a scratch baseline of the segmentation "
+                f"bundle); a classification study needs a registry encoder: {', '.join(ARCHS)}")
+    return f"unknown encoder {value!r}; known: {', '.join(known)}" + _did_you_mean(str(value), known)
+
+
+def similarity_encoder_problem(value: Any) -> str | None:
+    """The dataset-similarity network: a registry encoder of 2D images (it pools features of 2D samples)."""
+    return encoder_problem(value, "classification") or encoder_dims_problem(value, "2d")
 
 
 def freeze_problem(value: Any) -> str | None:
@@ -164,8 +188,33 @@ def aggregate_problem(value: Any) -> str | None:
     return _slice_problem("aggregate", check_aggregate, value)
 
 
+def roi_size_problem(value: Any) -> str | None:
+    """A ``roi_size`` that is not three sizes, each a multiple of 32 (null: the weights' ROI, else 96³)."""
+    if value is None:
+        return None
+    try:
+        check_roi_size(value)
+    except (TypeError, ValueError) as exc:
+        return str(exc).removeprefix("roi_size ") if isinstance(exc, ValueError) else f"{value!r}: three sizes"
+    return None
+
+
+def spacing_problem(value: Any) -> str | None:
+    """A ``spacing`` that is not three positive voxel sizes in mm (null: the weights' spacing, else the volume's)."""
+    if value is None:
+        return None
+    try:
+        sizes = [float(v) for v in value]
+    except (TypeError, ValueError):
+        sizes = []
+    if len(sizes) != 3 or isinstance(value, str) or not all(math.isfinite(v) and v > 0 for v in sizes):
+        return f"{value!r} is not three positive voxel sizes in mm (e.g. [1.0, 1.0, 1.5])"
+    return None
+
+
 SLICE_CHECKS: dict[str, Callable[[Any], str | None]] = {
-    "input": input_problem, "slices": slices_problem, "aggregate": aggregate_problem}
+    "input": input_problem, "slices": slices_problem, "aggregate": aggregate_problem,
+    "roi_size": roi_size_problem, "spacing": spacing_problem}
 
 
 def channels_problem(input_value: Any, in_channels: Any) -> str | None:
@@ -221,4 +270,163 @@ def slice_settings_problem(grid: Mapping[str, Sequence[Any]], train: Mapping[str
         problem = _settings_problem(f"pretrain {name}: ", {}, settings)
         if problem:
             return problem
+    return None
+
+
+# ---- cells: settings that cannot go together (native 3D)
+
+
+@dataclass(frozen=True)
+class CellProblem:
+    """Why one cell (its settings: bundle defaults, ``train``, grid values) cannot run: ``reason`` (one line),
+    ``keys`` (the settings that clash, the one to change first) and ``note`` (the clash without the values,
+    for the plan's list of cells left out)."""
+
+    reason: str
+    keys: tuple[str, ...]
+    note: str
+
+
+def _mode(value: Any) -> str | None:
+    try:
+        return check_input(value)
+    except SliceSettingError:
+        return None  # the value's own check reports it
+
+
+def cell_problems(task: str, settings: Mapping[str, Any]) -> list[CellProblem]:
+    """Why a cell with ``settings`` (all of them: bundle defaults, ``train``, the cell's grid values) cannot
+    run, first to last; empty when it can."""
+    encoder, mode = settings.get("encoder"), _mode(settings.get("input"))
+    problems: list[CellProblem] = []
+    if mode is None or not isinstance(encoder, str):
+        return problems
+    dims = encoder_dims_problem(encoder, mode, task)
+    if dims:
+        needs = "input: 3d" if segmenter_dims(encoder) == 3 else "input: 2d or 2.5d"
+        problems.append(CellProblem(dims, ("encoder", "input"), f"a {segmenter_dims(encoder)}D network needs {needs}"))
+    if encoder in PLAIN_SEGMENTERS:
+        for key, allowed in (("weights", "scratch"), ("freeze", "none")):
+            value = settings.get(key, allowed)
+            if str(value) != allowed:
+                problems.append(CellProblem(
+                    f"{encoder} is a plain MONAI baseline trained from scratch: weights scratch and freeze none only "
+                    f"(not {key} {value!r}); pretrained sources and freezing go with a registry encoder "
+                    "(e.g. resnet18_3d)", ("encoder", key),
+                    f"{encoder} is a plain MONAI baseline: weights scratch and freeze none only"))
+    if mode == "3d":
+        for key in ("slices", "aggregate"):
+            if settings.get(key) is not None:
+                problems.append(CellProblem(
+                    f"{key} {settings[key]!r} cuts volumes into 2D samples; input: 3d feeds whole volumes to a 3D "
+                    f"network: leave {key} unset", (key, "input"), f"{key} does not apply with input: 3d"))
+    elif settings.get("segments") is not None:
+        problems.append(CellProblem(
+            f"segments name the label values of mask volumes for input: 3d; input: {mode} segments one "
+            "foreground: leave segments unset", ("segments", "input"), "segments are for input: 3d"))
+    return problems
+
+
+def _place(key: str, cell: Mapping[str, Any], grid: Mapping[str, Sequence[Any]], train: Mapping[str, Any],
+           prefix: str = "") -> str | None:
+    """Where the spec sets ``key`` for ``cell``: ``grid.encoder[1]``, ``train.input``, or None (bundle default)."""
+    if key in grid:
+        return f"{prefix}grid.{key}[{list(grid[key]).index(cell[key])}]"
+    return f"{prefix}train.{key}" if key in train else None
+
+
+def _where(problem: CellProblem, cell: Mapping[str, Any], grid: Mapping[str, Sequence[Any]],
+           train: Mapping[str, Any], prefix: str = "") -> str:
+    """``grid.encoder[1] with train.weights``: the places of the clash's keys that the spec sets (a key left
+    to the bundle's default has none), the key to change first first."""
+    named = [p for p in (_place(k, cell, grid, train, prefix) for k in problem.keys) if p]
+    return " with ".join(named) if named else f"{prefix}{problem.keys[0]}"
+
+
+@dataclass
+class SparseGrid:
+    """A grid's cells as :func:`sparse_grid` sorts them: those that run, those left out (with why), and the
+    first clash the spec itself fixes (an error)."""
+
+    kept: list[dict[str, Any]]
+    left_out: list[tuple[dict[str, Any], CellProblem]]
+    problem: str | None = None
+
+    def notes(self) -> list[str]:
+        """One line for the plan and the report: how many cells are left out, and which clashes they are."""
+        if not self.left_out:
+            return []
+        groups: dict[tuple, list[str]] = {}
+        for cell, problem in self.left_out:
+            subject, *others = problem.keys
+            key = (subject, _text(cell[subject]), tuple(others), problem.note)
+            for other in others:
+                groups.setdefault(key, [])
+                if _text(cell[other]) not in groups[key]:
+                    groups[key].append(_text(cell[other]))
+        parts = [f"{subject}={value} with {'/'.join(others)}={', '.join(values)} ({note})"
+                 for (subject, value, others, note), values in groups.items()]
+        total = len(self.kept) + len(self.left_out)
+        return [f"grid: {len(self.left_out)} of {total} cells left out, combinations that cannot run (a sparse grid): "
+                + "; ".join(parts)]
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def sparse_grid(task: str, grid: Mapping[str, Sequence[Any]], train: Mapping[str, Any],
+                defaults: Mapping[str, Any]) -> SparseGrid:
+    """The cells of ``grid`` (keys in order, values in order) with ``train`` and the bundle's ``defaults``:
+    a clash (:func:`cell_problems`) between two grid keys leaves the cell out; one the spec fixes (a grid
+    value with a ``train`` setting or a default, or ``train`` alone) is ``problem``, naming its places, as
+    is a grid value that no cell is left to run with."""
+    keys = list(grid)
+    fixed = {**defaults, **train}
+    out = SparseGrid(kept=[], left_out=[])
+    for values in itertools.product(*(grid[k] for k in keys)):
+        cell = dict(zip(keys, values))
+        settings = {**fixed, **cell}
+        problems = cell_problems(task, settings)
+        for problem in problems:
+            if sum(k in grid for k in problem.keys) < 2 and out.problem is None:
+                out.problem = f"{_where(problem, settings, grid, train)}: {problem.reason}"
+        if problems:
+            out.left_out.append((cell, problems[0]))
+        else:
+            out.kept.append(cell)
+    if out.problem is None:
+        for key in keys:
+            for i, value in enumerate(grid[key]):
+                if not any(c[key] == value for c in out.kept):
+                    reason = next(p.reason for c, p in out.left_out if c[key] == value)
+                    out.problem = f"grid.{key}[{i}]: no cell of the grid can run with it: {reason}"
+                    return out
+    return out
+
+
+def stage_encoders(stages: Mapping[str, str], cells: Iterable[Mapping[str, Any]],
+                   defaults: Mapping[str, Any]) -> dict[str, list[str]]:
+    """{stage: encoders it trains for}: the encoders of the cells whose weights are the stage, and of the
+    stages that start from it (``stages`` maps each stage's name to its start)."""
+    out: dict[str, list[str]] = {name: [] for name in stages}
+    for cell in cells:
+        source, encoder = cell.get("weights", defaults.get("weights")), cell.get("encoder", defaults.get("encoder"))
+        while source in stages:
+            if encoder not in out[source]:
+                out[source].append(encoder)
+            source = stages[source]
+    return out
+
+
+def stage_problem(name: str, settings: Mapping[str, Any], encoders: Iterable[str],
+                  inherited: Iterable[str] = ()) -> str | None:
+    """A pretraining stage (a classification run per encoder) whose settings do not fit an encoder it trains
+    for: ``pretrain NAME: train.input: …``; ``inherited`` are the keys it took from the study's ``train``."""
+    for encoder in encoders:
+        for problem in cell_problems("classification", {**settings, "encoder": encoder}):
+            key = next((k for k in problem.keys if k != "encoder"), problem.keys[0])
+            origin = " (taken from the study's train)" if key in set(inherited) else ""
+            origin = origin if key in settings else " (unset: the bundle's 2d)"
+            return f"pretrain {name}: train.{key}{origin} for encoder {encoder}: {problem.reason}"
     return None

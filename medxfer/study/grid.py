@@ -4,10 +4,14 @@ bundle overrides it runs with, and a ``config_hash`` that decides whether it is 
 Order is fixed (grid keys in spec order, values in list order, then fold, then seed), so
 ``--shard I/N`` — every N-th run starting at the I-th — gives the same disjoint slices on every
 machine, and the union of the N shards is the grid.
+
+Cells that cannot run — a crossing of two grid keys such as ``unet_3d`` (a scratch baseline) with a
+pretrained source, or a 3D encoder with ``input: 2d`` (:func:`.checks.sparse_grid`) — are left out, as
+in a sparse grid; :meth:`~.spec.StudySpec.sparse_grid` says which. ``freeze: all`` classification cells
+of native 3D (``input: 3d``) train whole networks: the feature cache holds 2D samples' features only.
 """
 from __future__ import annotations
 
-import itertools
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -100,12 +104,10 @@ def weights_identity(source: str, arch: str) -> str:
 
 def expand(spec: StudySpec) -> list[PlannedRun]:
     """Every run of the study in its fixed order."""
-    keys = list(spec.grid)
     defaults = spec.bundle_defaults()
     manifest_sha = _file_sha256(str(spec.manifest), spec.manifest.stat().st_size, spec.manifest.stat().st_mtime_ns)
     runs: list[PlannedRun] = []
-    for values in itertools.product(*(spec.grid[k] for k in keys)):
-        cell_values = dict(zip(keys, values))
+    for cell_values in spec.sparse_grid().kept:  # in grid order, less the combinations that cannot run
         settings = {**spec.train, **cell_values}
         named = {k: settings.get(k, spec.train.get(k, defaults.get(k))) for k in NAME_KEYS}
         try:
@@ -118,7 +120,8 @@ def expand(spec: StudySpec) -> list[PlannedRun]:
         if extra:  # grid keys outside the run name still make cells distinct
             cell_name += "/" + ",".join(f"{k}={_tag_value(k, v)}" for k, v in extra.items())
         feature_cache = (spec.task == "classification" and str(named["freeze"]) == "all"
-                         and _truthy(settings.get("feature_cache", True)))
+                         and _truthy(settings.get("feature_cache", True))
+                         and str(settings.get("input") or "2d").lower() != "3d")  # features of 2D samples only
         run_settings = {**named, **{k: v for k, v in settings.items() if k != "feature_cache"}}
         if feature_cache:
             run_settings["augment"] = False  # heads on cached features see the images as they are

@@ -68,6 +68,7 @@ class StudyOutcome:
     running_elsewhere: list[str] = field(default_factory=list)  # RUNNING with a fresh heartbeat: left alone
     parent_run_id: str | None = None
     done_in_grid: int = 0
+    left_out: list[str] = field(default_factory=list)  # cells that cannot run, left out of the grid (one line)
 
     @property
     def complete(self) -> bool:
@@ -404,13 +405,15 @@ class _Stages:
         return str(result.run_id)
 
 
-def _log_grid(client, parent_run_id: str, spec: StudySpec, runs: list[PlannedRun]) -> None:
+def _log_grid(client, parent_run_id: str, spec: StudySpec, runs: list[PlannedRun], left_out: list[str]) -> None:
     """The parent run's ``grid.json``: the config hashes of the spec as last run, so the report
-    shows this grid and not runs of an earlier version of the spec (other epochs, cohort, …)."""
+    shows this grid and not runs of an earlier version of the spec (other epochs, cohort, …), and
+    (``left_out``) the lines naming the cells that cannot run, which the report repeats."""
+    record = {"spec_hash": spec.spec_hash(), "config_hashes": [r.config_hash for r in runs]}
+    if left_out:
+        record["left_out"] = list(left_out)
     with tempfile.TemporaryDirectory() as tmp:
-        path = atomic_write_json(Path(tmp) / GRID_ARTIFACT, {"spec_hash": spec.spec_hash(),
-                                                              "config_hashes": [r.config_hash for r in runs]},
-                                 indent=None)
+        path = atomic_write_json(Path(tmp) / GRID_ARTIFACT, record, indent=None)
         client.log_artifact(parent_run_id, str(path))
 
 
@@ -432,10 +435,10 @@ def run_study(spec: StudySpec, shard_index: tuple[int, int] = (1, 1),
     runs = expand(spec)
     pins = weights_pins(spec, runs)  # as the config hashes saw the weights, now
     selected = shard(runs, *shard_index)
-    outcome = StudyOutcome(total=len(runs), selected=len(selected))
+    outcome = StudyOutcome(total=len(runs), selected=len(selected), left_out=spec.sparse_grid().notes())
     exp_id = experiment_id(client, spec.experiment, create=True)
     outcome.parent_run_id = _parent_run(client, spec, exp_id)
-    _log_grid(client, outcome.parent_run_id, spec, runs)
+    _log_grid(client, outcome.parent_run_id, spec, runs, outcome.left_out)
     if spec.similarity and shard_index[0] == 1:  # one shard measures it; the report reads it
         log_study_similarity(spec, client, outcome.parent_run_id, echo)
     _, by_hash = study_state(spec, runs, client)

@@ -15,9 +15,35 @@ pretrain:
   - name: density              # a weights source name the grid can use
     data: {manifest: density/manifest.csv, label: density, fold: 0, modalities: [MG]}
     from: imagenet             # start: scratch, an imported name, file:PATH, run:ID or an earlier stage
-    train: {epochs: 20}        # bundle overrides (image_size, in_channels, batch_size default to the study's)
+    train: {epochs: 20}        # bundle overrides (image_size, in_channels, batch_size, input, roi_size,
+                               # spacing default to the study's)
 similarity: {encoder: resnet18, weights: scratch, image_size: 128}
 ```
+
+Native 3D (``input: 3d``, :mod:`medxfer.engine.segmentation3d`): 3D encoders (``resnet18_3d``, …) and,
+for segmentation, MONAI's plain ``unet_3d`` / ``segresnet_3d`` trained from scratch as baselines:
+
+```yaml
+bundle: segmentation
+grid:
+  encoder: [resnet18_3d, unet_3d]
+  weights: [scratch, organs]       # unet_3d × organs cannot exist: left out, and `study run` says so
+train: {input: 3d, roi_size: [96, 96, 96], segments: [anterior, posterior], epochs: 100}
+pretrain:
+  - name: organs                   # a 3D classification run per 3D encoder (input and roi_size from train)
+    data: {manifest: organs/manifest.csv, label: organ}
+```
+
+A cell whose encoder does not fit its input (a 3D network with ``input: 2d`` / ``2.5d``, a 2D one with
+``input: 3d``), a plain baseline with pretrained weights or a freeze, ``slices`` / ``aggregate`` with
+``input: 3d`` or ``segments`` without it cannot run: when two grid keys make the clash, the cell is left
+out (a sparse grid; the plan and the report list what was left out); when the spec fixes it (in
+``train``, or a grid value against ``train``) it is an error naming both places.
+
+A pretraining stage takes ``input``, ``roi_size`` and ``spacing`` (and ``image_size``, ``in_channels``,
+``batch_size``) from the study's ``train`` unless its own ``train`` sets them: the weights it makes must
+fit the target's network (3D weights cannot start a 2D target), and a stage's input must fit every
+encoder it trains for (checked up front). A stage runs only for the encoders of the cells that use it.
 
 ``grid`` keys are bundle config keys (any of them: ``dropout``, ``image_size``, …) with a list
 of values each; ``train`` holds fixed bundle overrides. ``data.folds`` is the manifest's number
@@ -36,8 +62,8 @@ parser would evaluate or resolve (``$…``, ``@…``, ``%…``, ``#``; see
 :func:`medxfer.engine.bundles.config_data_problem`), a YAML mapping may not repeat a key, and
 what the grid names is checked before any run starts (:mod:`.checks`): encoders, freeze
 policies, weights sources, label columns, ``epochs``/``batch_size``/``seeds`` ranges, folds, and the
-volume settings ``input``/``slices``/``aggregate`` (with ``in_channels`` for 2.5D) in ``train``, the grid
-and each pretraining stage.
+volume settings ``input``/``slices``/``aggregate`` (with ``in_channels`` for 2.5D), ``roi_size`` and
+``spacing`` in ``train``, the grid and each pretraining stage, and each cell's encoder against its input.
 """
 from __future__ import annotations
 
@@ -57,10 +83,12 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationE
 from ..core.errors import MedxferError
 from ..core.hashing import stable_digest
 from ..engine.bundles import BundleError, bundle_path, config_data_problem
+from ..models.segmenter import PLAIN_SEGMENTERS
 from ..models.weights import is_weights_name  # one rule for what a weights name may be
 from ..tracking.layout import study_experiment
-from .checks import (COUNT_KEYS, count_problem, encoder_problem, freeze_problem, label_problem, registry_notes,
-                     slice_settings_problem, weights_problem)
+from .checks import (COUNT_KEYS, SparseGrid, count_problem, encoder_problem, freeze_problem, label_problem,
+                     registry_notes, similarity_encoder_problem, slice_settings_problem, sparse_grid, stage_encoders,
+                     stage_problem, weights_problem)
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +103,11 @@ NAME_KEYS = ("encoder", "weights", "freeze", "lr")
 NOT_HASHED = {"num_workers", "cache_rate", "cuda", "amp", "amp_dtype", "device", "feature_cache_dir"}
 # Keys a pretraining stage's train may not set: the stage's data and the grid's encoder decide them.
 STAGE_RESERVED = {"manifest", "label", "fold", "weights", "encoder", "experiment", "run_name"}
-# Settings a stage takes from the study's `train` unless it sets them: the input must match.
-SHARED_SETTINGS = ("image_size", "in_channels", "batch_size")
+# Settings a stage takes from the study's `train` unless it sets them: the input must match (3D weights
+# cannot start a 2D target, nor 2D weights a 3D one).
+SHARED_SETTINGS = ("image_size", "in_channels", "batch_size", "input", "roi_size", "spacing")
+# Settings a cell's feasibility depends on that have a bundle default (checks.cell_problems)
+CELL_DEFAULT_KEYS = (*("encoder", "weights", "freeze"), "input")
 SPEC_HASH_LENGTH = 16  # the parent run's medxfer.spec_hash, as stored
 
 
@@ -156,6 +187,17 @@ def _bundle_keys(bundle: str) -> set[str]:
 
 def _bundle_config(bundle: str) -> dict[str, Any]:
     return json.loads((bundle_path(bundle) / "configs" / "train.json").read_text())
+
+
+def bundle_task(bundle: str) -> str:
+    """``segmentation`` for a segmentation bundle, else ``classification``."""
+    return "segmentation" if "segmentation" in Path(bundle).name else "classification"
+
+
+def cell_defaults(bundle: str) -> dict[str, Any]:
+    """The bundle's own values of the settings a cell's feasibility depends on (encoder, weights, freeze, input)."""
+    config = _bundle_config(bundle)
+    return {k: config[k] for k in CELL_DEFAULT_KEYS if k in config}
 
 
 def _closest(unknown: list[str], allowed: list[str] | set[str]) -> str:
@@ -493,7 +535,8 @@ class SpecDocument(_Section):
         """What every run would otherwise find out on its own, after the parent run exists: encoders,
         freeze policies, weights sources, epochs and batch sizes of the whole grid (:mod:`.checks`)."""
         stages = [s.name for s in self.pretrain]
-        checks = {"encoder": encoder_problem, "freeze": freeze_problem,
+        task = bundle_task(self.bundle)
+        checks = {"encoder": lambda v: encoder_problem(v, task), "freeze": freeze_problem,
                   "weights": lambda v: weights_problem(v, stages), **{k: count_problem for k in COUNT_KEYS}}
         for section, values in (("grid", self.grid), ("train", {k: [v] for k, v in self.train.items()})):
             for key, check in checks.items():
@@ -501,12 +544,25 @@ class SpecDocument(_Section):
                     problem = check(value)
                     if problem:
                         raise SpecError(f"{section}.{key}{f'[{i}]' if section == 'grid' else ''}: {problem}")
-        problem = slice_settings_problem(self.grid, self.train,
-                                         {s.name: s.resolve(self.train).train for s in self.pretrain})
+        resolved = {s.name: s.resolve(self.train) for s in self.pretrain}
+        problem = slice_settings_problem(self.grid, self.train, {name: s.train for name, s in resolved.items()})
         if problem:
             raise SpecError(problem)
+        sparse = self.sparse_grid()
+        if sparse.problem:
+            raise SpecError(sparse.problem)
+        defaults = cell_defaults(self.bundle)
+        users = stage_encoders({s.name: s.start for s in self.pretrain},
+                               [{**self.train, **cell} for cell in sparse.kept], defaults)
+        for stage in self.pretrain:
+            inherited = [k for k in resolved[stage.name].train if k not in stage.train]
+            problem = stage_problem(stage.name, resolved[stage.name].train, users[stage.name], inherited)
+            if problem:
+                raise SpecError(problem)
+        for note in sparse.notes():
+            log.warning(note)
         if self.similarity is not None:
-            for key, check in (("encoder", encoder_problem), ("weights", weights_problem)):
+            for key, check in (("encoder", similarity_encoder_problem), ("weights", weights_problem)):
                 problem = check(getattr(self.similarity, key))
                 if problem:
                     raise SpecError(f"similarity.{key}: {problem}")
@@ -517,11 +573,16 @@ class SpecDocument(_Section):
         self._check_imported(stages)
         return self
 
+    def sparse_grid(self) -> SparseGrid:
+        """The grid's cells that run, and those left out (:func:`.checks.sparse_grid`)."""
+        return sparse_grid(bundle_task(self.bundle), self.grid, self.train, cell_defaults(self.bundle))
+
     def _check_imported(self, stages: list[str]) -> None:
         """Imported weights names against the registry: a name missing for some encoders is a
         warning (:func:`.checks.registry_notes`; those cells fail with the reason, the others run)."""
         defaults = _bundle_config(self.bundle)
-        encoders = self.grid.get("encoder") or [self.train.get("encoder", defaults.get("encoder"))]
+        encoders = [e for e in self.grid.get("encoder") or [self.train.get("encoder", defaults.get("encoder"))]
+                    if e not in PLAIN_SEGMENTERS]  # scratch only: they never load imported weights
         sources = [*self.grid.get("weights", []), self.train.get("weights"), *(s.start for s in self.pretrain)]
         names = [str(s) for s in sources
                  if isinstance(s, str) and s != "scratch" and ":" not in s and s not in stages]
@@ -571,7 +632,11 @@ class StudySpec(BaseModel):
     @property
     def task(self) -> str:
         """``segmentation`` for a segmentation bundle, else ``classification``."""
-        return "segmentation" if "segmentation" in Path(self.bundle).name else "classification"
+        return bundle_task(self.bundle)
+
+    def sparse_grid(self) -> SparseGrid:
+        """The grid's cells that run and those left out: combinations that cannot run (:func:`.checks.sparse_grid`)."""
+        return sparse_grid(self.task, self.grid, self.train, cell_defaults(self.bundle))
 
     def bundle_defaults(self) -> dict[str, Any]:
         """The bundle's own values of the run-name keys (used when the grid does not set them)."""

@@ -99,7 +99,7 @@ def test_the_bundles_own_initialize_refuses_a_3d_encoder_with_2d_input_first(bun
     parser = ConfigParser()
     parser.read_config([str(root / "train.json")] + ([str(root / f"{config}.json")] if config != "train" else []))
     parser["encoder"] = "resnet18_3d"
-    assert parser["initialize"][0] == "$medxfer.engine.bundles.check_encoder_dims(@encoder, @input)"
+    assert parser["initialize"][0] == "$medxfer.engine.bundles.check_encoder_dims(@encoder, @input, @task)"
     with pytest.raises(RuntimeError) as caught:  # MONAI wraps what an expression raises
         parser.get_parsed_content("initialize#0")
     assert isinstance(root_cause(caught.value), BundleError)

@@ -6,58 +6,25 @@ import csv
 import json
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
 from medxfer.engine import BundleError, CohortError, load_cohort, train_bundle
 from medxfer.engine.bundles import encoder_dims_problem, error_summary
+from medxfer.tracking.layout import CHECKPOINT_ARTIFACT
 from medxfer.engine.segmentation3d import case_columns, class_scores, inferer, summarize_volumes
+from tests.engine.volume_builders import two_label_volumes
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SHAPE, SPACING = (32, 32, 24), (1.0, 1.0, 2.0)
 
 
-def _volume(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """An MR-like volume with two touching boxes: label 1 (bright) in front of label 2 (brighter)."""
-    x0, y0, z0 = (int(v) for v in rng.integers(6, 12, 3))
-    labels = np.zeros(SHAPE, dtype=np.uint8)
-    labels[x0:x0 + 8, y0:y0 + 10, z0:z0 + 5] = 1
-    labels[x0 + 8:x0 + 14, y0:y0 + 10, z0:z0 + 5] = 2
-    image = rng.normal(100, 15, SHAPE).astype(np.float32)
-    image[labels == 1] += 150
-    image[labels == 2] += 300
-    return image, labels
-
-
 @pytest.fixture(scope="module")
 def cohort3d(tmp_path_factory) -> Path:
-    """9 volumes + label volumes (values 1, 2), a class column ``size``, 2D PNGs beside them; 3 folds."""
-    from PIL import Image
-
-    from medxfer.ingest import ingest, split
-
-    root = tmp_path_factory.mktemp("cohort3d")
-    (root / "src").mkdir()
-    (root / "masks").mkdir()
-    rng = np.random.default_rng(3)
-    rows = []
-    for i in range(9):
-        image, labels = _volume(rng)
-        nib.save(nib.Nifti1Image(image, np.diag([*SPACING, 1.0])), root / "src" / f"v{i}.nii.gz")
-        nib.save(nib.Nifti1Image(labels, np.diag([*SPACING, 1.0])), root / "masks" / f"v{i}.nii.gz")
-        rows.append({"image": f"v{i}.nii.gz", "mask": str(root / "masks" / f"v{i}.nii.gz"), "size": ["a", "b"][i % 2]})
-    Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(root / "src" / "photo.png")  # a 2D item
-    rows.append({"image": "photo.png", "mask": str(root / "masks" / "v0.nii.gz"), "size": "a"})
-    with open(root / "labels.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, ["image", "mask", "size"])
-        writer.writeheader()
-        writer.writerows(rows)
-    ingest(root / "src", root / "cohort", labels=root / "labels.csv", key="image", modality="MR", workers=1)
-    split(root / "cohort", 3, seed=0)
-    return root / "cohort" / "manifest.csv"
+    """9 two-label volumes (values 1, 2) with a class column ``cls``, and a 2D PNG beside them; 3 folds."""
+    return two_label_volumes(tmp_path_factory.mktemp("cohort3d"), 9, SHAPE, SPACING, seed=3, extra_2d=True)
 
 
 # ----------------------------------------------------------------------------- cohort
@@ -168,8 +135,19 @@ def test_a_plain_baseline_takes_no_pretrained_weights(cohort3d, store):
                                                 "must be scratch and freeze none (got weights 'imagenet'")
 
 
-def test_the_classification_bundle_trains_on_whole_volumes(cohort3d, store):
-    result = train_bundle("classification", manifest=str(cohort3d), label="size", encoder="resnet10_3d", input="3d",
+def test_a_3d_classifier_trains_on_whole_volumes_and_pretrains_a_3d_unet(cohort3d, store):
+    """Self-pretraining in 3D: a classification run's encoder is the segmentation run's ``run:`` weights."""
+    from medxfer.engine.predict import load_run_model
+
+    result = train_bundle("classification", manifest=str(cohort3d), label="cls", encoder="resnet10_3d", input="3d",
                           roi_size=[32, 32, 32], epochs=1, batch_size=2)
     rows = list(csv.DictReader(open(result.output_dir / "predictions.csv")))
-    assert len(rows) == load_cohort(cohort3d, "size", input="3d").counts()["test"] and "test_auc" in result.metrics
+    assert len(rows) == load_cohort(cohort3d, "cls", input="3d").counts()["test"] and "test_auc" in result.metrics
+    encoder = load_run_model(result.run_id).network.encoder.state_dict()
+    seg = train_bundle("segmentation", manifest=str(cohort3d), label="mask", encoder="resnet10_3d", input="3d",
+                       weights=f"run:{result.run_id}", roi_size=[32, 32, 32], epochs=1, batch_size=2, lr=0.0,
+                       decoder_channels=[32, 16, 16, 8, 8])
+    checkpoint = torch.load(seg.output_dir / CHECKPOINT_ARTIFACT, weights_only=True)
+    convs = [k for k in encoder if k.endswith("conv1.weight")]
+    assert convs and all(torch.equal(checkpoint["encoder"][k], encoder[k]) for k in convs)  # lr 0: unchanged
+    assert checkpoint["provenance"]["initial_weights"] == f"run:{result.run_id}"

@@ -151,3 +151,38 @@ def colour_cine_export(root: Path, n_cines: int = 16, frames: int = 8, rows: int
         identifiers += [*patient.identifiers(), info.study_uid, info.series_uid, info.sop_uid]
     out, manifest = _labelled_ingest(root, src, labels, ["PatientID", "doppler"], labelled, folds)
     return Built(src, out, manifest, identifiers, facts={"frames": frames, "labels": labels})
+
+
+def two_label_volumes(root: Path, n: int, shape: tuple[int, int, int], spacing: tuple[float, float, float],
+                      seed: int, classes: tuple[str, str] = ("a", "b"), folds: int = 3,
+                      extra_2d: bool = False) -> Path:
+    """``n`` MR-like volumes with two touching boxes (label 1 bright, in front of label 2 brighter; every
+    other volume's box 1 four slices deeper) and their label volumes (``masks/``, outside the ingested
+    folder), a class column ``cls`` alternating ``classes``; ``extra_2d`` adds a 2D PNG item. Ingested
+    with a labels CSV ``image, mask, cls`` and split into ``folds``. Returns the manifest."""
+    (root / "src").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(seed)
+    affine = np.diag([*spacing, 1.0])
+    rows = []
+    for i in range(n):
+        x0, y0, z0 = (int(v) for v in rng.integers(4, 10, 3))
+        labels = np.zeros(shape, dtype=np.uint8)
+        labels[x0:x0 + 8, y0:y0 + 10, z0:z0 + 6 + i % 2 * 4] = 1
+        labels[x0 + 8:x0 + 14, y0:y0 + 10, z0:z0 + 6] = 2
+        image = rng.normal(100, 15, shape).astype(np.float32)
+        image[labels == 1] += 150
+        image[labels == 2] += 300
+        nib.save(nib.Nifti1Image(image, affine), root / "src" / f"v{i}.nii.gz")
+        nib.save(nib.Nifti1Image(labels, affine), root / "masks" / f"v{i}.nii.gz")
+        rows.append({"image": f"v{i}.nii.gz", "mask": str(root / "masks" / f"v{i}.nii.gz"), "cls": classes[i % 2]})
+    if extra_2d:
+        Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(root / "src" / "photo.png")
+        rows.append({"image": "photo.png", "mask": str(root / "masks" / "v0.nii.gz"), "cls": classes[0]})
+    with open(root / "labels.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, ["image", "mask", "cls"])
+        writer.writeheader()
+        writer.writerows(rows)
+    ingest(root / "src", root / "cohort", labels=root / "labels.csv", key="image", modality="MR", workers=1)
+    split(root / "cohort", folds, seed=0)
+    return root / "cohort" / "manifest.csv"

@@ -9,6 +9,15 @@ from pathlib import Path
 import pytest
 
 
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    """``rows`` as a CSV file with their keys as the header (the first row's order)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
 def write_manifest(tmp_path: Path, columns: dict[str, Callable[[int], object]]) -> Path:
     """``cohort/manifest.csv`` under ``tmp_path``: 20 items in 5 folds plus ``columns`` (name -> value of item i)."""
     path = tmp_path / "cohort" / "manifest.csv"

@@ -52,8 +52,11 @@ def _error(raw: dict) -> str:
     ({"grid": {"weights": ["image net"]}}, r"^grid.weights\[0\]: 'image net' is not a weights source"),
     ({"similarity": {"encoder": "resnet81", "sources": {}}}, r"^similarity.encoder: unknown encoder 'resnet81'"),
     ({"grid": {"encoder": ["resnet18_3d"]}},
-     r"^grid.encoder\[0\]: encoder 'resnet18_3d' is a 3D encoder; the bundles train 2D networks .*use one of "
-     r"resnet18, "),
+     r"^grid.encoder\[0\]: encoder 'resnet18_3d' is a 3D network; input: 2d trains a 2D network .*set input: 3d, "
+     r"or use one of resnet18, "),
+    ({"grid": {"encoder": ["unet_3d"]}},
+     r"^grid.encoder\[0\]: encoder 'unet_3d' is a plain 3D segmentation network \(a scratch baseline of the "
+     r"segmentation bundle\); a classification study needs a registry encoder: resnet18, "),
     ({"train": {"epochs": 0}}, r"^train.epochs: 0 is not a whole number >= 1"),
     ({"train": {"epochs": 2.5}}, r"^train.epochs: 2.5 is not a whole number >= 1"),
     ({"train": {"batch_size": -4}}, r"^train.batch_size: -4 is not a whole number >= 1"),
@@ -169,8 +172,10 @@ def test_the_whole_grid_is_checked_before_a_parent_run_exists(manifest, tmp_path
      r"^grid.slices\[0\]: 'middle' is not one of all, center, every:K, range:LO-HI, labelled$"),
     ({"grid": {"slices": ["every:0"]}}, r"^grid.slices\[0\]: 'every:0': every:K needs K >= 1$"),
     ({"train": {"slices": "range:0.2"}}, r"^train.slices: 'range:0.2' is not one of all, center"),
-    ({"train": {"input": "3d"}}, r"^train.input: 3d is for native 3D networks, not the 2D bundles; use 2d or 2.5d"),
-    ({"grid": {"input": ["2d", "2,5d"]}}, r"^grid.input\[1\]: '2,5d' is not one of 2d, 2.5d$"),
+    ({"train": {"input": "3d"}},
+     r"^grid.encoder\[0\] with train.input: encoder 'resnet18' is a 2D encoder; input: 3d feeds whole volumes to a "
+     r"3D network: use one of resnet10_3d, "),
+    ({"grid": {"input": ["2d", "2,5d"]}}, r"^grid.input\[1\]: '2,5d' is not one of 2d, 2.5d, 3d$"),
     ({"grid": {"aggregate": ["mean", "median"]}}, r"^grid.aggregate\[1\]: 'median' is not one of mean, max, top:K"),
     ({"train": {"aggregate": "top:0"}}, r"^train.aggregate: 'top:0' is not one of mean, max, top:K \(K >= 1\)$"),
     ({"train": {"input": "2.5d", "in_channels": 1}},
@@ -234,3 +239,127 @@ def test_a_bad_slices_value_fails_study_run_before_a_parent_run_exists(manifest,
     assert line == (f"medxfer: error: {spec}: grid.slices[1]: 'range:0.8-0.2': range:LO-HI needs 0 <= LO <= HI "
                     "<= 1 (fractions of the slice axis)")
     assert mlflow.MlflowClient(uri).get_experiment_by_name("medxfer/checked") is None
+
+
+# ---- native 3D (input: 3d): encoders against the input, plain baselines, stages
+
+
+@pytest.fixture
+def seg_manifest(tmp_path) -> Path:
+    return write_manifest(tmp_path, {"mask": lambda i: f"masks/i{i}.nii", "organ": lambda i: "ab"[i % 2]})
+
+
+def spec3d(manifest: Path, grid: dict | None = None, train: dict | None = None, stage_train: dict | None = None,
+           bundle: str = "segmentation") -> dict:
+    """A 3D segmentation study with a 3D classification stage ``organs`` on the same cohort."""
+    return {"name": "three-d", "bundle": bundle,
+            "data": {"manifest": str(manifest), "label": "mask" if bundle == "segmentation" else "organ"},
+            "grid": grid or {"encoder": ["resnet18_3d", "unet_3d"], "weights": ["scratch", "organs"]},
+            "train": {k: v for k, v in {"input": "3d", "roi_size": [32, 32, 32], "segments": ["anterior", "posterior"],
+                                        "epochs": 1, **(train or {})}.items() if v is not None},  # None: unset
+            "pretrain": [{"name": "organs", "data": {"manifest": str(manifest), "label": "organ"},
+                          "train": {"epochs": 1, **(stage_train or {})}}]}
+
+
+def test_a_3d_grid_runs_its_possible_cells_and_says_which_it_leaves_out(seg_manifest, caplog):
+    """unet_3d is a scratch baseline: unet_3d × organs cannot exist, and the plan says so in one line."""
+    from medxfer.study.grid import expand
+
+    with caplog.at_level(logging.WARNING, logger="medxfer.study.spec"):
+        spec = parse_spec(spec3d(seg_manifest))
+    note = ("grid: 1 of 4 cells left out, combinations that cannot run (a sparse grid): encoder=unet_3d with "
+            "weights=organs (unet_3d is a plain MONAI baseline: weights scratch and freeze none only)")
+    assert [r.getMessage() for r in caplog.records] == [note]
+    assert spec.sparse_grid().notes() == [note]
+    runs = expand(spec)
+    assert sorted({r.cell for r in runs}) == ["segmentation/resnet18_3d/organs/none/lr0.001",
+                                              "segmentation/resnet18_3d/scratch/none/lr0.001",
+                                              "segmentation/unet_3d/scratch/none/lr0.001"]
+    assert len(runs) == 3 * 5 and [r.index for r in runs] == list(range(15))
+    assert {r.stage for r in runs} == {None, "organs"}
+    assert all(r.overrides["input"] == "3d" and r.overrides["roi_size"] == [32, 32, 32] for r in runs)
+    # the stage (a classification run) takes the study's input and roi_size, not its segments
+    assert spec.stages["organs"].train == {"epochs": 1, "input": "3d", "roi_size": [32, 32, 32]}
+
+
+@pytest.mark.parametrize("grid, train, stage_train, expected", [
+    # the encoder against an input the spec fixes: the bundles' own reason, with both places
+    ({"encoder": ["resnet18_3d"]}, {"input": "2.5d", "segments": None}, None,
+     "grid.encoder[0] with train.input: " + "{dims:resnet18_3d:2.5d}"),
+    ({"encoder": ["resnet18_3d", "resnet34"]}, {}, None, "grid.encoder[1] with train.input: {dims:resnet34:3d}"),
+    ({"weights": ["scratch"]}, {"encoder": "densenet121"}, None,
+     "train.encoder with train.input: {dims:densenet121:3d}"),
+    # a plain baseline with a pretrained source or a freeze the spec fixes
+    ({"encoder": ["resnet18_3d", "unet_3d"]}, {"weights": "organs"}, None,
+     "grid.encoder[1] with train.weights: unet_3d is a plain MONAI baseline trained from scratch: weights scratch "
+     "and freeze none only (not weights 'organs'); pretrained sources and freezing go with a registry encoder "
+     "(e.g. resnet18_3d)"),
+    # a grid value that no cell is left to run with
+    ({"encoder": ["unet_3d"], "freeze": ["none", "top:2"]}, {}, None,
+     "grid.freeze[1]: no cell of the grid can run with it: unet_3d is a plain MONAI baseline trained from scratch: "
+     "weights scratch and freeze none only (not freeze 'top:2'); pretrained sources and freezing go with a "
+     "registry encoder (e.g. resnet18_3d)"),
+    # 2D sample settings with whole volumes, 3D settings with slices
+    ({"encoder": ["segresnet_3d"]}, {"slices": "all"}, None,
+     "train.slices with train.input: slices 'all' cuts volumes into 2D samples; input: 3d feeds whole volumes to a "
+     "3D network: leave slices unset"),
+    ({"encoder": ["resnet18"]}, {"input": "2d"}, None,
+     "train.segments with train.input: segments name the label values of mask volumes for input: 3d; input: 2d "
+     "segments one foreground: leave segments unset"),
+    ({"encoder": ["resnet18_3d"]}, {"roi_size": [32, 48, 32]}, None,
+     "train.roi_size: [32, 48, 32]: three sizes, each a multiple of 32 (e.g. [96, 96, 96], [64, 64, 32]), for the 3D "
+     "networks' five stride-2 stages"),
+    ({"encoder": ["resnet18_3d"]}, {"spacing": [1.0, 0, 1.0]}, None,
+     "train.spacing: [1.0, 0, 1.0] is not three positive voxel sizes in mm (e.g. [1.0, 1.0, 1.5])"),
+    # a stage's own input must fit the encoders it trains for
+    ({"encoder": ["resnet18_3d", "unet_3d"], "weights": ["scratch", "organs"]}, {}, {"input": "2d"},
+     "pretrain organs: train.input for encoder resnet18_3d: {dims:resnet18_3d:2d}"),
+])
+def test_a_3d_setting_no_run_could_use_is_refused_up_front(seg_manifest, grid, train, stage_train, expected):
+    from medxfer.engine.bundles import encoder_dims_problem
+
+    raw = spec3d(seg_manifest, grid, train, stage_train)
+    expected = re.sub(r"\{dims:([^:]+):([^}]+)\}", lambda m: encoder_dims_problem(m.group(1), m.group(2)), expected)
+    assert _error(raw) == expected
+
+
+def test_a_grid_of_2d_and_3d_inputs_pairs_each_encoder_with_its_own(seg_manifest, caplog):
+    grid = {"encoder": ["resnet18", "resnet18_3d"], "input": ["2.5d", "3d"]}
+    with caplog.at_level(logging.WARNING, logger="medxfer.study.spec"):
+        spec = parse_spec(spec3d(seg_manifest, grid, {"segments": None, "input": None}))
+    assert spec.sparse_grid().kept == [{"encoder": "resnet18", "input": "2.5d"},
+                                       {"encoder": "resnet18_3d", "input": "3d"}]
+    assert caplog.records[0].getMessage() == (
+        "grid: 2 of 4 cells left out, combinations that cannot run (a sparse grid): encoder=resnet18 with input=3d "
+        "(a 2D network needs input: 2d or 2.5d); encoder=resnet18_3d with input=2.5d (a 3D network needs input: 3d)")
+
+
+def test_a_3d_classification_study_trains_frozen_cells_whole(seg_manifest):
+    """The feature cache holds pooled features of 2D samples: freeze: all cells of input 3d train the network."""
+    from medxfer.study.grid import expand
+
+    raw = spec3d(seg_manifest, {"encoder": ["resnet10_3d"], "freeze": ["none", "all"]}, {"segments": None},
+                 bundle="classification")
+    del raw["pretrain"]
+    assert {r.cell: r.feature_cache for r in expand(parse_spec(raw))} == {
+        "classification/resnet10_3d/scratch/none/lr0.001": False,
+        "classification/resnet10_3d/scratch/all/lr0.001": False}
+
+
+def test_a_3d_spec_passes_study_run_dry_run(seg_manifest, tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(spec3d(seg_manifest)))
+    with caplog.at_level(logging.WARNING, logger="medxfer.study.spec"):  # the CLI prints warnings on stderr
+        result = CliRunner().invoke(main, ["study", "run", str(spec), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "encoder=unet_3d with weights=organs (unet_3d is a plain MONAI baseline" in caplog.text
+    assert " pre  todo     pretrain/organs/resnet18_3d\n" in result.stdout  # the stage, for resnet18_3d only
+    assert "pretrain/organs/unet_3d" not in result.stdout and "unet_3d/organs" not in result.stdout
+    assert result.stdout.count("unet_3d/scratch") == 5
+
+
+def test_the_similarity_network_stays_2d(manifest):
+    raw = spec_dict(manifest, similarity={"encoder": "resnet18_3d", "sources": {"other": str(manifest)}})
+    assert _error(raw).startswith("similarity.encoder: encoder 'resnet18_3d' is a 3D network; input: 2d trains a 2D")

@@ -20,6 +20,7 @@ from medxfer.core.errors import MedxferError
 from medxfer.study import report as rep
 from medxfer.study.report import ReportError
 from medxfer.study.report.collect import read_localization
+from tests.study.conftest import write_rows
 
 CLS = "cls-demo"
 SEG = "seg-demo"
@@ -49,13 +50,6 @@ def _child_tags(study, task, grid, fold, seed, config_hash=None):
             "medxfer.grid_keys": "encoder,weights,freeze,lr", **grid}, f"{cell}/fold{fold}/seed{seed}"
 
 
-def _write_rows(path: Path, rows: list[dict]) -> Path:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return path
-
 
 def _log_child(client, exp, parent, tmp, study, task, grid, fold, seed, rows, metric, status="FINISHED",
                end_time=None, config_hash=None, extra_artifacts=None, extra_metrics=None, params=None):
@@ -73,9 +67,9 @@ def _log_child(client, exp, parent, tmp, study, task, grid, fold, seed, rows, me
     d = tmp / rid
     d.mkdir()
     fname = "predictions.csv" if task == "classification" else "per_case.csv"
-    client.log_artifact(rid, str(_write_rows(d / fname, rows)))
+    client.log_artifact(rid, str(write_rows(d / fname, rows)))
     for extra, extra_rows in (extra_artifacts or {}).items():
-        client.log_artifact(rid, str(_write_rows(d / extra, extra_rows)))
+        client.log_artifact(rid, str(write_rows(d / extra, extra_rows)))
     client.set_terminated(rid, status=status, end_time=end_time)
     return rid
 
@@ -796,13 +790,13 @@ def test_localization_csv_parsing(tmp_path):
     """Hits other than 0/1 read as unknown, rows with neither hit nor Dice dropped, iou optional,
     the label never read; a file without hit/dice columns is an error (the run stays in the AUC part)."""
     run = _run([1], [[0.2, 0.8]], ["a"], "classification/e/w", "w", 0, 0, 0.5)
-    path = _write_rows(tmp_path / "localization.csv", [
+    path = write_rows(tmp_path / "localization.csv", [
         {"item_id": "a", "fold": 0, "label": CLASSES[1], "hit": "True", "dice": "0.5"},
         {"item_id": "b", "fold": 0, "label": CLASSES[1], "hit": "0.5", "dice": "0.25"},
         {"item_id": "c", "fold": 0, "label": CLASSES[1], "hit": "", "dice": ""}])
     loc = read_localization(run, path)
     assert list(loc.item_id) == ["a", "b"] and np.isnan(loc.hit[1]) and loc.hit[0] == 1.0
     assert list(loc.dice) == [0.5, 0.25] and np.isnan(loc.iou).all()
-    bad = _write_rows(tmp_path / "bad.csv", [{"item_id": "a", "fold": 0, "score": 1}])
+    bad = write_rows(tmp_path / "bad.csv", [{"item_id": "a", "fold": 0, "score": 1}])
     with pytest.raises(ReportError, match="hit, dice"):
         read_localization(run, bad)

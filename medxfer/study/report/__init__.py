@@ -23,7 +23,16 @@ networks trained on slice / frame samples) are reported per item exactly like 2D
 ``predictions.csv`` rows are volumes / cines — and the methods text says so, with the settings
 (:func:`.prose.item_level`).
 
+Native 3D runs (``input: 3d``: whole volumes, sliding-window prediction) are per volume too, and the
+methods text says so with their patch size (:func:`.prose.native_3d`).
+
 Optional sections:
+
+* **Per-class Dice** — segmentation runs whose ``per_case.csv`` scores two or more classes
+  (``dice_<class>`` columns; native 3D with ``segments``): per cell and class the mean ± SD over runs
+  and the mean per-case Dice with a bootstrap CI; the same pairs of cells as the Dice comparisons
+  compared per class by Wilcoxon on their shared cases, Holm-adjusted as their own family. Also in
+  ``results.csv`` (``dice_<class>*`` columns) and ``comparisons.csv`` (metric ``dice_<class>``).
 
 * **Lesion localization** — classification runs with a ``localization.csv`` (Grad-CAM pointing
   game hit and Dice/IoU per scored test case): per cell the pooled hit rate, Dice and IoU (cases
@@ -34,8 +43,9 @@ Optional sections:
   each pretraining stage's cohort to the study's cohort): per group of comparable cells each
   source's distances against its transfer score, with Spearman correlations and a scatter figure.
 
-The report holds study and grid values, MLflow run ids and numbers only — no class names, no
-tracking URI, no item ids.
+The report holds study and grid values, MLflow run ids and numbers only — no classification class
+names, no tracking URI, no item ids. Segment names (the anatomy a mask's label values stand for, as
+the study's ``segments`` name them) head the per-class results.
 
 Modules, in the order the data flows:
 
@@ -52,11 +62,12 @@ Modules, in the order the data flows:
 """
 from .build import build_report
 from .collect import collect_study
-from .model import (CellSummary, ChildRun, Comparison, ItemSampling, Localization, LocSummary, ReportError,
-                    SimilarityCorrelation, SimilarityRow, SimilaritySummary, StudyRuns, StudySummary)
+from .model import (CellSummary, ChildRun, ClassSummary, Comparison, ItemSampling, Localization, LocSummary,
+                    NativeInput, ReportError, SimilarityCorrelation, SimilarityRow, SimilaritySummary, StudyRuns,
+                    StudySummary)
 from .summarize import summarize
 from .write import write_report
 
-__all__ = ["ReportError", "ChildRun", "StudyRuns", "CellSummary", "Comparison", "StudySummary", "ItemSampling",
-           "Localization", "LocSummary", "SimilarityRow", "SimilarityCorrelation", "SimilaritySummary",
-           "collect_study", "summarize", "write_report", "build_report"]
+__all__ = ["ReportError", "ChildRun", "StudyRuns", "CellSummary", "ClassSummary", "Comparison", "StudySummary",
+           "ItemSampling", "NativeInput", "Localization", "LocSummary", "SimilarityRow", "SimilarityCorrelation",
+           "SimilaritySummary", "collect_study", "summarize", "write_report", "build_report"]

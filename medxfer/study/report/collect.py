@@ -22,7 +22,7 @@ from ...tracking import search_all_runs
 from ...tracking.layout import (GRID_ARTIFACT, LOCALIZATION_ARTIFACT, PARAM_WEIGHTS_SHA256, ROLE_CELL, ROLE_STUDY,
                                 SIMILARITY_ARTIFACT, TAG_CELL, TAG_CONFIG_HASH, TAG_FOLD, TAG_GRID_KEYS, TAG_ROLE,
                                 TAG_RUN_NAME, TAG_SEED, TAG_TASK, TASK_ARTIFACTS, study_experiment)
-from .model import METRICS, SAMPLING_PARAMS, ChildRun, Localization, ReportError, StudyRuns
+from .model import CLASS_DICE_PREFIX, METRICS, SAMPLING_PARAMS, ChildRun, Localization, ReportError, StudyRuns
 
 DEFAULT_GRID_KEYS = ("encoder", "weights", "freeze", "lr")  # runs without a grid-keys tag: these, where tagged
 
@@ -50,6 +50,8 @@ def read_test_rows(run: ChildRun, path: Path) -> None:
         if "dice" not in columns:
             raise ReportError(f"run {run.name}: per_case.csv has no dice column")
         run.dice = np.array([_float(r["dice"]) for r in rows], dtype=float)
+        run.class_dice = {c[len(CLASS_DICE_PREFIX):]: np.array([_float(r[c]) for r in rows], dtype=float)
+                          for c in columns if c.startswith(CLASS_DICE_PREFIX) and len(c) > len(CLASS_DICE_PREFIX)}
         return
     classes = [c for c in columns if c.startswith("p_")]
     if "y" not in columns or not classes:
@@ -107,17 +109,21 @@ def _grid_keys(tag_lists: Iterable[str]) -> list[str]:
     return keys
 
 
-def _current_grid(client, parent_id: str | None) -> set[str] | None:
+def _current_grid(client, parent_id: str | None) -> tuple[set[str] | None, list[str]]:
     """The config hashes of the study's grid as ``study run`` last expanded it (its ``grid.json``
-    on the parent run), or None when the parent has none (a study made by other means)."""
+    on the parent run), or None when the parent has none (a study made by other means); and the
+    lines naming the cells it left out (combinations that cannot run)."""
     if parent_id is None:
-        return None
+        return None, []
     with tempfile.TemporaryDirectory(prefix="medxfer-report-") as tmp:
         try:
             path = client.download_artifacts(parent_id, GRID_ARTIFACT, tmp)
-            return set(json.loads(Path(path).read_text())["config_hashes"])
+            record = json.loads(Path(path).read_text())
+            hashes = set(record["config_hashes"])
         except Exception:  # noqa: BLE001 - absent or unreadable: use every child run
-            return None
+            return None, []
+    left_out = record.get("left_out") if isinstance(record, dict) else None
+    return hashes, [str(line) for line in left_out] if isinstance(left_out, list) else []
 
 
 def _role_query(role: str) -> str:
@@ -144,8 +150,8 @@ def collect_study(name: str) -> StudyRuns:
     parent_id = parents[0].info.run_id if parents else None
 
     children = search_all_runs(client, exp_id, _role_query(ROLE_CELL))
-    grid = _current_grid(client, parent_id)
-    notes: list[str] = []
+    grid, left_out = _current_grid(client, parent_id)
+    notes: list[str] = list(left_out)
     if grid is not None:  # only runs of the spec as last run (not of an earlier version of it)
         outside = [r for r in children if r.data.tags.get(TAG_CONFIG_HASH) not in grid]
         children = [r for r in children if r.data.tags.get(TAG_CONFIG_HASH) in grid]

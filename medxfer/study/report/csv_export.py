@@ -1,5 +1,10 @@
 """The report's machine-readable tables: ``results.csv``, ``comparisons.csv`` and, with a similarity
-section, ``similarity.csv`` and ``similarity_spearman.csv`` (full precision, empty where undefined)."""
+section, ``similarity.csv`` and ``similarity_spearman.csv`` (full precision, empty where undefined).
+
+Per-class Dice (segmentation cells scoring two or more classes) adds the columns ``dice_<class>``,
+``dice_<class>_ci_low``, ``dice_<class>_ci_high``, ``dice_<class>_mean``, ``dice_<class>_sd`` and
+``dice_<class>_cases`` to ``results.csv`` and rows of metric ``dice_<class>`` (their own Holm family) to
+``comparisons.csv``; a study without them keeps both files as they were."""
 from __future__ import annotations
 
 import csv
@@ -7,7 +12,7 @@ import os
 
 from ...core.files import atomic_writer
 from .formatting import csv_num
-from .model import LocSummary, StudySummary
+from .model import CellSummary, LocSummary, StudySummary
 
 LOC_COLUMNS = ["loc_runs", "loc_cases", "loc_hit", "loc_hit_ci_low", "loc_hit_ci_high", "loc_hit_mean", "loc_hit_sd",
                "loc_dice", "loc_dice_ci_low", "loc_dice_ci_high", "loc_dice_mean", "loc_dice_sd", "loc_iou",
@@ -22,28 +27,50 @@ def _loc_values(L: LocSummary | None) -> list[str]:
         L.dice_sd, L.iou, L.iou_mean, L.iou_sd)]]
 
 
+CLASS_SUFFIXES = ("", "_ci_low", "_ci_high", "_mean", "_sd", "_cases")
+
+
+def class_columns(names: list[str]) -> list[str]:
+    """``results.csv`` columns of the per-class Dice: for each class its pooled Dice, CI, mean, SD and cases."""
+    return [f"dice_{name}{suffix}" for name in names for suffix in CLASS_SUFFIXES]
+
+
+def _class_values(c: CellSummary, names: list[str]) -> list[str]:
+    by_name = {k.name: k for k in c.classes}
+    values: list[str] = []
+    for name in names:
+        k = by_name.get(name)
+        values += ([""] * len(CLASS_SUFFIXES) if k is None else
+                   [*(csv_num(x) for x in (k.pooled, k.ci_low, k.ci_high, k.mean, k.sd)), str(k.n_cases)])
+    return values
+
+
 def write_results_csv(s: StudySummary, path: str | os.PathLike) -> None:
-    """One row per cell; the ``loc_*`` columns only when some cell has localization."""
+    """One row per cell; the ``loc_*`` columns only when some cell has localization, the ``dice_<class>*``
+    columns only when some cell has per-class Dice."""
     has_loc = bool(s.loc_cells)
+    names = s.class_names
     with atomic_writer(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["study", "cell", "task", *s.grid_keys, "n_runs", "folds", "seeds", "metric", "mean", "sd",
                     "pooled", "ci_low", "ci_high", "transfer_score", "pooled_kind", "n_cases", "scratch_cell",
-                    *(LOC_COLUMNS if has_loc else [])])
+                    *(LOC_COLUMNS if has_loc else []), *class_columns(names)])
         for c in s.cells:
             w.writerow([s.name, c.cell, c.task, *[c.grid.get(k, "") for k in s.grid_keys], c.n_runs,
                         ";".join(c.folds), ";".join(c.seeds), c.metric, csv_num(c.mean), csv_num(c.sd),
                         csv_num(c.pooled), csv_num(c.ci_low), csv_num(c.ci_high), csv_num(c.transfer_score),
-                        c.pooled_kind, c.n_cases, c.scratch_cell or "", *(_loc_values(c.loc) if has_loc else [])])
+                        c.pooled_kind, c.n_cases, c.scratch_cell or "", *(_loc_values(c.loc) if has_loc else []),
+                        *_class_values(c, names)])
 
 
 def write_comparisons_csv(s: StudySummary, path: str | os.PathLike) -> None:
-    """One row per comparison; localization rows (metric ``loc_dice`` / ``loc_hit``, own Holm family) last."""
+    """One row per comparison; per-class rows (metric ``dice_<class>``, own Holm family), then localization rows
+    (metric ``loc_dice`` / ``loc_hit``, own Holm family) last."""
     with atomic_writer(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["study", "task", "group", "source_a", "source_b", "cell_a", "cell_b", "n_cases", "metric", "a",
                     "b", "difference", "p", "p_holm", "test"])
-        for c in [*s.comparisons, *s.loc_comparisons]:
+        for c in [*s.comparisons, *s.class_comparisons, *s.loc_comparisons]:
             w.writerow([s.name, c.task, c.group, c.source_a, c.source_b, c.cell_a, c.cell_b, c.n_cases, c.metric,
                         csv_num(c.a), csv_num(c.b), csv_num(c.difference), csv_num(c.p), csv_num(c.p_holm), c.test])
 

@@ -17,8 +17,11 @@ class ReportError(MedxferError, ValueError):
     """A study that cannot be reported (unknown, no finished run, unreadable artifacts)."""
 
 
-# Params a run logs when it cut volumes / cines into 2D samples (medxfer.engine.classification.run_params)
-SAMPLING_PARAMS = ("input", "slices", "aggregate", "data.results_per", "data.n_test", "data.n_test_samples")
+# Params a run logs when it cut volumes / cines into 2D samples (medxfer.engine.classification.run_params),
+# or fed whole volumes to a 3D network (input 3d: its patch size and voxel grid)
+SAMPLING_PARAMS = ("input", "slices", "aggregate", "data.results_per", "data.n_test", "data.n_test_samples",
+                   "roi_size", "spacing")
+CLASS_DICE_PREFIX = "dice_"  # per_case.csv columns of a native 3D segmentation run: dice_<class> per foreground class
 
 
 # ---- collected from MLflow
@@ -53,10 +56,19 @@ class ChildRun:
     loc: Localization | None = None  # from localization.csv, when the run has one
     weights_sha256: str = ""  # sha256 of the weights the run loaded (its weights.sha256 param; "" for scratch)
     sampling: dict[str, str] = field(default_factory=dict)  # SAMPLING_PARAMS the run logged (volumes / cines)
+    # per-case Dice of each foreground class (segment), from per_case.csv's dice_<class> columns (native 3D)
+    class_dice: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def volumetric(self) -> bool:
+        """Whether the run fed whole volumes to a 3D network (``input: 3d``; its results are per volume)."""
+        return self.sampling.get("input", "").lower() == "3d"
 
     @property
     def sliced(self) -> bool:
         """Whether the run cut volumes / cines into 2D slice or frame samples (its results are per item)."""
+        if self.volumetric:
+            return False
         return bool(self.sampling.get("data.results_per")) or self.sampling.get("slices", "") not in ("", "None")
 
     @property
@@ -103,6 +115,20 @@ class LocSummary:
 
 
 @dataclass
+class ClassSummary:
+    """One foreground class (segment) of a segmentation cell: its Dice per run and pooled over cases."""
+
+    name: str  # as in the per_case.csv column suffix (medxfer.engine.segmentation3d.safe_class_name)
+    n_runs: int  # runs that scored the class
+    mean: float  # mean ± SD over runs of each run's mean Dice of the class
+    sd: float
+    pooled: float  # mean per-case Dice (seeds averaged per case)
+    ci_low: float
+    ci_high: float
+    n_cases: int
+
+
+@dataclass
 class CellSummary:
     """One cell (a combination of grid values, all folds and seeds): per-run and pooled metric."""
 
@@ -126,6 +152,7 @@ class CellSummary:
     pooled_kind: str = ""  # "OOF AUC" | "OOF macro OvR AUC" | "per-case Dice"
     roc: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
     loc: LocSummary | None = None  # Grad-CAM localization (classification cells with localization.csv)
+    classes: list[ClassSummary] = field(default_factory=list)  # per-class Dice (two or more segments scored)
 
 
 @dataclass
@@ -207,6 +234,17 @@ class ItemSampling:
 
 
 @dataclass
+class NativeInput:
+    """The runs of a study that fed whole volumes to 3D networks (``input: 3d``) with one patch size."""
+
+    task: str
+    roi_size: str  # as the runs logged it ("[96, 96, 96]"; "None": the weights' pretraining ROI, else 96³)
+    spacing: str  # "None": the weights' spacing, else each volume's own grid
+    cells: list[str]
+    n_runs: int
+
+
+@dataclass
 class StudySummary:
     """Everything the report shows: cells, comparisons (AUC/Dice and localization), similarity, provenance."""
 
@@ -226,8 +264,20 @@ class StudySummary:
     loc_comparisons: list[Comparison] = field(default_factory=list)  # Holm-adjusted as their own family
     similarity: SimilaritySummary | None = None
     sampling: list[ItemSampling] = field(default_factory=list)  # empty: 2D items only
+    native: list[NativeInput] = field(default_factory=list)  # empty: no native 3D runs
+    class_comparisons: list[Comparison] = field(default_factory=list)  # per-class Dice, a Holm family of their own
 
     @property
     def loc_cells(self) -> list[CellSummary]:
         """The cells with a localization summary."""
         return [c for c in self.cells if c.loc is not None]
+
+    @property
+    def class_cells(self) -> list[CellSummary]:
+        """The cells with per-class Dice (segmentation with two or more segments)."""
+        return [c for c in self.cells if c.classes]
+
+    @property
+    def class_names(self) -> list[str]:
+        """Every class of the per-class results, in the order the cells name them."""
+        return list(dict.fromkeys(k.name for c in self.cells for k in c.classes))

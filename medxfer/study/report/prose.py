@@ -1,4 +1,5 @@
-"""The report's prose: provenance lines and the methods paragraphs of the main, localization and similarity parts.
+"""The report's prose: provenance lines and the methods paragraphs of the main, per-class, localization and
+similarity parts.
 
 Each text says what was computed for *this* summary (tasks present, resamples, seed, level), in
 words a reader of the report needs to interpret the tables.
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from .model import ItemSampling, StudySummary
+from .model import ItemSampling, NativeInput, StudySummary
 
 INPUT_WORDS = {"2d": "one slice or frame per sample",
                "2.5d": "slice k with its neighbours k−1 and k+1 as the three channels, the end slice repeated at "
@@ -92,6 +93,54 @@ def item_level(s: StudySummary) -> str:
     return " ".join(parts)
 
 
+def _roi_words(g: NativeInput) -> str:
+    roi = "" if g.roi_size in ("", "None") else f" of {g.roi_size} voxels"
+    grid = ("each volume on its own voxel grid (or the weights' spacing)" if g.spacing in ("", "None")
+            else f"volumes resampled to {g.spacing} mm")
+    return f"patches{roi}, {grid}"
+
+
+def native_3d(s: StudySummary) -> str:
+    """What the results of native 3D runs (``input: 3d``) are: per volume, from whole-volume predictions.
+    Empty when no run was native 3D."""
+    if not s.native:
+        return ""
+    several = len(s.native) > 1
+    settings = "; ".join(_roi_words(g) + (f" (cells {', '.join(g.cells)})" if several else "") for g in s.native)
+    parts = [f"The networks are native 3D (input 3d): they train on {settings}"]
+    tasks = {g.task for g in s.native}
+    if "segmentation" in tasks:
+        parts[0] += (", random patches centred on foreground with the run's foreground ratio, and predict each "
+                     "validation and test volume whole by sliding windows of the patch size (25 % overlap, Gaussian "
+                     "blending); every result is per volume: per_case.csv holds one row per tested volume, and its "
+                     "Dice is the mean of the foreground classes' Dice (a class absent from both prediction and truth "
+                     "counts 1)")
+    if "classification" in tasks:
+        parts[0] += ("; classification resizes each whole volume to fit the patch size and predicts one "
+                     "probability per volume")
+    native = {cell for g in s.native for cell in g.cells}
+    others = [c.cell for c in s.cells if c.cell not in native]
+    text = parts[0] + "."
+    if others:
+        text += f" The other cells ({', '.join(others)}) trained 2D networks."
+    return text
+
+
+def class_methods(s: StudySummary) -> str:
+    """How per-class Dice is summarised and compared."""
+    pct = int(s.level * 100)
+    parts = [f"Per class (segment; label value 1 … n of the mask volumes, named by the study's segments): mean ± SD "
+             "over the cell's runs of each run's mean Dice of the class on its own test fold, and the mean per-case "
+             f"Dice over all test folds (averaged over seeds per case) with a {pct} % percentile bootstrap CI "
+             f"({s.n_resamples} resamples, seed {s.seed})."]
+    if s.class_comparisons:
+        parts.append("Cells that differ only in the weights source are compared per class on the cases both have by "
+                     "the two-sided Wilcoxon signed-rank test on per-case Dice (averaged over seeds); A − B is "
+                     "source A minus source B. These p-values are Holm-adjusted as their own family, apart from the "
+                     "comparisons of the mean Dice.")
+    return " ".join(parts)
+
+
 def methods(s: StudySummary) -> str:
     """How cells are scored and compared (pooled metric, CIs, tests, Holm, transfer score)."""
     tasks = {c.task for c in s.cells}
@@ -101,6 +150,8 @@ def methods(s: StudySummary) -> str:
              "Mean ± SD is over the cell's runs, each scored on its own held-out test fold (sample SD)."]
     if s.sampling:
         parts.append(item_level(s))
+    if s.native:
+        parts.append(native_3d(s))
     if "classification" in tasks:
         parts.append(
             "The pooled out-of-fold (OOF) AUC is the AUC of the concatenated test-fold predictions of all folds "
@@ -121,7 +172,12 @@ def methods(s: StudySummary) -> str:
     if "segmentation" in tasks:
         tests.append("Dice by the two-sided Wilcoxon signed-rank test on per-case Dice (averaged over seeds)")
     parts[-1] += " " + "; ".join(tests) + "."
-    if s.loc_comparisons:
+    if s.class_comparisons:
+        own = "the per-class and the lesion-localization p-values form families" if s.loc_comparisons else \
+            "the per-class p-values form a family"
+        parts.append("The p-values of these comparisons are adjusted together with Holm's step-down method "
+                     f"(p (Holm)); {own} of their own (see there).")
+    elif s.loc_comparisons:
         parts.append("The p-values of these comparisons are adjusted together with Holm's step-down method "
                      "(p (Holm)); the lesion-localization p-values form a family of their own (see there).")
     else:

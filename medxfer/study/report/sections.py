@@ -1,14 +1,15 @@
-"""The report's sections, in the one order both formats follow: methods, cells, comparisons,
-lesion localization (when any cell has it), dataset similarity (when the study has it), figures."""
+"""The report's sections, in the one order both formats follow: methods, cells, comparisons, per-class
+Dice (when segmentation cells score two or more classes), lesion localization (when any cell has it),
+dataset similarity (when the study has it), figures."""
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from .document import Document, Figure, Figures, Paragraph, Section
 from .model import StudySummary
-from .prose import loc_methods, methods, provenance, similarity_methods
-from .tables import (cell_table, comparison_table, correlation_table, loc_cell_table, loc_comparison_table,
-                     similarity_table)
+from .prose import class_methods, loc_methods, methods, provenance, similarity_methods
+from .tables import (cell_table, class_cell_table, class_comparison_table, comparison_table, correlation_table,
+                     loc_cell_table, loc_comparison_table, similarity_table)
 
 SIMILARITY_FIGURE = "similarity"  # the figure shown in the similarity section, not under Figures
 
@@ -18,6 +19,13 @@ def _localization(s: StudySummary) -> Section:
     if s.loc_comparisons:
         blocks.append(Section("Localization comparisons", (loc_comparison_table(s),), level=3))
     return Section("Lesion localization (Grad-CAM)", tuple(blocks), anchor="localization-section")
+
+
+def _classes(s: StudySummary) -> Section:
+    blocks: list = [Paragraph(class_methods(s)), class_cell_table(s)]
+    if s.class_comparisons:
+        blocks.append(Section("Per-class comparisons", (class_comparison_table(s),), level=3))
+    return Section("Per-class Dice", tuple(blocks), anchor="classes-section")
 
 
 def _similarity(s: StudySummary, figures: Sequence[Figure]) -> Section:
@@ -34,6 +42,8 @@ def report_sections(s: StudySummary, figures: Sequence[Figure]) -> list[Section]
     sections = [Section("Methods", (Paragraph(methods(s)),)),
                 Section("Cells", (cell_table(s),)),
                 Section("Comparisons", (comparison_table(s),))]
+    if s.class_cells:
+        sections.append(_classes(s))
     if s.loc_cells:
         sections.append(_localization(s))
     if s.similarity is not None:

@@ -6,6 +6,11 @@ bootstrap CI, and the transfer score against the scratch cell with the same othe
 Cells identical in every grid key but ``weights`` are compared on the items both have (DeLong or
 Wilcoxon; localization by Wilcoxon and exact McNemar), Holm-adjusted per family.
 
+Segmentation runs whose ``per_case.csv`` scores two or more classes (``dice_<class>``, native 3D with
+``segments``) get the same statistics per class: mean ± SD over runs, mean per-case Dice with a bootstrap
+CI, and Wilcoxon comparisons between weights sources on the shared cases, Holm-adjusted as a family of
+their own (the ``dice`` comparisons, their mean over classes, keep theirs).
+
 The runs of a cell are pooled only when they loaded the same weights (the ``weights.sha256`` each
 run logged): a cell whose runs loaded different weights — a ``file:`` replaced or a name
 re-imported during the study by a medxfer that did not pin them — is an error, not averaged.
@@ -22,8 +27,9 @@ import numpy as np
 from ..stats import (auc, bootstrap_auc_ci, bootstrap_mean_ci, delong_test, holm, mcnemar_exact, mean_sd, spearman,
                      transfer_score, wilcoxon_signed_rank)
 from ...tracking.layout import SIMILARITY_ARTIFACT
-from .model import (LEVEL, METRICS, SIM_MEASURES, CellSummary, ChildRun, Comparison, ItemSampling, LocSummary,
-                    ReportError, SimilarityCorrelation, SimilarityRow, SimilaritySummary, StudyRuns, StudySummary)
+from .model import (LEVEL, METRICS, SIM_MEASURES, CellSummary, ChildRun, ClassSummary, Comparison, ItemSampling,
+                    LocSummary, NativeInput, ReportError, SimilarityCorrelation, SimilarityRow, SimilaritySummary,
+                    StudyRuns, StudySummary)
 
 
 def _natural(value: str) -> tuple:
@@ -105,6 +111,30 @@ def _summarize_cell(cell: str, runs: list[ChildRun], n_resamples: int, seed: int
     return CellSummary(**common, pooled=pooled, ci_low=lo, ci_high=hi, n_classes=2, pooled_kind="OOF AUC", roc=roc)
 
 
+def class_names(runs: list[ChildRun]) -> list[str]:
+    """The classes the runs scored per case (``dice_<class>`` columns), in column order; empty with fewer
+    than two (one foreground class is the ``dice`` column itself)."""
+    names = list(dict.fromkeys(name for r in runs for name in r.class_dice))
+    return names if len(names) >= 2 else []
+
+
+def _summarize_classes(runs: list[ChildRun], n_resamples: int, seed: int) -> list[ClassSummary]:
+    """Per class: mean ± SD over the runs that scored it, mean per-case Dice (seeds averaged per case) with
+    a percentile bootstrap CI."""
+    out = []
+    for name in class_names(runs):
+        scored = [r for r in runs if name in r.class_dice]
+        mean, sd = mean_sd([_nanmean(r.class_dice[name]) for r in scored])
+        items = np.concatenate([r.item_id for r in scored]).astype(str)
+        _, per_item = _per_item(items, np.concatenate([r.class_dice[name] for r in scored]))
+        per_item = per_item[~np.isnan(per_item)]
+        lo, hi = bootstrap_mean_ci(per_item, n_resamples=n_resamples, level=LEVEL, seed=seed)
+        out.append(ClassSummary(name=name, n_runs=len(scored), mean=mean, sd=sd,
+                                pooled=float(np.mean(per_item)) if per_item.size else math.nan,
+                                ci_low=lo, ci_high=hi, n_cases=int(per_item.size)))
+    return out
+
+
 def _nanmean(values: np.ndarray) -> float:
     v = np.asarray(values, dtype=float)
     v = v[~np.isnan(v)]
@@ -149,19 +179,8 @@ def _compare(ca: CellSummary, cb: CellSummary, ra: list[ChildRun], rb: list[Chil
     items_a = np.concatenate([r.item_id for r in ra]).astype(str)
     items_b = np.concatenate([r.item_id for r in rb]).astype(str)
     if ca.task == "segmentation":
-        ia, da = _per_item(items_a, np.concatenate([r.dice for r in ra]))
-        ib, db = _per_item(items_b, np.concatenate([r.dice for r in rb]))
-        _, xa, xb = np.intersect1d(ia, ib, return_indices=True)
-        a, b = da[xa], db[xb]
-        ok = ~(np.isnan(a) | np.isnan(b))
-        a, b = a[ok], b[ok]
-        if a.size == 0:
-            return Comparison(**base, n_cases=0, metric="Dice", a=math.nan, b=math.nan, difference=math.nan,
-                              p=math.nan, test="n/a (no shared cases)")
-        _, p = wilcoxon_signed_rank(a, b)
-        ma, mb = float(np.mean(a)), float(np.mean(b))
-        return Comparison(**base, n_cases=int(a.size), metric="Dice", a=ma, b=mb, difference=ma - mb, p=p,
-                          test="Wilcoxon signed-rank")
+        return _paired_dice(base, "Dice", items_a, np.concatenate([r.dice for r in ra]),
+                            items_b, np.concatenate([r.dice for r in rb]))
     ia, pa = _per_item(items_a, np.concatenate([r.prob[:, 1] if r.binary else np.full(len(r.y), np.nan) for r in ra]))
     ib, pb = _per_item(items_b, np.concatenate([r.prob[:, 1] if r.binary else np.full(len(r.y), np.nan) for r in rb]))
     shared = np.intersect1d(ia, ib)
@@ -180,6 +199,54 @@ def _compare(ca: CellSummary, cb: CellSummary, ra: list[ChildRun], rb: list[Chil
     res = delong_test(y, a, b)
     return Comparison(**base, n_cases=res.n_positive + res.n_negative, metric="AUC", a=res.auc1, b=res.auc2,
                       difference=res.difference, p=res.p_value, test="DeLong")
+
+
+def _paired_dice(base: dict, metric: str, items_a: np.ndarray, dice_a: np.ndarray, items_b: np.ndarray,
+                 dice_b: np.ndarray) -> Comparison:
+    """Per-case Dice of two cells (seeds averaged per case) on their shared cases: Wilcoxon signed-rank."""
+    ia, da = _per_item(items_a, dice_a)
+    ib, db = _per_item(items_b, dice_b)
+    _, xa, xb = np.intersect1d(ia, ib, return_indices=True)
+    a, b = da[xa], db[xb]
+    ok = ~(np.isnan(a) | np.isnan(b))
+    a, b = a[ok], b[ok]
+    if a.size == 0:
+        return Comparison(**base, n_cases=0, metric=metric, a=math.nan, b=math.nan, difference=math.nan,
+                          p=math.nan, test="n/a (no shared cases)")
+    _, p = wilcoxon_signed_rank(a, b)
+    ma, mb = float(np.mean(a)), float(np.mean(b))
+    return Comparison(**base, n_cases=int(a.size), metric=metric, a=ma, b=mb, difference=ma - mb, p=p,
+                      test="Wilcoxon signed-rank")
+
+
+def _compare_classes(ca: CellSummary, cb: CellSummary, ra: list[ChildRun], rb: list[ChildRun],
+                     group: str) -> list[Comparison]:
+    """Per-class Dice of two cells, each class both scored (metric ``dice_<class>``), by :func:`_paired_dice`."""
+    base = dict(task=ca.task, group=group, source_a=ca.grid.get("weights", ""), source_b=cb.grid.get("weights", ""),
+                cell_a=ca.cell, cell_b=cb.cell, p_holm=math.nan)
+    shared = [k.name for k in ca.classes if k.name in {x.name for x in cb.classes}]
+    out = []
+    for name in shared:
+        sa = [r for r in ra if name in r.class_dice]
+        sb = [r for r in rb if name in r.class_dice]
+        out.append(_paired_dice(base, f"dice_{name}",
+                                np.concatenate([r.item_id for r in sa]).astype(str),
+                                np.concatenate([r.class_dice[name] for r in sa]),
+                                np.concatenate([r.item_id for r in sb]).astype(str),
+                                np.concatenate([r.class_dice[name] for r in sb])))
+    return out
+
+
+def native_inputs(runs: list[ChildRun]) -> list[NativeInput]:
+    """The patch sizes and voxel grids with which runs fed whole volumes to 3D networks, each with its cells;
+    empty when no run did (``input: 3d``)."""
+    groups: dict[tuple[str, str, str], list[ChildRun]] = {}
+    for r in runs:
+        if r.volumetric:
+            key = (r.task, r.sampling.get("roi_size", "None"), r.sampling.get("spacing", "None"))
+            groups.setdefault(key, []).append(r)
+    return [NativeInput(task=task, roi_size=roi, spacing=spacing, cells=sorted({r.cell for r in members}),
+                        n_runs=len(members)) for (task, roi, spacing), members in groups.items()]
 
 
 def _compare_loc(ca: CellSummary, cb: CellSummary, ra: list[ChildRun], rb: list[ChildRun],
@@ -356,6 +423,8 @@ def summarize(runs: StudyRuns, n_resamples: int = 2000, seed: int = 0) -> StudyS
     for c in cells:
         if c.task == "classification":
             c.loc = _summarize_loc(ordered[c.cell], n_resamples, seed)
+        else:
+            c.classes = _summarize_classes(ordered[c.cell], n_resamples, seed)
     tasks = {c.task for c in cells}
 
     def others(c: CellSummary) -> tuple:
@@ -371,6 +440,7 @@ def summarize(runs: StudyRuns, n_resamples: int = 2000, seed: int = 0) -> StudyS
 
     comparisons: list[Comparison] = []
     loc_comparisons: list[Comparison] = []
+    class_comparisons: list[Comparison] = []
     if "weights" in keys:
         groups: dict[tuple, list[CellSummary]] = {}
         for c in cells:
@@ -383,7 +453,9 @@ def summarize(runs: StudyRuns, n_resamples: int = 2000, seed: int = 0) -> StudyS
                 comparisons.append(_compare(ca, cb, by_cell[ca.cell], by_cell[cb.cell], group))
                 if ca.loc is not None and cb.loc is not None:
                     loc_comparisons += _compare_loc(ca, cb, by_cell[ca.cell], by_cell[cb.cell], group)
-    for family in (comparisons, loc_comparisons):  # Holm within each family
+                if ca.classes and cb.classes:
+                    class_comparisons += _compare_classes(ca, cb, by_cell[ca.cell], by_cell[cb.cell], group)
+    for family in (comparisons, loc_comparisons, class_comparisons):  # Holm within each family
         if family:
             adjusted = holm([c.p for c in family])
             for c, q in zip(family, adjusted):
@@ -394,4 +466,5 @@ def summarize(runs: StudyRuns, n_resamples: int = 2000, seed: int = 0) -> StudyS
                         comparisons=comparisons, n_resamples=int(n_resamples), seed=int(seed),
                         n_runs=len(runs.runs), n_not_finished=runs.n_not_finished, n_superseded=runs.n_superseded,
                         notes=notes, created=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                        loc_comparisons=loc_comparisons, similarity=similarity, sampling=item_sampling(runs.runs))
+                        loc_comparisons=loc_comparisons, similarity=similarity, sampling=item_sampling(runs.runs),
+                        native=native_inputs(runs.runs), class_comparisons=class_comparisons)

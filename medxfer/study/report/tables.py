@@ -1,4 +1,5 @@
-"""The report's tables (cells, comparisons, localization, similarity) as formatted text, for HTML and Markdown."""
+"""The report's tables (cells, comparisons, per-class Dice, localization, similarity) as formatted text, for HTML
+and Markdown."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ NUMERIC_HEADERS = frozenset({"Runs", "Cases", "Pooled", "A", "B", "A − B", "p"
                              "Hit rate", "Dice", "IoU", "Fréchet distance", "MMD²", "Intensity distance",
                              "Source images", "Sources"})
 LOC_MEASURES = {"loc_dice": "Dice (mean)", "loc_hit": "hit rate"}
+CLASS_METRIC_PREFIX = "dice_"  # a per-class comparison's metric: dice_<class>
 
 
 def _table(table_id: str, header: Sequence[str], rows: Sequence[Sequence[str]], row_ids: Sequence[str] = ()) -> Table:
@@ -44,6 +46,26 @@ def comparison_table(s: StudySummary) -> Table:
     rows = [[c.group, c.source_a, c.source_b, str(c.n_cases), c.metric, fmt3(c.a), fmt3(c.b), fmt_signed(c.difference),
              fmt_p(c.p), fmt_p(c.p_holm), c.test] for c in s.comparisons]
     return _table("comparisons", header, rows)
+
+
+def class_cell_table(s: StudySummary) -> Table:
+    """One row per cell and class: runs, mean ± SD per run, mean per-case Dice with its CI, cases."""
+    header = [*s.grid_keys, "Class", "Runs", "Mean ± SD (per run)", "Dice", f"{int(s.level * 100)} % CI", "Cases"]
+    rows, ids = [], []
+    for c in s.class_cells:
+        for k in c.classes:
+            rows.append([*[c.grid.get(key, "") for key in s.grid_keys], k.name, str(k.n_runs),
+                         fmt_mean_sd(k.mean, k.sd), fmt3(k.pooled), fmt_ci(k.ci_low, k.ci_high), str(k.n_cases)])
+            ids.append(c.cell)
+    return _table("classes", header, rows, ids)
+
+
+def class_comparison_table(s: StudySummary) -> Table:
+    """One row per pair of weights sources and class (per-case Dice by Wilcoxon)."""
+    header = ["Group", "Class", "Source A", "Source B", "Cases", "A", "B", "A − B", "p", "p (Holm)", "Test"]
+    rows = [[c.group, c.metric.removeprefix(CLASS_METRIC_PREFIX), c.source_a, c.source_b, str(c.n_cases), fmt3(c.a),
+             fmt3(c.b), fmt_signed(c.difference), fmt_p(c.p), fmt_p(c.p_holm), c.test] for c in s.class_comparisons]
+    return _table("class-comparisons", header, rows)
 
 
 def loc_cell_table(s: StudySummary) -> Table:

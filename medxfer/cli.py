@@ -396,7 +396,9 @@ def predict(run_id, data, out, batch_size):
 
     Writes predictions.csv (item_id, p_<class>…, predicted); labels and folds are not needed. A run
     trained on slices of volumes / cines writes one row per volume or cine, its slices aggregated as
-    in training, plus a `samples` column.
+    in training, plus a `samples` column. A segmentation run writes masks/<item_id>.nii.gz on each
+    item's own grid; one trained on whole volumes (input: 3d) predicts each volume by sliding
+    windows of its roi_size (--batch-size windows at a time) and counts voxels_<class> per volume.
 
     \b
     Example:

@@ -10,6 +10,15 @@ the run's settings pick, and its sample probabilities are aggregated into one ro
 ``samples``: how many were aggregated); 2D items are one sample each. ``slices: labelled`` needs
 per-slice labels, which a folder to predict does not have: prediction then takes every slice
 (``all``). Segmentation runs write one mask NIfTI per volume on the volume's own grid.
+
+A run trained on whole volumes (``input: 3d``, :mod:`.segmentation3d`) predicts each volume of DIR
+whole (2D images and cines are left out, counted in the log), preprocessed as in training (resampled
+to the run's voxel ``spacing`` when it had one). Segmentation: sliding windows of the run's
+``roi_size``, the class scores brought back onto the cached volume's own grid (MONAI ``Invertd``
+undoes the resampling, linear on the scores, then argmax), one label map per volume
+(values = class indices, with the volume's shape and affine) and ``predictions.csv`` rows ``item_id,
+mask, voxels_<class>…`` (voxels of each foreground class). Classification: one row per volume,
+``item_id, p_<class>…, predicted``.
 """
 from __future__ import annotations
 
@@ -30,11 +39,13 @@ from ..core.hashing import sha256_file
 from ..ingest.manifest import escape_cell, read_manifest
 from ..models import Preprocessing, WeightsError, create_classifier, create_segmenter, load_strict
 from ..models.weights import safe_torch_load
+from ..transforms.pipelines3d import load_and_scale, resolve_spacing
 from ..transforms.presets import longest_side_size
 from ..tracking.layout import CHECKPOINT_ARTIFACT, PREDICTIONS_ARTIFACT, RUN_CONFIG_ARTIFACT
 from ..tracking.store import RunNotFound, download_run_artifact, get_run
 from .bundles import bundle_path
-from .data import CohortError, _item, is_2d, reference_images, slice_count, slice_samples
+from .data import CohortError, _item, is_2d, is_volume, reference_images, slice_count, slice_samples
+from .segmentation3d import safe_class_name
 from .slices import SliceSelection, aggregate_probabilities, check_aggregate, check_input, check_slices
 
 log = logging.getLogger(__name__)
@@ -56,8 +67,20 @@ class RunModel:
         return self.network.encoder.preprocessing
 
 
+def segmentation_classes(provenance: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """A segmentation run's classes, background first: its checkpoint's ``classes``, else ``background`` +
+    its ``segments`` (3D runs), else binary (runs from before either was recorded)."""
+    if provenance.get("classes"):
+        return [str(c) for c in provenance["classes"]]
+    if config.get("segments"):
+        return ["background", *(str(c) for c in config["segments"])]
+    return ["background", "foreground"]
+
+
 def load_run_model(run_id: str) -> RunModel:
-    """Rebuild the classifier of ``run_id`` (encoder + head from its medxfer checkpoint)."""
+    """Rebuild the network of ``run_id`` from its medxfer checkpoint: a classifier (encoder + head, 2D or
+    3D), a segmenter (a FlexibleUNet over its encoder, 2D or 3D, one output channel per class, or a plain
+    baseline such as ``unet_3d`` whose checkpoint ``encoder`` state is the whole network)."""
     with tempfile.TemporaryDirectory(prefix="medxfer-predict-") as tmp:
         try:
             ckpt_path = download_run_artifact(run_id, CHECKPOINT_ARTIFACT, tmp)
@@ -67,22 +90,26 @@ def load_run_model(run_id: str) -> RunModel:
         ckpt = safe_torch_load(ckpt_path)
     task = config.get("task", "classification")
     in_channels = int(ckpt.get("in_channels", config.get("in_channels", 3)))
+    provenance = ckpt.get("provenance") or {}
     if task == "classification":
-        classes = list(ckpt["provenance"].get("classes") or [])
-        views = ckpt["provenance"].get("views") or None
+        classes = list(provenance.get("classes") or [])
+        views = provenance.get("views") or None
         if views:
             raise CohortError(f"run:{run_id} classifies multi-view samples ({'+'.join(views)}, "
-                              f"{ckpt['provenance'].get('fusion')} fusion); medxfer predict reads single images. "
+                              f"{provenance.get('fusion')} fusion); medxfer predict reads single images. "
                               f"Use its checkpoint as weights (run:{run_id}) or evaluate it in a study.")
         network = create_classifier(ckpt["arch"], "scratch", num_classes=len(classes), in_channels=in_channels)
     elif task == "segmentation":
-        classes = ["background", "foreground"]
+        classes = segmentation_classes(provenance, config)
         decoder = {"decoder_channels": tuple(config["decoder_channels"])} if config.get("decoder_channels") else {}
-        network = create_segmenter(ckpt["arch"], "scratch", in_channels=in_channels, out_channels=2, **decoder)
+        network = create_segmenter(ckpt["arch"], "scratch", in_channels=in_channels, out_channels=len(classes),
+                                   **decoder)
     else:
         raise CohortError(f"run:{run_id}: unknown task {task!r}")
     if ckpt.get("arch_options", {}).get("bn_eps"):
         network.encoder.set_bn_eps(float(ckpt["arch_options"]["bn_eps"]))
+    # the encoder slot (a plain baseline's whole network) under "encoder.", the rest as saved: a classifier's
+    # head under "head.", a segmenter's decoder and segmentation head with their own prefixes (none for a baseline)
     state = {**{f"encoder.{k}": v for k, v in ckpt["encoder"].items()},
              **({f"head.{k}": v for k, v in ckpt["head"].items()} if task == "classification" else ckpt["head"])}
     load_strict(network, state, source=f"run:{run_id} checkpoint")
@@ -91,6 +118,32 @@ def load_run_model(run_id: str) -> RunModel:
         network.preprocessing = network.encoder.preprocessing
     params = dict(get_run(run_id).data.params)
     return RunModel(run_id=run_id, task=task, network=network.eval(), classes=classes, config=config, params=params)
+
+
+def is_volumetric(config: dict[str, Any]) -> bool:
+    """Whether a run (its ``run_config.json``) was trained on whole volumes (``input: 3d``)."""
+    return check_input(config.get("input")) == "3d"
+
+
+def volume_transforms(run_model: RunModel):
+    """The deterministic 3D pipeline of the run's training (load → resample to the run's ``spacing`` or the
+    weights' → modality preset → weights normalisation), image only and with MONAI metadata kept, so that
+    :func:`volume_postprocessing` can undo the resampling."""
+    from monai.transforms import Compose
+
+    config = run_model.config
+    return Compose(load_and_scale(("image",), run_model.preprocessing, int(config["in_channels"]),
+                                   resolve_spacing(config.get("spacing"), run_model.preprocessing), None))
+
+
+def volume_postprocessing(run_model: RunModel, transform):
+    """MONAI ``Invertd`` bringing the predicted class scores back from the resampled grid to each
+    volume's own (``transform``: :func:`volume_transforms`); None when the run kept volumes on their grids."""
+    from monai.transforms import Invertd
+
+    if resolve_spacing(run_model.config.get("spacing"), run_model.preprocessing) is None:
+        return None
+    return Invertd(keys="pred", transform=transform, orig_keys="image", nearest_interp=False, to_tensor=True)
 
 
 def check_evaluation_fold(run_model: RunModel, fold: int, manifest: str | os.PathLike) -> None:
@@ -128,13 +181,16 @@ def manifest_items(manifest: str | os.PathLike, modalities: list[str] | None = N
     Without ``slices`` (and with ``input: 2d``, a run trained on 2D items): every 2D item, volumes and
     cines left out. With them (the run's settings, :func:`prediction_selection`): 2D items whole and
     every volume / cine cut into its slice samples (:func:`.data.slice_samples`), the samples of an
-    item consecutive, so that their predictions aggregate per ``item_id``."""
+    item consecutive, so that their predictions aggregate per ``item_id``. With ``input: 3d`` (a run
+    trained on whole volumes): every volume whole, 2D items and cines left out."""
     path = Path(manifest)
     if path.is_dir():
         path = path / "manifest.csv"
     if not path.is_file():
         raise CohortError(f"{path}: no manifest (run medxfer ingest on the folder first)")
     input_mode = check_input(input)
+    if input_mode == "3d":
+        return _volume_items(path, modalities)
     selection = prediction_selection(input_mode, slices)
     width = 3 if input_mode == "2.5d" else 1
     rows, _ = read_manifest(path)
@@ -177,6 +233,35 @@ def manifest_items(manifest: str | os.PathLike, modalities: list[str] | None = N
     return items
 
 
+def _volume_items(path: Path, modalities: list[str] | None) -> list[dict]:
+    """Every volume of the manifest at ``path`` whole (a run trained with ``input: 3d``), in manifest order."""
+    rows, _ = read_manifest(path)
+    keep = {m.upper() for m in modalities} if modalities else None
+    items, not_volume, other_modality = [], 0, {}
+    for row in rows:
+        if not is_volume(row):
+            not_volume += 1  # a 2D image, a cine (its third axis is time) or a 4D series
+            continue
+        modality = (row.get("modality") or "").upper()
+        if keep is not None and modality not in keep:
+            other_modality[modality or "?"] = other_modality.get(modality or "?", 0) + 1
+            continue
+        item = _item({**row, "fold": row.get("fold") or -1}, path.parent, 3)
+        item["label"] = -1
+        items.append(item)
+    if not_volume:
+        log.info("%s: %d item(s) left out: the run was trained on whole volumes (input: 3d); 2D images, cines "
+                 "and 4D series are not", path, not_volume)
+    if not items and other_modality:
+        found = ", ".join(f"{n} {m}" for m, n in sorted(other_modality.items()))
+        raise CohortError(f"{path}: no volume of modality {'/'.join(sorted(keep))} (the run's modalities) to "
+                          f"predict; the folder's volumes are {found}")
+    if not items:
+        raise CohortError(f"{path}: no volume to predict (the run was trained on whole volumes, input: 3d; "
+                          f"{not_volume} 2D image / cine item(s) left out)")
+    return items
+
+
 def _unpad(pred: torch.Tensor, width: int, height: int, image_size: int) -> torch.Tensor:
     """An argmax mask at network size back on a ``width`` × ``height`` grid (undoing resize-with-pad)."""
     import torch.nn.functional as F
@@ -195,12 +280,18 @@ class MaskWriter:
     grid, one mask NIfTI per volume with the volume's affine (segmentation predicts every slice of a
     volume, whatever slices the run trained on: a mask is only useful whole; slices not predicted would
     stay background). With ``sliced`` the CSV has a ``samples`` column (slices predicted; 1 for a 2D item)
-    and ``foreground_pixels`` counts voxels of the whole volume."""
+    and ``foreground_pixels`` counts voxels of the whole volume.
 
-    def __init__(self, output_dir: str | os.PathLike, image_size: int, sliced: bool = False):
+    With ``classes`` (a run trained on whole volumes, ``input: 3d``) each prediction is a whole volume's
+    class scores already on its grid (:func:`volume_postprocessing`): the label map (values = class
+    indices) is written with the volume's affine and the CSV counts ``voxels_<class>`` per foreground class."""
+
+    def __init__(self, output_dir: str | os.PathLike, image_size: int, sliced: bool = False,
+                 classes: list[str] | None = None):
         self.output_dir = Path(output_dir)
         self.image_size = int(image_size)
         self.sliced = bool(sliced)
+        self.classes = list(classes) if classes else None
         self.rows: list[list] = []
         self._volume: dict[str, Any] | None = None  # the volume whose slices are being stacked
 
@@ -215,6 +306,9 @@ class MaskWriter:
 
         (self.output_dir / "masks").mkdir(parents=True, exist_ok=True)
         for item, out in zip(engine.state.batch, engine.state.output):
+            if self.classes is not None:
+                self._write_volume(item, out["pred"])
+                continue
             pred = out["pred"].argmax(0).float()  # (size, size), x first
             width, height = (int(v) for v in item["shape"][:2])
             mask = _unpad(pred.cpu(), width, height, self.image_size).numpy().astype(np.uint8)
@@ -227,6 +321,21 @@ class MaskWriter:
             path = self.output_dir / "masks" / f"{item['item_id']}.nii.gz"
             nib.save(nib.Nifti1Image(mask, affine), path)
             self.rows.append([item["item_id"], f"masks/{path.name}", int(mask.sum())] + ([1] if self.sliced else []))
+
+    def _write_volume(self, item: dict, scores: torch.Tensor) -> None:
+        """One whole volume's label map, on the cached volume's grid and with its affine."""
+        import nibabel as nib
+
+        header = nib.load(item["image_path"])  # the header only: the volume's grid and affine
+        grid = tuple(int(v) for v in header.shape[:3])
+        labels = torch.as_tensor(scores).detach().float().argmax(0).cpu().numpy().astype(np.uint8)
+        if labels.shape != grid:
+            raise CohortError(f"item {item['item_id']}: the predicted label map is {labels.shape}, not the volume's "
+                              f"grid {grid}")
+        path = self.output_dir / "masks" / f"{item['item_id']}.nii.gz"
+        nib.save(nib.Nifti1Image(labels, header.affine), path)
+        counts = np.bincount(labels.ravel(), minlength=len(self.classes))
+        self.rows.append([item["item_id"], f"masks/{path.name}", *(int(n) for n in counts[1:len(self.classes)])])
 
     def _add_slice(self, item_id: str, image_path: str, k: int, mask: np.ndarray) -> None:
         import nibabel as nib
@@ -254,7 +363,10 @@ class MaskWriter:
         self._flush()
         with atomic_writer(self.output_dir / PREDICTIONS_ARTIFACT, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["item_id", "mask", "foreground_pixels"] + (["samples"] if self.sliced else []))
+            if self.classes is not None:
+                w.writerow(["item_id", "mask", *(f"voxels_{safe_class_name(c)}" for c in self.classes[1:])])
+            else:
+                w.writerow(["item_id", "mask", "foreground_pixels"] + (["samples"] if self.sliced else []))
             w.writerows(self.rows)
 
 
@@ -326,7 +438,8 @@ def predict(run_id: str, data: str | os.PathLike, out: str | os.PathLike | None 
     """Run the ``inference.json`` of the run's bundle on an ingested folder; returns the predictions
     CSV (classification: probabilities, one row per item — a volume or cine of a run trained on its
     slices is one row, its slices aggregated as in training; segmentation: one row per mask NIfTI
-    under ``masks/``, one per volume for such runs)."""
+    under ``masks/``, one per volume for such runs). A run trained on whole volumes (``input: 3d``)
+    predicts each volume whole, one at a time (``batch_size`` is then the sliding-window batch)."""
     from monai.bundle import ConfigWorkflow
 
     task = _run_task(run_id)

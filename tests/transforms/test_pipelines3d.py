@@ -26,7 +26,8 @@ def volume(tmp_path) -> dict:
     affine = np.diag([1.0, 1.0, 2.0, 1.0])
     nib.save(nib.Nifti1Image(image, affine), tmp_path / "v.nii")
     nib.save(nib.Nifti1Image(labels, affine), tmp_path / "m.nii.gz")
-    return {"image": str(tmp_path / "v.nii"), "label": str(tmp_path / "m.nii.gz"), "item_id": "v1", "modality": "MR",
+    return {"image": str(tmp_path / "v.nii"), "image_path": str(tmp_path / "v.nii"),  # as load_cohort's items
+            "label": str(tmp_path / "m.nii.gz"), "item_id": "v1", "modality": "MR",
             "window_center": float("nan"), "window_width": float("nan")}
 
 
@@ -111,3 +112,21 @@ def test_classification_fits_the_volume_into_the_roi_keeping_its_aspect(volume):
     assert tuple(image.shape) == (1, 64, 64, 64) and int(out["label"]) == 1
     occupied = [int((image.abs().sum(dim=[d for d in (1, 2, 3) if d != axis]) > 0).sum()) for axis in (1, 2, 3)]
     assert occupied[0] == 64 and occupied[1] == round(36 * 64 / 40) and occupied[2] == round(20 * 64 / 40)
+
+
+def test_cached_voxel_indices_are_shared_not_copied_at_every_access():
+    """CacheDataset deep-copies a cached item at each access: the fg/bg indices (read-only, int32) are shared."""
+    import copy
+
+    from monai.transforms import FgBgToIndicesd
+
+    from medxfer.transforms.pipelines3d import SharedIndicesd
+
+    label = torch.zeros(1, 6, 5, 4)
+    label[0, 2:4, 1:3, 1] = 1
+    item = FgBgToIndicesd("label")({"label": label})
+    shared = SharedIndicesd()(item)
+    for key in ("label_fg_indices", "label_bg_indices"):
+        assert shared[key].dtype == np.int32 and not shared[key].flags.writeable
+        assert np.array_equal(shared[key], np.asarray(item[key]))
+        assert copy.deepcopy(shared)[key] is shared[key]

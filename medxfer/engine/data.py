@@ -336,8 +336,9 @@ def load_cohort(manifest: str | os.PathLike, label: str, fold: int = 0, task: st
         if segments and input_mode != "3d":
             raise CohortError("segments (one class per label value of the mask volumes) are for input: 3d; the "
                               "2D bundles segment foreground (any nonzero mask value) against background")
-        named = (segments or _manifest_segments(usable)) if input_mode == "3d" else None
+        named = (segments or _manifest_segments(usable, path)) if input_mode == "3d" else None
         classes = ["background", *(named or ["foreground"])]
+        _check_class_names(classes)
     if not usable:
         raise CohortError(f"{path}: no usable item (skipped: {({k: v for k, v in skipped.items() if v})})")
     folds = sorted({int(r["fold"]) for r in usable})
@@ -355,6 +356,8 @@ def load_cohort(manifest: str | os.PathLike, label: str, fold: int = 0, task: st
                 item["mask"] = str(_mask_path(row, mask_column, mask_root, root))
         else:
             item["label"] = str(_mask_path(row, column, mask_root, root))
+            if input_mode == "3d" and classes[1:] != ["foreground"] and row.get("segments"):
+                item["label_values"] = label_values(row, classes)
         pairs.append((row, item))
     if views:
         if task != "classification":
@@ -389,14 +392,40 @@ def parse_segments(text: str) -> dict[int, str]:
     return out
 
 
-def _manifest_segments(rows: list[dict]) -> list[str] | None:
+def _manifest_segments(rows: list[dict], path: Path) -> list[str] | None:
     """The segment names of label values 1…n when every row records the same contiguous ``segments``
-    (DICOM SEG / RTSTRUCT ingest); None otherwise (binary: any nonzero is foreground)."""
-    records = {r.get("segments", "") for r in rows}
-    if len(records) != 1 or not next(iter(records)):
+    (DICOM SEG / RTSTRUCT ingest); None when no row records any (binary: any nonzero is foreground).
+    Rows whose records differ (one patient's ROI 1 is BODY, another's Liver) are an error: a label value
+    would mean different things, so the run must name its classes."""
+    records = {r.get("segments", "") for r in rows if r.get("segments")}
+    if not records:
         return None
     found = parse_segments(next(iter(records)))
-    return [found[v] for v in sorted(found)] if sorted(found) == list(range(1, len(found) + 1)) else None
+    if len(records) == 1 and sorted(found) == list(range(1, len(found) + 1)):
+        return [found[v] for v in sorted(found)]
+    names = sorted({n for record in records for n in parse_segments(record).values()})
+    raise CohortError(f"{path}: the items' mask volumes record different segments ({len(records)} different "
+                      f"records); name the classes to train with segments (e.g. segments: {names[:4]}); each "
+                      "item's label values are then mapped by segment name, unnamed segments to background")
+
+
+def label_values(row: dict, classes: list[str]) -> str:
+    """``value:class index`` pairs (``1:2,2:0``) mapping a row's recorded label values (its ``segments``
+    record) to the run's classes by name; a segment the run does not name is background (0)."""
+    index = {name: i for i, name in enumerate(classes) if i > 0}
+    return ",".join(f"{v}:{index.get(n, 0)}" for v, n in sorted(parse_segments(row["segments"]).items()))
+
+
+def _check_class_names(classes: list[str]) -> None:
+    """Two classes whose names reduce to one metric name (``Left Lung`` / ``left-lung``) would overwrite each
+    other's per-class results: refuse them."""
+    seen: dict[str, str] = {}
+    for name in classes:
+        key = "".join(ch if ch.isalnum() else "_" for ch in str(name).strip().lower()).strip("_")
+        if key in seen:
+            raise CohortError(f"classes {seen[key]!r} and {name!r} have one name in the results (dice_{key}); "
+                              "rename one (segments: [...])")
+        seen[key] = name
 
 
 def _numeric_order(values: list[str]) -> bool:

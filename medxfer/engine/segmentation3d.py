@@ -7,7 +7,7 @@ on the grid the network saw (the weights' voxel spacing when they record one, el
 
 - ``dice_<class>``: that class's Dice; 1 when the class is absent from both prediction and truth;
 - ``hd95_mm_<class>``: its 95th-percentile Hausdorff distance in mm (NaN when the class is absent from
-  one of the two: undefined; Dice carries that penalty);
+  one of the two: undefined, Dice carries that penalty; NaN too when absent from both: nothing to measure);
 - ``dice``, ``hd95_mm``, ``hd95_px``: their means over the classes (HD95 over the classes where it is
   defined; ``hd95_px`` in voxels of the grid's first axis), the columns the report's paired tests read.
 
@@ -42,13 +42,14 @@ def inferer(input: str | None, roi_size: Sequence[int] | None = None, sw_batch_s
 def class_scores(pred: torch.Tensor, truth: torch.Tensor, num_classes: int,
                  spacing: Sequence[float] | None) -> tuple[list[float], list[float]]:
     """Per foreground class (1 … n−1) of two label volumes ``(X, Y, Z)``: Dice and HD95 (in the units of
-    ``spacing``, voxels without it). Absent from both: Dice 1, HD95 0; from one: Dice 0, HD95 NaN."""
+    ``spacing``, voxels without it). Absent from both: Dice 1, HD95 NaN (no surface to measure: left out of
+    the mean over classes rather than counted as a perfect 0); from one: Dice 0, HD95 NaN (undefined)."""
     dices, hds = [], []
     for c in range(1, num_classes):
         p, t = pred == c, truth == c
         if not p.any() and not t.any():
             dices.append(1.0)
-            hds.append(0.0)
+            hds.append(math.nan)
             continue
         dices.append(2.0 * float((p & t).sum()) / float(p.sum() + t.sum()))
         if not p.any() or not t.any():

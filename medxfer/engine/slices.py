@@ -7,7 +7,7 @@ Three bundle keys (documented in the README, *Training → Volumes and cines*):
   k+1 as the three channels (the usual way to feed CT/MR to RGB-pretrained encoders). At the ends of
   the slice axis the missing neighbour repeats the end slice (replicate padding), so the first sample
   of a volume is (0, 0, 1). A 2D image in a 2.5D cohort is its own three channels. ``3d`` — the
-  whole volume is the sample, for a 3D network (:mod:`.volumes3d`); ``slices`` and ``aggregate`` do
+  whole volume is the sample, for a 3D network (:mod:`.segmentation3d`); ``slices`` and ``aggregate`` do
   not apply.
 - ``slices``: which slices become samples — ``all``, ``center`` (the middle one: index ``n // 2``),
   ``every:K`` (0, K, 2K, …), ``range:LO-HI`` (fractions of the extent, ``0.2-0.8`` keeps slices

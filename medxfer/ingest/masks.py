@@ -56,6 +56,7 @@ import pydicom
 # 8-bit images, matplotlib's Path needs a grid of test points built by hand.
 from skimage.draw import polygon as fill_polygon
 
+from ..core.files import DISK_FULL_ERRNOS
 from .cache import ItemResult, write_nifti
 from .deid import PathRedactor, Pseudonymizer
 from .scan.record import FileRecord
@@ -175,7 +176,10 @@ def build_masks(src: Path, out: Path, records: dict[str, FileRecord], grouping: 
                 entry.update(category="mask_unusable", reason=f"{what}: {exc}; not used")
                 continue
             except OSError as exc:
-                raise OSError(exc.errno, exc.strerror, str(out / mask_path(grid.item_id))) from exc
+                if exc.errno in DISK_FULL_ERRNOS:  # the output's fault, not this object's: stop, naming the mask
+                    raise OSError(exc.errno, exc.strerror, str(out / mask_path(grid.item_id))) from exc
+                entry.update(category="mask_unusable", reason=f"{what}: cannot read it ({_safe_error(exc, redact)})")
+                continue
             except Exception as exc:  # highdicom / pydicom on a malformed object: report it, go on
                 entry.update(category="mask_unusable", reason=f"{what}: cannot read it ({_safe_error(exc, redact)})")
                 continue
@@ -306,9 +310,14 @@ def _segment_name(number: int, label: object, redact: PathRedactor) -> tuple[str
     text = " ".join(_NAME_UNSAFE.sub(" ", str(label or "")).split())[:MAX_NAME]
     if not text:
         return f"segment{number}", False
-    if redact.contains_identifier(text):
+    if redact.contains_identifier(text) or _NAME_IDENTIFIER_LIKE.search(text):
         return f"segment{number}", True
     return text, False
+
+
+# Free text that may name a patient-specific fact the headers' identifier tokens do not cover (a plan
+# date "PTV 12/03/2021", a UID, an ID-like run of digits): the segment is then written as segment<N>.
+_NAME_IDENTIFIER_LIKE = re.compile(r"\d+(?:\.\d+){3,}|\d{1,4}[./-]\d{1,2}[./-]\d{1,4}|\d{6,}")
 
 
 def _build_seg(path: Path, grid: Grid, pseudo: Pseudonymizer, redact: PathRedactor) -> Built:

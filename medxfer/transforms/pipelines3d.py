@@ -89,7 +89,8 @@ def ct_window(preprocessing: Preprocessing | dict | None) -> tuple[float, float]
 class LabelValuesd(MapTransform):
     """A label volume as class indices: binary (``num_classes == 2``): any nonzero voxel is 1; else the
     values 1…n−1 are the classes, and another value is a one-line error naming the item (a mask whose
-    segments the run does not know)."""
+    segments the run does not know). An item with ``label_values`` (``value:class,…``, from its
+    ``segments`` record: :func:`medxfer.engine.data.label_values`) has its values mapped first."""
 
     def __init__(self, keys, num_classes: int = 2, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -100,6 +101,13 @@ class LabelValuesd(MapTransform):
         for key in self.key_iterator(d):
             m = d[key]
             x = m.as_tensor() if isinstance(m, MetaTensor) else torch.as_tensor(np.asarray(m))
+            mapping = d.pop("label_values", None)
+            if mapping:
+                mapped = torch.zeros_like(x)
+                for pair in str(mapping).split(","):
+                    value, index = (float(v) for v in pair.split(":"))
+                    mapped[x == value] = index
+                x = mapped
             if self.num_classes == 2:
                 out = (x != 0).to(torch.float32)
             else:
@@ -208,8 +216,12 @@ def segmentation_transforms_3d(roi_size: Sequence[int], in_channels: int, prepro
 
 def classification_transforms_3d(roi_size: Sequence[int], in_channels: int, preprocessing: Preprocessing | dict,
                                  augment: bool, spacing: Sequence[float] | None = None) -> Compose:
-    """A volume resized (longest side, aspect kept) and zero-padded to ``roi_size``; augmentation in training."""
+    """A volume resized (longest side, aspect kept) and zero-padded to ``roi_size``; augmentation in training.
+    The ROI is a cube (a volume fitted by its longest side into a box would be cropped along a shorter side)."""
     roi = check_roi_size(roi_size)
+    if len(set(roi)) != 1:
+        raise ValueError(f"roi_size {list(roi)}: 3D classification fits each whole volume into a cube (e.g. "
+                         f"[{max(roi)}, {max(roi)}, {max(roi)}]); a box would crop it along its shorter sides")
     steps = load_and_scale(("image",), preprocessing, in_channels, resolve_spacing(spacing, preprocessing), None)
     steps += [Resized("image", spatial_size=max(roi), size_mode="longest", mode="trilinear", anti_aliasing=False),
               ResizeWithPadOrCropd("image", spatial_size=roi, mode="constant")]

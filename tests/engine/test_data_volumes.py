@@ -123,7 +123,7 @@ def test_each_slice_mode_picks_the_same_slices_of_every_volume(built, slices, pi
 def test_bad_slice_settings_are_one_line_errors(built):
     from medxfer.engine.slices import SliceSettingError
 
-    for kw, message in (({"slices": "most"}, "slices: 'most'"), ({"input": "3d"}, "input: 3d"),
+    for kw, message in (({"slices": "most"}, "slices: 'most'"), ({"input": "4d"}, "input: '4d'"),
                         ({"aggregate": "median"}, "aggregate: 'median'"), ({"slices": "every:0"}, "K >= 1")):
         with pytest.raises(SliceSettingError, match=message) as e:
             load_cohort(built.manifest, "label", **kw)

@@ -69,12 +69,12 @@ def test_per_class_dice_and_hd95_in_mm():
     pred[pred == 2] = 0
     pred[13:17, 4:10, 2:6] = 2  # class 2 one voxel off along x
     dice, hd = class_scores(pred, truth, 3, spacing=(2.0, 1.0, 1.0))
-    assert dice[0] == 1.0 and hd[0] == 0.0
+    assert dice[0] == 1.0 and hd[0] == 0.0  # class 1 predicted exactly
     assert dice[1] == pytest.approx(2 * 3 / 8) and hd[1] == pytest.approx(2.0)  # one voxel = 2 mm along x
     absent = class_scores(torch.zeros_like(truth), truth, 3, None)
     assert absent[0] == [0.0, 0.0] and all(np.isnan(absent[1]))
     empty = class_scores(torch.zeros_like(truth), torch.zeros_like(truth), 3, None)
-    assert empty == ([1.0, 1.0], [0.0, 0.0])
+    assert empty[0] == [1.0, 1.0] and all(np.isnan(empty[1]))  # no surface: HD95 left out of the class mean
 
 
 def test_volume_summary_and_columns_name_every_class():
@@ -151,3 +151,51 @@ def test_a_3d_classifier_trains_on_whole_volumes_and_pretrains_a_3d_unet(cohort3
     convs = [k for k in encoder if k.endswith("conv1.weight")]
     assert convs and all(torch.equal(checkpoint["encoder"][k], encoder[k]) for k in convs)  # lr 0: unchanged
     assert checkpoint["provenance"]["initial_weights"] == f"run:{result.run_id}"
+
+
+def _with_segments(manifest: Path, records: list[str], name: str) -> Path:
+    """A copy of ``manifest`` (beside it) whose volumes carry ``segments`` records, cycling ``records``."""
+    rows = list(csv.DictReader(open(manifest)))
+    volumes = [r for r in rows if r["kind"] == "volume"]
+    for i, row in enumerate(volumes):
+        row["segments"] = records[i % len(records)]
+    out = manifest.with_name(name)
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]) + ["segments"])
+        writer.writeheader()
+        writer.writerows(volumes)
+    return out
+
+
+def test_label_values_are_mapped_to_the_classes_by_segment_name(cohort3d):
+    """RTSTRUCT ROIs are numbered per file: one patient's 1 is BODY, another's Liver. Named classes map
+    every item's values by name; unnamed segments are background; differing records without names stop."""
+    from medxfer.transforms.pipelines3d import LabelValuesd
+
+    manifest = _with_segments(cohort3d, ["1=BODY;2=Liver", "1=Liver;2=Spleen"], "segments_manifest.csv")
+    with pytest.raises(CohortError, match=r"record different segments .*segments: \['BODY', 'Liver', 'Spleen'\]"):
+        load_cohort(manifest, "mask", task="segmentation", input="3d")
+    cohort = load_cohort(manifest, "mask", task="segmentation", input="3d", segments=["Liver", "Spleen"])
+    maps = {s["label_values"] for role in ("train", "val", "test") for s in getattr(cohort, role)}
+    assert maps == {"1:0,2:1", "1:1,2:2"}
+    raw = torch.tensor([[[[0.0, 1.0, 2.0]]]])
+    first = LabelValuesd("label", 3)({"label": raw, "label_values": "1:0,2:1"})
+    second = LabelValuesd("label", 3)({"label": raw, "label_values": "1:1,2:2"})
+    assert first["label"].flatten().tolist() == [0.0, 0.0, 1.0] and "label_values" not in first  # BODY → background
+    assert second["label"].flatten().tolist() == [0.0, 1.0, 2.0]
+    one = load_cohort(manifest, "mask", task="segmentation", input="3d", segments=["Liver"])
+    binary = LabelValuesd("label", 2)({"label": raw, "label_values": one.train[0]["label_values"]})
+    assert binary["label"].sum() == 1  # only Liver is foreground, whichever value it has
+
+
+def test_class_names_that_share_a_result_column_are_refused(cohort3d):
+    with pytest.raises(CohortError, match=r"classes 'Left Lung' and 'left-lung' have one name .*dice_left_lung"):
+        load_cohort(cohort3d, "mask", task="segmentation", input="3d", segments=["Left Lung", "left-lung"])
+
+
+def test_3d_classification_needs_a_cubic_roi():
+    from medxfer.models.preprocessing import SCRATCH
+    from medxfer.transforms.pipelines3d import classification_transforms_3d
+
+    with pytest.raises(ValueError, match=r"fits each whole volume into a cube \(e\.g\. \[64, 64, 64\]\)"):
+        classification_transforms_3d([64, 64, 32], 1, SCRATCH.for_channels(1), augment=False)

@@ -200,6 +200,28 @@ def test_mask_objects_whose_images_are_missing_are_reported_and_the_run_goes_on(
     assert report["counts"]["masks"]["written"] == 0 and not (tmp_path / "out" / "masks").exists()
 
 
+def test_an_unreadable_mask_object_is_reported_and_the_run_goes_on(tmp_path, monkeypatch):
+    """A SEG the ingest cannot open (permissions, a file gone between passes) is one skipped entry with its
+    path and reason; only a full disk (the output's fault) stops the run."""
+    import errno
+
+    import highdicom
+
+    src = tmp_path / "src"
+    cts = ct_series(src / "ct", 2)
+    seg_object(src / "seg" / "liver.dcm", cts, np.ones((2, 24, 32, 1), bool), ["Liver"])
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(highdicom.seg, "segread", denied)
+    rows, _, report = _run(src, tmp_path / "out")
+    entry = _files(report)["seg/liver.dcm"]
+    assert (entry["status"], entry["category"]) == ("skipped", "mask_unusable")
+    assert "cannot read it" in entry["reason"] and "Permission denied" in entry["reason"]
+    assert len(rows) == 1 and rows[0]["mask"] == ""
+
+
 def test_masks_of_images_that_were_not_ingested_say_so(tmp_path):
     src = tmp_path / "src"
     cts = ct_series(src / "ct", 2, BurnedInAnnotation="YES")  # skipped by the burned-in policy
@@ -272,9 +294,11 @@ def test_no_identifier_from_a_seg_header_or_its_folder_leaves_ingest(tmp_path):
     folder named after the patient; a segment label holds the name too."""
     src = tmp_path / "src"
     cts = ct_series(src / "ct", 2, PatientName="ANON^", PatientID="ANON01", PatientBirthDate="")
-    m = np.zeros((2, 24, 32, 2), bool)
-    m[:, 2:5, 2:5, 0] = m[:, 10:12, 10:12, 1] = True
-    seg_object(src / "山田太郎" / "seg.dcm", cts, m, ["山田 liver", "Spleen"], SpecificCharacterSet="ISO_IR 192",
+    m = np.zeros((2, 24, 32, 3), bool)
+    m[:, 2:5, 2:5, 0] = m[:, 10:12, 10:12, 1] = m[:, 15:17, 15:17, 2] = True
+    # the third label holds a plan date that is in no header: date-like free text is not kept either
+    seg_object(src / "山田太郎" / "seg.dcm", cts, m, ["山田 liver", "Spleen", "PTV 12/03/2021"],
+               SpecificCharacterSet="ISO_IR 192",
                PatientName="山田^太郎", PatientID="YMD0077123", PatientBirthDate="19580214")
     (src / "山田太郎" / "山田_太郎_notes.txt").write_text("x")
     # an RT structure set of another (made-up) name, in a folder named after it: a second mask of the item
@@ -282,7 +306,7 @@ def test_no_identifier_from_a_seg_header_or_its_folder_leaves_ingest(tmp_path):
     rtstruct(src / "鈴木花子" / "rs.dcm", cts, {"鈴木": [(square, "CLOSED_PLANAR")]},
              SpecificCharacterSet="ISO_IR 192", PatientName="鈴木^花子", PatientID="SZK55501")
     rows, _, report = _run(src, tmp_path / "out")
-    assert rows[0]["segments"] == "1=segment1;2=Spleen"
+    assert rows[0]["segments"] == "1=segment1;2=Spleen;3=segment3"
     paths = [f["path"] for f in report["files"]]
     assert len(paths) == 5 and not any(n in p for p in paths for n in ("山田", "太郎", "鈴木", "花子"))
     rt_entry = next(f for f in report["files"] if f["path"].endswith("/rs.dcm"))

@@ -16,6 +16,7 @@ from ..core.errors import MedxferError
 from ..ingest.manifest import SLICE_LABELS_FILE, parse_list, read_manifest, read_slice_labels
 from ..models.classifier import MultiViewError, check_views
 from .multiview import group_views
+from .segmentation3d import safe_class_name
 from .slices import SliceSelection, check_aggregate, check_input, check_slices, slab
 
 
@@ -421,7 +422,7 @@ def _check_class_names(classes: list[str]) -> None:
     other's per-class results: refuse them."""
     seen: dict[str, str] = {}
     for name in classes:
-        key = "".join(ch if ch.isalnum() else "_" for ch in str(name).strip().lower()).strip("_")
+        key = safe_class_name(name)
         if key in seen:
             raise CohortError(f"classes {seen[key]!r} and {name!r} have one name in the results (dice_{key}); "
                               "rename one (segments: [...])")

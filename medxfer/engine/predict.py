@@ -31,8 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import torch
+from monai.transforms import Compose, Invertd
 
 from ..core.files import atomic_writer
 from ..core.hashing import sha256_file
@@ -129,7 +131,6 @@ def volume_transforms(run_model: RunModel):
     """The deterministic 3D pipeline of the run's training (load → resample to the run's ``spacing`` or the
     weights' → modality preset → weights normalisation), image only and with MONAI metadata kept, so that
     :func:`volume_postprocessing` can undo the resampling."""
-    from monai.transforms import Compose
 
     config = run_model.config
     return Compose(load_and_scale(("image",), run_model.preprocessing, int(config["in_channels"]),
@@ -139,7 +140,6 @@ def volume_transforms(run_model: RunModel):
 def volume_postprocessing(run_model: RunModel, transform):
     """MONAI ``Invertd`` bringing the predicted class scores back from the resampled grid to each
     volume's own (``transform``: :func:`volume_transforms`); None when the run kept volumes on their grids."""
-    from monai.transforms import Invertd
 
     if resolve_spacing(run_model.config.get("spacing"), run_model.preprocessing) is None:
         return None
@@ -302,7 +302,6 @@ class MaskWriter:
         engine.add_event_handler(Events.COMPLETED, self._write_csv)
 
     def _write_masks(self, engine) -> None:
-        import nibabel as nib
 
         (self.output_dir / "masks").mkdir(parents=True, exist_ok=True)
         for item, out in zip(engine.state.batch, engine.state.output):
@@ -324,7 +323,6 @@ class MaskWriter:
 
     def _write_volume(self, item: dict, scores: torch.Tensor) -> None:
         """One whole volume's label map, on the cached volume's grid and with its affine."""
-        import nibabel as nib
 
         header = nib.load(item["image_path"])  # the header only: the volume's grid and affine
         grid = tuple(int(v) for v in header.shape[:3])
@@ -338,7 +336,6 @@ class MaskWriter:
         self.rows.append([item["item_id"], f"masks/{path.name}", *(int(n) for n in counts[1:len(self.classes)])])
 
     def _add_slice(self, item_id: str, image_path: str, k: int, mask: np.ndarray) -> None:
-        import nibabel as nib
 
         if self._volume is None or self._volume["item_id"] != item_id:
             self._flush()
@@ -350,7 +347,6 @@ class MaskWriter:
         self._volume["samples"] += 1
 
     def _flush(self) -> None:
-        import nibabel as nib
 
         volume, self._volume = self._volume, None
         if volume is None:

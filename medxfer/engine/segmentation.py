@@ -44,11 +44,11 @@ from ..tracking.layout import (CHECKPOINT_ARTIFACT, METRICS_ARTIFACT, PER_CASE_A
                                RUN_CONFIG_ARTIFACT)
 from ..transforms.masks import check_mask_grid
 from ..transforms.pipelines import segmentation_transforms
-from ..transforms.pipelines3d import segmentation_transforms_3d
+from ..transforms.pipelines3d import resolve_spacing, segmentation_transforms_3d
 from .batches import batch_values
 from .data import Cohort
 from .mlflow_run import load_best_checkpoint, log_outcome
-from .segmentation3d import case_columns, evaluate_volumes, grid_spacing, summarize_volumes
+from .segmentation3d import case_columns, evaluate_volumes, summarize_volumes
 
 
 def foreground_dice(pred: torch.Tensor, truth: torch.Tensor) -> float:
@@ -382,7 +382,7 @@ def finalize(network: torch.nn.Module, cohort: Cohort, run_config: dict[str, Any
         selection = load_best_checkpoint(model, out, evaluator,
                                          "validation Dice per volume" if cohort.sliced else "validation Dice")
     if cohort.volumetric:  # whole volumes by sliding windows, scored per class
-        roi, spacing = run_config["roi_size"], grid_spacing(run_config.get("spacing"), model.preprocessing)
+        roi, spacing = run_config["roi_size"], resolve_spacing(run_config.get("spacing"), model.preprocessing)
         transform = segmentation_transforms_3d(roi, int(run_config["in_channels"]), model.preprocessing, augment=False,
                                                num_classes=cohort.num_classes, spacing=spacing)
         evaluation = evaluate_volumes(model, cohort.test, transform, device, cohort.classes, roi, spacing,

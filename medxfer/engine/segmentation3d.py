@@ -25,7 +25,7 @@ import torch
 from monai.inferers import SimpleInferer, SlidingWindowInferer
 from monai.metrics import compute_hausdorff_distance
 
-from ..transforms.pipelines3d import check_roi_size, resolve_spacing
+from ..transforms.pipelines3d import check_roi_size
 
 SW_OVERLAP = 0.25
 
@@ -135,8 +135,3 @@ def summarize_volumes(rows: list[dict], classes: Sequence[str], prefix: str = "t
         out[f"{prefix}dice_{name}"] = mean(f"dice_{name}")
         out[f"{prefix}hd95_mm_{name}"] = mean(f"hd95_mm_{name}")
     return out
-
-
-def grid_spacing(run_spacing: Sequence[float] | None, preprocessing) -> tuple[float, ...] | None:
-    """The voxel spacing the 3D pipeline resamples to (None: volumes keep their own grids)."""
-    return resolve_spacing(run_spacing, preprocessing)

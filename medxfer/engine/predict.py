@@ -131,7 +131,6 @@ def volume_transforms(run_model: RunModel):
     """The deterministic 3D pipeline of the run's training (load → resample to the run's ``spacing`` or the
     weights' → modality preset → weights normalisation), image only and with MONAI metadata kept, so that
     :func:`volume_postprocessing` can undo the resampling."""
-
     config = run_model.config
     return Compose(load_and_scale(("image",), run_model.preprocessing, int(config["in_channels"]),
                                    resolve_spacing(config.get("spacing"), run_model.preprocessing), None))
@@ -140,7 +139,6 @@ def volume_transforms(run_model: RunModel):
 def volume_postprocessing(run_model: RunModel, transform):
     """MONAI ``Invertd`` bringing the predicted class scores back from the resampled grid to each
     volume's own (``transform``: :func:`volume_transforms`); None when the run kept volumes on their grids."""
-
     if resolve_spacing(run_model.config.get("spacing"), run_model.preprocessing) is None:
         return None
     return Invertd(keys="pred", transform=transform, orig_keys="image", nearest_interp=False, to_tensor=True)
@@ -264,12 +262,10 @@ def _volume_items(path: Path, modalities: list[str] | None) -> list[dict]:
 
 def _unpad(pred: torch.Tensor, width: int, height: int, image_size: int) -> torch.Tensor:
     """An argmax mask at network size back on a ``width`` × ``height`` grid (undoing resize-with-pad)."""
-    import torch.nn.functional as F
-
     new = longest_side_size((width, height), image_size)  # the forward step's own rounding
     before = [(image_size - n) // 2 for n in new]
     crop = pred[before[0]:before[0] + new[0], before[1]:before[1] + new[1]]
-    return F.interpolate(crop[None, None], size=(width, height), mode="nearest")[0, 0]
+    return torch.nn.functional.interpolate(crop[None, None], size=(width, height), mode="nearest")[0, 0]
 
 
 class MaskWriter:
@@ -302,7 +298,6 @@ class MaskWriter:
         engine.add_event_handler(Events.COMPLETED, self._write_csv)
 
     def _write_masks(self, engine) -> None:
-
         (self.output_dir / "masks").mkdir(parents=True, exist_ok=True)
         for item, out in zip(engine.state.batch, engine.state.output):
             if self.classes is not None:
@@ -323,7 +318,6 @@ class MaskWriter:
 
     def _write_volume(self, item: dict, scores: torch.Tensor) -> None:
         """One whole volume's label map, on the cached volume's grid and with its affine."""
-
         header = nib.load(item["image_path"])  # the header only: the volume's grid and affine
         grid = tuple(int(v) for v in header.shape[:3])
         labels = torch.as_tensor(scores).detach().float().argmax(0).cpu().numpy().astype(np.uint8)
@@ -336,7 +330,6 @@ class MaskWriter:
         self.rows.append([item["item_id"], f"masks/{path.name}", *(int(n) for n in counts[1:len(self.classes)])])
 
     def _add_slice(self, item_id: str, image_path: str, k: int, mask: np.ndarray) -> None:
-
         if self._volume is None or self._volume["item_id"] != item_id:
             self._flush()
             header = nib.load(image_path)  # the header only: the volume's grid and affine
@@ -347,7 +340,6 @@ class MaskWriter:
         self._volume["samples"] += 1
 
     def _flush(self) -> None:
-
         volume, self._volume = self._volume, None
         if volume is None:
             return

@@ -48,7 +48,7 @@ from ..transforms.pipelines3d import resolve_spacing, segmentation_transforms_3d
 from .batches import batch_values
 from .data import Cohort
 from .mlflow_run import load_best_checkpoint, log_outcome
-from .segmentation3d import case_columns, evaluate_volumes, summarize_volumes
+from .segmentation3d import case_columns, evaluate_volumes, hd95, summarize_volumes
 
 
 def foreground_dice(pred: torch.Tensor, truth: torch.Tensor) -> float:
@@ -65,18 +65,13 @@ def dice_and_hd95(pred: torch.Tensor, truth: torch.Tensor,
 
     Both empty: Dice 1, HD95 0. One empty: Dice 0, HD95 NaN (undefined).
     """
-    from monai.metrics import compute_hausdorff_distance
-
     p, t = pred.bool(), truth.bool()
     if not p.any() and not t.any():
         return 1.0, 0.0
     dice = foreground_dice(p, t)
     if not p.any() or not t.any():
         return dice, math.nan
-    onehot = lambda m: torch.stack([~m, m]).float()[None]  # noqa: E731
-    hd = compute_hausdorff_distance(onehot(p), onehot(t), include_background=False, percentile=95,
-                                    spacing=None if spacing is None else [float(v) for v in spacing])
-    return dice, float(hd.reshape(-1)[0])
+    return dice, hd95(p, t, spacing)
 
 
 class VolumeDice(Metric):

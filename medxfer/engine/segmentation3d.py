@@ -52,14 +52,20 @@ def class_scores(pred: torch.Tensor, truth: torch.Tensor, num_classes: int,
             hds.append(math.nan)
             continue
         dices.append(2.0 * float((p & t).sum()) / float(p.sum() + t.sum()))
-        if not p.any() or not t.any():
-            hds.append(math.nan)
-            continue
-        onehot = lambda m: torch.stack([~m, m]).float()[None]  # noqa: E731
-        hd = compute_hausdorff_distance(onehot(p), onehot(t), include_background=False, percentile=95,
-                                        spacing=None if spacing is None else [float(v) for v in spacing])
-        hds.append(float(hd.reshape(-1)[0]))
+        hds.append(hd95(p, t, spacing) if p.any() and t.any() else math.nan)
     return dices, hds
+
+
+def hd95(pred: torch.Tensor, truth: torch.Tensor, spacing: Sequence[float] | None = None) -> float:
+    """The 95th-percentile Hausdorff distance of two non-empty binary masks (2D or 3D), in the units of
+    ``spacing`` (one value per axis), pixels / voxels without it (MONAI ``compute_hausdorff_distance``)."""
+    def onehot(m: torch.Tensor) -> torch.Tensor:
+        return torch.stack([~m, m]).float()[None]
+
+    distance = compute_hausdorff_distance(onehot(pred.bool()), onehot(truth.bool()), include_background=False,
+                                          percentile=95,
+                                          spacing=None if spacing is None else [float(v) for v in spacing])
+    return float(distance.reshape(-1)[0])
 
 
 def _nanmean(values: Sequence[float]) -> float:

@@ -2,6 +2,8 @@
 weights' spacing, label values as classes, volumes fitted to the classification ROI."""
 from __future__ import annotations
 
+import dataclasses
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -67,18 +69,12 @@ def test_validation_keeps_the_whole_volume_and_its_label_values(volume):
 def test_the_weights_spacing_resamples_image_and_mask_alike(volume):
     """Weights pretrained at 2 mm: the 1 × 1 × 2 mm volume becomes 20 × 18 × 20 voxels, its labels
     resampled nearest (still 0, 1, 2; each box keeps its volume in mm³ roughly)."""
-    record = dataclass_replace(SCRATCH.for_channels(1), spacing=(2.0, 2.0, 2.0))
+    record = dataclasses.replace(SCRATCH.for_channels(1), spacing=(2.0, 2.0, 2.0))
     out = segmentation_transforms_3d((32, 32, 32), 1, record, augment=False, num_classes=3)(volume)
     assert tuple(out["image"].shape)[1:] == (20, 18, 20) and tuple(out["label"].shape) == tuple(out["image"].shape)
     assert set(torch.unique(out["label"]).tolist()) == {0.0, 1.0, 2.0}
     box1_mm3 = 7 * 7 * 5 * 2.0
     assert abs(float((out["label"] == 1).sum()) * 8.0 - box1_mm3) / box1_mm3 < 0.35
-
-
-def dataclass_replace(record: Preprocessing, **changes) -> Preprocessing:
-    import dataclasses
-
-    return dataclasses.replace(record, **changes)
 
 
 def test_a_mask_value_the_run_does_not_know_is_an_error_naming_the_item():

@@ -564,18 +564,27 @@ def study_run(spec, shard_text, dry_run):
 @click.option("--resamples", type=click.IntRange(min=2000), default=2000, show_default=True,
               help="Bootstrap resamples for the CIs.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
-def study_report(name, out, resamples, seed):
+@click.option("--compare", "compare_by", default=None, metavar="KEY",
+              help="Pooled comparison of the values of grid KEY (instead of the spec's compare).")
+@click.option("--pool", "pool", default="", metavar="KEYS",
+              help="With --compare: grid keys to pool over, comma-separated (folds and seeds always are).")
+def study_report(name, out, resamples, seed, compare_by, pool):
     """Statistics and plots of study NAME: report.html, report.md, results.csv (also logged to
     the study's parent run).
 
     \b
     Example:
       medxfer study report dental-ceph-sex --out reports/dental
+      medxfer study report dental-ceph-sex --compare weights --pool encoder,freeze
     """
-    from .study.report import build_report
+    from .study.report import PooledSpec, build_report
 
+    pooled = [k.strip() for k in pool.split(",") if k.strip()]
+    if pooled and not compare_by:
+        raise click.UsageError("--pool needs --compare KEY")
+    compare = [PooledSpec(by=compare_by, pool=tuple(pooled))] if compare_by else None
     try:
-        paths = build_report(name, out_dir=out, n_resamples=resamples, seed=seed)
+        paths = build_report(name, out_dir=out, n_resamples=resamples, seed=seed, compare=compare)
     except Exception as exc:  # noqa: BLE001
         _fail_from(exc, "report failed")
     for key in ("report.html", "report.md", "results.csv"):
@@ -595,38 +604,49 @@ def study_report(name, out, resamples, seed):
 @click.option("--target-modality", "target_modalities", multiple=True, help="Keep only these modalities (repeatable).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=str), default=None,
               help="Feature cache folder (default: TARGET/.medxfer/features).")
+@click.option("--source-label", default=None, help="The source's label column: with --target-label, Task2Vec too.")
+@click.option("--target-label", default=None, help="The target's label column: with --source-label, Task2Vec too.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def study_similarity(source, target, encoder, weights, image_size, in_channels, source_modalities,
-                     target_modalities, cache_dir, as_json):
+                     target_modalities, cache_dir, source_label, target_label, as_json):
     """Distances between two ingested cohorts (folders or manifest files): Fréchet distance and
     MMD of pooled features under a fixed encoder, and an intensity-statistics distance (smaller =
-    more similar). In a study spec, a `similarity:` section measures every source cohort and the
-    report correlates the distances with the transfer scores.
+    more similar). With both label columns, the Task2Vec distance of the two classification tasks
+    too (the encoder as the probe network). In a study spec, a `similarity:` section measures every
+    source cohort and the report correlates the distances with the transfer scores.
 
     \b
     Example:
       medxfer study similarity pneumonia/ busi/ --target-modality US
+      medxfer study similarity pneumonia/ busi/ --source-label finding --target-label malignant
     """
     import json as _json
 
-    from .study.similarity import dataset_similarity
+    from .study.similarity import Task2VecSettings, dataset_similarity
 
+    labelled = bool(source_label and target_label)
     try:
         sim = dataset_similarity(source, target, encoder=encoder, weights=weights, image_size=image_size,
                                  in_channels=int(in_channels), source_modalities=list(source_modalities) or None,
-                                 target_modalities=list(target_modalities) or None, cache_dir=cache_dir)
-    except ValueError as exc:  # CohortError, a bad modality filter
+                                 target_modalities=list(target_modalities) or None, cache_dir=cache_dir,
+                                 source_label=source_label, target_label=target_label,
+                                 task2vec=Task2VecSettings() if labelled else None)
+    except ValueError as exc:  # CohortError, a bad modality filter or label column
         _fail(str(exc))
     except Exception as exc:  # noqa: BLE001
         _fail_from(exc, "similarity failed")
-    record = {"frechet": sim.frechet, "mmd2": sim.mmd2, "intensity": sim.intensity,
+    record = {"frechet": sim.frechet, "mmd2": sim.mmd2, "intensity": sim.intensity, "task2vec": sim.task2vec,
               "n_source": sim.n_source, "n_target": sim.n_target, "encoder": encoder, "weights": weights}
+    if sim.task2vec_note and labelled:
+        record["task2vec_note"] = sim.task2vec_note
     if as_json:
         click.echo(_json.dumps(record))
         return
+    task2vec = "" if not labelled else (f"Task2Vec          {sim.task2vec:.4g}\n" if sim.task2vec is not None
+                                        else f"Task2Vec          n/a ({sim.task2vec_note})\n")
     click.echo(f"Fréchet distance  {sim.frechet:.4g}\nMMD² (RBF)        {sim.mmd2:.4g}\n"
-               f"intensity         {sim.intensity:.4g}\n({sim.n_source} source, {sim.n_target} target images; "
-               f"{encoder} / {weights}; smaller = more similar)")
+               f"intensity         {sim.intensity:.4g}\n{task2vec}({sim.n_source} source, {sim.n_target} target "
+               f"images; {encoder} / {weights}; smaller = more similar)")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,8 +7,10 @@
    on the cephalogram), the two tasks of the dental-radiograph transfer study.
 2. Ingests it (de-identified manifest + decoded cache) and splits it by patient into 5 folds.
 3. Runs the study "demo-dental". Its ``pretrain`` stage ``ceph-sex`` self-pretrains each encoder
-   on sex from the cephalograms. Its grid is supernumerary teeth on the panoramics: encoders
-   ResNet18 and EfficientNet-B0 × weights scratch / ceph-sex × freeze none / all × folds 0–2.
+   on sex from the cephalograms of a second export of *other* patients (a pretraining stage must not
+   see the study's test patients: the spec check refuses it). Its grid is supernumerary teeth on the
+   panoramics: encoders ResNet18 and EfficientNet-B0 × weights scratch / ceph-sex × freeze none / all
+   × folds 0–2.
 4. Writes the report and prints where it is and how to browse the runs.
 
 Everything lives under ``--out`` (default ``medxfer-demo/``): the export, the cohort, its own
@@ -74,28 +76,34 @@ def run_demo(out: str | os.PathLike = "medxfer-demo", settings: DemoSettings | N
     os.environ["MEDXFER_HOME"] = str(out / "home")  # the demo's own pseudonymisation secret
     quiet_engines(True)
 
-    export = out / "export"
-    if not (out / "labels.csv").exists():
-        echo(f"1/4 writing a dental PACS export of {settings.patients} patients (PX + ceph, fake identifiers)")
-        synthetic.write_dental_export(export, n_patients=settings.patients, labels_csv=out / "labels.csv",
-                                      rng=np.random.default_rng(2026))
+    # the study's export, and a second one of other patients: the pretraining source's cephalograms
+    exports = {"cohort": ("export", "labels.csv", 2026, "supernumerary"),
+               "source-cohort": ("source-export", "source-labels.csv", 2027, "sex")}
+    if not all((out / labels).exists() for _, labels, _, _ in exports.values()):
+        echo(f"1/4 writing two dental PACS exports of {settings.patients} patients each (PX + ceph, fake "
+             "identifiers): the study's and its pretraining source's")
+        for folder, labels, seed, _ in exports.values():
+            synthetic.write_dental_export(out / folder, n_patients=settings.patients, labels_csv=out / labels,
+                                          rng=np.random.default_rng(seed))
     else:
-        echo("1/4 dental PACS export already written")
+        echo("1/4 dental PACS exports already written")
     echo("2/4 ingesting and splitting by patient")
-    result = ingest(export, out / "cohort", labels=out / "labels.csv", key="PatientID",
-                    workers=min(2, os.cpu_count() or 1))
-    echo(f"    {result.summary()}")
+    for cohort, (folder, labels, _, stratify) in exports.items():
+        result = ingest(out / folder, out / cohort, labels=out / labels, key="PatientID",
+                        workers=min(2, os.cpu_count() or 1))
+        echo(f"    {result.summary()}")
+        split(out / cohort, settings.folds_split, stratify=stratify, seed=0)
     manifest = out / "cohort" / "manifest.csv"
-    split(out / "cohort", settings.folds_split, stratify="supernumerary", seed=0)
+    source_manifest = out / "source-cohort" / "manifest.csv"
 
     train = {"image_size": settings.image_size, "batch_size": settings.batch_size, "in_channels": 1}
     raw = {
         "name": STUDY_NAME, "bundle": "classification",
         "data": {"manifest": str(manifest), "label": "supernumerary", "folds": list(settings.folds_run),
                  "modalities": ["PX"]},
-        # the self-pretrained source: each encoder learns sex on the cephalograms first
+        # the self-pretrained source: each encoder learns sex on other patients' cephalograms first
         "pretrain": [{"name": SOURCE_NAME, "from": "scratch", "train": {"epochs": settings.pretrain_epochs},
-                      "data": {"manifest": str(manifest), "label": "sex", "fold": 0, "modalities": ["DX"]}}],
+                      "data": {"manifest": str(source_manifest), "label": "sex", "fold": 0, "modalities": ["DX"]}}],
         "grid": {"encoder": list(settings.encoders), "weights": ["scratch", SOURCE_NAME], "freeze": ["none", "all"],
                  "lr": [1e-3]},
         "seeds": [0], "train": {**train, "epochs": settings.epochs}}

@@ -29,6 +29,10 @@ def test_demo_runs_the_chain_and_leaks_no_identifier(tmp_path, monkeypatch):
     # identifiers are the ones the demo's headers carry (read back from its export, not regenerated)
     export = tmp_path / "demo" / "export"
     identifiers = export_identifiers(export)
+    # the pretraining source is a second export of other patients (no study patient pretrains the source)
+    source_identifiers = export_identifiers(tmp_path / "demo" / "source-export")
+    with open(tmp_path / "demo" / "source-labels.csv") as f:
+        assert not {row["PatientID"] for row in csv.DictReader(f)} & set(identifiers)
     with open(tmp_path / "demo" / "labels.csv") as f:
         patient_ids = {row["PatientID"] for row in csv.DictReader(f)}
     assert len(patient_ids) == DemoSettings.quick().patients and patient_ids <= set(identifiers)
@@ -36,7 +40,8 @@ def test_demo_runs_the_chain_and_leaks_no_identifier(tmp_path, monkeypatch):
                                         "IM000001").read_bytes().decode("latin-1")
     # the search finds every one of them where they are, so finding none below means none leaked
     assert {s for _, s in find_identifiers(export, identifiers)} == set(identifiers)
-    for folder in ("cohort", "runs", "report"):
+    identifiers = sorted(set(identifiers) | set(source_identifiers))
+    for folder in ("cohort", "source-cohort", "runs", "report"):
         assert find_identifiers(tmp_path / "demo" / folder, identifiers, BINARY) == []
     assert find_identifiers(tmp_path / "mlruns", identifiers, BINARY) == []
     assert (tmp_path / "mlflow.db").read_bytes().find(b"TESTPAT") == -1

@@ -4,6 +4,7 @@ cats-scans and RadImageNet designs run to completion, report included."""
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def _pngs(root: Path, column: str, values: list[str], n: int, seed: int, masks: 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    """``cohorts/{dental,mammo,busi,pneumonia,thyroid}`` (5 folds each) and ``BUSI/`` (the masks)."""
+    """``cohorts/{dental,mammo,mammo-density,busi,pneumonia,thyroid}`` (5 folds each) and ``BUSI/`` (the masks)."""
     from medxfer import synthetic
     from medxfer.ingest import ingest, split
 
@@ -50,6 +51,12 @@ def workspace(tmp_path_factory) -> Path:
                                        labels_csv=root / "src" / "mammo.csv")
     ingest(root / "src" / "mammo", cohorts / "mammo", labels=root / "src" / "mammo.csv", key="file", workers=1)
     split(cohorts / "mammo", 5, stratify="malignant", seed=0)
+    # the density stage's cohort: a separate export of other patients (other fake MRNs: another rng), same secret
+    synthetic.write_mammography_export(root / "src" / "mammo-density", n_patients=10, rng=np.random.default_rng(7),
+                                       labels_csv=root / "src" / "mammo-density.csv")
+    ingest(root / "src" / "mammo-density", cohorts / "mammo-density", labels=root / "src" / "mammo-density.csv",
+           key="file", workers=1)
+    split(cohorts / "mammo-density", 5, stratify="density", seed=0)
     for name, column, values, n, masks in (("BUSI", "label", ["benign", "malignant", "normal", "benign", "malignant"],
                                             25, True),
                                            ("pneumonia", "label", ["normal", "pneumonia"], 20, False),
@@ -71,17 +78,45 @@ def in_workspace(workspace, monkeypatch, tmp_path):
     return workspace
 
 
+def _number(value):
+    """A YAML value as the spec reads it (``1e-3`` is a number; YAML 1.1 leaves it a string)."""
+    try:
+        return float(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
+
+
+def _intended_cells(raw: dict) -> list[dict]:
+    """The cells a spec's grid names: the product of its one mapping, or the union of its blocks' products (a
+    cell two blocks name once), less the cells an ``exclude`` entry matches and those that cannot exist (a
+    plain 3D baseline such as unet_3d with a weights source other than scratch: the sparse grid leaves it out)."""
+    blocks = raw["grid"] if isinstance(raw["grid"], list) else [raw["grid"]]
+    cells: list[dict] = []
+    for block in blocks:
+        for values in itertools.product(*block.values()):
+            cell = {k: _number(v) for k, v in zip(block, values)}
+            if cell not in cells:
+                cells.append(cell)
+    excluded = [{k: _number(v) for k, v in entry.items()} for entry in raw.get("exclude", [])]
+    cells = [c for c in cells if not any(all(c[k] == v for k, v in e.items()) for e in excluded)]
+    return [c for c in cells if c.get("encoder") not in ("unet_3d", "segresnet_3d")
+            or c.get("weights", "scratch") == "scratch"]
+
+
+def _grid_values(raw: dict) -> dict[str, list]:
+    """Each grid key's values, over every block."""
+    values: dict[str, list] = {}
+    for block in raw["grid"] if isinstance(raw["grid"], list) else [raw["grid"]]:
+        for key, listed in block.items():
+            values.setdefault(key, []).extend(v for v in listed if v not in values.get(key, []))
+    return values
+
+
 def _expected_runs(raw: dict) -> int:
-    """Runs a spec plans: the grid's cells × folds × seeds, less the cells that cannot exist (a plain 3D
-    baseline such as unet_3d with a weights source other than scratch: the sparse grid leaves it out)."""
+    """Runs a spec plans: its intended cells × folds × seeds."""
     folds = raw["data"].get("folds", 5)
     folds = len(folds) if isinstance(folds, list) else folds  # a list names the test folds to run
-    grid = raw["grid"]
-    cells = int(np.prod([len(v) for v in grid.values()]))
-    plain = [e for e in grid.get("encoder", []) if e in ("unet_3d", "segresnet_3d")]
-    cells -= len(plain) * (len(grid.get("weights", ["scratch"])) - ("scratch" in grid.get("weights", ["scratch"]))) \
-        * int(np.prod([len(v) for k, v in grid.items() if k not in ("encoder", "weights")]))
-    return cells * folds * len(raw.get("seeds", [0]))
+    return len(_intended_cells(raw)) * folds * len(raw.get("seeds", [0]))
 
 
 @pytest.mark.parametrize("name", SPECS)
@@ -92,11 +127,12 @@ def test_every_example_plans_its_whole_grid(in_workspace, name):
     lines = out.stdout.splitlines()
     todo = [line for line in lines if line.split()[1:2] == ["todo"] and "config_hash=" in line]
     assert len(todo) == _expected_runs(raw)
-    stages = {s["name"] for s in raw.get("pretrain", [])} & set(raw["grid"]["weights"])
+    stages = {s["name"] for s in raw.get("pretrain", [])}
     planned_stages = [line for line in lines if line.lstrip().startswith("pre")]
-    assert len(planned_stages) == len(stages) * len(raw["grid"]["encoder"])
+    assert len(planned_stages) == len({(c["weights"], c["encoder"]) for c in _intended_cells(raw)
+                                       if c["weights"] in stages})
     # every grid value shows in the run names or their key=value suffix
-    for key, values in raw["grid"].items():
+    for key, values in _grid_values(raw).items():
         for value in values:
             shown = str(value) if key != "lr" else f"lr{float(value):g}"
             assert any(shown in line for line in todo), (key, value)
@@ -112,7 +148,10 @@ def _reduced(name: str, workspace: Path, **changes) -> Path:
         stage["train"] = {"epochs": 1}
     for key, value in changes.items():
         section, _, field = key.partition("__")
-        raw[section][field] = value
+        if field:
+            raw[section][field] = value
+        else:  # the whole section (a grid of blocks)
+            raw[section] = value
     path = workspace / f"reduced-{name}"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
@@ -138,8 +177,9 @@ def test_mammography_strategies_incremental_chain_and_multiview(in_workspace, tm
     import mlflow
 
     _import_imagenet("resnet18", tmp_path)
-    spec = _reduced("mammography-strategies.yaml", in_workspace, grid__encoder=["resnet18"],
-                    grid__weights=["density", "scratch"], grid__freeze=["none", "all"])
+    spec = _reduced("mammography-strategies.yaml", in_workspace,
+                    grid={"encoder": ["resnet18"], "weights": ["density", "scratch"], "freeze": ["none", "all"],
+                          "fusion": ["late", "early"], "lr": [1e-4]})
     _run(spec)
     runs = mlflow.search_runs(experiment_names=["medxfer/mammo-strategies-binary"], output_format="list")
     stage = [r for r in runs if r.data.tags.get("medxfer.role") == "pretrain"]
@@ -180,11 +220,16 @@ def test_radimagenet_design_with_gradcam_localization(in_workspace, tmp_path):
     import mlflow
 
     _import_imagenet("resnet18", tmp_path)
-    spec = _reduced("radimagenet-4x6.yaml", in_workspace, grid__encoder=["resnet18"], grid__weights=["imagenet"],
-                    grid__freeze=["none", "all"])
+    # the design's two blocks (learning rate paired with freezing), one cell each; one source: nothing to compare
+    blocks = [{"encoder": ["resnet18"], "weights": ["imagenet"], "freeze": ["none"], "lr": [1e-4]},
+              {"encoder": ["resnet18"], "weights": ["imagenet"], "freeze": ["all"], "lr": [1e-3]}]
+    spec = _reduced("radimagenet-4x6.yaml", in_workspace, grid=blocks, compare=None)
     _run(spec)
     runs = mlflow.search_runs(experiment_names=["medxfer/radimagenet-4x6"], output_format="list")
     assert len(runs) == 3  # parent + 2 cells
+    assert {r.info.run_name for r in runs if r.data.tags.get("medxfer.role") != "study"} == {
+        "classification/resnet18/imagenet/none/lr0.0001/fold0/seed0",
+        "classification/resnet18/imagenet/all/lr0.001/fold0/seed0"}
     for run in (r for r in runs if r.data.tags.get("medxfer.role") != "study"):
         assert run.data.params["data.classes"] == json.dumps(["benign", "malignant"])
         assert json.loads(run.data.params["data.left_out"]) == {"other_class": 5}  # BUSI's normal images

@@ -36,3 +36,15 @@ def stable_digest(obj: Any, length: int = DIGEST_LENGTH) -> str:
     a different length would make a resumed study re-run everything.
     """
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
+
+
+def canonical_numbers(value: Any) -> Any:
+    """``30.0`` and ``30`` are one setting: integral floats become ints, recursively through dicts and lists
+    (what a config hash and a cell's identity are computed from)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: canonical_numbers(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [canonical_numbers(v) for v in value]
+    return value

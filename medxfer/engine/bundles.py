@@ -121,16 +121,28 @@ def encoder_dims_problem(encoder: Any, input: Any = "2d", task: str = "segmentat
         known = ", ".join([a for a, spec in ARCHS.items() if spec.spatial_dims == 3] + plain)
         return f"encoder {encoder!r} is a 2D encoder; input: 3d feeds whole volumes to a 3D network: use one of {known}"
     if mode != "3d" and dims == 3:
-        known = ", ".join(a for a, spec in ARCHS.items() if spec.spatial_dims == 2)
+        known = ", ".join(a for a, spec in ARCHS.items() if spec.spatial_dims == 2
+                          and not (task == "segmentation" and spec.classification_only))
         return (f"encoder {encoder!r} is a 3D network; input: {mode} trains a 2D network (on 2D images and on "
                 f"slices of volumes): set input: 3d, or use one of {known}")
     return None
 
 
+def encoder_task_problem(encoder: Any, task: str = "segmentation") -> str | None:
+    """A registry encoder that cannot serve ``task``: a classification-only one (AlexNet: no stride-2 map
+    for a UNet decoder, :attr:`~medxfer.models.ArchSpec.classification_only`) named for segmentation.
+    The one-line reason, else None (unknown names are the registry's to report)."""
+    spec = ARCHS.get(encoder) if isinstance(encoder, str) else None
+    if task == "segmentation" and spec is not None and spec.classification_only:
+        return f"{encoder} is classification-only: {spec.classification_only}"
+    return None
+
+
 def check_encoder_dims(encoder: Any, input: Any = "2d", task: str = "segmentation") -> None:
-    """Refuse an encoder whose dimensions do not fit ``input`` (:func:`encoder_dims_problem`) with a
-    one-line :class:`BundleError`; first in the bundles' ``initialize``, so before any network is built."""
-    problem = encoder_dims_problem(encoder, input, task)
+    """Refuse an encoder that cannot serve ``task`` (:func:`encoder_task_problem`) or whose dimensions do
+    not fit ``input`` (:func:`encoder_dims_problem`) with a one-line :class:`BundleError`; first in the
+    bundles' ``initialize``, so before any network is built."""
+    problem = encoder_task_problem(encoder, task) or encoder_dims_problem(encoder, input, task)
     if problem:
         raise BundleError(problem)
 

@@ -174,16 +174,28 @@ def predict_items(network: torch.nn.Module, items: list[dict], transform, device
     return torch.cat(out).numpy() if out else np.zeros((0, 0))
 
 
+def item_patient(item: dict) -> str:
+    """The patient of a test item: the manifest's ``patient`` pseudonym (a keyed digest, never a name), for a
+    multi-view sample its first view's; "" when the manifest names none."""
+    found = item.get("patient") or next((v.get("patient") for v in item.get("views") or () if v.get("patient")), "")
+    return str(found or "")
+
+
 def write_predictions(path: Path, items: list[dict], prob: np.ndarray, classes: list[str]) -> Path:
-    """``item_id, fold, label, y, p_<class>…`` (and ``p`` = P(class 1) for a binary task)."""
+    """``item_id, patient, fold, label, y, p_<class>…`` (and ``p`` = P(class 1) for a binary task).
+
+    ``patient`` (:func:`item_patient`) lets the study report resample and test patients, not items, when a
+    patient has several items; it is empty when the manifest names no patient."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    columns = ["item_id", "fold", "label", "y"] + [f"p_{c}" for c in classes] + (["p"] if len(classes) == 2 else [])
+    columns = (["item_id", "patient", "fold", "label", "y"] + [f"p_{c}" for c in classes]
+               + (["p"] if len(classes) == 2 else []))
     with atomic_writer(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(columns)
         for item, p in zip(items, prob):
             # a class name is a label value: spreadsheet-safe, like the manifest it came from
-            row = [item["item_id"], item["fold"], escape_cell(classes[int(item["label"])]), int(item["label"])]
+            row = [item["item_id"], escape_cell(item_patient(item)), item["fold"],
+                   escape_cell(classes[int(item["label"])]), int(item["label"])]
             row += [f"{v:.6f}" for v in p] + ([f"{p[1]:.6f}"] if len(classes) == 2 else [])
             w.writerow(row)
     return path
@@ -247,7 +259,7 @@ def run_params(config: dict[str, Any], cohort: Cohort, network, manifest: str | 
             grouped.setdefault(name, []).append(value)
         params["data.class_values"] = json.dumps(grouped)
     params.update(weights_params(network.encoder))
-    params["freeze.trainable_parameters"] = str(network.freeze_summary.trainable_parameters)
+    params.update(network.freeze_summary.params())
     return params
 
 

@@ -164,6 +164,7 @@ def _item(row: dict, root: Path, dims: int = 2) -> dict:
         "image": str(root / row["image"]),
         "image_path": str(root / row["image"]),  # kept when "image" becomes a tensor
         "item_id": row["item_id"],
+        "patient": row.get("patient", ""),  # the manifest's keyed pseudonym: predictions.csv, patient-level statistics
         "kind": row.get("kind", "") or "image",  # image | volume | cine (a cine's frames are times, not places)
         "fold": int(row["fold"]),
         "modality": row.get("modality", "") or "OT",

@@ -351,7 +351,7 @@ def run_params(config: dict[str, Any], cohort: Cohort, network, manifest: str | 
                        "data.results_per": "volume (sliding-window prediction of the whole volume; Dice and HD95 "
                                            "per class, test_dice their mean)"})
     params.update(weights_params(network.encoder))
-    params["freeze.trainable_parameters"] = str(network.freeze_summary.trainable_parameters)
+    params.update(network.freeze_summary.params())
     return params
 
 

@@ -73,7 +73,8 @@ def target_layer(model: nn.Module) -> str:
     try:
         with _restored(model), torch.no_grad():
             model.eval()
-            deepest = encoder(torch.zeros(1, int(encoder.in_channels), 64, 64, device=param.device,
+            # 96: an input every 2D classifier takes (Keras-padded Inceptions: at least 75x75)
+            deepest = encoder(torch.zeros(1, int(encoder.in_channels), 96, 96, device=param.device,
                                           dtype=param.dtype))[-1]
     finally:
         for handle in handles:

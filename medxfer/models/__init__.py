@@ -4,6 +4,8 @@
 >>> clf = create_classifier("densenet121", weights="radimagenet", num_classes=2, freeze="top:10")  # doctest: +SKIP
 """
 from . import encoders3d  # noqa: F401 - registers the 3D encoders in the one registry (ARCHS)
+from . import inception  # noqa: F401 - registers InceptionV3 and Inception-ResNet-v2 (Keras layout) in ARCHS
+from . import classic_cnns  # noqa: F401 - registers AlexNet and VGG16 in the one registry (ARCHS)
 from .classifier import Classifier, create_classifier
 from .encoders import ARCHS, ArchSpec, Encoder, arch_spec, build_encoder, flexunet_name
 from .factory import create_encoder, weights_params

@@ -395,10 +395,16 @@ class ArchSpec:
     keras_application: str | None = None  # the keras.applications network with its topology and layer names
     keras_bn_eps: float | None = None  # BatchNormalization epsilon its Keras weights were trained with
     keras_preprocessing: str | None = None  # preset its Keras .h5 files expect unless told otherwise
+    # preset of Keras's own ImageNet file for it (keras.applications preprocess_input), when that differs from
+    # keras_preprocessing (the RadImageNet release's caffe order): the import message says which flag gives it
+    keras_imagenet_preprocessing: str | None = None
     spatial_dims: int = 2  # 2 or 3: the input it takes (3D encoders live in encoders3d.py)
     in_channels: int = 3  # default input channels (1 for the 3D encoders: their published weights are gray)
     input_rule: str = ""  # what input sizes it takes, when restricted (3D: multiples of 32)
     published_weights: str = ""  # the published weights file(s) whose layout fits it (3D: MedicalNet, SwinUNETR SSL)
+    # why it cannot serve a UNet decoder (e.g. AlexNet: no stride-2 map), "" when it can: the spec and bundle
+    # checks refuse it for segmentation with this reason, before anything is built
+    classification_only: str = ""
 
     def build(self, in_channels: int | None = None) -> Encoder:
         """A randomly initialised encoder (``in_channels`` defaults to the arch's)."""
@@ -434,12 +440,14 @@ for _spec in (
     ArchSpec("resnet50_keras", KerasResNet50, "keras", (64, 256, 512, 1024, 2048),
              "ResNet50 v1, Keras layout (RadImageNet Keras .h5, Keras ImageNet .h5)",
              title="ResNet50", family="resnet", stem_weight="conv1.weight", stem_norm=None, conv_bias=True,
-             twin="resnet50", keras_application="ResNet50", keras_bn_eps=KERAS_BN_EPS, keras_preprocessing="caffe"),
+             twin="resnet50", keras_application="ResNet50", keras_bn_eps=KERAS_BN_EPS, keras_preprocessing="caffe",
+             keras_imagenet_preprocessing="caffe-keras"),
     ArchSpec("densenet121", DenseNetEncoder, "torchvision", (64, 256, 512, 1024, 1024),
              "DenseNet121 (MONAI; torchvision .pth, RadImageNet PyTorch and Keras .h5)",
              title="DenseNet121", family="densenet", stem_weight="features.conv0.weight", stem_norm="features.norm0",
              head_pattern=r"^classifier\.", radimagenet_children=(("0", "features"),),
-             keras_application="DenseNet121", keras_bn_eps=KERAS_BN_EPS, keras_preprocessing="caffe"),
+             keras_application="DenseNet121", keras_bn_eps=KERAS_BN_EPS, keras_preprocessing="caffe",
+             keras_imagenet_preprocessing="imagenet"),
     *(ArchSpec(name, EfficientNetEncoderB, "monai", ch, f"EfficientNet-{name[-2:].upper()} (MONAI)",
                title=f"EfficientNet-{name[-2:].upper()}", family="efficientnet", stem_weight="_conv_stem.weight",
                stem_norm="_bn0")

@@ -96,9 +96,12 @@ def create_segmenter(arch: str, weights: str = "scratch", in_channels: int = 1, 
                                f"freeze none (got weights {weights!r}, freeze {freeze!r}); pretrained sources go "
                                "with a registry encoder (e.g. resnet18_3d)")
         return PlainSegmenter(arch, in_channels, out_channels)
+    spec = arch_spec(arch)
+    if spec.classification_only:
+        raise ValueError(f"{arch} is classification-only: {spec.classification_only}")
     net = FlexibleUNet(in_channels=in_channels, out_channels=out_channels, backbone=flexunet_name(arch),
                        pretrained=False, decoder_channels=decoder_channels,
-                       spatial_dims=arch_spec(arch).spatial_dims)
+                       spatial_dims=spec.spatial_dims)
     load_weights(net.encoder, weights, home)
     for attr in ("weights_record", "preprocessing", "stem_adaptation"):
         setattr(net, attr, getattr(net.encoder, attr))

@@ -25,7 +25,9 @@ opens the tracking store:
   naming both places; one that only a crossing of two grid keys makes (``encoder: [resnet18_3d,
   unet_3d]`` × ``weights: [scratch, imagenet]``) is a cell that cannot exist and is left out of the grid,
   as in a sparse grid (:func:`sparse_grid`; ``study run`` says which), unless a grid value is left with
-  no cell at all.
+  no cell at all;
+- each ``exclude`` entry (a partial cell removed from the grid) names grid keys and values the grid lists,
+  and matches at least one cell (:func:`exclude_problem`): a typo would otherwise run what it meant to remove.
 """
 from __future__ import annotations
 
@@ -35,17 +37,18 @@ import difflib
 import itertools
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..core.hashing import canonical_numbers
 from ..engine import run_weights  # noqa: F401 - registers the run: weights scheme
-from ..engine.bundles import encoder_dims_problem
+from ..engine.bundles import encoder_dims_problem, encoder_task_problem
 from ..engine.slices import SliceSettingError, check_aggregate, check_channels, check_input, check_slices
 from ..models.encoders import ARCHS
 from ..models.segmenter import PLAIN_SEGMENTERS, segmenter_dims
-from ..models.freeze import parse_policy
+from ..models.freeze import parse_policy, top_layers_problem
 from ..models.weights import imported_record, is_weights_name, list_weights, source_schemes
 from ..models.weights.sources import known_sources
 from ..transforms.pipelines3d import check_roi_size
@@ -63,10 +66,15 @@ def _did_you_mean(value: str, known: Iterable[str]) -> str:
 
 
 def encoder_problem(value: Any, task: str = "segmentation") -> str | None:
-    """An encoder that is not in the registry (``unknown encoder 'resnet81'; known: …``), or a plain 3D
-    segmenter (``unet_3d``) named for a classification study. Whether its dimensions fit the input is
-    a cell's question (:func:`cell_problems`)."""
-    known = list(ARCHS) + (list(PLAIN_SEGMENTERS) if task == "segmentation" else [])
+    """An encoder that is not in the registry (``unknown encoder 'resnet81'; known: …``), a plain 3D
+    segmenter (``unet_3d``) named for a classification study, or a classification-only encoder
+    (``alexnet``) named for a segmentation study. Whether its dimensions fit the input is a cell's
+    question (:func:`cell_problems`)."""
+    refused = encoder_task_problem(value, task)
+    if refused:
+        return refused
+    known = ([a for a in ARCHS if not encoder_task_problem(a, task)]
+             + (list(PLAIN_SEGMENTERS) if task == "segmentation" else []))
     if isinstance(value, str) and value in known:
         return None
     if isinstance(value, str) and value in PLAIN_SEGMENTERS:
@@ -80,12 +88,15 @@ def similarity_encoder_problem(value: Any) -> str | None:
     return encoder_problem(value, "classification") or encoder_dims_problem(value, "2d")
 
 
-def freeze_problem(value: Any) -> str | None:
-    """A freeze policy that does not parse (``none``, ``all``, ``top:K`` with K >= 1)."""
+def freeze_problem(value: Any, encoder: str | None = None) -> str | None:
+    """A freeze policy that does not parse (``none``, ``all``, ``top:K``, ``top_layers:K`` with K >= 1),
+    or, given the ``encoder``, ``top_layers:K`` for one without a Keras layer list (``resnet50``)."""
     try:
-        parse_policy(str(value))
+        kind, _ = parse_policy(str(value))
     except ValueError as exc:
         return str(exc)
+    if kind == "top_layers" and encoder is not None and encoder in ARCHS:
+        return top_layers_problem(encoder)
     return None
 
 
@@ -314,6 +325,12 @@ def cell_problems(task: str, settings: Mapping[str, Any]) -> list[CellProblem]:
                     f"(not {key} {value!r}); pretrained sources and freezing go with a registry encoder "
                     "(e.g. resnet18_3d)", ("encoder", key),
                     f"{encoder} is a plain MONAI baseline: weights scratch and freeze none only"))
+    freeze = settings.get("freeze")
+    if isinstance(freeze, str) and freeze.strip().lower().startswith("top_layers:"):
+        problem = top_layers_problem(encoder)
+        if problem:
+            problems.append(CellProblem(problem, ("encoder", "freeze"),
+                                        "top_layers:K counts Keras layers: encoders with a Keras network only"))
     if mode == "3d":
         for key in ("slices", "aggregate"):
             if settings.get(key) is not None:
@@ -328,79 +345,159 @@ def cell_problems(task: str, settings: Mapping[str, Any]) -> list[CellProblem]:
 
 
 def _place(key: str, cell: Mapping[str, Any], grid: Mapping[str, Sequence[Any]], train: Mapping[str, Any],
-           prefix: str = "") -> str | None:
-    """Where the spec sets ``key`` for ``cell``: ``grid.encoder[1]``, ``train.input``, or None (bundle default)."""
+           section: str = "grid") -> str | None:
+    """Where the spec sets ``key`` for ``cell``: ``grid.encoder[1]`` (``grid[2].encoder[1]`` in the third
+    block of a grid of blocks: ``section``), ``train.input``, or None (bundle default)."""
     if key in grid:
-        return f"{prefix}grid.{key}[{list(grid[key]).index(cell[key])}]"
-    return f"{prefix}train.{key}" if key in train else None
+        return f"{section}.{key}[{list(grid[key]).index(cell[key])}]"
+    return f"train.{key}" if key in train else None
 
 
 def _where(problem: CellProblem, cell: Mapping[str, Any], grid: Mapping[str, Sequence[Any]],
-           train: Mapping[str, Any], prefix: str = "") -> str:
+           train: Mapping[str, Any], section: str = "grid") -> str:
     """``grid.encoder[1] with train.weights``: the places of the clash's keys that the spec sets (a key left
     to the bundle's default has none), the key to change first first."""
-    named = [p for p in (_place(k, cell, grid, train, prefix) for k in problem.keys) if p]
-    return " with ".join(named) if named else f"{prefix}{problem.keys[0]}"
+    named = [p for p in (_place(k, cell, grid, train, section) for k in problem.keys) if p]
+    return " with ".join(named) if named else problem.keys[0]
 
 
 @dataclass
 class SparseGrid:
-    """A grid's cells as :func:`sparse_grid` sorts them: those that run, those left out (with why), and the
-    first clash the spec itself fixes (an error)."""
+    """A grid's cells as :func:`sparse_grid` sorts them: those that run, those left out (with why), those an
+    ``exclude`` entry removes, those a later block repeats (``(cell, first block, repeating block)``: run once),
+    and the first clash or ``exclude`` entry the spec itself gets wrong (an error)."""
 
     kept: list[dict[str, Any]]
     left_out: list[tuple[dict[str, Any], CellProblem]]
     problem: str | None = None
+    excluded: list[dict[str, Any]] = field(default_factory=list)
+    repeated: list[tuple[dict[str, Any], int, int]] = field(default_factory=list)
 
     def notes(self) -> list[str]:
-        """One line for the plan and the report: how many cells are left out, and which clashes they are."""
-        if not self.left_out:
-            return []
-        groups: dict[tuple, list[str]] = {}
-        for cell, problem in self.left_out:
-            subject, *others = problem.keys
-            key = (subject, _text(cell[subject]), tuple(others), problem.note)
-            for other in others:
-                groups.setdefault(key, [])
-                if _text(cell[other]) not in groups[key]:
-                    groups[key].append(_text(cell[other]))
-        parts = [f"{subject}={value} with {'/'.join(others)}={', '.join(values)} ({note})"
-                 for (subject, value, others, note), values in groups.items()]
-        total = len(self.kept) + len(self.left_out)
-        return [f"grid: {len(self.left_out)} of {total} cells left out, combinations that cannot run (a sparse grid): "
-                + "; ".join(parts)]
+        """Lines for the plan and the report: how many cells are left out, and which clashes they are; which
+        cells more than one block names (each runs once)."""
+        lines = []
+        if self.left_out:
+            groups: dict[tuple, list[str]] = {}
+            for cell, problem in self.left_out:
+                subject, *others = problem.keys
+                key = (subject, _text(cell[subject]), tuple(others), problem.note)
+                for other in others:
+                    groups.setdefault(key, [])
+                    if _text(cell[other]) not in groups[key]:
+                        groups[key].append(_text(cell[other]))
+            parts = [f"{subject}={value} with {'/'.join(others)}={', '.join(values)} ({note})"
+                     for (subject, value, others, note), values in groups.items()]
+            total = len(self.kept) + len(self.left_out)
+            lines.append(f"grid: {len(self.left_out)} of {total} cells left out, combinations that cannot run "
+                         "(a sparse grid): " + "; ".join(parts))
+        if self.repeated:
+            shown = [f"{_cell_text(cell)} (grid[{first}], grid[{again}])" for cell, first, again in self.repeated[:3]]
+            more = f"; and {len(self.repeated) - 3} more" if len(self.repeated) > 3 else ""
+            lines.append(f"grid: {len(self.repeated)} cells are in more than one block and run once: "
+                         + "; ".join(shown) + more)
+        return lines
 
 
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def sparse_grid(task: str, grid: Mapping[str, Sequence[Any]], train: Mapping[str, Any],
-                defaults: Mapping[str, Any]) -> SparseGrid:
-    """The cells of ``grid`` (keys in order, values in order) with ``train`` and the bundle's ``defaults``:
-    a clash (:func:`cell_problems`) between two grid keys leaves the cell out; one the spec fixes (a grid
+def _cell_text(cell: Mapping[str, Any]) -> str:
+    """``encoder=resnet50, lr=0.001``."""
+    return ", ".join(f"{k}={_text(v)}" for k, v in cell.items())
+
+
+def _same_cell_key(cell: Mapping[str, Any]) -> str:
+    """One text per cell whatever its key order and however a number is spelled (``30`` and ``30.0`` are one
+    setting, as in the config hash): how cells of different blocks are found to be the same cell."""
+    return json.dumps(canonical_numbers(dict(cell)), sort_keys=True, default=str)
+
+
+def _matches(cell: Mapping[str, Any], entry: Mapping[str, Any]) -> bool:
+    """Whether ``cell`` has every value of the partial cell ``entry``."""
+    return all(cell[k] == v for k, v in entry.items())
+
+
+def _block_cells(keys: Sequence[str], block: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """The product of one block, keys in ``keys``' order, values in list order."""
+    return [dict(zip(keys, values)) for values in itertools.product(*(block[k] for k in keys))]
+
+
+def exclude_problem(blocks: Sequence[Mapping[str, Sequence[Any]]], exclude: Sequence[Mapping[str, Any]]) -> str | None:
+    """The first ``exclude`` entry that names a key the grid does not have, a value the grid does not list for
+    its key, or a combination no cell of the grid has (a typo would otherwise silently run what it meant to
+    remove): ``exclude[1].freeze: 'nnone' is not a value of grid.freeze (none, all); did you mean 'none'?``."""
+    keys = list(blocks[0])
+    values = {k: [v for block in blocks for v in block[k]] for k in keys}
+    cells = [c for block in blocks for c in _block_cells(keys, block)]
+    for i, entry in enumerate(exclude):
+        for key, value in entry.items():
+            if key not in values:
+                return (f"exclude[{i}]: {key!r} is not a grid key (grid keys: {', '.join(keys)})"
+                        + _did_you_mean(str(key), keys))
+            if not any(value == v for v in values[key]):
+                known = list(dict.fromkeys(_text(v) for v in values[key]))
+                return (f"exclude[{i}].{key}: {value!r} is not a value of grid.{key} ({', '.join(known)})"
+                        + _did_you_mean(_text(value), known))
+        if not any(_matches(c, entry) for c in cells):
+            written = ", ".join(f"{k}: {_text(v)}" for k, v in entry.items())
+            return f"exclude[{i}] {{{written}}} matches no cell of the grid (no block has that combination)"
+    return None
+
+
+def sparse_grid(task: str, grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Sequence[Any]]],
+                train: Mapping[str, Any], defaults: Mapping[str, Any],
+                exclude: Sequence[Mapping[str, Any]] = ()) -> SparseGrid:
+    """The cells of ``grid`` with ``train`` and the bundle's ``defaults``. ``grid`` is one product (a mapping of
+    keys to values: keys in order, values in order) or a list of them (blocks, each naming the same keys: the
+    union of their products, block by block; a cell a later block repeats is one cell, ``repeated``). A cell
+    matching an ``exclude`` entry (a partial cell) is not part of the grid (``excluded``).
+
+    A clash (:func:`cell_problems`) between two grid keys leaves the cell out; one the spec fixes (a grid
     value with a ``train`` setting or a default, or ``train`` alone) is ``problem``, naming its places, as
-    is a grid value that no cell is left to run with."""
-    keys = list(grid)
+    is a grid value that no cell of its block is left to run with and an ``exclude`` entry that matches
+    nothing (:func:`exclude_problem`)."""
+    blocks = [grid] if isinstance(grid, Mapping) else list(grid)
+    keys = list(blocks[0])
+    sections = ["grid"] if len(blocks) == 1 else [f"grid[{b}]" for b in range(len(blocks))]
+    out = SparseGrid(kept=[], left_out=[], problem=exclude_problem(blocks, exclude))
+    if out.problem:
+        return out
     fixed = {**defaults, **train}
-    out = SparseGrid(kept=[], left_out=[])
-    for values in itertools.product(*(grid[k] for k in keys)):
-        cell = dict(zip(keys, values))
-        settings = {**fixed, **cell}
-        problems = cell_problems(task, settings)
-        for problem in problems:
-            if sum(k in grid for k in problem.keys) < 2 and out.problem is None:
-                out.problem = f"{_where(problem, settings, grid, train)}: {problem.reason}"
-        if problems:
-            out.left_out.append((cell, problems[0]))
-        else:
-            out.kept.append(cell)
+    fate: dict[str, tuple[int, CellProblem | str | None]] = {}  # cell → (its first block, why it does not run)
+    for b, block in enumerate(blocks):
+        for cell in _block_cells(keys, block):
+            same = _same_cell_key(cell)
+            if same in fate:
+                if fate[same][1] != "excluded":
+                    out.repeated.append((cell, fate[same][0], b))
+                continue
+            if any(_matches(cell, entry) for entry in exclude):
+                out.excluded.append(cell)
+                fate[same] = (b, "excluded")
+                continue
+            settings = {**fixed, **cell}
+            problems = cell_problems(task, settings)
+            for problem in problems:
+                if sum(k in block for k in problem.keys) < 2 and out.problem is None:
+                    out.problem = f"{_where(problem, settings, block, train, sections[b])}: {problem.reason}"
+            if problems:
+                out.left_out.append((cell, problems[0]))
+            else:
+                out.kept.append(cell)
+            fate[same] = (b, problems[0] if problems else None)
     if out.problem is None:
-        for key in keys:
-            for i, value in enumerate(grid[key]):
-                if not any(c[key] == value for c in out.kept):
-                    reason = next(p.reason for c, p in out.left_out if c[key] == value)
-                    out.problem = f"grid.{key}[{i}]: no cell of the grid can run with it: {reason}"
+        for b, block in enumerate(blocks):
+            for key in keys:
+                for i, value in enumerate(block[key]):
+                    why = [fate[_same_cell_key(c)][1] for c in _block_cells(keys, block) if c[key] == value]
+                    if None in why:
+                        continue
+                    problem = next((p for p in why if isinstance(p, CellProblem)), None)
+                    reason = (f"no cell of the grid can run with it: {problem.reason}" if problem else
+                              "exclude removes every cell with it: remove the value instead")
+                    out.problem = f"{sections[b]}.{key}[{i}]: {reason}"
                     return out
     return out
 

@@ -1,9 +1,14 @@
 """Expanding a study spec into runs: cells × folds × seeds, each with a deterministic name, the
 bundle overrides it runs with, and a ``config_hash`` that decides whether it is already done.
 
-Order is fixed (grid keys in spec order, values in list order, then fold, then seed), so
-``--shard I/N`` — every N-th run starting at the I-th — gives the same disjoint slices on every
-machine, and the union of the N shards is the grid.
+Order is fixed (grid keys in spec order, values in list order, then fold, then seed; a grid of blocks
+block by block, a cell an earlier block has skipped; ``exclude``'s cells skipped), so ``--shard I/N`` —
+every N-th run starting at the I-th — gives the same disjoint slices on every machine, and the union of
+the N shards is the grid.
+
+A cell's name, tags, ``cell_hash`` and ``config_hash`` are functions of its own settings (and the cohort,
+folds, seeds), never of the grid's shape: the same cell written in a plain product, a block or a product
+less ``exclude`` is the same run, so rewriting a grid resumes every run it still has.
 
 Cells that cannot run — a crossing of two grid keys such as ``unet_3d`` (a scratch baseline) with a
 pretrained source, or a 3D encoder with ``input: 2d`` (:func:`.checks.sparse_grid`) — are left out, as
@@ -18,7 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ..core.hashing import sha256_file, stable_digest
+from ..core.hashing import canonical_numbers, sha256_file, stable_digest
 from ..engine.mlflow_run import run_name
 from ..models.weights import imported_record, source_label
 from ..tracking.layout import (ROLE_CELL, TAG_CELL, TAG_CELL_HASH, TAG_CONFIG_HASH, TAG_FOLD, TAG_GRID_KEYS, TAG_ROLE,
@@ -58,17 +63,6 @@ def _tag_value(key: str, value: Any) -> str:
     if key == "weights":
         return source_label(str(value))
     return value if isinstance(value, str) else json.dumps(value)
-
-
-def _canonical(value: Any) -> Any:
-    """``30.0`` and ``30`` are one setting: integral floats become ints, recursively."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _canonical(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_canonical(v) for v in value]
-    return value
 
 
 def _truthy(value: Any) -> bool:
@@ -125,7 +119,7 @@ def expand(spec: StudySpec) -> list[PlannedRun]:
         run_settings = {**named, **{k: v for k, v in settings.items() if k != "feature_cache"}}
         if feature_cache:
             run_settings["augment"] = False  # heads on cached features see the images as they are
-        hashed = _canonical({k: v for k, v in run_settings.items() if k not in NOT_HASHED})
+        hashed = canonical_numbers({k: v for k, v in run_settings.items() if k not in NOT_HASHED})
         hashed["feature_cache"] = feature_cache
         weights, encoder = str(named["weights"]), str(named["encoder"])
         stage = weights if weights in spec.stages else None

@@ -309,9 +309,6 @@ def _parent_run(client, spec: StudySpec, exp_id: str) -> str:
               **{f"grid.{k}": _labelled(v) for k, v in spec.grid.items()},
               **{f"train.{k}": _labelled(v) for k, v in spec.train.items()}}
     client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
-    with tempfile.TemporaryDirectory() as tmp:
-        path = atomic_write(Path(tmp) / SPEC_ARTIFACT, spec_text_for_log(spec))
-        client.log_artifact(run.info.run_id, str(path))
     found = sorted(search_all_runs(client, exp_id, query), key=lambda r: (r.info.start_time, r.info.run_id))
     if found and found[0].info.run_id != run.info.run_id:  # another shard won the race
         client.delete_run(run.info.run_id)
@@ -408,12 +405,15 @@ class _Stages:
 def _log_grid(client, parent_run_id: str, spec: StudySpec, runs: list[PlannedRun], left_out: list[str]) -> None:
     """The parent run's ``grid.json``: the config hashes of the spec as last run, so the report
     shows this grid and not runs of an earlier version of the spec (other epochs, cohort, …), and
-    (``left_out``) the lines naming the cells that cannot run, which the report repeats."""
+    (``left_out``) the lines naming the cells that cannot run, which the report repeats; and its
+    ``spec.yaml``, the spec as last run (the report reads its ``compare`` sections there)."""
     record = {"spec_hash": spec.spec_hash(), "config_hashes": [r.config_hash for r in runs]}
     if left_out:
         record["left_out"] = list(left_out)
     with tempfile.TemporaryDirectory() as tmp:
         path = atomic_write_json(Path(tmp) / GRID_ARTIFACT, record, indent=None)
+        client.log_artifact(parent_run_id, str(path))
+        path = atomic_write(Path(tmp) / SPEC_ARTIFACT, spec_text_for_log(spec))
         client.log_artifact(parent_run_id, str(path))
 
 

@@ -53,6 +53,25 @@ folder first, then from the working directory. ``pretrain`` stages are weights s
 can name (:mod:`.pretrain` runs them); ``similarity`` measures how close each source cohort is
 to the study's.
 
+A grid that does not cross every value with every other is a list of blocks, each a mapping as above
+(a product) and every one naming the same keys: the grid is the union of their products, in block
+order, a cell two blocks name running once (with a note). Or a product less ``exclude``: partial
+cells, each matching at least one cell (an entry that matches nothing, or names a key or value the
+grid lacks, is an error). Both compose with the cells left out because they cannot run. RadImageNet's
+learning rate goes with the freezing:
+
+```yaml
+grid:
+  - {encoder: [resnet50_keras, densenet121], weights: [radimagenet, imagenet], freeze: [none], lr: [1e-3, 1e-4]}
+  - {encoder: [resnet50_keras, densenet121], weights: [radimagenet, imagenet], freeze: [all, top_layers:10],
+     lr: [1e-2, 1e-3]}
+# the same cells: grid: {…, freeze: [none, all, top_layers:10], lr: [1e-2, 1e-3, 1e-4]}
+#                 exclude: [{freeze: none, lr: 1e-2}, {freeze: all, lr: 1e-4}, {freeze: top_layers:10, lr: 1e-4}]
+```
+
+A cell's run name and config hash depend on its settings only, not on how the grid is written: a grid
+rewritten as blocks or with ``exclude`` resumes every run it still has.
+
 The YAML is validated by typed models of its sections (:class:`SpecDocument` and the sections
 below it); :func:`parse_spec` resolves a valid document into the :class:`StudySpec` the grid and
 the runner read. Every problem is one :class:`SpecError` line that says what is wrong and where.
@@ -77,8 +96,8 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 import yaml
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 from ..core.errors import MedxferError
 from ..core.hashing import stable_digest
@@ -89,6 +108,7 @@ from ..tracking.layout import study_experiment
 from .checks import (COUNT_KEYS, SparseGrid, count_problem, encoder_problem, freeze_problem, label_problem,
                      registry_notes, similarity_encoder_problem, slice_settings_problem, sparse_grid, stage_encoders,
                      stage_problem, weights_problem)
+from .leakage import StageCohort, TargetCohort, pretraining_leaks
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +170,35 @@ def _grid_values(value: Any) -> list[Any]:
     return values
 
 
+def _grid_blocks(grid: list[Any]) -> list[dict[str, list[Any]]]:
+    """``grid`` written as a list of blocks (each a mapping of keys to values, a product), validated: every
+    block names the same keys, so that every cell has a value for each (a key that does not vary in a block
+    is a list of one there)."""
+    if not grid:
+        raise SpecError("grid is an empty list: give a mapping of bundle keys to lists of values, or a list of them")
+    blocks: list[dict[str, list[Any]]] = []
+    for i, block in enumerate(grid):
+        if not isinstance(block, dict) or not block:
+            raise SpecError(f"grid[{i}] is not a mapping of bundle keys to lists of values (a block of the grid)")
+        try:
+            blocks.append(_GRID_BLOCK.validate_python(block))
+        except ValidationError as exc:
+            raise SpecError(_one_line(exc, ("grid", i))) from None
+        if set(blocks[i]) != set(blocks[0]):
+            raise SpecError(f"grid[{i}] names the keys {sorted(blocks[i])} and grid[0] {sorted(blocks[0])}: every "
+                            "block names the same keys (a key that does not vary in a block is a list of one there)")
+    return blocks
+
+
+def _grid_union(blocks: list[dict[str, list[Any]]]) -> dict[str, list[Any]]:
+    """Each key's values over every block, in the order they first appear (a grid of one block: that block)."""
+    union: dict[str, list[Any]] = {key: [] for key in blocks[0]}
+    for block in blocks:
+        for key, values in union.items():
+            values += [v for v in block[key] if not any(v == u for u in values)]
+    return union
+
+
 def _resolve_manifest(value: str, source: Path | None) -> Path:
     """A manifest of the spec: a relative path from the spec's folder first, then from the working directory."""
     path = Path(os.path.expanduser(str(value)))
@@ -209,6 +258,7 @@ def _closest(unknown: list[str], allowed: list[str] | set[str]) -> str:
 
 YamlValue = Annotated[Any, BeforeValidator(yaml_number)]
 GridValues = Annotated[list[YamlValue], BeforeValidator(_grid_values)]
+_GRID_BLOCK = TypeAdapter(dict[str, GridValues], config=ConfigDict(coerce_numbers_to_str=True))  # one block
 ManifestPath = Annotated[Path, BeforeValidator(_manifest)]
 Classes = Annotated[list[Any] | dict[Any, Any], BeforeValidator(_classes)]  # medxfer.engine.data checks the values
 
@@ -392,12 +442,26 @@ class StageSection(_Section):
                              start=self.start, train=train, data=self.data.extras())
 
 
+class Task2VecSection(_Section):
+    """``similarity.task2vec``: the Task2Vec distance of each labelled source task to the study's
+    (:mod:`.similarity`); ``false`` turns it off. ``max_items``: images per cohort the Fisher is
+    estimated on; ``epochs``: full-batch steps fitting the probe's head; ``labels``: the label
+    column of a ``similarity.sources`` cohort (pretraining stages use their own ``data.label``)."""
+
+    not_mapping = "similarity.task2vec is true, false or a mapping: {max_items, epochs, labels}"
+    sort_allowed = True
+
+    max_items: int = Field(default=64, ge=2)
+    epochs: int = Field(default=100, ge=1)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
 class SimilaritySection(_Section):
     """``similarity``: the fixed encoder that measures how close each source cohort is to the
     study's. Sources are the pretraining stages' cohorts, plus ``sources`` (weights name →
     manifest of the data those weights were trained on, for imported weights)."""
 
-    not_mapping = "similarity is a mapping: {encoder, weights, image_size, in_channels, sources}"
+    not_mapping = "similarity is a mapping: {encoder, weights, image_size, in_channels, sources, task2vec}"
     sort_allowed = True
 
     encoder: str = "resnet18"
@@ -405,10 +469,16 @@ class SimilaritySection(_Section):
     image_size: int = 128
     in_channels: int = 1
     sources: dict[str, ManifestPath] = Field(default_factory=dict)
+    task2vec: Task2VecSection | None = Field(default_factory=Task2VecSection)  # None: off (task2vec: false)
 
     @classmethod
     def _prepare(cls, raw: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in raw.items() if v is not None}
+        raw = {k: v for k, v in raw.items() if v is not None}
+        if raw.get("task2vec") is True:
+            raw["task2vec"] = {}
+        elif raw.get("task2vec") is False:
+            raw["task2vec"] = None
+        return raw
 
     @field_validator("sources", mode="before")
     @classmethod
@@ -417,12 +487,47 @@ class SimilaritySection(_Section):
             raise SpecError("similarity.sources maps a weights name to the manifest of its training data")
         return value
 
+    @model_validator(mode="after")
+    def _task2vec_labels(self) -> SimilaritySection:
+        labels = self.task2vec.labels if self.task2vec else {}
+        unknown = sorted(set(labels) - set(self.sources))
+        if unknown:
+            raise SpecError(f"similarity.task2vec.labels: {unknown} not among similarity.sources "
+                            f"{sorted(self.sources)} (pretraining stages use their own data.label)")
+        for name, column in labels.items():
+            problem = label_problem(self.sources[name], column)
+            if problem:
+                raise SpecError(f"similarity.task2vec.labels.{name}: {problem}")
+        return self
+
     def settings(self, stages: list[PretrainStage]) -> dict[str, Any]:
-        """The record :mod:`.similarity` reads: encoder settings and every source cohort."""
-        sources = {s.name: {"manifest": str(s.manifest), "modalities": s.data.get("modalities")} for s in stages}
-        sources.update({name: {"manifest": str(path), "modalities": None} for name, path in self.sources.items()})
+        """The record :mod:`.similarity` reads: encoder and Task2Vec settings, every source cohort
+        (with its label column and classes where it has one, for Task2Vec)."""
+        labels = self.task2vec.labels if self.task2vec else {}
+        sources = {s.name: {"manifest": str(s.manifest), "modalities": s.data.get("modalities"), "label": s.label,
+                            "classes": s.data.get("classes")} for s in stages}
+        sources.update({name: {"manifest": str(path), "modalities": None, "label": labels.get(name), "classes": None}
+                        for name, path in self.sources.items()})
+        task2vec = None if self.task2vec is None else {"max_items": self.task2vec.max_items,
+                                                       "epochs": self.task2vec.epochs}
         return {"encoder": self.encoder, "weights": self.weights, "image_size": self.image_size,
-                "in_channels": self.in_channels, "sources": sources}
+                "in_channels": self.in_channels, "task2vec": task2vec, "sources": sources}
+
+
+class CompareSection(_Section):
+    """One entry of ``compare``: a report section comparing the values of grid key ``by`` on the runs'
+    test metric, pooled over the grid keys ``pool`` (and folds and seeds), per combination of the other
+    grid keys; e.g. ``{by: weights, pool: [encoder, freeze]}`` (:mod:`.report` reads it from the parent run)."""
+
+    unknown_keys = "{where}: unknown keys {keys} (allowed: {allowed})"
+
+    by: str
+    pool: list[str] = Field(default_factory=list)
+
+    @field_validator("pool", mode="before")
+    @classmethod
+    def _key_list(cls, value: Any) -> Any:
+        return [] if value is None else [value] if isinstance(value, str) else value
 
 
 class SpecDocument(_Section):
@@ -435,15 +540,48 @@ class SpecDocument(_Section):
     name: str = Field(default="", validate_default=True)
     data: DataSection = Field(default_factory=dict, validate_default=True)
     bundle: str = Field(default="classification", validate_default=True)
-    grid: dict[str, GridValues] = Field(default_factory=dict, validate_default=True)
+    grid: dict[str, GridValues] = Field(default_factory=dict, validate_default=True)  # each key's values
+    exclude: list[dict[str, YamlValue]] = Field(default_factory=list)  # partial cells removed from the grid
+    blocks: list[dict[str, list[Any]]] = Field(default_factory=list)  # `grid` as a list (not a key: _prepare)
     seeds: list[int] = Field(default_factory=lambda: [0])
     train: dict[str, YamlValue] = Field(default_factory=dict)
     pretrain: list[StageSection] = Field(default_factory=list)
     similarity: SimilaritySection | None = None
+    compare: list[CompareSection] = Field(default_factory=list)  # pooled comparisons of the report
+
+    @field_validator("compare", mode="before")
+    @classmethod
+    def _compare_list(cls, value: Any) -> Any:
+        if not isinstance(value, (dict, list)):
+            raise SpecError("compare is a list of mappings {by: grid key, pool: [grid keys]}")
+        return [value] if isinstance(value, dict) else value
+
+    @field_validator("compare")
+    @classmethod
+    def _compare_grid_keys(cls, entries: list[CompareSection], info: ValidationInfo) -> list[CompareSection]:
+        grid = info.data.get("grid") or {}
+        for i, entry in enumerate(entries):
+            if entry.by not in grid or len(grid[entry.by]) < 2:
+                raise SpecError(f"compare[{i}].by: {entry.by!r} is not a grid key with two or more values "
+                                f"(grid keys: {', '.join(grid)})")
+            bad = [k for k in entry.pool if k not in grid or k == entry.by]
+            if bad or len(set(entry.pool)) != len(entry.pool):
+                raise SpecError(f"compare[{i}].pool: {bad or entry.pool} must be distinct grid keys other than by "
+                                f"(grid keys: {', '.join(grid)})")
+        return entries
+
+    @classmethod
+    def allowed_keys(cls) -> list[str]:
+        """The top-level keys of a spec (``blocks`` is ``grid`` written as a list, not a key of its own)."""
+        return [k for k in super().allowed_keys() if k != "blocks"]
 
     @classmethod
     def _prepare(cls, raw: dict[str, Any]) -> dict[str, Any]:
         raw = {k: v for k, v in raw.items() if v is not None}  # `key:` with no value is the default
+        if isinstance(raw.get("grid"), list):  # blocks: `grid` holds each key's values over all of them
+            blocks = _grid_blocks(raw["grid"])
+            raw["grid"] = _grid_union(blocks)
+            raw["blocks"] = blocks if len(blocks) > 1 else []  # one block is the grid as a mapping
         if raw.get("similarity") is False:
             del raw["similarity"]
         elif raw.get("similarity") is True:
@@ -471,8 +609,22 @@ class SpecDocument(_Section):
     @classmethod
     def _grid_mapping(cls, grid: Any) -> Any:
         if not isinstance(grid, dict) or not grid:
-            raise SpecError("grid is required: a mapping of bundle keys to lists of values")
+            raise SpecError("grid is required: a mapping of bundle keys to lists of values (or a list of such "
+                            "mappings, blocks whose products together are the grid)")
         return grid
+
+    @field_validator("exclude", mode="before")
+    @classmethod
+    def _partial_cells(cls, entries: Any) -> Any:
+        """A list of non-empty mappings; their keys and values are checked against the grid (:func:`sparse_grid`)."""
+        if not isinstance(entries, list):
+            raise SpecError("exclude is a list of partial cells, each a mapping of grid keys to one value each "
+                            "(e.g. [{freeze: none, lr: 1e-2}])")
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict) or not entry:
+                raise SpecError(f"exclude[{i}] is not a mapping of grid keys to one value each "
+                                "(e.g. {freeze: none, lr: 1e-2})")
+        return entries
 
     @field_validator("grid", "train")
     @classmethod
@@ -538,16 +690,18 @@ class SpecDocument(_Section):
         task = bundle_task(self.bundle)
         checks = {"encoder": lambda v: encoder_problem(v, task), "freeze": freeze_problem,
                   "weights": lambda v: weights_problem(v, stages), **{k: count_problem for k in COUNT_KEYS}}
-        for section, values in (("grid", self.grid), ("train", {k: [v] for k, v in self.train.items()})):
+        grids = [(f"grid[{b}]", block) for b, block in enumerate(self.blocks)] or [("grid", self.grid)]
+        for section, values in (*grids, ("train", {k: [v] for k, v in self.train.items()})):
             for key, check in checks.items():
                 for i, value in enumerate(values.get(key, [])):
                     problem = check(value)
                     if problem:
-                        raise SpecError(f"{section}.{key}{f'[{i}]' if section == 'grid' else ''}: {problem}")
+                        raise SpecError(f"{section}.{key}{f'[{i}]' if section != 'train' else ''}: {problem}")
         resolved = {s.name: s.resolve(self.train) for s in self.pretrain}
-        problem = slice_settings_problem(self.grid, self.train, {name: s.train for name, s in resolved.items()})
-        if problem:
-            raise SpecError(problem)
+        for section, block in grids:  # each block: input and in_channels cross within a block only
+            problem = slice_settings_problem(block, self.train, {name: s.train for name, s in resolved.items()})
+            if problem:
+                raise SpecError(re.sub(r"(?<![\w.\]])grid\.", f"{section}.", problem))
         sparse = self.sparse_grid()
         if sparse.problem:
             raise SpecError(sparse.problem)
@@ -573,9 +727,25 @@ class SpecDocument(_Section):
         self._check_imported(stages)
         return self
 
+    @model_validator(mode="after")
+    def _no_test_patients_in_stages(self) -> SpecDocument:
+        """No stage a weights source uses (its chain included) may train on the target's test patients
+        (:mod:`.leakage`); runs after the stages' data are checked."""
+        target = TargetCohort.of(self.data.manifest, self.data.label, self.data.folds, bundle_task(self.bundle),
+                                 self.data.extras(), self.train, self.grid)
+        stages = [StageCohort.of(s.name, s.start, s.data.manifest, s.data.label, s.data.fold, s.data.extras(),
+                                 s.train) for s in self.pretrain]
+        check = pretraining_leaks(target, stages, [*self.grid.get("weights", []), self.train.get("weights")])
+        for note in check.notes:
+            log.warning(note)
+        if check.problem:
+            raise SpecError(check.problem)
+        return self
+
     def sparse_grid(self) -> SparseGrid:
         """The grid's cells that run, and those left out (:func:`.checks.sparse_grid`)."""
-        return sparse_grid(bundle_task(self.bundle), self.grid, self.train, cell_defaults(self.bundle))
+        return sparse_grid(bundle_task(self.bundle), self.blocks or self.grid, self.train, cell_defaults(self.bundle),
+                           self.exclude)
 
     def _check_imported(self, stages: list[str]) -> None:
         """Imported weights names against the registry: a name missing for some encoders is a
@@ -593,10 +763,10 @@ class SpecDocument(_Section):
         """The :class:`StudySpec` of this document (read from ``source``, whose YAML is ``text``)."""
         stages = [stage.resolve(self.train) for stage in self.pretrain]
         return StudySpec(name=self.name, bundle=self.bundle, manifest=self.data.manifest, label=self.data.label,
-                         folds=self.data.folds, grid=self.grid, seeds=self.seeds, train=self.train,
-                         data=self.data.extras(), pretrain=stages,
+                         folds=self.data.folds, grid=self.grid, blocks=self.blocks, exclude=self.exclude,
+                         seeds=self.seeds, train=self.train, data=self.data.extras(), pretrain=stages,
                          similarity=self.similarity.settings(stages) if self.similarity else None,
-                         source=source, text=text)
+                         compare=[c.model_dump() for c in self.compare], source=source, text=text)
 
 
 # ---- the resolved spec
@@ -610,12 +780,15 @@ class StudySpec(BaseModel):
     manifest: Path
     label: str
     folds: list[int]
-    grid: dict[str, list[Any]]
+    grid: dict[str, list[Any]]  # each grid key's values (over every block)
+    blocks: list[dict[str, list[Any]]] = Field(default_factory=list)  # the products of a grid of blocks; [] for one
+    exclude: list[dict[str, Any]] = Field(default_factory=list)  # partial cells removed from the grid
     seeds: list[int] = Field(default_factory=lambda: [0])
     train: dict[str, Any] = Field(default_factory=dict)
     data: dict[str, Any] = Field(default_factory=dict)  # modalities, classes, mask_root
     pretrain: list[PretrainStage] = Field(default_factory=list)
     similarity: dict[str, Any] | None = None  # dataset similarity of source cohorts to this one
+    compare: list[dict[str, Any]] = Field(default_factory=list)  # [{by, pool}]: the report's pooled comparisons
     source: Path | None = None
     text: str = ""
 
@@ -636,7 +809,7 @@ class StudySpec(BaseModel):
 
     def sparse_grid(self) -> SparseGrid:
         """The grid's cells that run and those left out: combinations that cannot run (:func:`.checks.sparse_grid`)."""
-        return sparse_grid(self.task, self.grid, self.train, cell_defaults(self.bundle))
+        return sparse_grid(self.task, self.blocks or self.grid, self.train, cell_defaults(self.bundle), self.exclude)
 
     def bundle_defaults(self) -> dict[str, Any]:
         """The bundle's own values of the run-name keys (used when the grid does not set them)."""
@@ -644,9 +817,11 @@ class StudySpec(BaseModel):
         return {k: config.get(k) for k in NAME_KEYS}
 
     def spec_hash(self) -> str:
-        """A hash of what the spec asks for (recorded on the parent run)."""
+        """A hash of what the spec asks for (recorded on the parent run); a grid of one product hashes as before
+        blocks and ``exclude`` existed."""
+        shape = {k: v for k, v in (("blocks", self.blocks), ("exclude", self.exclude)) if v}
         return stable_digest({"bundle": self.bundle, "label": self.label, "folds": self.folds, "grid": self.grid,
-                              "seeds": self.seeds, "train": self.train, "data": self.data,
+                              **shape, "seeds": self.seeds, "train": self.train, "data": self.data,
                               "pretrain": [dict(s) for s in self.pretrain]}, SPEC_HASH_LENGTH)
 
 
@@ -658,10 +833,11 @@ def _where(loc: tuple[int | str, ...]) -> str:
     return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
 
 
-def _one_line(exc: ValidationError) -> str:
-    """The first problem of a validation, as one line: the validators' own message, or pydantic's with where."""
+def _one_line(exc: ValidationError, within: tuple[int | str, ...] = ()) -> str:
+    """The first problem of a validation, as one line: the validators' own message, or pydantic's with where
+    (``within``: where the validated value lies in the spec, e.g. ``("grid", 1)`` for a block)."""
     error = exc.errors(include_url=False)[0]
-    where = _where(error["loc"]) or "spec"
+    where = _where((*within, *error["loc"])) or "spec"
     cause = (error.get("ctx") or {}).get("error")
     if isinstance(cause, _Misplaced):
         return cause.at(where)

@@ -67,7 +67,8 @@ def test_train_logs_params_epochs_test_metrics_and_artifacts(dental_cohort, mlfl
     expected = {"predictions.csv", "roc.png", "metrics.json", "run_config.json", "checkpoint", "bundle_configs"}
     assert expected <= artifacts
     rows = list(csv.DictReader(open(result.output_dir / "predictions.csv")))
-    assert len(rows) == 4 and set(rows[0]) == {"item_id", "fold", "label", "y", "p_0", "p_1", "p"}
+    assert len(rows) == 4 and set(rows[0]) == {"item_id", "patient", "fold", "label", "y", "p_0", "p_1", "p"}
+    assert all(r["patient"].startswith("pat-") for r in rows)  # the manifest's pseudonym, never empty
     assert all(r["fold"] == "0" for r in rows)
     assert sum(float(rows[0][k]) for k in ("p_0", "p_1")) == pytest.approx(1.0, abs=1e-5)
 
@@ -193,7 +194,7 @@ def test_multiclass_with_class_weighting(dental_cohort, mlflow_store, tmp_path):
     result = train_bundle("classification", manifest=str(manifest), label="grade", class_weighting=True,
                           **dict(SMALL, epochs=1, modalities=None))
     out = list(csv.DictReader(open(result.output_dir / "predictions.csv")))
-    assert set(out[0]) == {"item_id", "fold", "label", "y", "p_a", "p_b", "p_c"}
+    assert set(out[0]) == {"item_id", "patient", "fold", "label", "y", "p_a", "p_b", "p_c"}
     assert {r["label"] for r in out} <= {"a", "b", "c"}
     assert 0 <= result.metrics["test_accuracy"] <= 1 and "test_auc" in result.metrics
     _, runs = _runs(mlflow_store)

@@ -92,12 +92,12 @@ def test_gradcam_maps_for_every_encoder(arch):
     torch.manual_seed(SEED)
     model = create_classifier(arch, num_classes=2, in_channels=1)
     model.train()  # the mode it is in must come back
-    x = torch.randn(2, 1, 64, 64)
+    x = torch.randn(2, 1, 96, 96)  # the Keras-padded Inception classifiers take 75x75 and up
     w = model.head.weight.detach()
     before = _state(model)
     cam1, cam0 = gradcam_maps(model, x, 1), gradcam_maps(model, x, 0)
     mixed = gradcam_maps(model, x, torch.tensor([1, 0]))
-    assert cam1.shape == (2, 64, 64) and cam1.dtype == torch.float32
+    assert cam1.shape == (2, 96, 96) and cam1.dtype == torch.float32
     assert float(cam1.min()) >= 0.0 and float(cam1.max()) <= 1.0
     # binary head: the log-odds of the class; class 0 is the mirror image, so one of the two is not empty
     torch.testing.assert_close(cam1, _reference_cam(model, x, (w[1] - w[0]).expand(2, -1)), atol=1e-4, rtol=1e-4)

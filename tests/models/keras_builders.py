@@ -17,13 +17,28 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 KERAS_LAYOUTS = ("tf-keras-model", "tf-keras-weights", "keras3-legacy-h5")
+INCEPTION_APPLICATIONS = {"inception_v3": "InceptionV3", "inception_resnet_v2": "InceptionResNetV2"}
 
 
-def build(arch: str, size: int):
-    """The Keras application matching a medxfer arch, include_top=False, random weights."""
+def build(arch: str, size: int | None, name_offsets: tuple[int, int] = (0, 0)):
+    """The Keras application matching a medxfer arch, include_top=False, random weights (``size``
+    None: any input size).
+
+    The Inception networks name few layers; Keras numbers the others (``conv2d_17``) with a session
+    counter. They are built in a cleared session after ``name_offsets`` = (Conv2D, BatchNormalization)
+    throwaway layers: (0, 0) gives the names of a fresh session, others the offset names of a file
+    saved by a session that had built other models first."""
     import keras
 
     shape = (size, size, 3)
+    if arch in INCEPTION_APPLICATIONS:
+        keras.backend.clear_session(free_memory=False)
+        for _ in range(name_offsets[0]):
+            keras.layers.Conv2D(1, 1)
+        for _ in range(name_offsets[1]):
+            keras.layers.BatchNormalization()
+        application = getattr(keras.applications, INCEPTION_APPLICATIONS[arch])
+        return application(weights=None, include_top=False, input_shape=shape)
     if arch == "resnet50_keras":
         return keras.applications.ResNet50(weights=None, include_top=False, input_shape=shape)
     if arch == "densenet121":
@@ -65,6 +80,15 @@ def forward(model, image_nchw: np.ndarray) -> np.ndarray:
 
     out = model(keras.ops.convert_to_tensor(image_nchw.transpose(0, 2, 3, 1)), training=False)
     return keras.ops.convert_to_numpy(out).transpose(0, 3, 1, 2)
+
+
+def forward_layers(model, layer_names: list[str], image_nchw: np.ndarray) -> list[np.ndarray]:
+    """The outputs of ``model``'s layers ``layer_names`` for an NCHW batch (Keras inference), NCHW."""
+    import keras
+
+    tapped = keras.Model(model.inputs, [model.get_layer(name).output for name in layer_names])
+    outputs = tapped(keras.ops.convert_to_tensor(image_nchw.transpose(0, 2, 3, 1)), training=False)
+    return [keras.ops.convert_to_numpy(out).transpose(0, 3, 1, 2) for out in outputs]
 
 
 def _tf_keras_name(arch: str, layer_name: str) -> str:

@@ -1,6 +1,8 @@
 """Encoder registry: feature-map contract, FlexibleUNet with every encoder × channels × source."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
@@ -13,11 +15,16 @@ from .conftest import log_checkpoint_run
 
 SOURCES = ("scratch", "NAME", "file", "run")
 ARCHS_2D = [name for name, spec in ARCHS.items() if spec.spatial_dims == 2]  # 3D: test_encoders3d.py
+# the UNet encoders: classification-only archs (AlexNet: no stride-2 map) are tested in test_classic_encoders.py
+SEGMENTING_2D = [name for name in ARCHS_2D if not ARCHS[name].classification_only]
 
 
-@pytest.mark.parametrize("arch", ARCHS_2D)
+@pytest.mark.parametrize("arch", SEGMENTING_2D)
 def test_encoder_returns_five_maps_at_strides_2_to_32(arch):
-    encoder = build_encoder(arch).eval()
+    """The encoder as FlexibleUNet builds it (the Keras-layout Inceptions pad for it: padding="same";
+    their classifier keeps Keras's valid paddings and needs inputs of at least 75x75)."""
+    backbone = FLEXUNET_BACKBONE.register_dict[flexunet_name(arch)]
+    encoder = backbone["type"](**{**backbone["parameter"], "in_channels": 3}).eval()
     with torch.no_grad():
         features = encoder(torch.zeros(1, 3, 64, 96))
     assert [tuple(f.shape[2:]) for f in features] == [(64 // s, 96 // s) for s in (2, 4, 8, 16, 32)]
@@ -25,33 +32,45 @@ def test_encoder_returns_five_maps_at_strides_2_to_32(arch):
     assert flexunet_name(arch) in FLEXUNET_BACKBONE.register_dict
 
 
-@pytest.fixture(scope="module")
-def weight_sources(tmp_path_factory):
-    """For every arch: a medxfer checkpoint file (distinct random weights), the same file imported
-    under a NAME, and logged to an MLflow run — the four sources a segmenter can start from."""
-    root = tmp_path_factory.mktemp("sources")
-    home = root / "home"
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    out = {}
-    for i, arch in enumerate(ARCHS_2D):
-        torch.manual_seed(100 + i)
+class _WeightSources(dict):
+    """Per arch, made when first asked for (a deselected slow arch costs nothing): a medxfer checkpoint file
+    (distinct random weights), the same file imported under a NAME, and logged to an MLflow run — the four
+    sources a segmenter can start from."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root, self.home, self.uri = root, root / "home", f"sqlite:///{root / 'mlflow.db'}"
+
+    def __missing__(self, arch: str) -> dict:
+        torch.manual_seed(100 + SEGMENTING_2D.index(arch))
         encoder = build_encoder(arch)
-        ckpt = save_checkpoint(root / arch / "medxfer_checkpoint.pt", encoder, SCRATCH)
-        import_weights(ckpt, "selfpre", arch, home=home)
-        out[arch] = {"state": encoder.state_dict(), "file": ckpt, "run": log_checkpoint_run(uri, ckpt, root)}
-    return {"home": home, "uri": uri, "arch": out}
+        ckpt = save_checkpoint(self.root / arch / "medxfer_checkpoint.pt", encoder, SCRATCH)
+        import_weights(ckpt, "selfpre", arch, home=self.home)
+        self[arch] = {"state": encoder.state_dict(), "file": ckpt, "run": log_checkpoint_run(self.uri, ckpt, self.root)}
+        return self[arch]
 
 
-@pytest.mark.parametrize("source", SOURCES)
-@pytest.mark.parametrize("in_channels", [1, 3])
-@pytest.mark.parametrize("arch", ARCHS_2D)
+@pytest.fixture(scope="module")
+def weight_sources(tmp_path_factory) -> _WeightSources:
+    return _WeightSources(tmp_path_factory.mktemp("sources"))
+
+
+# Over ~20 M encoder parameters (the Inceptions) a FlexibleUNet step takes tens of seconds on 2 CPU cores: one
+# source runs by default, the whole matrix with -m slow.
+_HEAVY = {"inception_v3", "inception_resnet_v2"}
+_UNET_CASES = [pytest.param(arch, channels, source, marks=[pytest.mark.slow] if arch in _HEAVY and
+                            (source, channels) != ("NAME", 1) else [])
+               for arch in SEGMENTING_2D for channels in (1, 3) for source in SOURCES]
+
+
+@pytest.mark.parametrize("arch, in_channels, source", _UNET_CASES)
 def test_flexible_unet_trains_with_every_encoder_channels_and_source(arch, in_channels, source, weight_sources,
                                                                      monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", weight_sources["uri"])
-    info = weight_sources["arch"][arch]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", weight_sources.uri)
+    info = weight_sources[arch]
     weights = {"scratch": "scratch", "NAME": "selfpre", "file": f"file:{info['file']}",
                "run": f"run:{info['run']}"}[source]
-    net = create_segmenter(arch, weights, in_channels=in_channels, out_channels=3, home=weight_sources["home"])
+    net = create_segmenter(arch, weights, in_channels=in_channels, out_channels=3, home=weight_sources.home)
     if source != "scratch":  # the encoder holds the source's weights (stem adapted for 1 channel)
         deep = [k for k in info["state"] if k.endswith("weight") and info["state"][k].ndim == 4][-1]
         assert torch.equal(net.encoder.state_dict()[deep], info["state"][deep])

@@ -22,6 +22,13 @@ def manifest(tmp_path) -> Path:
     return write_manifest(tmp_path, {"sex": lambda i: "FM"[i % 2], "finding": lambda i: i % 2})
 
 
+@pytest.fixture
+def source_manifest(tmp_path) -> Path:
+    """A pretraining stage's cohort: other items than the study's (a stage must not see test items)."""
+    return write_manifest(tmp_path / "source", {"sex": lambda i: "FM"[i % 2], "organ": lambda i: "ab"[i % 2]},
+                          prefix="s")
+
+
 def spec_dict(manifest: Path, **changes) -> dict:
     raw = {"name": "checked", "data": {"manifest": str(manifest), "label": "finding", "folds": 5},
            "grid": {"encoder": ["resnet18", "densenet121"], "weights": ["scratch"], "freeze": ["none", "all"]},
@@ -41,8 +48,8 @@ def _error(raw: dict) -> str:
 @pytest.mark.parametrize("change, expected", [
     ({"grid": {"encoder": ["resnet18", "resnet81"]}},
      r"^grid.encoder\[1\]: unknown encoder 'resnet81'; known: resnet18, resnet34, .*; did you mean"),
-    ({"grid": {"encoder": None}, "train": {"encoder": "vgg16"}},
-     r"^train.encoder: unknown encoder 'vgg16'; known: resnet18"),
+    ({"grid": {"encoder": None}, "train": {"encoder": "vgg19"}},
+     r"^train.encoder: unknown encoder 'vgg19'; known: resnet18"),
     ({"grid": {"freeze": ["none", "top:0"]}}, r"^grid.freeze\[1\]: unknown freeze policy 'top:0'; use none, all"),
     ({"grid": {"freeze": ["frozen"]}}, r"^grid.freeze\[0\]: unknown freeze policy 'frozen'"),
     ({"grid": {"weights": ["scratch", "hub:resnet"]}},
@@ -78,15 +85,16 @@ def test_a_value_no_run_could_use_is_an_error_naming_its_key(manifest, change, e
     assert re.search(expected, _error(raw)), _error(raw)
 
 
-def test_stage_label_fold_start_and_epochs_are_checked(manifest, tmp_path):
+def test_stage_label_fold_start_and_epochs_are_checked(manifest, source_manifest, tmp_path):
     def stage(**changes):
         return spec_dict(manifest, grid={"encoder": ["resnet18"], "weights": ["pre"]},
-                         pretrain=[{"name": "pre", "data": {"manifest": str(manifest), "label": "sex"}, **changes}])
+                         pretrain=[{"name": "pre", "data": {"manifest": str(source_manifest), "label": "sex"},
+                                    **changes}])
 
     assert parse_spec(stage()).stages["pre"].label == "sex"
-    bad_label = stage(data={"manifest": str(manifest), "label": "age"})
+    bad_label = stage(data={"manifest": str(source_manifest), "label": "age"})
     assert re.match(r"pretrain pre: data.label: 'age' is not a column of", _error(bad_label))
-    bad_fold = stage(data={"manifest": str(manifest), "label": "sex", "fold": 9})
+    bad_fold = stage(data={"manifest": str(source_manifest), "label": "sex", "fold": 9})
     assert _error(bad_fold) == "pretrain pre: data.fold 9 is not one of the manifest's folds [0, 1, 2, 3, 4]"
     assert _error(stage(train={"epochs": 0})) == "pretrain pre: train.epochs: 0 is not a whole number >= 1"
     missing = stage(**{"from": "file:/nope.pt"})
@@ -196,11 +204,11 @@ def test_a_volume_setting_no_run_could_use_is_an_error_naming_its_key(manifest, 
     assert re.search(expected, _error(raw)), _error(raw)
 
 
-def test_valid_volume_settings_pass_in_every_place(manifest):
+def test_valid_volume_settings_pass_in_every_place(manifest, source_manifest):
     grid = {"encoder": ["resnet18"], "weights": ["scratch", "pre"], "input": ["2d", "2.5d"],
             "slices": [None, "all", "center", "every:2", "range:0.25-0.75", "labelled"],
             "aggregate": ["mean", "max", "top:3"]}
-    stage = {"name": "pre", "data": {"manifest": str(manifest), "label": "sex"},
+    stage = {"name": "pre", "data": {"manifest": str(source_manifest), "label": "sex"},
              "train": {"input": "2.5d", "slices": "every:3", "aggregate": "top:2"}}
     spec = parse_spec(spec_dict(manifest, grid=grid, pretrain=[stage]))
     assert spec.grid["slices"][4] == "range:0.25-0.75" and spec.stages["pre"].train["slices"] == "every:3"
@@ -245,19 +253,25 @@ def test_a_bad_slices_value_fails_study_run_before_a_parent_run_exists(manifest,
 
 
 @pytest.fixture
-def seg_manifest(tmp_path) -> Path:
+def seg_manifest(tmp_path, source_manifest) -> Path:
+    """The study's cohort; its stages pretrain on ``source_manifest`` (other items, under ``source/``)."""
     return write_manifest(tmp_path, {"mask": lambda i: f"masks/i{i}.nii", "organ": lambda i: "ab"[i % 2]})
+
+
+def _stage_manifest(manifest: Path) -> Path:
+    """The ``source_manifest`` beside a study ``manifest`` made by the fixtures above."""
+    return manifest.parents[1] / "source" / "cohort" / "manifest.csv"
 
 
 def spec3d(manifest: Path, grid: dict | None = None, train: dict | None = None, stage_train: dict | None = None,
            bundle: str = "segmentation") -> dict:
-    """A 3D segmentation study with a 3D classification stage ``organs`` on the same cohort."""
+    """A 3D segmentation study with a 3D classification stage ``organs`` on a cohort of other items."""
     return {"name": "three-d", "bundle": bundle,
             "data": {"manifest": str(manifest), "label": "mask" if bundle == "segmentation" else "organ"},
             "grid": grid or {"encoder": ["resnet18_3d", "unet_3d"], "weights": ["scratch", "organs"]},
             "train": {k: v for k, v in {"input": "3d", "roi_size": [32, 32, 32], "segments": ["anterior", "posterior"],
                                         "epochs": 1, **(train or {})}.items() if v is not None},  # None: unset
-            "pretrain": [{"name": "organs", "data": {"manifest": str(manifest), "label": "organ"},
+            "pretrain": [{"name": "organs", "data": {"manifest": str(_stage_manifest(manifest)), "label": "organ"},
                           "train": {"epochs": 1, **(stage_train or {})}}]}
 
 
@@ -313,13 +327,14 @@ def test_a_3d_grid_runs_its_possible_cells_and_says_which_it_leaves_out(seg_mani
      "train.spacing: [1.0, 0, 1.0] is not three positive voxel sizes in mm (e.g. [1.0, 1.0, 1.5])"),
     # a stage's own input must fit the encoders it trains for
     ({"encoder": ["resnet18_3d", "unet_3d"], "weights": ["scratch", "organs"]}, {}, {"input": "2d"},
-     "pretrain organs: train.input for encoder resnet18_3d: {dims:resnet18_3d:2d}"),
+     "pretrain organs: train.input for encoder resnet18_3d: {dims:resnet18_3d:2d:classification}"),
 ])
 def test_a_3d_setting_no_run_could_use_is_refused_up_front(seg_manifest, grid, train, stage_train, expected):
     from medxfer.engine.bundles import encoder_dims_problem
 
     raw = spec3d(seg_manifest, grid, train, stage_train)
-    expected = re.sub(r"\{dims:([^:]+):([^}]+)\}", lambda m: encoder_dims_problem(m.group(1), m.group(2)), expected)
+    expected = re.sub(r"\{dims:([^:]+):([^:}]+):?([^}]*)\}",  # {dims:encoder:input[:task]}, task segmentation
+                      lambda m: encoder_dims_problem(m.group(1), m.group(2), m.group(3) or "segmentation"), expected)
     assert _error(raw) == expected
 
 
@@ -363,3 +378,16 @@ def test_a_3d_spec_passes_study_run_dry_run(seg_manifest, tmp_path, monkeypatch,
 def test_the_similarity_network_stays_2d(manifest):
     raw = spec_dict(manifest, similarity={"encoder": "resnet18_3d", "sources": {"other": str(manifest)}})
     assert _error(raw).startswith("similarity.encoder: encoder 'resnet18_3d' is a 3D network; input: 2d trains a 2D")
+
+
+def test_top_layers_cells_of_encoders_without_keras_layers_are_left_out_with_the_reason(manifest, caplog):
+    """``top_layers:K`` counts Keras layers: a torchvision ResNet18 cell of it cannot exist, the plan says why."""
+    grid = {"encoder": ["resnet18", "resnet50_keras"], "weights": ["scratch"], "freeze": ["top:4", "top_layers:10"]}
+    with caplog.at_level(logging.WARNING, logger="medxfer.study.spec"):
+        spec = parse_spec(spec_dict(manifest, grid=grid))
+    kept = [(c["encoder"], c["freeze"]) for c in spec.sparse_grid().kept]
+    assert kept == [("resnet18", "top:4"), ("resnet50_keras", "top:4"), ("resnet50_keras", "top_layers:10")]
+    assert "encoder=resnet18 with freeze=top_layers:10 (top_layers:K counts Keras layers" in caplog.text
+    # a grid where no cell can count Keras layers is refused with the full reason
+    message = _error(spec_dict(manifest, grid={"encoder": ["resnet18"], "freeze": ["top_layers:10"]}))
+    assert "freeze top_layers:K counts the layers of a keras.applications network and resnet18 is not one" in message

@@ -20,7 +20,7 @@ def chain_spec(path, manifest):
             {"name": "ceph-sex", "data": {"manifest": str(manifest), "label": "sex", "modalities": ["DX"]},
              "train": {"epochs": 1}},
             {"name": "ceph-sex-again", "from": "ceph-sex", "train": {"epochs": 1},
-             "data": {"manifest": str(manifest), "label": "sex", "fold": 1, "modalities": ["DX"]}}],
+             "data": {"manifest": str(manifest), "label": "sex", "fold": 0, "modalities": ["DX"]}}],
         "grid": {"encoder": ["resnet18"], "weights": ["scratch", "ceph-sex", "ceph-sex-again"], "freeze": ["all"]},
         "train": {"epochs": 1, "image_size": 64, "batch_size": 8}}))
     return path

@@ -280,6 +280,9 @@ def test_markdown_and_html_content(study):
     assert "## Cells" in md and "## Comparisons" in md and "| Task | encoder | weights | freeze | lr |" in md
     assert re.search(r"\| \d\.\d{3} ± \d\.\d{3} \| \d\.\d{3} \| \[\d\.\d{3}, \d\.\d{3}\] \|", md)
     assert "<0.001" in md and "DeLong" in md and "Holm" in md
+    # runs written before predictions.csv named patients: every item its own patient, and the report says so
+    assert "12 of 12 classification run(s) have no patient column in their predictions.csv" in md
+    assert "every item counts as its own patient" in md and "Obuchowski clustered by patient" not in md
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
         assert (tmp / paths["report.md"]).parent.joinpath(link).is_file()
     page = (tmp / paths["report.html"]).read_text()
@@ -325,15 +328,15 @@ def test_unknown_or_unfinished_study_errors(study):
 
 def _assert_reads_scale_with_runs(calls: dict, parent: str, n_runs: int, ignored: set[str] = frozenset()) -> None:
     """A report reads each artifact it needs once: per chosen child run its test rows (and one try at
-    localization.csv), on the parent grid.json and similarity.json; nothing of ignored runs; and it
-    finds the runs with one search per role (one page each), however many runs there are."""
+    localization.csv), on the parent grid.json, similarity.json and spec.yaml (its compare); nothing of
+    ignored runs; and it finds the runs with one search per role (one page each), however many runs there are."""
     downloads = calls["downloads"]
     assert len(downloads) == len(set(downloads)), Counter(downloads).most_common(3)  # nothing read twice
     per_artifact = Counter(path for _, path in downloads)
     assert per_artifact["predictions.csv"] == n_runs and per_artifact["localization.csv"] == n_runs
-    assert per_artifact["grid.json"] == per_artifact["similarity.json"] == 1
-    assert len(downloads) == 2 * n_runs + 2
-    assert {run for run, path in downloads if path in ("grid.json", "similarity.json")} == {parent}
+    assert per_artifact["grid.json"] == per_artifact["similarity.json"] == per_artifact["spec.yaml"] == 1
+    assert len(downloads) == 2 * n_runs + 3
+    assert {run for run, path in downloads if path in ("grid.json", "similarity.json", "spec.yaml")} == {parent}
     assert not {run for run, _ in downloads} & ignored
     assert calls["searches"] == 2
 
@@ -352,8 +355,8 @@ def _run(y, prob, item_ids, cell, weights, fold, seed, metric):
 
 
 def test_multiclass_and_multiseed_in_memory(tmp_path):
-    """No MLflow: a 3-class study (macro OvR AUC, no CI/DeLong) and a 2-seed binary study
-    (clustered bootstrap, DeLong on seed-averaged probabilities)."""
+    """No MLflow: a 3-class study (macro OvR AUC with a bootstrap CI, paired bootstrap test) and a 2-seed
+    binary study (clustered bootstrap, DeLong on seed-averaged probabilities)."""
     rng = np.random.default_rng(3)
     n = 60
     ids = [item_id(i) for i in range(n)]
@@ -371,9 +374,13 @@ def test_multiclass_and_multiseed_in_memory(tmp_path):
     for c in s3.cells:
         w = c.grid["weights"]
         assert c.pooled == pytest.approx(roc_auc_score(y3, pooled_in[w], multi_class="ovr", average="macro"))
-        assert np.isnan(c.ci_low) and c.n_classes == 3
+        assert c.ci_low < c.pooled < c.ci_high and c.n_classes == 3
     (cmp_,) = s3.comparisons
-    assert cmp_.test == "n/a (multi-class)" and np.isnan(cmp_.p) and np.isnan(cmp_.p_holm)
+    assert cmp_.test == "paired bootstrap (200 resamples)" and cmp_.metric == "AUC (macro OvR)"
+    assert cmp_.n_cases == n and cmp_.p < 0.05 and cmp_.p_holm == cmp_.p  # a family of one
+    assert cmp_.difference == pytest.approx(
+        roc_auc_score(y3, pooled_in["imagenet"], multi_class="ovr") - roc_auc_score(y3, pooled_in["scratch"],
+                                                                                   multi_class="ovr"))
 
     y = np.arange(n) % 2
     runs, pa = [], {}

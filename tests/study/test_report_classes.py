@@ -158,7 +158,8 @@ def test_without_two_classes_the_outputs_stay_as_they_were(tmp_path, classes):
     write_results_csv(summary, tmp_path / "results.csv")
     assert (tmp_path / "results.csv").read_text().splitlines()[0] == (
         "study,cell,task,encoder,weights,n_runs,folds,seeds,metric,mean,sd,pooled,ci_low,ci_high,transfer_score,"
-        "pooled_kind,n_cases,scratch_cell")
+        "pooled_kind,n_cases,scratch_cell,transfer_score_fold_mean,transfer_score_fold_sd,transfer_folds,"
+        "transfer_flag,flag,n_patients")
     paths = rep.write_report(summary, tmp_path / "report")
     md = paths["report.md"].read_text()
     assert "Per-class" not in md and "native 3D" not in md

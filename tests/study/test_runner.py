@@ -333,7 +333,8 @@ def test_the_parent_run_names_file_weights_by_base_name(dental_cohort, mlflow_st
     ``file:<base name>`` only — a folder path can carry a person's name; comments stay."""
     import mlflow
 
-    from medxfer.study.runner import _parent_run
+    from medxfer.study.grid import expand
+    from medxfer.study.runner import _log_grid, _parent_run
     from medxfer.tracking import experiment_id
 
     folder = tmp_path / "Dr Jane Roe" / "weights"
@@ -348,6 +349,7 @@ def test_the_parent_run_names_file_weights_by_base_name(dental_cohort, mlflow_st
     spec = load_spec(spec_file)
     client = mlflow.MlflowClient(tracking_uri=mlflow_store)
     parent = _parent_run(client, spec, experiment_id(client, spec.experiment))
+    _log_grid(client, parent, spec, expand(spec), [])  # grid.json and spec.yaml, logged by every study run
     params = client.get_run(parent).data.params
     assert params["grid.weights"] == "['scratch', 'file:w.pt', 'file:w.pt.v2']"
     logged = Path(client.download_artifacts(parent, "spec.yaml", str(tmp_path / "dl"))).read_text()

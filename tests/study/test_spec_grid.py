@@ -208,3 +208,168 @@ def test_type_errors_are_one_line_naming_where(manifest, change, message):
     with pytest.raises(SpecError, match=message) as caught:
         parse_spec(raw)
     assert "\n" not in str(caught.value)
+
+
+# ---- grids that are not a full product: blocks (a union of products) and exclude (partial cells removed)
+
+SOURCES = ["scratch", "imagenet"]
+# RadImageNet's pairing of learning rate with freezing, on two encoders: fine-tune all at 1e-3 / 1e-4,
+# frozen and top-K at 1e-2 / 1e-3
+ENCODERS = ["resnet18", "densenet121"]
+FINE_TUNED = {"encoder": ENCODERS, "weights": SOURCES, "freeze": ["none"], "lr": ["1e-3", "1e-4"]}
+FROZEN = {"encoder": ENCODERS, "weights": SOURCES, "freeze": ["all", "top:2"], "lr": ["1e-2", "1e-3"]}
+PRODUCT = {"encoder": ENCODERS, "weights": SOURCES, "freeze": ["none", "all", "top:2"], "lr": ["1e-2", "1e-3", "1e-4"]}
+NOT_CROSSED = [{"freeze": "none", "lr": "1e-2"}, {"freeze": "all", "lr": "1e-4"}, {"freeze": "top:2", "lr": "1e-4"}]
+PAIRED_CELLS = {f"classification/{e}/{w}/{f}/lr{lr}" for e in ("resnet18", "densenet121") for w in SOURCES
+                for f, lr in (("none", "0.001"), ("none", "0.0001"), ("all", "0.01"), ("all", "0.001"),
+                              ("top:2", "0.01"), ("top:2", "0.001"))}
+
+
+def _dry_run(manifest: Path, tmp_path: Path, **changes) -> list[tuple[str, str]]:
+    """``study run --dry-run`` of the spec: (run name, config hash) of every run it plans, in order."""
+    import yaml
+    from click.testing import CliRunner
+
+    from medxfer.cli import main
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec_dict(manifest, seeds=[0], **changes), sort_keys=False))
+    out = CliRunner().invoke(main, ["study", "run", str(path), "--dry-run"])
+    assert out.exit_code == 0, out.output
+    rows = [line.split() for line in out.stdout.splitlines() if "config_hash=" in line]
+    return [(row[2], row[3].removeprefix("config_hash=")) for row in rows]
+
+
+def test_blocks_and_exclude_plan_exactly_the_intended_cells(manifest, tmp_path, mlflow_store):
+    blocks = _dry_run(manifest, tmp_path, grid=[FINE_TUNED, FROZEN])
+    excluded = _dry_run(manifest, tmp_path, grid=PRODUCT, exclude=NOT_CROSSED)
+    for planned in (blocks, excluded):
+        assert len(planned) == len(PAIRED_CELLS) * 5 == 120  # 2 encoders × 2 sources × 6 (freeze, lr), 5 folds
+        assert {name.rsplit("/fold", 1)[0] for name, _ in planned} == PAIRED_CELLS
+        assert len({h for _, h in planned}) == 120
+    assert dict(blocks) == dict(excluded)  # the same runs, whichever way the grid is written
+    # blocks run in their order (the first block's cells first), exclude keeps the product's order
+    assert [name.split("/")[3] for name, _ in blocks[:40]] == ["none"] * 40
+    assert [name.rsplit("/fold", 1)[0] for name, _ in excluded[:10:5]] == [
+        "classification/resnet18/scratch/none/lr0.001", "classification/resnet18/scratch/none/lr0.0001"]
+
+
+def test_cells_of_a_full_product_keep_their_hashes_however_the_grid_is_written(manifest):
+    """Resuming a study after rewriting its grid as blocks or with exclude re-runs nothing that was there."""
+    full = {r.name: r.config_hash for r in expand(parse_spec(spec_dict(manifest, grid=PRODUCT)))}
+    for changes in ({"grid": [FINE_TUNED, FROZEN]}, {"grid": PRODUCT, "exclude": NOT_CROSSED},
+                    {"grid": [PRODUCT]}):  # a list of one block is the grid as a mapping
+        runs = expand(parse_spec(spec_dict(manifest, **changes)))
+        assert runs and all(full[r.name] == r.config_hash for r in runs)
+    # the values stored before blocks existed (test_hashes_keep_their_stored_values), as two blocks and with exclude
+    stored = {"classification/resnet18/scratch/none/lr0.001/fold0/seed0": "2becf21baf9d63d81f6f",
+              "classification/resnet18/a/none/lr0.0001/fold4/seed0": "29cabd81f6a8d2a4bcd1"}
+    data = {"manifest": str(manifest), "label": "y", "modalities": ["PX"]}
+    for changes in ({"grid": [{"encoder": ["resnet18"], "weights": ["a"], "lr": [1e-4]},
+                              {"encoder": ["resnet18"], "weights": ["scratch"], "lr": ["1e-3"]}]},
+                    {"grid": {"encoder": ["resnet18"], "weights": ["scratch", "a"], "lr": ["1e-3", 1e-4]},
+                     "exclude": [{"weights": "a", "lr": "1e-3"}, {"weights": "scratch", "lr": 1e-4}]}):
+        runs = {r.name: r.config_hash for r in expand(parse_spec(spec_dict(manifest, data=data, seeds=[0], **changes)))}
+        assert len(runs) == 10 and {name: runs[name] for name in stored} == stored
+    plain = parse_spec(spec_dict(manifest, data=data, seeds=[0],
+                                 grid={"encoder": ["resnet18"], "weights": ["scratch", "a"], "lr": ["1e-3", 1e-4]}))
+    assert plain.spec_hash() == "d6bf8db957b17fc4" and plain.blocks == [] and plain.exclude == []
+    paired = parse_spec(spec_dict(manifest, grid=[FINE_TUNED, FROZEN]))
+    assert paired.spec_hash() != parse_spec(spec_dict(manifest, grid=PRODUCT)).spec_hash()  # what the spec asks for
+    assert paired.grid == {"encoder": ["resnet18", "densenet121"], "weights": SOURCES,
+                           "freeze": ["none", "all", "top:2"], "lr": [0.001, 0.0001, 0.01]}  # each key's values
+
+
+def test_a_cell_two_blocks_name_runs_once_with_a_note(manifest, caplog):
+    import logging
+
+    again = {**FINE_TUNED, "encoder": ["resnet18"], "lr": [1e-4, "1e-5"], "weights": ["imagenet"]}
+    with caplog.at_level(logging.WARNING, logger="medxfer.study.spec"):
+        spec = parse_spec(spec_dict(manifest, grid=[FINE_TUNED, again]))
+    cells = [r.cell for r in expand(spec) if r.fold == 0 and r.seed == 0]
+    assert len(cells) == len(set(cells)) == 8 + 1
+    assert cells[-1] == "classification/resnet18/imagenet/none/lr1e-05"
+    assert ("grid: 1 cells are in more than one block and run once: encoder=resnet18, weights=imagenet, freeze=none, "
+            "lr=0.0001 (grid[0], grid[1])") in caplog.text
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"grid": [FINE_TUNED, {"encoder": ["resnet18"], "lr": [1e-2]}]},
+     r"^grid\[1\] names the keys \['encoder', 'lr'\] and grid\[0\] \['encoder', 'freeze', 'lr', 'weights'\]: every "
+     r"block names the same keys"),
+    ({"grid": [FINE_TUNED, {**FROZEN, "lr": []}]}, r"^grid\[1\]\.lr is empty"),
+    ({"grid": [FINE_TUNED, {**FROZEN, "encoder": ["resnet81"]}]}, r"^grid\[1\]\.encoder\[0\]: unknown encoder"),
+    ({"grid": [FINE_TUNED, {**FROZEN, "freeze": ["all", "half"]}]}, r"^grid\[1\]\.freeze\[1\]: "),
+    ({"grid": [FINE_TUNED, [1]]}, r"^grid\[1\] is not a mapping"),
+    ({"grid": []}, r"^grid is an empty list"),
+    ({"grid": [FINE_TUNED, {**FROZEN, "fold": [0]}]}, r"grid\[1\] names the keys"),
+    ({"grid": [{**FINE_TUNED, "fold": [0]}, {**FROZEN, "fold": [1]}]}, r"^grid may not set \['fold'\]"),
+    ({"blocks": [FINE_TUNED]}, r"^unknown top-level keys \['blocks'\]"),
+    ({"grid": PRODUCT, "exclude": {"lr": 1e-2}}, r"^exclude is a list of partial cells"),
+    ({"grid": PRODUCT, "exclude": [{}]}, r"^exclude\[0\] is not a mapping"),
+    ({"grid": PRODUCT, "exclude": [{"freeze": "none", "lrr": 1e-2}]},
+     r"^exclude\[0\]: 'lrr' is not a grid key \(grid keys: encoder, weights, freeze, lr\); did you mean 'lr'\?"),
+    ({"grid": PRODUCT, "exclude": [{"freeze": "nnone"}]},
+     r"^exclude\[0\]\.freeze: 'nnone' is not a value of grid\.freeze \(none, all, top:2\); did you mean 'none'\?"),
+    ({"grid": PRODUCT, "exclude": [*NOT_CROSSED, {"freeze": "none", "lr": "1e-5"}]},
+     r"^exclude\[3\]\.lr: 1e-05 is not a value of grid\.lr \(0\.01, 0\.001, 0\.0001\)"),
+    ({"grid": [FINE_TUNED, FROZEN], "exclude": [{"freeze": "none", "lr": "1e-2"}]},
+     r"^exclude\[0\] \{freeze: none, lr: 0\.01\} matches no cell of the grid"),
+    ({"grid": PRODUCT, "exclude": [{"lr": "1e-2"}]}, r"^grid\.lr\[0\]: exclude removes every cell with it"),
+    ({"grid": [FINE_TUNED, FROZEN], "exclude": [{"freeze": "top:2"}]},
+     r"^grid\[1\]\.freeze\[1\]: exclude removes every cell with it"),
+])
+def test_blocks_and_exclude_errors_name_their_place(manifest, changes, message):
+    with pytest.raises(SpecError, match=message):
+        parse_spec(spec_dict(manifest, **changes))
+
+
+def test_blocks_and_exclude_compose_with_the_cells_that_cannot_exist(manifest, caplog):
+    """A 2D and a 3D encoder crossed with their inputs in one block: the crossings that cannot run are left out
+    per block, as in a plain grid; exclude may name one of them; a block whose value has no cell left is an error."""
+    import logging
+
+    mixed = {"encoder": ["resnet18", "resnet10_3d"], "input": ["2d", "3d"], "lr": [1e-3]}
+    more = {"encoder": ["resnet10_3d"], "input": ["3d"], "lr": [1e-4]}
+    with caplog.at_level(logging.WARNING, logger="medxfer.study.spec"):
+        sparse = parse_spec(spec_dict(manifest, grid=[mixed, more])).sparse_grid()
+    assert sparse.kept == [{"encoder": "resnet18", "input": "2d", "lr": 0.001},
+                           {"encoder": "resnet10_3d", "input": "3d", "lr": 0.001},
+                           {"encoder": "resnet10_3d", "input": "3d", "lr": 0.0001}]
+    assert [c for c, _ in sparse.left_out] == [{"encoder": "resnet18", "input": "3d", "lr": 0.001},
+                                               {"encoder": "resnet10_3d", "input": "2d", "lr": 0.001}]
+    assert "grid: 2 of 5 cells left out, combinations that cannot run" in caplog.text
+    excluded = parse_spec(spec_dict(manifest, grid=[mixed, more],
+                                    exclude=[{"encoder": "resnet10_3d", "input": "2d"}])).sparse_grid()
+    assert excluded.kept == sparse.kept and len(excluded.left_out) == 1 and len(excluded.excluded) == 1
+    assert excluded.notes()[0].startswith("grid: 1 of 4 cells left out")
+    with pytest.raises(SpecError, match=r"^grid\[1\]\.encoder\[0\]: no cell of the grid can run with it: "):
+        parse_spec(spec_dict(manifest, grid=[mixed, {**more, "encoder": ["resnet18"]}]))
+
+
+def test_report_comparisons_pair_cells_equal_in_every_key_but_weights_when_lr_goes_with_freeze(manifest):
+    """The report compares the sources of each (encoder, freeze, lr) the grid has: with lr paired to freeze, each
+    comparison is of two cells of one setting, never across learning rates."""
+    import numpy as np
+
+    from medxfer.study import report as rep
+
+    spec = parse_spec(spec_dict(manifest, grid=[FINE_TUNED, FROZEN], seeds=[0]))
+    keys = list(spec.grid)
+    rng = np.random.default_rng(0)
+    y = np.arange(20) % 2
+    runs = []
+    for planned in expand(spec):
+        tags = planned.tags(spec.name, keys)
+        items = np.flatnonzero(np.arange(20) % 5 == planned.fold)
+        p = 1 / (1 + np.exp(-(2 * y[items] - 1 + rng.normal(0, 1, len(items)))))
+        runs.append(rep.ChildRun(
+            run_id=planned.config_hash, name=planned.name, cell=planned.cell, task="classification",
+            grid={k: tags[k] for k in keys}, fold=str(planned.fold), seed="0", metric=float("nan"),
+            item_id=np.array([f"i{i}" for i in items], dtype=object), y=y[items], prob=np.c_[1 - p, p]))
+    summary = rep.summarize(rep.StudyRuns("paired", None, None, keys, runs), n_resamples=200)
+    assert len(summary.cells) == 24
+    pairs = {tuple(sorted((c.cell_a, c.cell_b))) for c in summary.comparisons}
+    expected = {tuple(sorted(cell.replace("/imagenet/", f"/{w}/") for w in SOURCES))
+                for cell in PAIRED_CELLS if "/imagenet/" in cell}
+    assert pairs == expected and len(pairs) == 12  # 2 encoders × 6 (freeze, lr) settings, scratch vs imagenet

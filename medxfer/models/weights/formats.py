@@ -32,8 +32,8 @@ _CONV_BIAS = re.compile(r"(^|\.)conv\d*\.bias$")
 # why a Keras file gets the preprocessing its arch spec names (ArchSpec.keras_preprocessing)
 _KERAS_PREPROCESSING_REASONS = {
     "tf": "Keras {application} preprocess_input: tf mode, inputs scaled to [-1, 1]",
-    "caffe": ("RadImageNet Keras release (caffe mode, then x 1/255); for Keras's own ImageNet ResNet50 "
-              "import with --preprocessing caffe-keras, for Keras ImageNet DenseNet with imagenet"),
+    "caffe": ("RadImageNet Keras release (caffe mode, then x 1/255, as its training scripts feed all four "
+              "networks); for Keras's own ImageNet {application} file import with --preprocessing {keras_imagenet}"),
 }
 
 
@@ -45,7 +45,8 @@ def default_preprocessing(fmt: str, arch: str) -> tuple[Preprocessing, str]:
     if fmt == "keras-h5":
         spec = arch_spec(arch)
         mode = spec.keras_preprocessing or "caffe"
-        return preset(mode), _KERAS_PREPROCESSING_REASONS[mode].format(application=spec.keras_application)
+        return preset(mode), _KERAS_PREPROCESSING_REASONS[mode].format(
+            application=spec.keras_application, keras_imagenet=spec.keras_imagenet_preprocessing or mode)
     if fmt == "radimagenet-pt":
         return IMAGENET, ("RadImageNet's PyTorch release documents no preprocessing: torchvision ImageNet mean/std "
                           "assumed (override with --preprocessing)")

@@ -175,8 +175,107 @@ def _mobilenet_v1_map() -> dict[str, tuple[str, str]]:
     return m
 
 
+# Keras names a layer built without a name after its class and a session-wide counter (``conv2d``,
+# ``conv2d_1`` …). keras.applications' Inception networks name almost none of theirs, so their maps are
+# keyed by the names a fresh session gives, i.e. by creation order (the order of the ``conv2d_bn`` calls,
+# which the PyTorch modules list below follow). A file's numbering may start elsewhere (``conv2d_95``
+# after other models, ``conv2d_1`` from Keras 2.2): :func:`_in_creation_order` renumbers it by rank.
+AUTO_NAMED = ("conv2d", "batch_normalization")  # the auto-named kinds in the Inception networks
+_AUTO_NAME = re.compile(r"^(conv2d|batch_normalization)(?:_(\d+))?$")
+
+
+def _auto_name(kind: str, index: int) -> str:
+    """The name Keras gives the ``index``-th unnamed layer of ``kind`` in a fresh session."""
+    return f"{kind}_{index}" if index else kind
+
+
+def _conv_bn_map(prefixes: list[str]) -> dict[str, tuple[str, str]]:
+    """The i-th unnamed ``conv2d_bn`` (Conv2D ``conv2d_i`` + BatchNormalization ``batch_normalization_i``)
+    is the PyTorch ``ConvBN`` at ``prefixes[i]``."""
+    m: dict[str, tuple[str, str]] = {}
+    for i, prefix in enumerate(prefixes):
+        m[_auto_name("conv2d", i)] = (f"{prefix}.conv", "conv")
+        m[_auto_name("batch_normalization", i)] = (f"{prefix}.bn", "bn")
+    return m
+
+
+# InceptionV3 blocks: their conv2d_bn modules in Keras's creation order (torchvision's branch names)
+_V3_BLOCK_CONVS = {
+    "A": ("branch1x1", "branch5x5_1", "branch5x5_2", "branch3x3dbl_1", "branch3x3dbl_2", "branch3x3dbl_3",
+          "branch_pool"),
+    "B": ("branch3x3", "branch3x3dbl_1", "branch3x3dbl_2", "branch3x3dbl_3"),
+    "C": ("branch1x1", "branch7x7_1", "branch7x7_2", "branch7x7_3", "branch7x7dbl_1", "branch7x7dbl_2",
+          "branch7x7dbl_3", "branch7x7dbl_4", "branch7x7dbl_5", "branch_pool"),
+    "D": ("branch3x3_1", "branch3x3_2", "branch7x7x3_1", "branch7x7x3_2", "branch7x7x3_3", "branch7x7x3_4"),
+    "E": ("branch1x1", "branch3x3_1", "branch3x3_2a", "branch3x3_2b", "branch3x3dbl_1", "branch3x3dbl_2",
+          "branch3x3dbl_3a", "branch3x3dbl_3b", "branch_pool"),
+}
+_V3_MIXED = (("Mixed_5b", "A"), ("Mixed_5c", "A"), ("Mixed_5d", "A"), ("Mixed_6a", "B"), ("Mixed_6b", "C"),
+             ("Mixed_6c", "C"), ("Mixed_6d", "C"), ("Mixed_6e", "C"), ("Mixed_7a", "D"), ("Mixed_7b", "E"),
+             ("Mixed_7c", "E"))  # Keras mixed0 … mixed10
+
+
+def _inception_v3_map() -> dict[str, tuple[str, str]]:
+    stem = ["Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3"]
+    return _conv_bn_map(stem + [f"{block}.{conv}" for block, kind in _V3_MIXED for conv in _V3_BLOCK_CONVS[kind]])
+
+
+# Inception-ResNet-v2 residual blocks: Keras name → (count, its unnamed conv2d_bn modules in creation order)
+_IRV2_BLOCKS = {
+    "block35": (10, ("branch0", "branch1.0", "branch1.1", "branch2.0", "branch2.1", "branch2.2")),
+    "block17": (20, ("branch0", "branch1.0", "branch1.1", "branch1.2")),
+    "block8": (10, ("branch0", "branch1.0", "branch1.1", "branch1.2")),
+}
+_IRV2_STAGES = {"block35": "repeat", "block17": "repeat_1", "block8": "repeat_2"}  # their nn.Sequential
+
+
+def _irv2_block_module(kind: str, index: int) -> str:
+    """PyTorch module of Keras block ``<kind>_<index>`` (1-based): ``repeat``, ``repeat_1``,
+    ``repeat_2`` hold them, the last block8 (no activation) is ``block8``."""
+    if kind == "block8" and index == _IRV2_BLOCKS["block8"][0]:
+        return "block8"
+    return f"{_IRV2_STAGES[kind]}.{index - 1}"
+
+
+def _inception_resnet_v2_map() -> dict[str, tuple[str, str]]:
+    unnamed = ["conv2d_1a", "conv2d_2a", "conv2d_2b", "conv2d_3b", "conv2d_4a"]
+    unnamed += [f"mixed_5b.{b}" for b in ("branch0", "branch1.0", "branch1.1", "branch2.0", "branch2.1",
+                                           "branch2.2", "branch3.1")]
+    named = {"conv_7b": ("conv2d_7b.conv", "conv"), "conv_7b_bn": ("conv2d_7b.bn", "bn")}
+    reductions = {"block35": ("mixed_6a", ("branch0", "branch1.0", "branch1.1", "branch1.2")),
+                  "block17": ("mixed_7a", ("branch0.0", "branch0.1", "branch1.0", "branch1.1", "branch2.0",
+                                           "branch2.1", "branch2.2"))}
+    for kind, (count, convs) in _IRV2_BLOCKS.items():
+        for i in range(1, count + 1):
+            module = _irv2_block_module(kind, i)
+            unnamed += [f"{module}.{conv}" for conv in convs]
+            named[f"{kind}_{i}_conv"] = (f"{module}.conv2d", "conv")  # 1x1 with bias, no BatchNorm
+        if kind in reductions:  # the reduction block after the stage
+            block, convs_r = reductions[kind]
+            unnamed += [f"{block}.{conv}" for conv in convs_r]
+    return {**_conv_bn_map(unnamed), **named}
+
+
+def _in_creation_order(layers: dict[str, list]) -> tuple[dict[str, list], dict[str, str]]:
+    """``layers`` with its auto-named layers renamed as a fresh Keras session names them, by rank of
+    their number within each kind (their creation order; the file's ``layer_names`` list is Keras's
+    topological order, not it); also the renaming (fresh name → the file's) where they differ."""
+    numbered: dict[str, list[tuple[int, str]]] = {kind: [] for kind in AUTO_NAMED}
+    for name in layers:
+        match = _AUTO_NAME.match(name)
+        if match:
+            numbered[match.group(1)].append((int(match.group(2) or 0), name))
+    renamed = {old: _auto_name(kind, rank) for kind, found in numbered.items()
+               for rank, (_, old) in enumerate(sorted(found))}
+    out = {renamed.get(name, name): values for name, values in layers.items()}
+    return out, {new: old for old, new in renamed.items() if new != old}
+
+
 # keras.applications network (ArchSpec.keras_application) → its layer map
-KERAS_LAYER_MAPS = {"ResNet50": _resnet50_keras_map, "DenseNet121": _densenet121_map, "MobileNet": _mobilenet_v1_map}
+KERAS_LAYER_MAPS = {"ResNet50": _resnet50_keras_map, "DenseNet121": _densenet121_map, "MobileNet": _mobilenet_v1_map,
+                    "InceptionV3": _inception_v3_map, "InceptionResNetV2": _inception_resnet_v2_map}
+# the networks whose unnamed layers are matched by creation order (:func:`_in_creation_order`)
+_BY_CREATION_ORDER = ("InceptionV3", "InceptionResNetV2")
 
 _HEAD_LAYER = re.compile(r"^(predictions|fc\d*|dense(_\d+)?|logits|conv_preds|classifier.*)$")
 
@@ -205,6 +304,12 @@ def detect_keras_arch(weights: KerasWeights) -> str | None:
         width = weights.layers["conv1"][0][1].shape[-1]  # the stem's output is the first feature map
         fitting = [a for a in keras_archs("MobileNet") if ARCHS[a].feature_channels[0] == width]
         return fitting[0] if fitting else f"mobilenet_v1 (stem width {width})"
+    if {"block35_1_conv", "block17_1_conv", "conv_7b"} <= names:
+        return keras_archs("InceptionResNetV2")[0]
+    if names and all(_AUTO_NAME.match(n) or _HEAD_LAYER.match(n) for n in names):  # only unnamed conv2d_bn
+        v3_convs = _auto_count(_inception_v3_map(), "conv2d")
+        if _auto_count(names, "conv2d") == _auto_count(names, "batch_normalization") == v3_convs:
+            return keras_archs("InceptionV3")[0]
     return None
 
 
@@ -255,6 +360,20 @@ class KerasConversion:
     bn_eps: float | None = None
 
 
+def _auto_count(names, kind: str) -> int:
+    """How many of ``names`` are auto-named layers of ``kind`` (``conv2d``, ``conv2d_7`` …)."""
+    return sum(1 for name in names if (match := _AUTO_NAME.match(name)) and match.group(1) == kind)
+
+
+def _renumbering_note(renamed: dict[str, str]) -> str:
+    """How the file's auto-named layers were read, for an error message ("" when as named)."""
+    if not renamed:
+        return ""
+    new, old = next(iter(renamed.items()))
+    return (f" (the file's auto-named layers, numbered from another start, are read in creation order: "
+            f"its {old} is {new} here)")
+
+
 def keras_to_state_dict(weights: KerasWeights, arch: str, path: str | Path = "") -> KerasConversion:
     """Convert for ``arch``; every weighted layer must map (classifier heads are skipped and listed)."""
     detected = detect_keras_arch(weights)
@@ -262,26 +381,32 @@ def keras_to_state_dict(weights: KerasWeights, arch: str, path: str | Path = "")
     if spec.keras_application is None:
         hint = f" — it looks like {detected}: use --arch {detected}" if detected in keras_archs() else ""
         twin = arch_spec(spec.twin) if spec.twin else None
-        if twin is not None and twin.keras_application:
+        if twin is not None and twin.keras_application and detected in (None, twin.name):
             hint = (f" — Keras {twin.title} is another network than {arch} (same key names, another computation); "
                     f"it loads into --arch {twin.name}, never into the {spec.layout} layout")
         raise KerasImportError(f"{path}: Keras .h5 weights cannot load into {arch!r}; Keras-layout encoders: "
                                f"{', '.join(keras_archs())}{hint}")
     layer_map = KERAS_LAYER_MAPS[spec.keras_application]()
-    unmapped = [n for n in weights.layers if n not in layer_map]
-    heads = [n for n in unmapped if _HEAD_LAYER.match(n)]
-    foreign = [n for n in unmapped if n not in heads]
-    missing = [n for n in layer_map if n not in weights.layers]
+    layers, renamed = (_in_creation_order(weights.layers) if spec.keras_application in _BY_CREATION_ORDER
+                       else (weights.layers, {}))
+    unmapped = [n for n in layers if n not in layer_map]
+    heads = [renamed.get(n, n) for n in unmapped if _HEAD_LAYER.match(n)]
+    foreign = [renamed.get(n, n) for n in unmapped if not _HEAD_LAYER.match(n)]  # as the file names them
+    missing = [n for n in layer_map if n not in layers]
     if foreign or missing:
         guess = f"; the file looks like {detected}" if detected and detected != arch else ""
+        counts = [f"{have} {kind} layers where {spec.title} has {want}"  # why ranks no longer pair up
+                  for kind in (AUTO_NAMED if spec.keras_application in _BY_CREATION_ORDER else ())
+                  if (have := _auto_count(layers, kind)) != (want := _auto_count(layer_map, kind))]
         raise KerasImportError(
             f"{path}: not a Keras {arch}{guess}: " + "; ".join(
-                part for part in (name_listing("layers missing from the file", missing, limit=8),
-                                  name_listing("layers the encoder does not have", foreign, limit=8)) if part))
+                part for part in (*counts, name_listing("layers missing from the file", missing, limit=8),
+                                  name_listing("layers the encoder does not have", foreign, limit=8)) if part)
+            + _renumbering_note(renamed))
     state: dict[str, torch.Tensor] = {}
     for name, (prefix, kind) in layer_map.items():
         try:
-            state.update(_convert_layer(prefix, kind, weights.layers[name], name))
+            state.update(_convert_layer(prefix, kind, layers[name], renamed.get(name, name)))
         except KerasImportError as exc:
             raise KerasImportError(f"{path}: {exc}") from None
     return KerasConversion(state_dict=state, skipped_layers=heads, layout=weights.layout,

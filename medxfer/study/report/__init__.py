@@ -12,11 +12,26 @@ Per cell (one combination of grid values, all folds and seeds):
   pooled); macro one-vs-rest AUC without CI for more than two classes; for segmentation the
   mean per-case Dice (averaged over seeds per case) with a bootstrap CI of the mean;
 * transfer score (van den Brandt et al. 2021) against the scratch cell with the same other grid
-  values, on the pooled metric.
+  values, on the pooled metric, and per fold (each fold's score, then mean ± SD over folds), flagged
+  when the scratch cell is a degenerate baseline (constant predictions, pooled AUC 0.5 or below);
+  degenerate cells themselves (constant predictions, AUC below 0.5 in most folds) are flagged too.
+
+The bootstrap CIs resample patients (the ``patient`` column of ``predictions.csv``: all items and
+seeds' predictions of a patient together); items without a pseudonym (an empty patient value, or runs
+without the column) are each their own unit.
+With more than two classes the macro one-vs-rest AUC gets a bootstrap CI as well.
 
 Cells identical in every grid key but ``weights`` are compared pairwise on the items both have:
-DeLong's test (binary classification, probability averaged over seeds per item) or the Wilcoxon
-signed-rank test (per-case Dice); all p-values of a report are Holm-adjusted together.
+DeLong's test (binary classification, probability averaged over seeds per item; Obuchowski's
+clustered DeLong when a patient has several items), a paired bootstrap test of the macro OvR AUC
+(more than two classes) or the Wilcoxon signed-rank test (per-case Dice); these p-values are
+Holm-adjusted together.
+
+**Pooled comparisons** — the spec's ``compare`` (``[{by: weights, pool: [encoder, freeze]}]``, read
+from the ``spec.yaml`` of the parent run) or ``study report --compare weights --pool encoder,freeze``:
+per value of ``by`` the mean ± SD of the runs' test metric pooled over the ``pool`` keys, folds and
+seeds, per combination of the other grid keys; each pair of values by the Wilcoxon signed-rank test
+on matched runs (same pooled keys' values, fold and seed), Holm-adjusted as their own family.
 
 Studies on volumes and cines (runs whose params show ``input``/``slices``/``aggregate``: 2D
 networks trained on slice / frame samples) are reported per item exactly like 2D studies — their
@@ -63,11 +78,12 @@ Modules, in the order the data flows:
 from .build import build_report
 from .collect import collect_study
 from .model import (CellSummary, ChildRun, ClassSummary, Comparison, ItemSampling, Localization, LocSummary,
-                    NativeInput, ReportError, SimilarityCorrelation, SimilarityRow, SimilaritySummary, StudyRuns,
-                    StudySummary)
+                    NativeInput, PooledComparison, PooledGroup, PooledSpec, PooledValue, ReportError,
+                    SimilarityCorrelation, SimilarityRow, SimilaritySummary, StudyRuns, StudySummary)
 from .summarize import summarize
 from .write import write_report
 
 __all__ = ["ReportError", "ChildRun", "StudyRuns", "CellSummary", "ClassSummary", "Comparison", "StudySummary",
            "ItemSampling", "NativeInput", "Localization", "LocSummary", "SimilarityRow", "SimilarityCorrelation",
-           "SimilaritySummary", "collect_study", "summarize", "write_report", "build_report"]
+           "SimilaritySummary", "PooledSpec", "PooledValue", "PooledComparison", "PooledGroup", "collect_study",
+           "summarize", "write_report", "build_report"]

@@ -3,7 +3,12 @@
 Reads the layout of ``docs/study-mlflow-layout.md`` (:mod:`medxfer.tracking.layout`): experiment
 ``medxfer/<name>``, one parent run (role ``study``) and one child run per cell × fold × seed (role
 ``cell``) with a ``predictions.csv`` (classification) or ``per_case.csv`` (segmentation) artifact,
-optionally a ``localization.csv``; on the parent optionally ``grid.json`` and ``similarity.json``.
+optionally a ``localization.csv``; on the parent optionally ``grid.json``, ``similarity.json`` and the
+``spec.yaml`` whose ``compare`` entries are the report's pooled comparisons.
+
+``predictions.csv`` names each item's patient (the manifest's keyed pseudonym) in its ``patient``
+column, empty where the manifest names none (kept empty: an unknown patient); an item without a pseudonym,
+and every item of a run written before the column existed (a note says so), is its own resampling unit.
 """
 from __future__ import annotations
 
@@ -16,13 +21,16 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+import yaml
 
 from ...tracking import client as mlflow_client
 from ...tracking import search_all_runs
 from ...tracking.layout import (GRID_ARTIFACT, LOCALIZATION_ARTIFACT, PARAM_WEIGHTS_SHA256, ROLE_CELL, ROLE_STUDY,
-                                SIMILARITY_ARTIFACT, TAG_CELL, TAG_CONFIG_HASH, TAG_FOLD, TAG_GRID_KEYS, TAG_ROLE,
-                                TAG_RUN_NAME, TAG_SEED, TAG_TASK, TASK_ARTIFACTS, study_experiment)
-from .model import CLASS_DICE_PREFIX, METRICS, SAMPLING_PARAMS, ChildRun, Localization, ReportError, StudyRuns
+                                SIMILARITY_ARTIFACT, SPEC_ARTIFACT, TAG_CELL, TAG_CONFIG_HASH, TAG_FOLD,
+                                TAG_GRID_KEYS, TAG_ROLE, TAG_RUN_NAME, TAG_SEED, TAG_TASK, TASK_ARTIFACTS,
+                                study_experiment)
+from .model import (CLASS_DICE_PREFIX, METRICS, SAMPLING_PARAMS, ChildRun, Localization, PooledSpec, ReportError,
+                    StudyRuns)
 
 DEFAULT_GRID_KEYS = ("encoder", "weights", "freeze", "lr")  # runs without a grid-keys tag: these, where tagged
 
@@ -56,6 +64,8 @@ def read_test_rows(run: ChildRun, path: Path) -> None:
     classes = [c for c in columns if c.startswith("p_")]
     if "y" not in columns or not classes:
         raise ReportError(f"run {run.name}: predictions.csv needs y and p_<class> columns")
+    if "patient" in columns:  # kept empty where the manifest names no patient: unknown, not the item's own id
+        run.patient = np.array([(r["patient"] or "").strip() for r in rows], dtype=object)
     run.y = np.array([int(float(r["y"])) for r in rows], dtype=int)
     run.prob = np.array([[_float(r[c]) for c in classes] for r in rows], dtype=float).reshape(len(rows), len(classes))
     if "p" in columns and len(classes) == 2:  # P(class 1) as written (equals p_<class 1>)
@@ -97,6 +107,52 @@ def _read_similarity(client, parent_id: str | None, notes: list[str]) -> dict | 
                          "no similarity section")
             return None
     return data
+
+
+def parse_compare(value: Any) -> list[PooledSpec]:
+    """The pooled comparisons of a spec's ``compare`` value (a list of ``{by, pool}`` mappings, or one);
+    :class:`ValueError` when it has another shape (the grid keys are checked by :meth:`PooledSpec.problem`)."""
+    if value is None:
+        return []
+    entries = [value] if isinstance(value, dict) else value
+    if not isinstance(entries, list):
+        raise ValueError("compare is not a list")
+    out = []
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("by"), str) or set(entry) - {"by", "pool"}:
+            raise ValueError(f"compare entry {entry!r} is not a mapping {{by, pool}}")
+        pool = entry.get("pool") or []
+        pool = [pool] if isinstance(pool, str) else pool
+        if not isinstance(pool, list) or not all(isinstance(k, str) for k in pool):
+            raise ValueError(f"compare entry {entry!r}: pool is not a list of grid keys")
+        out.append(PooledSpec(by=entry["by"], pool=tuple(pool)))
+    return out
+
+
+def _read_compare(client, parent_id: str | None, grid_keys: list[str], notes: list[str]) -> list[PooledSpec]:
+    """The ``compare`` entries of the parent run's spec.yaml that fit the study's grid keys (a note for the others)."""
+    if parent_id is None:
+        return []
+    with tempfile.TemporaryDirectory(prefix="medxfer-report-") as tmp:
+        try:
+            path = client.download_artifacts(parent_id, SPEC_ARTIFACT, tmp)
+        except Exception:  # noqa: BLE001 - absent: no pooled comparisons from the spec
+            return []
+        try:
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+            found = parse_compare(raw.get("compare") if isinstance(raw, dict) else None)
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            notes.append(f"{SPEC_ARTIFACT} on the parent run: unreadable compare ({type(exc).__name__}); no pooled "
+                         "comparisons from the spec")
+            return []
+    kept = []
+    for spec in found:
+        problem = spec.problem(grid_keys)
+        if problem:
+            notes.append(f"{SPEC_ARTIFACT} on the parent run: {problem}; that pooled comparison is left out")
+        else:
+            kept.append(spec)
+    return kept
 
 
 def _grid_keys(tag_lists: Iterable[str]) -> list[str]:
@@ -189,9 +245,16 @@ def collect_study(name: str) -> StudyRuns:
                      "they are left out of the localization section")
     if not runs:
         raise ReportError(f"study {name!r}: no finished run has its {' / '.join(TASK_ARTIFACTS.values())} artifact")
+    no_patient = sum(r.task == "classification" and r.patient is None for r in runs)
+    if no_patient:
+        notes.append(f"{no_patient} of {n_cls} classification run(s) have no patient column in their predictions.csv "
+                     "(written by an earlier medxfer): their items count as their own patients in the bootstrap CIs "
+                     "and tests")
     similarity = _read_similarity(client, parent_id, notes)
+    compare = _read_compare(client, parent_id, grid_keys, notes)
     return StudyRuns(name=name, experiment_id=exp_id, parent_run_id=parent_id, grid_keys=grid_keys, runs=runs,
-                     n_not_finished=n_not_finished, n_superseded=n_superseded, notes=notes, similarity=similarity)
+                     n_not_finished=n_not_finished, n_superseded=n_superseded, notes=notes, similarity=similarity,
+                     compare=compare)
 
 
 def _read_child(client, r, grid_keys: list[str], tmp: Path, notes: list[str]) -> ChildRun | None:

@@ -4,7 +4,16 @@ section, ``similarity.csv`` and ``similarity_spearman.csv`` (full precision, emp
 Per-class Dice (segmentation cells scoring two or more classes) adds the columns ``dice_<class>``,
 ``dice_<class>_ci_low``, ``dice_<class>_ci_high``, ``dice_<class>_mean``, ``dice_<class>_sd`` and
 ``dice_<class>_cases`` to ``results.csv`` and rows of metric ``dice_<class>`` (their own Holm family) to
-``comparisons.csv``; a study without them keeps both files as they were."""
+``comparisons.csv``; a study without them keeps both files as they were.
+
+Every cell row carries its per-fold transfer score (``transfer_score_fold_mean``, ``_fold_sd``, ``transfer_folds``),
+the flags of a degenerate cell (``flag``) or scratch baseline (``transfer_flag``; its transfer scores are kept but
+not to be trusted) and ``n_patients`` (empty when the predictions name no patients). A study with a cell whose
+per-fold transfer score left folds out adds ``transfer_fold_note`` (which and why); one with a bootstrap CI resting on
+fewer than all resamples adds ``ci_n_resamples`` and ``ci_n_skipped``. Pooled comparisons add rows
+of metric ``pooled <metric>`` (``pooled test_auc``) to ``comparisons.csv``: ``group`` says what was compared and
+pooled, ``source_a`` / ``source_b`` are the compared values, ``n_cases`` the matched runs, ``a`` / ``b`` their
+mean test metric; their own Holm family."""
 from __future__ import annotations
 
 import csv
@@ -12,7 +21,7 @@ import os
 
 from ...core.files import atomic_writer
 from .formatting import csv_num
-from .model import CellSummary, LocSummary, StudySummary
+from .model import CellSummary, LocSummary, PooledGroup, StudySummary
 
 LOC_COLUMNS = ["loc_runs", "loc_cases", "loc_hit", "loc_hit_ci_low", "loc_hit_ci_high", "loc_hit_mean", "loc_hit_sd",
                "loc_dice", "loc_dice_ci_low", "loc_dice_ci_high", "loc_dice_mean", "loc_dice_sd", "loc_iou",
@@ -28,6 +37,11 @@ def _loc_values(L: LocSummary | None) -> list[str]:
 
 
 CLASS_SUFFIXES = ("", "_ci_low", "_ci_high", "_mean", "_sd", "_cases")
+# results.csv columns of every study, after scratch_cell
+CELL_COLUMNS = ["transfer_score_fold_mean", "transfer_score_fold_sd", "transfer_folds", "transfer_flag", "flag",
+                "n_patients"]
+FOLD_NOTE_COLUMNS = ["transfer_fold_note"]  # only when some cell's per-fold transfer score left folds out
+SKIPPED_COLUMNS = ["ci_n_resamples", "ci_n_skipped"]  # only when some cell's CI rests on fewer than all resamples
 
 
 def class_columns(names: list[str]) -> list[str]:
@@ -50,22 +64,35 @@ def write_results_csv(s: StudySummary, path: str | os.PathLike) -> None:
     columns only when some cell has per-class Dice."""
     has_loc = bool(s.loc_cells)
     names = s.class_names
+    fold_notes = any(c.transfer_fold_note for c in s.cells)
+    skipped = any(c.ci_n_skipped for c in s.cells)
     with atomic_writer(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["study", "cell", "task", *s.grid_keys, "n_runs", "folds", "seeds", "metric", "mean", "sd",
                     "pooled", "ci_low", "ci_high", "transfer_score", "pooled_kind", "n_cases", "scratch_cell",
+                    *CELL_COLUMNS, *(FOLD_NOTE_COLUMNS if fold_notes else []), *(SKIPPED_COLUMNS if skipped else []),
                     *(LOC_COLUMNS if has_loc else []), *class_columns(names)])
         for c in s.cells:
             w.writerow([s.name, c.cell, c.task, *[c.grid.get(k, "") for k in s.grid_keys], c.n_runs,
                         ";".join(c.folds), ";".join(c.seeds), c.metric, csv_num(c.mean), csv_num(c.sd),
                         csv_num(c.pooled), csv_num(c.ci_low), csv_num(c.ci_high), csv_num(c.transfer_score),
-                        c.pooled_kind, c.n_cases, c.scratch_cell or "", *(_loc_values(c.loc) if has_loc else []),
-                        *_class_values(c, names)])
+                        c.pooled_kind, c.n_cases, c.scratch_cell or "", csv_num(c.transfer_fold_mean),
+                        csv_num(c.transfer_fold_sd), c.transfer_folds if c.scratch_cell else "", c.transfer_flag,
+                        c.flag, "" if c.n_patients is None else c.n_patients,
+                        *([c.transfer_fold_note] if fold_notes else []),
+                        *([s.n_resamples, c.ci_n_skipped] if skipped else []),
+                        *(_loc_values(c.loc) if has_loc else []), *_class_values(c, names)])
+
+
+def pooled_group_label(g: PooledGroup) -> str:
+    """A pooled comparison's group in ``comparisons.csv``: ``weights, pooled over encoder, freeze: lr=0.001``."""
+    return f"{g.spec.label}: {g.group}"
 
 
 def write_comparisons_csv(s: StudySummary, path: str | os.PathLike) -> None:
     """One row per comparison; per-class rows (metric ``dice_<class>``, own Holm family), then localization rows
-    (metric ``loc_dice`` / ``loc_hit``, own Holm family) last."""
+    (metric ``loc_dice`` / ``loc_hit``, own Holm family), then pooled comparisons (metric ``pooled <metric>``,
+    own Holm family) last."""
     with atomic_writer(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["study", "task", "group", "source_a", "source_b", "cell_a", "cell_b", "n_cases", "metric", "a",
@@ -73,6 +100,11 @@ def write_comparisons_csv(s: StudySummary, path: str | os.PathLike) -> None:
         for c in [*s.comparisons, *s.class_comparisons, *s.loc_comparisons]:
             w.writerow([s.name, c.task, c.group, c.source_a, c.source_b, c.cell_a, c.cell_b, c.n_cases, c.metric,
                         csv_num(c.a), csv_num(c.b), csv_num(c.difference), csv_num(c.p), csv_num(c.p_holm), c.test])
+        for g in s.pooled:
+            for c in g.comparisons:
+                w.writerow([s.name, g.task, pooled_group_label(g), c.value_a, c.value_b, "", "", c.n_pairs,
+                            f"pooled {g.metric}", csv_num(c.a), csv_num(c.b), csv_num(c.difference), csv_num(c.p),
+                            csv_num(c.p_holm), c.test])
 
 
 def write_similarity_csvs(s: StudySummary, rows_path: str | os.PathLike, spearman_path: str | os.PathLike) -> None:
@@ -82,10 +114,10 @@ def write_similarity_csvs(s: StudySummary, rows_path: str | os.PathLike, spearma
     with atomic_writer(rows_path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["study", "task", "group", *others, "source", "cell", "scratch_cell", "frechet", "mmd2",
-                    "intensity", "n_source", "n_target", "transfer_score"])
+                    "intensity", "task2vec", "n_source", "n_target", "transfer_score"])
         for r in sim.rows:
             w.writerow([s.name, r.task, r.group, *[r.grid.get(k, "") for k in others], r.source, r.cell,
-                        r.scratch_cell, csv_num(r.frechet), csv_num(r.mmd2), csv_num(r.intensity),
+                        r.scratch_cell, csv_num(r.frechet), csv_num(r.mmd2), csv_num(r.intensity), csv_num(r.task2vec),
                         "" if r.n_source is None else r.n_source, "" if sim.n_target is None else sim.n_target,
                         csv_num(r.transfer_score)])
     with atomic_writer(spearman_path, "w", newline="", encoding="utf-8") as f:

@@ -11,7 +11,7 @@ import numpy as np
 
 from .document import Figure
 from .formatting import finite
-from .model import SIM_HEADERS, SIM_MEASURES, CellSummary, SimilaritySummary, StudySummary
+from .model import SIM_HEADERS, SIM_MEASURES, CellSummary, SimilaritySummary, StudySummary, sim_measures
 from .summarize import group_description
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
@@ -98,18 +98,19 @@ def roc_figure(index: int, group: str, cells: list[CellSummary], colors: dict[st
 
 def similarity_figure(sim: SimilaritySummary) -> Figure:
     """Distance vs transfer score, one panel per distance, points labelled with the source."""
-    fig = _new_figure(4.0 * len(SIM_MEASURES), 4.0)
-    axes = fig.subplots(1, len(SIM_MEASURES), squeeze=False)[0]
+    measures = sim_measures(sim.rows) or SIM_MEASURES  # a distance no source has (older records: Task2Vec): no panel
+    fig = _new_figure(4.0 * len(measures), 4.0)
+    axes = fig.subplots(1, len(measures), squeeze=False)[0]
     groups = list(dict.fromkeys(r.group for r in sim.rows))
     corr = {(c.group, c.measure): c for c in sim.correlations}
-    for ax, (measure, label) in zip(axes, SIM_MEASURES):
+    for ax, (measure, label) in zip(axes, measures):
         texts = []
         for gi, g in enumerate(groups):
             rs = [r for r in sim.rows if r.group == g and finite(getattr(r, measure)) and finite(r.transfer_score)]
             x = [getattr(r, measure) for r in rs]
             y = [r.transfer_score for r in rs]
             ax.scatter(x, y, s=32, color=PALETTE[gi % len(PALETTE)], zorder=3,
-                       label=g if len(groups) > 1 and measure == SIM_MEASURES[0][0] else None)
+                       label=g if len(groups) > 1 and measure == measures[0][0] else None)
             for r, xi, yi in zip(rs, x, y):
                 ax.annotate(r.source, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
             c = corr.get((g, measure))
@@ -124,8 +125,9 @@ def similarity_figure(sim: SimilaritySummary) -> Figure:
     if len(groups) > 1:
         fig.legend(loc="lower center", ncol=min(len(groups), 3), fontsize=8, frameon=False,
                    bbox_to_anchor=(0.5, -0.08))
-    alt = ("Scatter plots of each pretrained source's distance to the study cohort (Fréchet, MMD², intensity; "
-           "smaller = more similar) against its transfer score over scratch, points labelled with the source")
+    named = ", ".join(label for _, label in measures)
+    alt = (f"Scatter plots of each pretrained source's distance to the study cohort ({named}; smaller = more similar)"
+           " against its transfer score over scratch, points labelled with the source")
     return Figure("similarity", alt, _png(fig))
 
 

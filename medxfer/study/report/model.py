@@ -9,8 +9,16 @@ from ...core.errors import MedxferError
 
 LEVEL = 0.95  # confidence level of every CI of the report
 METRICS = {"classification": "test_auc", "segmentation": "test_dice"}  # each run's own test metric, per task
-SIM_MEASURES = (("frechet", "Fréchet distance"), ("mmd2", "MMD²"), ("intensity", "intensity distance"))
+SIM_MEASURES = (("frechet", "Fréchet distance"), ("mmd2", "MMD²"), ("intensity", "intensity distance"),
+                ("task2vec", "Task2Vec distance"))
 SIM_HEADERS = {m: label[0].upper() + label[1:] for m, label in SIM_MEASURES}  # "frechet" -> "Fréchet distance"
+
+
+def sim_measures(rows: list[SimilarityRow]) -> tuple[tuple[str, str], ...]:
+    """The :data:`SIM_MEASURES` some row has a value of: a similarity.json from before Task2Vec, or of
+    a study without labelled tasks, has no Task2Vec distance, and the report leaves its column out."""
+    return tuple((m, label) for m, label in SIM_MEASURES
+                 if any(np.isfinite(getattr(r, m)) for r in rows if getattr(r, m) is not None))
 
 
 class ReportError(MedxferError, ValueError):
@@ -58,6 +66,10 @@ class ChildRun:
     sampling: dict[str, str] = field(default_factory=dict)  # SAMPLING_PARAMS the run logged (volumes / cines)
     # per-case Dice of each foreground class (segment), from per_case.csv's dice_<class> columns (native 3D)
     class_dice: dict[str, np.ndarray] = field(default_factory=dict)
+    # the patient (manifest pseudonym) of each row, from predictions.csv's patient column ("" where the manifest
+    # names none); None when the run has no such column (written before medxfer recorded patients). An item
+    # without a pseudonym is its own resampling unit
+    patient: np.ndarray | None = None
 
     @property
     def volumetric(self) -> bool:
@@ -76,6 +88,40 @@ class ChildRun:
         """Whether the run has two-class probabilities."""
         return self.prob is not None and self.prob.shape[1] == 2
 
+    @property
+    def constant(self) -> bool:
+        """Whether the run predicted one probability vector for every test item (two or more items)."""
+        if self.prob is None:
+            return False
+        prob = self.prob[np.isfinite(self.prob).all(axis=1)]
+        return len(prob) > 1 and bool((prob == prob[0]).all())
+
+
+@dataclass(frozen=True)
+class PooledSpec:
+    """A pooled comparison of the report (the spec's ``compare`` entry, or ``study report --compare``): the
+    values of grid key ``by`` on the runs' test metric, pooled over the grid keys ``pool`` and all folds and
+    seeds, per combination of the other grid keys."""
+
+    by: str
+    pool: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """``weights, pooled over encoder, freeze``."""
+        return f"{self.by}, pooled over {', '.join(self.pool)}" if self.pool else self.by
+
+    def problem(self, grid_keys: list[str]) -> str | None:
+        """Why this comparison cannot be made on a study with ``grid_keys`` (None when it can)."""
+        keys = ", ".join(grid_keys)
+        if self.by not in grid_keys:
+            return f"compare: {self.by!r} is not a grid key of the study (grid keys: {keys})"
+        bad = [k for k in self.pool if k not in grid_keys or k == self.by]
+        if bad or len(set(self.pool)) != len(self.pool):
+            return (f"pool: {bad or list(self.pool)} must be distinct grid keys other than {self.by!r} "
+                    f"(grid keys: {keys})")
+        return None
+
 
 @dataclass
 class StudyRuns:
@@ -90,6 +136,7 @@ class StudyRuns:
     n_superseded: int = 0  # FINISHED runs replaced by a later one with the same config_hash
     notes: list[str] = field(default_factory=list)
     similarity: dict | None = None  # the parent run's similarity.json, when it has a readable one
+    compare: list[PooledSpec] = field(default_factory=list)  # the pooled comparisons of the parent's spec.yaml
 
 
 # ---- summarised
@@ -153,6 +200,23 @@ class CellSummary:
     roc: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
     loc: LocSummary | None = None  # Grad-CAM localization (classification cells with localization.csv)
     classes: list[ClassSummary] = field(default_factory=list)  # per-class Dice (two or more segments scored)
+    # transfer score per fold (cats-scans): each fold's test metric (seeds averaged) against the scratch cell's
+    # of the same fold; mean ± SD over the folds both cells have
+    transfer_fold_mean: float | None = None
+    transfer_fold_sd: float | None = None
+    transfer_folds: int = 0
+    # why the transfer scores are not to be trusted ("" when they are): the scratch cell is a degenerate
+    # baseline (constant predictions, pooled AUC 0.5 or below chance); flagged scores stay out of correlations
+    transfer_flag: str = ""
+    flag: str = ""  # why the cell itself is degenerate ("" when it is not): constant predictions, AUC < 0.5 mostly
+    # distinct resampling units of the pooled items: patients, and items without a pseudonym each one unit (None:
+    # no pooled item has a patient pseudonym)
+    n_patients: int | None = None
+    n_without_patient: int = 0  # distinct pooled items whose predictions name no patient (each its own unit)
+    # folds left out of the per-fold transfer score, with why: "per-fold: 2 of 5 folds left out (scratch at or
+    # below chance in folds 0, 1)"; "" when every fold both cells have counts
+    transfer_fold_note: str = ""
+    ci_n_skipped: int = 0  # bootstrap resamples of the pooled CI left out for lacking a class (of the study's)
 
 
 @dataclass
@@ -172,7 +236,48 @@ class Comparison:
     difference: float
     p: float
     p_holm: float
-    test: str  # "DeLong" | "Wilcoxon signed-rank" | "McNemar exact" | "n/a (multi-class)" | "n/a (…)"
+    # "DeLong" | "DeLong (Obuchowski clustered by patient, N patients)" | "paired bootstrap (…)" (multi-class) |
+    # "Wilcoxon signed-rank" | "McNemar exact" | "n/a (…)"
+    test: str
+    n_skipped: int = 0  # resamples of a paired bootstrap test left out for lacking a class (of the study's)
+
+
+@dataclass
+class PooledValue:
+    """One value of a pooled comparison's ``by`` key in one group: its runs' test metric."""
+
+    value: str
+    n_runs: int  # runs with a finite test metric
+    mean: float
+    sd: float
+
+
+@dataclass
+class PooledComparison:
+    """Two values of ``by`` in one group, compared on matched runs (same pooled keys' values, fold, seed)."""
+
+    value_a: str
+    value_b: str
+    n_pairs: int
+    a: float  # mean test metric of the matched runs of value_a
+    b: float
+    difference: float  # a − b: the mean of the paired differences
+    p: float
+    p_holm: float
+    test: str  # "Wilcoxon signed-rank (matched runs)" | "n/a (no matched runs)"
+
+
+@dataclass
+class PooledGroup:
+    """A pooled comparison within one combination of the grid keys neither compared nor pooled."""
+
+    spec: PooledSpec
+    task: str
+    group: str  # e.g. "lr=0.001"; "all runs" when every other grid key is pooled
+    grid: dict[str, str]  # the values of the other grid keys
+    metric: str  # "test_auc" | "test_dice"
+    values: list[PooledValue]
+    comparisons: list[PooledComparison]
 
 
 @dataclass
@@ -190,6 +295,7 @@ class SimilarityRow:
     intensity: float
     n_source: int | None
     transfer_score: float
+    task2vec: float = float("nan")  # nan: not in similarity.json (no labelled task, or written before Task2Vec)
 
 
 @dataclass
@@ -266,6 +372,9 @@ class StudySummary:
     sampling: list[ItemSampling] = field(default_factory=list)  # empty: 2D items only
     native: list[NativeInput] = field(default_factory=list)  # empty: no native 3D runs
     class_comparisons: list[Comparison] = field(default_factory=list)  # per-class Dice, a Holm family of their own
+    pooled: list[PooledGroup] = field(default_factory=list)  # pooled comparisons, a Holm family of their own
+    # classification runs whose predictions.csv has no patient column (written by an earlier medxfer)
+    n_no_patient_column: int = 0
 
     @property
     def loc_cells(self) -> list[CellSummary]:

@@ -1,5 +1,5 @@
-"""The report's prose: provenance lines and the methods paragraphs of the main, per-class, localization and
-similarity parts.
+"""The report's prose: provenance lines and the methods paragraphs of the main, pooled-comparison, per-class,
+localization and similarity parts.
 
 Each text says what was computed for *this* summary (tasks present, resamples, seed, level), in
 words a reader of the report needs to interpret the tables.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from .model import ItemSampling, NativeInput, StudySummary
+from .model import ItemSampling, NativeInput, PooledSpec, StudySummary, sim_measures
 
 INPUT_WORDS = {"2d": "one slice or frame per sample",
                "2.5d": "slice k with its neighbours k−1 and k+1 as the three channels, the end slice repeated at "
@@ -141,8 +141,30 @@ def class_methods(s: StudySummary) -> str:
     return " ".join(parts)
 
 
+def _patient_words(s: StudySummary) -> str:
+    """Which resampling unit the classification CIs and tests used: patients where the predictions name them
+    (the manifest's pseudonyms), else each item on its own."""
+    cls = [c for c in s.cells if c.task == "classification"]
+    named = [c for c in cls if c.n_patients is not None]
+    if not named:
+        if s.n_no_patient_column:
+            return ("the runs' predictions name no patients (written by an earlier medxfer), so every item counts as "
+                    "its own patient")
+        return ("there are no patient pseudonyms in the predictions (the manifest names no patients): each item is "
+                "its own unit, all seeds' predictions of it drawn together")
+    several = [c for c in named if c.n_patients < c.n_cases]
+    text = ("the unit is the patient (the manifest's pseudonym in predictions.csv): all items of a patient and all "
+            "seeds' predictions of them are drawn together, within their class while every patient's items share a "
+            "class, else unstratified (a resample lacking a class is skipped; the notes say how many)")
+    if not several:
+        text += "; here every patient has one item"
+    if len(named) < len(cls) or any(c.n_without_patient for c in named):
+        text += "; items without a patient pseudonym are each their own unit"
+    return text
+
+
 def methods(s: StudySummary) -> str:
-    """How cells are scored and compared (pooled metric, CIs, tests, Holm, transfer score)."""
+    """How cells are scored and compared (pooled metric, CIs, tests, Holm, transfer scores, flags)."""
     tasks = {c.task for c in s.cells}
     multiclass = any(c.task == "classification" and c.n_classes not in (None, 2) for c in s.cells)
     pct = int(s.level * 100)
@@ -156,8 +178,8 @@ def methods(s: StudySummary) -> str:
         parts.append(
             "The pooled out-of-fold (OOF) AUC is the AUC of the concatenated test-fold predictions of all folds "
             "(every item is tested once per seed); its " f"{pct} % CI is a stratified percentile bootstrap "
-            f"({s.n_resamples} resamples, seed {s.seed}; positives and negatives resampled separately, all seeds' "
-            "predictions of an item resampled together). A pooled AUC well below the per-fold mean means "
+            f"({s.n_resamples} resamples, seed {s.seed}; positives and negatives resampled separately; "
+            + _patient_words(s) + "). A pooled AUC well below the per-fold mean means "
             "the fold models rank cases well within their own test fold but their scores are not on a common "
             "scale (each fold's model is calibrated differently); the per-fold mean is the seed papers' figure, "
             "the pooled AUC the stricter one.")
@@ -168,27 +190,57 @@ def methods(s: StudySummary) -> str:
     parts.append("Cells that differ only in the weights source are compared pairwise on the cases both have:")
     tests = []
     if "classification" in tasks:
-        tests.append("AUCs by DeLong's test for correlated ROC curves (probabilities averaged over seeds per item)")
+        tests.append("AUCs by DeLong's test for correlated ROC curves (probabilities averaged over seeds per item), "
+                     "Obuchowski's clustered DeLong (structural components summed per patient) when a patient has "
+                     "several of the compared items, as the Test column says with the number of patients; a class "
+                     "with fewer than 2 cases (patients) gives no p-value")
+        if multiclass:
+            tests.append("macro one-vs-rest AUCs (more than two classes) by a paired bootstrap test: both cells "
+                         f"scored on the same {s.n_resamples} resamples of the shared items (patients), z = difference "
+                         "/ SD of the resampled differences, two-sided normal p (pROC roc.test, method bootstrap)")
     if "segmentation" in tasks:
         tests.append("Dice by the two-sided Wilcoxon signed-rank test on per-case Dice (averaged over seeds)")
     parts[-1] += " " + "; ".join(tests) + "."
-    if s.class_comparisons:
-        own = "the per-class and the lesion-localization p-values form families" if s.loc_comparisons else \
-            "the per-class p-values form a family"
+    families = [name for name, present in (("per-class", s.class_comparisons), ("pooled-comparison", s.pooled),
+                                           ("lesion-localization", s.loc_comparisons)) if present]
+    if families:
+        names = " and the ".join([", the ".join(families[:-1]), families[-1]] if len(families) > 1 else families)
+        own = f"the {names} p-values form " + ("families" if len(families) > 1 else "a family")
         parts.append("The p-values of these comparisons are adjusted together with Holm's step-down method "
                      f"(p (Holm)); {own} of their own (see there).")
-    elif s.loc_comparisons:
-        parts.append("The p-values of these comparisons are adjusted together with Holm's step-down method "
-                     "(p (Holm)); the lesion-localization p-values form a family of their own (see there).")
     else:
         parts.append("All p-values of this report are adjusted together with Holm's step-down method (p (Holm)).")
     parts.append("Transfer score = (source − scratch) / scratch × 100 on the pooled metric, against the scratch "
                  "cell with the same other grid values; positive means the pretrained source beat training from "
-                 "scratch (van den Brandt et al. 2021).")
+                 "scratch (van den Brandt et al. 2021). Transfer score (per fold) is the score as they compute it: the "
+                 "score of each fold's test metric (seeds averaged) against the scratch cell's of the same fold, "
+                 "mean ± SD over the folds; a fold in which scratch is itself a degenerate baseline (an AUC at or "
+                 "below 0.5, constant predictions, a Dice of 0) is left out of that mean, as Notes says.")
     if multiclass:
-        parts.append("With more than two classes the AUC is the macro one-vs-rest AUC; no CI or DeLong test is "
-                     "computed for it (n/a).")
+        parts.append("With more than two classes the AUC is the macro one-vs-rest AUC (classes absent from the "
+                     f"pooled items left out), with a {pct} % percentile bootstrap CI resampling as above, "
+                     "stratified by class.")
+    if any(c.flag or c.transfer_flag for c in s.cells):
+        parts.append("Notes flags a degenerate cell — a run that predicted one probability for every item, or a "
+                     "test AUC below 0.5 in most folds — and a transfer score against a degenerate scratch cell "
+                     "(flagged itself, or a pooled AUC of exactly 0.5 or below chance): such a score reads n/a "
+                     "(degenerate baseline) here; results.csv keeps it with the reason in transfer_flag.")
     return " ".join(parts)
+
+
+def pooled_methods(s: StudySummary, specs: list[PooledSpec]) -> str:
+    """How the pooled comparisons (the spec's ``compare``) pool runs and test pairs of values."""
+    listed = "; ".join(f"{p.by} pooled over {', '.join(p.pool) + ', ' if p.pool else ''}folds and seeds"
+                       for p in specs)
+    return ("Each value of the compared grid key is summarised over all its runs in a group — the runs' own test "
+            f"metric (each run scored on its held-out test fold), mean ± SD over runs ({listed}); a group is one "
+            "combination of the grid keys neither compared nor pooled. Each pair of values is compared on matched "
+            "runs — the same values of the pooled keys, the same fold and the same seed — by the two-sided "
+            "Wilcoxon signed-rank test on the paired run metrics (exact below 50 pairs without ties or zero "
+            "differences, else the normal approximation with continuity correction; as R wilcox.test); Pairs "
+            "counts the matched runs, A and B are their means and A − B the mean paired difference. These p-values "
+            "are Holm-adjusted as their own family, apart from the comparisons of cells. Runs of one fold share "
+            "their test items, so the pairs are not fully independent: read p as descriptive.")
 
 
 def loc_methods(s: StudySummary) -> str:
@@ -216,7 +268,7 @@ def loc_methods(s: StudySummary) -> str:
 
 
 def similarity_methods(s: StudySummary) -> str:
-    """What the three cohort distances are and how they are correlated with the transfer score."""
+    """What the cohort distances are and how they are correlated with the transfer score."""
     sim = s.similarity
     tasks = {r.task for r in sim.rows}
     pooled = " / ".join(("pooled AUC" if t == "classification" else "pooled Dice") for t in sorted(tasks))
@@ -224,12 +276,17 @@ def similarity_methods(s: StudySummary) -> str:
                                     f"{sim.weights} weights" if sim.weights else "",
                                     f"{sim.image_size} px" if sim.image_size else "") if x)
     target = f" ({sim.n_target} images)" if sim.n_target is not None else ""
+    task2vec = ("; and the Task2Vec distance of the two tasks, images with their labels (Achille et al. 2019): the "
+                "same network as the probe, a linear head fitted on each cohort's labels with the encoder frozen, "
+                "the diagonal Fisher information of the encoder's weights for that task (expectation over the "
+                "probe's predicted labels) averaged per filter, two embeddings compared by the normalised cosine "
+                "distance" if "task2vec" in dict(sim_measures(sim.rows)) else "")
     return (
         "Dataset similarity (van den Brandt et al. 2021, \"Cats, not CAT scans\"): the cohort of each pretraining "
         f"source is compared with this study's cohort{target} on pooled features of one fixed network"
         f"{' (' + setting + ')' if setting else ''}: the Fréchet distance between Gaussians fitted to the two "
-        "feature sets, the unbiased RBF-kernel MMD², and a distance of per-image intensity statistics; for all "
-        "three, smaller = more similar. A source's transfer score is its relative gain in the "
+        "feature sets, the unbiased RBF-kernel MMD², and a distance of per-image intensity statistics"
+        f"{task2vec}; for all, smaller = more similar. A source's transfer score is its relative gain in the "
         f"{pooled} over the scratch cell of the same group (as in the Cells table). Spearman's ρ between each "
         "distance and the transfer score across the sources of a group, with a two-sided p by exact permutation "
         "(all n! orderings) for up to 9 sources and the t approximation above; not adjusted for multiplicity "

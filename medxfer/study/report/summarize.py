@@ -2,9 +2,30 @@
 
 Per cell (one combination of grid values, all folds and seeds): mean ± SD of the runs' test
 metric, the pooled metric (out-of-fold AUC, macro OvR AUC, or mean per-case Dice) with a
-bootstrap CI, and the transfer score against the scratch cell with the same other grid values.
-Cells identical in every grid key but ``weights`` are compared on the items both have (DeLong or
-Wilcoxon; localization by Wilcoxon and exact McNemar), Holm-adjusted per family.
+bootstrap CI, and the transfer score against the scratch cell with the same other grid values —
+on the pooled metric, and per fold (cats-scans: each fold's score, then mean ± SD over folds).
+Cells identical in every grid key but ``weights`` are compared on the items both have (DeLong,
+a paired bootstrap for more than two classes, or Wilcoxon; localization by Wilcoxon and exact
+McNemar), Holm-adjusted per family.
+
+Patients: the bootstrap CIs resample patients (all items and seeds' predictions of a patient
+together), and a binary comparison is Obuchowski's clustered DeLong when a patient has several
+items; an item whose predictions name no patient (an empty pseudonym, or no patient column) is its own
+unit, and a cell none of whose items has a pseudonym has no ``n_patients``. Where patients hold items of
+two classes the bootstrap is unstratified and resamples lacking a class are skipped: the CIs and tests
+carry the count (``CellSummary.ci_n_skipped``, ``Comparison.n_skipped``) and a note says how many of how
+many resamples each rests on.
+
+Degenerate cells are flagged (``CellSummary.flag``): constant predictions in a run, an AUC below
+0.5 in most folds. A transfer score against a degenerate scratch cell (flagged, or a pooled AUC of
+0.5 or below) carries the reason in ``CellSummary.transfer_flag``. The per-fold transfer score leaves
+out the folds in which scratch is a degenerate baseline itself (a fold AUC at or below 0.5, a run with
+constant predictions; a fold Dice of 0) and says which in ``CellSummary.transfer_fold_note``.
+
+Pooled comparisons (the spec's ``compare``, :class:`~.model.PooledSpec`): the values of one grid key
+on the runs' test metric, pooled over other grid keys, folds and seeds, per combination of the
+remaining keys; each pair of values by the Wilcoxon signed-rank test on matched runs (same pooled
+keys' values, fold and seed), Holm-adjusted as a family of their own.
 
 Segmentation runs whose ``per_case.csv`` scores two or more classes (``dice_<class>``, native 3D with
 ``segments``) get the same statistics per class: mean ± SD over runs, mean per-case Dice with a bootstrap
@@ -24,12 +45,12 @@ from typing import Any
 
 import numpy as np
 
-from ..stats import (auc, bootstrap_auc_ci, bootstrap_mean_ci, delong_test, holm, mcnemar_exact, mean_sd, spearman,
-                     transfer_score, wilcoxon_signed_rank)
+from ..stats import (auc, bootstrap_auc_ci, bootstrap_auc_test, bootstrap_macro_auc_ci, bootstrap_mean_ci, delong_test,
+                     holm, macro_ovr_auc, mcnemar_exact, mean_sd, spearman, transfer_score, wilcoxon_signed_rank)
 from ...tracking.layout import SIMILARITY_ARTIFACT
 from .model import (LEVEL, METRICS, SIM_MEASURES, CellSummary, ChildRun, ClassSummary, Comparison, ItemSampling,
-                    LocSummary, NativeInput, ReportError, SimilarityCorrelation, SimilarityRow, SimilaritySummary,
-                    StudyRuns, StudySummary)
+                    LocSummary, NativeInput, PooledComparison, PooledGroup, PooledSpec, PooledValue, ReportError,
+                    SimilarityCorrelation, SimilarityRow, SimilaritySummary, StudyRuns, StudySummary)
 
 
 def _natural(value: str) -> tuple:
@@ -45,7 +66,7 @@ def _value_key(key: str, value: str) -> tuple:
     return _natural(value)
 
 
-def _per_item(items: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def per_item(items: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct item ids and the nan-ignoring mean of ``values`` per item (over seeds)."""
     uniq, inv = np.unique(items.astype(str), return_inverse=True)
     ok = ~np.isnan(values)
@@ -55,18 +76,109 @@ def _per_item(items: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.nda
         return uniq, np.where(n > 0, s / np.maximum(n, 1), np.nan)
 
 
-def _macro_ovr_auc(y: np.ndarray, prob: np.ndarray) -> float:
-    """Macro one-vs-rest AUC (sklearn ``roc_auc_score(multi_class="ovr")``); classes absent from
-    ``y`` are left out of the average."""
-    from sklearn.metrics import roc_auc_score
-
-    present = [c for c in range(prob.shape[1]) if 0 < int((y == c).sum()) < len(y)]
-    if not present:
-        return math.nan
-    return float(np.mean([roc_auc_score(y == c, prob[:, c]) for c in present]))
+def _per_item_prob(items: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct item ids and each item's class probabilities averaged over its rows (seeds), per class."""
+    columns = [per_item(items, prob[:, k]) for k in range(prob.shape[1])]
+    return columns[0][0], np.column_stack([v for _, v in columns])
 
 
-def _summarize_cell(cell: str, runs: list[ChildRun], n_resamples: int, seed: int) -> CellSummary:
+def patients_of(runs: list[ChildRun]) -> dict[str, str]:
+    """Each item's patient (the manifest's pseudonym), from the runs whose predictions.csv names them; items
+    with an empty pseudonym (the manifest names no patient) are left out: their patient is unknown."""
+    out: dict[str, str] = {}
+    for r in runs:
+        if r.patient is not None:
+            for item, patient in zip(r.item_id.astype(str), r.patient.astype(str)):
+                if patient.strip():
+                    out.setdefault(item, patient)
+    return out
+
+
+def _clusters(items: np.ndarray, patients: dict[str, str]) -> np.ndarray:
+    """The cluster of each row: its item's patient, or the item itself where no run named a patient."""
+    return np.array([f"p:{patients[i]}" if i in patients else f"i:{i}" for i in items.astype(str)], dtype=object)
+
+
+def _if_repeated(clusters: np.ndarray) -> np.ndarray | None:
+    """``clusters`` when some cluster holds several rows, else None (every row its own unit: the plain methods)."""
+    return clusters if np.unique(clusters.astype(str)).size < clusters.size else None
+
+
+def _run_names(runs: list[ChildRun]) -> str:
+    names = [f"fold{r.fold}/seed{r.seed}" for r in runs]
+    return ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
+
+
+def fold_metrics(runs: list[ChildRun]) -> dict[str, float]:
+    """Each fold's test metric: the mean over the fold's runs (seeds) with a finite one; nan when none has."""
+    by_fold: dict[str, list[float]] = {}
+    for r in runs:
+        by_fold.setdefault(r.fold, []).append(r.metric)
+    return {k: _nanmean(np.array(v, dtype=float)) for k, v in by_fold.items()}
+
+
+def cell_flag(runs: list[ChildRun]) -> str:
+    """Why a classification cell is degenerate: a run with constant predictions, or a test AUC below 0.5 in
+    most folds (seeds averaged per fold); "" when it is not."""
+    constant = [r for r in runs if r.constant]
+    if constant:
+        return f"constant predictions in {len(constant)} of {len(runs)} run(s) ({_run_names(constant)})"
+    values = [v for v in fold_metrics(runs).values() if math.isfinite(v)]
+    below = sum(v < 0.5 for v in values)
+    if values and below > len(values) / 2:
+        return f"AUC below 0.5 in {below} of {len(values)} folds"
+    return ""
+
+
+def _folds_words(folds: list[str]) -> str:
+    return f"fold{'s' if len(folds) > 1 else ''} {', '.join(folds)}"
+
+
+def fold_transfer(source: list[ChildRun], scratch: list[ChildRun]) -> tuple[list[float], str]:
+    """The per-fold transfer scores of ``source`` against ``scratch`` (each fold's test metric, seeds averaged, on
+    the folds both have; finite ones) and a note on the folds left out because scratch is a degenerate baseline in
+    them — a fold AUC at or below chance (0.5) or a run with constant predictions (classification), a fold Dice of
+    0 (segmentation): "per-fold: 2 of 5 folds left out (scratch at or below chance in folds 0, 1)"; "" when none."""
+    a, b = fold_metrics(source), fold_metrics(scratch)
+    segmentation = any(r.task == "segmentation" for r in scratch)
+    constant = {r.fold for r in scratch if r.constant}
+    shared = sorted((k for k in a if k in b), key=_natural)
+    flat, low, scores = [], [], []
+    for k in shared:
+        if k in constant:
+            flat.append(k)
+        elif math.isfinite(b[k]) and (b[k] == 0 if segmentation else b[k] <= 0.5):
+            low.append(k)
+        else:
+            scores.append(transfer_score(a[k], b[k]))
+    if not flat and not low:
+        return [v for v in scores if math.isfinite(v)], ""
+    why = []
+    if low:
+        why.append(f"scratch {'Dice 0' if segmentation else 'at or below chance'} in {_folds_words(low)}")
+    if flat:
+        why.append(f"scratch constant predictions in {_folds_words(flat)}")
+    n_out = len(flat) + len(low)
+    note = f"per-fold: {n_out} of {len(shared)} folds left out ({'; '.join(why)})"
+    return [v for v in scores if math.isfinite(v)], note
+
+
+def baseline_flag(scratch: CellSummary) -> str:
+    """Why a scratch cell is a degenerate baseline for transfer scores (flagged itself, a pooled AUC of exactly
+    0.5, below chance, or a pooled Dice of 0); "" when it is a fair one."""
+    if scratch.flag:
+        return f"degenerate scratch baseline: {scratch.flag}"
+    if scratch.task == "segmentation":
+        return "degenerate scratch baseline: pooled Dice 0" if scratch.pooled == 0 else ""
+    if math.isclose(scratch.pooled, 0.5, abs_tol=1e-12):  # exactly chance, up to rounding of the AUC
+        return "degenerate scratch baseline: pooled AUC exactly 0.5 (chance)"
+    if scratch.pooled < 0.5:
+        return f"degenerate scratch baseline: pooled AUC {scratch.pooled:.3f}, below chance"
+    return ""
+
+
+def _summarize_cell(cell: str, runs: list[ChildRun], n_resamples: int, seed: int,
+                    patients: dict[str, str] | None = None) -> CellSummary:
     first = runs[0]
     task = first.task
     values = [r.metric for r in runs]
@@ -78,37 +190,53 @@ def _summarize_cell(cell: str, runs: list[ChildRun], n_resamples: int, seed: int
                   seeds=sorted({r.seed for r in runs}, key=_natural),
                   metric=METRICS[task], mean=mean, sd=sd, run_values=values, n_cases=n_cases)
     if task == "segmentation":
-        _, per_item = _per_item(items, np.concatenate([r.dice for r in runs]))
-        per_item = per_item[~np.isnan(per_item)]
-        pooled = float(np.mean(per_item)) if per_item.size else math.nan
-        lo, hi = bootstrap_mean_ci(per_item, n_resamples=n_resamples, level=LEVEL, seed=seed)
+        _, case_dice = per_item(items, np.concatenate([r.dice for r in runs]))
+        case_dice = case_dice[~np.isnan(case_dice)]
+        pooled = float(np.mean(case_dice)) if case_dice.size else math.nan
+        lo, hi = bootstrap_mean_ci(case_dice, n_resamples=n_resamples, level=LEVEL, seed=seed)
         return CellSummary(**common, pooled=pooled, ci_low=lo, ci_high=hi, pooled_kind="per-case Dice")
 
     widths = {r.prob.shape[1] for r in runs}
     if len(widths) != 1:
         raise ReportError(f"cell {cell}: runs disagree on the number of classes")
     n_classes = widths.pop()
+    patients = patients or {}
+    uniq = np.unique(items)
+    unnamed = int(sum(i not in patients for i in uniq))
+    # n_patients only where some item has a real pseudonym: items alone are not "patients"
+    common.update(flag=cell_flag(runs), n_without_patient=unnamed,
+                  n_patients=int(np.unique(_clusters(uniq, patients).astype(str)).size) if unnamed < uniq.size
+                  else None)
     y = np.concatenate([r.y for r in runs])
     prob = np.concatenate([r.prob for r in runs])
     keep = np.isfinite(prob).all(axis=1)
     y, prob, items = y[keep], prob[keep], items[keep]
+    # resample patients: all items of a patient and all seeds' predictions of an item together
+    clusters = _if_repeated(_clusters(items, patients))
     if n_classes != 2:
-        return CellSummary(**common, pooled=_macro_ovr_auc(y, prob), ci_low=math.nan, ci_high=math.nan,
-                           n_classes=n_classes, pooled_kind="OOF macro OvR AUC")
+        try:
+            pooled = macro_ovr_auc(y, prob)
+            ci = bootstrap_macro_auc_ci(y, prob, n_resamples=n_resamples, level=LEVEL, seed=seed, clusters=clusters)
+            lo, hi, skipped = ci.low, ci.high, ci.n_skipped
+        except ValueError:  # labels outside the probability columns
+            pooled, lo, hi, skipped = math.nan, math.nan, math.nan, 0
+        return CellSummary(**common, pooled=pooled, ci_low=lo, ci_high=hi, n_classes=n_classes,
+                           pooled_kind="OOF macro OvR AUC", ci_n_skipped=skipped)
     p = prob[:, 1]
     pooled = auc(y, p)
-    clusters = items if len(np.unique(items)) < len(items) else None  # several seeds: resample items
     try:
-        lo, hi = bootstrap_auc_ci(y, p, n_resamples=n_resamples, level=LEVEL, seed=seed, clusters=clusters)
-    except ValueError:  # e.g. one item with contradicting labels in two runs
-        lo, hi = math.nan, math.nan
+        ci = bootstrap_auc_ci(y, p, n_resamples=n_resamples, level=LEVEL, seed=seed, clusters=clusters)
+        lo, hi, skipped = ci.low, ci.high, ci.n_skipped
+    except ValueError:  # e.g. labels other than 0 / 1
+        lo, hi, skipped = math.nan, math.nan, 0
     roc = None
     if 0 < y.sum() < len(y):
         from sklearn.metrics import roc_curve
 
         fpr, tpr, _ = roc_curve(y, p)
         roc = (fpr, tpr)
-    return CellSummary(**common, pooled=pooled, ci_low=lo, ci_high=hi, n_classes=2, pooled_kind="OOF AUC", roc=roc)
+    return CellSummary(**common, pooled=pooled, ci_low=lo, ci_high=hi, n_classes=2, pooled_kind="OOF AUC", roc=roc,
+                       ci_n_skipped=skipped)
 
 
 def class_names(runs: list[ChildRun]) -> list[str]:
@@ -126,12 +254,12 @@ def _summarize_classes(runs: list[ChildRun], n_resamples: int, seed: int) -> lis
         scored = [r for r in runs if name in r.class_dice]
         mean, sd = mean_sd([_nanmean(r.class_dice[name]) for r in scored])
         items = np.concatenate([r.item_id for r in scored]).astype(str)
-        _, per_item = _per_item(items, np.concatenate([r.class_dice[name] for r in scored]))
-        per_item = per_item[~np.isnan(per_item)]
-        lo, hi = bootstrap_mean_ci(per_item, n_resamples=n_resamples, level=LEVEL, seed=seed)
+        _, case_dice = per_item(items, np.concatenate([r.class_dice[name] for r in scored]))
+        case_dice = case_dice[~np.isnan(case_dice)]
+        lo, hi = bootstrap_mean_ci(case_dice, n_resamples=n_resamples, level=LEVEL, seed=seed)
         out.append(ClassSummary(name=name, n_runs=len(scored), mean=mean, sd=sd,
-                                pooled=float(np.mean(per_item)) if per_item.size else math.nan,
-                                ci_low=lo, ci_high=hi, n_cases=int(per_item.size)))
+                                pooled=float(np.mean(case_dice)) if case_dice.size else math.nan,
+                                ci_low=lo, ci_high=hi, n_cases=int(case_dice.size)))
     return out
 
 
@@ -144,9 +272,9 @@ def _nanmean(values: np.ndarray) -> float:
 def _loc_per_item(runs: list[ChildRun]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Distinct scored items of runs with localization, and their hit / Dice / IoU averaged over seeds."""
     items = np.concatenate([r.loc.item_id for r in runs]).astype(str)
-    ids, hit = _per_item(items, np.concatenate([r.loc.hit for r in runs]))
-    _, dice = _per_item(items, np.concatenate([r.loc.dice for r in runs]))
-    _, iou = _per_item(items, np.concatenate([r.loc.iou for r in runs]))
+    ids, hit = per_item(items, np.concatenate([r.loc.hit for r in runs]))
+    _, dice = per_item(items, np.concatenate([r.loc.dice for r in runs]))
+    _, iou = per_item(items, np.concatenate([r.loc.iou for r in runs]))
     return ids, hit, dice, iou
 
 
@@ -173,7 +301,21 @@ def group_description(task: str, grid: dict[str, str], tasks: set[str]) -> str:
     return f"{task}: {text}" if len(tasks) > 1 else text
 
 
-def _compare(ca: CellSummary, cb: CellSummary, ra: list[ChildRun], rb: list[ChildRun], group: str) -> Comparison:
+def _too_few(y: np.ndarray, clusters: np.ndarray | None, binary: bool) -> str:
+    """Why a comparison has no p-value when a class has fewer than 2 units (cases; patients when clustered)."""
+    for c in ([1, 0] if binary else np.unique(y)):
+        units = int(np.sum(y == c)) if clusters is None else int(np.unique(clusters[y == c].astype(str)).size)
+        if units < 2:
+            what = ("positives" if c == 1 else "negatives") if binary else f"cases of class {int(c)}"
+            return f"n/a (fewer than 2 {'patients with ' if clusters is not None else ''}{what})"
+    return "n/a (no variance of the difference)"
+
+
+def _compare(ca: CellSummary, cb: CellSummary, ra: list[ChildRun], rb: list[ChildRun], group: str,
+             patients: dict[str, str] | None = None, n_resamples: int = 2000, seed: int = 0) -> Comparison:
+    """Two cells on the items both have, probabilities averaged over seeds per item: binary by DeLong (Obuchowski's
+    clustered DeLong when a patient has several items), more classes by the paired bootstrap of the macro OvR AUC
+    (resampling patients); segmentation by Wilcoxon on per-case Dice."""
     base = dict(task=ca.task, group=group, source_a=ca.grid.get("weights", ""), source_b=cb.grid.get("weights", ""),
                 cell_a=ca.cell, cell_b=cb.cell, p_holm=math.nan)
     items_a = np.concatenate([r.item_id for r in ra]).astype(str)
@@ -181,31 +323,47 @@ def _compare(ca: CellSummary, cb: CellSummary, ra: list[ChildRun], rb: list[Chil
     if ca.task == "segmentation":
         return _paired_dice(base, "Dice", items_a, np.concatenate([r.dice for r in ra]),
                             items_b, np.concatenate([r.dice for r in rb]))
-    ia, pa = _per_item(items_a, np.concatenate([r.prob[:, 1] if r.binary else np.full(len(r.y), np.nan) for r in ra]))
-    ib, pb = _per_item(items_b, np.concatenate([r.prob[:, 1] if r.binary else np.full(len(r.y), np.nan) for r in rb]))
-    shared = np.intersect1d(ia, ib)
-    if ca.n_classes != 2 or cb.n_classes != 2:
-        return Comparison(**base, n_cases=int(shared.size), metric="AUC (macro OvR)", a=ca.pooled, b=cb.pooled,
-                          difference=ca.pooled - cb.pooled, p=math.nan, test="n/a (multi-class)")
-    _, ya = _per_item(items_a, np.concatenate([r.y for r in ra]).astype(float))
-    _, xa, xb = np.intersect1d(ia, ib, return_indices=True)
-    yb = _per_item(items_b, np.concatenate([r.y for r in rb]).astype(float))[1][xb]
+    binary = ca.n_classes == 2
+    metric = "AUC" if binary else "AUC (macro OvR)"
+    if ca.n_classes != cb.n_classes:
+        return Comparison(**base, n_cases=0, metric=metric, a=ca.pooled, b=cb.pooled, difference=math.nan,
+                          p=math.nan, test="n/a (different numbers of classes)")
+    ia, pa = _per_item_prob(items_a, np.concatenate([r.prob for r in ra]))
+    ib, pb = _per_item_prob(items_b, np.concatenate([r.prob for r in rb]))
+    _, ya = per_item(items_a, np.concatenate([r.y for r in ra]).astype(float))
+    _, yb = per_item(items_b, np.concatenate([r.y for r in rb]).astype(float))
+    shared, xa, xb = np.intersect1d(ia, ib, return_indices=True)
     y, a, b = ya[xa], pa[xa], pb[xb]
-    ok = (y == yb) & np.isin(y, (0.0, 1.0)) & ~np.isnan(a) & ~np.isnan(b)  # same label in both, finite scores
-    y, a, b = y[ok].astype(int), a[ok], b[ok]
-    if y.size == 0 or y.all() or not y.any():
-        return Comparison(**base, n_cases=int(y.size), metric="AUC", a=math.nan, b=math.nan, difference=math.nan,
+    # the same label in both cells (and in every seed), finite probabilities
+    ok = ((y == yb[xb]) & (y == np.round(y)) & (y >= 0) & (y < ca.n_classes) & np.isfinite(a).all(axis=1)
+          & np.isfinite(b).all(axis=1))
+    y, a, b, shared = y[ok].astype(int), a[ok], b[ok], shared[ok]
+    if np.unique(y).size < 2:
+        return Comparison(**base, n_cases=int(y.size), metric=metric, a=math.nan, b=math.nan, difference=math.nan,
                           p=math.nan, test="n/a (shared cases lack a class)")
-    res = delong_test(y, a, b)
-    return Comparison(**base, n_cases=res.n_positive + res.n_negative, metric="AUC", a=res.auc1, b=res.auc2,
-                      difference=res.difference, p=res.p_value, test="DeLong")
+    clusters = _if_repeated(_clusters(shared, patients or {}))
+    by_patient = "" if clusters is None else f"clustered by patient, {np.unique(clusters.astype(str)).size} patients"
+    if binary:
+        res = delong_test(y, a[:, 1], b[:, 1], clusters=clusters)
+        test = "DeLong" + (f" (Obuchowski {by_patient})" if by_patient else "")
+        found = dict(n_cases=res.n_positive + res.n_negative, a=res.auc1, b=res.auc2, difference=res.difference,
+                     p=res.p_value)
+    else:
+        res = bootstrap_auc_test(y, a, b, n_resamples=n_resamples, seed=seed, clusters=clusters)
+        used = f"{n_resamples - res.n_skipped} of {n_resamples}" if res.n_skipped else f"{n_resamples}"
+        test = f"paired bootstrap ({used} resamples" + (f", {by_patient})" if by_patient else ")")
+        found = dict(n_cases=res.n_cases, a=res.auc1, b=res.auc2, difference=res.difference, p=res.p_value,
+                     n_skipped=res.n_skipped)
+    if not math.isfinite(found["p"]):
+        test = _too_few(y, clusters, binary)
+    return Comparison(**base, metric=metric, test=test, **found)
 
 
 def _paired_dice(base: dict, metric: str, items_a: np.ndarray, dice_a: np.ndarray, items_b: np.ndarray,
                  dice_b: np.ndarray) -> Comparison:
     """Per-case Dice of two cells (seeds averaged per case) on their shared cases: Wilcoxon signed-rank."""
-    ia, da = _per_item(items_a, dice_a)
-    ib, db = _per_item(items_b, dice_b)
+    ia, da = per_item(items_a, dice_a)
+    ib, db = per_item(items_b, dice_b)
     _, xa, xb = np.intersect1d(ia, ib, return_indices=True)
     a, b = da[xa], db[xb]
     ok = ~(np.isnan(a) | np.isnan(b))
@@ -304,7 +462,12 @@ def _json_float(value: Any) -> float:
 def _similarity(data: dict | None, cells: list[CellSummary], keys: list[str], tasks: set[str],
                 notes: list[str]) -> SimilaritySummary | None:
     """Distances of each pretrained source (similarity.json) against its transfer score, per group of
-    cells equal in every grid key but ``weights`` that has a scratch cell; Spearman per distance."""
+    cells equal in every grid key but ``weights`` that has a scratch cell; Spearman per distance.
+
+    A distance no source of the grid has (Task2Vec in a similarity.json written before medxfer had
+    it, or with no labelled task) gets no correlation; a source without a Task2Vec distance says why
+    in a note. A cell whose transfer score rests on a degenerate scratch baseline (its
+    ``transfer_flag``) stays in the table but is left out of the correlations, with a note."""
     if data is None:
         return None
     if "weights" not in keys:
@@ -320,11 +483,21 @@ def _similarity(data: dict | None, cells: list[CellSummary], keys: list[str], ta
     if missing:
         notes.append(f"{SIMILARITY_ARTIFACT} has no distances for weights source(s) {', '.join(missing)}; "
                      "left out of the similarity section")
+    in_grid = [sources[w] for w in sorted(pretrained) if w in sources]
+    measures = [m for m, _ in SIM_MEASURES if any(math.isfinite(_json_float(e.get(m))) for e in in_grid)]
+    if "task2vec" not in data:
+        notes.append(f"{SIMILARITY_ARTIFACT} was written before medxfer computed Task2Vec: no Task2Vec distances "
+                     "(a study run with a similarity section computes them)")
+    for w in sorted(pretrained):
+        why = sources.get(w, {}).get("task2vec_note")
+        if why and not math.isfinite(_json_float(sources[w].get("task2vec"))):
+            notes.append(f"{SIMILARITY_ARTIFACT}: no Task2Vec distance for {w}: {why}")
     groups: dict[tuple, list[CellSummary]] = {}
     for c in cells:
         groups.setdefault((c.task, tuple((k, v) for k, v in c.grid.items() if k != "weights")), []).append(c)
     rows: list[SimilarityRow] = []
     correlations: list[SimilarityCorrelation] = []
+    flagged: list[str] = []
     for members in groups.values():
         if not any(c.grid.get("weights") == "scratch" for c in members):
             continue
@@ -341,17 +514,24 @@ def _similarity(data: dict | None, cells: list[CellSummary], keys: list[str], ta
                 frechet=_json_float(entry.get("frechet")), mmd2=_json_float(entry.get("mmd2")),
                 intensity=_json_float(entry.get("intensity")),
                 n_source=int(n_src) if math.isfinite(n_src) else None,
-                transfer_score=float(c.transfer_score) if c.transfer_score is not None else math.nan))
+                transfer_score=float(c.transfer_score) if c.transfer_score is not None else math.nan,
+                task2vec=_json_float(entry.get("task2vec"))))
         if not group_rows:
             continue
         rows += group_rows
-        ts = [r.transfer_score for r in group_rows]
-        for measure, _ in SIM_MEASURES:
+        # a transfer score over a degenerate scratch baseline is not a measure of transfer: not correlated
+        flags = {c.cell: getattr(c, "transfer_flag", "") for c in members}
+        flagged += [f"{r.source} ({group})" for r in group_rows if flags.get(r.cell)]
+        ts = [math.nan if flags.get(r.cell) else r.transfer_score for r in group_rows]
+        for measure in measures:
             with np.errstate(all="ignore"):
                 rho, p, n, method = spearman([getattr(r, measure) for r in group_rows], ts)
             note = "" if method != "undefined" else ("n < 3: undefined" if n < 3 else "undefined (constant values)")
             correlations.append(SimilarityCorrelation(task=members[0].task, group=group, measure=measure, n=n,
                                                       rho=rho, p=p, method=method, note=note))
+    if flagged:
+        notes.append(f"similarity: left out of the Spearman correlations, their transfer score resting on a degenerate "
+                     f"scratch baseline (transfer_flag): {'; '.join(flagged)}")
     if not rows:
         notes.append(f"{SIMILARITY_ARTIFACT} names no pretrained source of a group with a scratch cell; "
                      "no similarity section")
@@ -407,10 +587,93 @@ def check_one_weights(cell: str, runs: list[ChildRun]) -> None:
                           "and report again")
 
 
-def summarize(runs: StudyRuns, n_resamples: int = 2000, seed: int = 0) -> StudySummary:
-    """Cell rows (mean ± SD, pooled metric with bootstrap CI, transfer score) and comparison rows
-    (DeLong / Wilcoxon between weights sources, Holm-adjusted together)."""
+def _paired_runs(spec: PooledSpec, runs: list[ChildRun]) -> dict[str, dict[tuple, float]]:
+    """{value of ``by``: {(pooled keys' values, fold, seed): test metric}} of one group's runs."""
+    out: dict[str, dict[tuple, float]] = {}
+    for r in runs:
+        match = (tuple(r.grid.get(k, "") for k in spec.pool), r.fold, r.seed)
+        out.setdefault(r.grid.get(spec.by, ""), {})[match] = r.metric
+    return out
+
+
+def _pooled_pair(va: str, vb: str, a_runs: dict[tuple, float], b_runs: dict[tuple, float]) -> PooledComparison:
+    """Two values of ``by`` on their matched runs (same pooled keys' values, fold, seed; finite metrics): Wilcoxon."""
+    shared = sorted(set(a_runs) & set(b_runs))
+    a = np.array([a_runs[k] for k in shared], dtype=float)
+    b = np.array([b_runs[k] for k in shared], dtype=float)
+    ok = np.isfinite(a) & np.isfinite(b)
+    a, b = a[ok], b[ok]
+    if a.size == 0:
+        return PooledComparison(va, vb, 0, math.nan, math.nan, math.nan, math.nan, math.nan, "n/a (no matched runs)")
+    _, p = wilcoxon_signed_rank(a, b)
+    return PooledComparison(va, vb, int(a.size), float(np.mean(a)), float(np.mean(b)), float(np.mean(a - b)), p,
+                            math.nan, "Wilcoxon signed-rank (matched runs)")
+
+
+def pooled_comparisons(specs: list[PooledSpec], runs: list[ChildRun], keys: list[str]) -> list[PooledGroup]:
+    """Per spec and combination of the grid keys neither compared nor pooled: each value of ``by`` with mean ± SD
+    of its runs' test metric, each pair of values by Wilcoxon on matched runs; Holm-adjusted together."""
+    tasks = {r.task for r in runs}
+    out: list[PooledGroup] = []
+    for spec in specs:
+        rest = [k for k in keys if k != spec.by and k not in spec.pool]
+        groups: dict[tuple, list[ChildRun]] = {}
+        for r in runs:
+            groups.setdefault((r.task, tuple(r.grid.get(k, "") for k in rest)), []).append(r)
+        for task, values in sorted(groups, key=lambda g: (g[0], tuple(_value_key(k, v) for k, v in zip(rest, g[1])))):
+            grid = dict(zip(rest, values))
+            text = ", ".join(f"{k}={v}" for k, v in grid.items()) or "all runs"
+            by_value = _paired_runs(spec, groups[task, values])
+            order = sorted(by_value, key=lambda v: _value_key(spec.by, v))
+            summaries = []
+            for v in order:
+                metrics = [m for m in by_value[v].values() if math.isfinite(m)]
+                summaries.append(PooledValue(v, len(metrics), *mean_sd(metrics)))
+            pairs = [_pooled_pair(va, vb, by_value[va], by_value[vb]) for va, vb in itertools.combinations(order, 2)]
+            out.append(PooledGroup(spec=spec, task=task, group=f"{task}: {text}" if len(tasks) > 1 else text,
+                                   grid=grid, metric=METRICS[task], values=summaries, comparisons=pairs))
+    family = [c for g in out for c in g.comparisons]
+    for c, q in zip(family, holm([c.p for c in family]) if family else []):
+        c.p_holm = float(q)
+    return out
+
+
+def skipped_notes(cells: list[CellSummary], comparisons: list[Comparison], n_resamples: int) -> list[str]:
+    """Notes on the bootstrap CIs and paired bootstrap tests that rest on fewer than all ``n_resamples``: where
+    patients hold items of two classes the patients are drawn unstratified, and a resample lacking a class has no
+    AUC and is skipped (a class in few patients makes that common)."""
+    why = ("resamples that drew no patient of a class are skipped (patients holding items of two classes are "
+           "resampled unstratified)")
+    rests = [f"{c.cell} on {n_resamples - c.ci_n_skipped} of {n_resamples}" for c in cells if c.ci_n_skipped]
+    tests = [f"{c.source_a} vs {c.source_b} ({c.group}) on {n_resamples - c.n_skipped} of {n_resamples}"
+             for c in comparisons if c.n_skipped]
+    out = []
+    if rests:
+        out.append(f"Bootstrap CIs resting on fewer than all resamples ({why}): {'; '.join(rests)}")
+    if tests:
+        out.append(f"Paired bootstrap tests resting on fewer than all resamples ({why}): {'; '.join(tests)}")
+    return out
+
+
+def _compare_specs(runs: StudyRuns, compare: list[PooledSpec] | None) -> list[PooledSpec]:
+    """The pooled comparisons to make: ``compare`` when given (each checked: :class:`ReportError`), else the spec's."""
+    if compare is None:
+        return list(runs.compare)
+    for spec in compare:
+        problem = spec.problem(list(runs.grid_keys))
+        if problem:
+            raise ReportError(f"study {runs.name}: {problem}")
+    return list(compare)
+
+
+def summarize(runs: StudyRuns, n_resamples: int = 2000, seed: int = 0,
+              compare: list[PooledSpec] | None = None) -> StudySummary:
+    """Cell rows (mean ± SD, pooled metric with bootstrap CI, transfer scores, flags), comparison rows
+    (DeLong / paired bootstrap / Wilcoxon between weights sources, Holm-adjusted together) and the pooled
+    comparisons of ``compare`` (default: the spec's, ``runs.compare``)."""
     keys = runs.grid_keys
+    specs = _compare_specs(runs, compare)
+    patients = patients_of(runs.runs)
     by_cell: dict[str, list[ChildRun]] = {}
     for r in runs.runs:
         by_cell.setdefault(r.cell, []).append(r)
@@ -419,7 +682,7 @@ def summarize(runs: StudyRuns, n_resamples: int = 2000, seed: int = 0) -> StudyS
     ordered = {c: sorted(by_cell[c], key=lambda r: (_natural(r.seed), _natural(r.fold))) for c in order}
     for c in order:
         check_one_weights(c, ordered[c])
-    cells = [_summarize_cell(c, ordered[c], n_resamples, seed) for c in order]
+    cells = [_summarize_cell(c, ordered[c], n_resamples, seed, patients) for c in order]
     for c in cells:
         if c.task == "classification":
             c.loc = _summarize_loc(ordered[c.cell], n_resamples, seed)
@@ -437,6 +700,11 @@ def summarize(runs: StudyRuns, n_resamples: int = 2000, seed: int = 0) -> StudyS
             if ref is not None and ref is not c:
                 c.scratch_cell = ref.cell
                 c.transfer_score = transfer_score(c.pooled, ref.pooled)
+                per_fold, c.transfer_fold_note = fold_transfer(ordered[c.cell], ordered[ref.cell])
+                if per_fold:
+                    c.transfer_fold_mean, c.transfer_fold_sd = mean_sd(per_fold)
+                    c.transfer_folds = len(per_fold)
+                c.transfer_flag = baseline_flag(ref)
 
     comparisons: list[Comparison] = []
     loc_comparisons: list[Comparison] = []
@@ -450,7 +718,8 @@ def summarize(runs: StudyRuns, n_resamples: int = 2000, seed: int = 0) -> StudyS
                 continue
             group = group_description(members[0].task, members[0].grid, tasks)
             for ca, cb in itertools.combinations(members, 2):
-                comparisons.append(_compare(ca, cb, by_cell[ca.cell], by_cell[cb.cell], group))
+                comparisons.append(_compare(ca, cb, by_cell[ca.cell], by_cell[cb.cell], group, patients,
+                                            n_resamples, seed))
                 if ca.loc is not None and cb.loc is not None:
                     loc_comparisons += _compare_loc(ca, cb, by_cell[ca.cell], by_cell[cb.cell], group)
                 if ca.classes and cb.classes:
@@ -460,11 +729,13 @@ def summarize(runs: StudyRuns, n_resamples: int = 2000, seed: int = 0) -> StudyS
             adjusted = holm([c.p for c in family])
             for c, q in zip(family, adjusted):
                 c.p_holm = float(q)
-    notes = list(runs.notes)
+    notes = list(runs.notes) + skipped_notes(cells, comparisons, n_resamples)
     similarity = _similarity(runs.similarity, cells, list(keys), tasks, notes)
     return StudySummary(name=runs.name, parent_run_id=runs.parent_run_id, grid_keys=list(keys), cells=cells,
                         comparisons=comparisons, n_resamples=int(n_resamples), seed=int(seed),
                         n_runs=len(runs.runs), n_not_finished=runs.n_not_finished, n_superseded=runs.n_superseded,
                         notes=notes, created=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                         loc_comparisons=loc_comparisons, similarity=similarity, sampling=item_sampling(runs.runs),
-                        native=native_inputs(runs.runs), class_comparisons=class_comparisons)
+                        native=native_inputs(runs.runs), class_comparisons=class_comparisons,
+                        pooled=pooled_comparisons(specs, runs.runs, list(keys)),
+                        n_no_patient_column=sum(r.task == "classification" and r.patient is None for r in runs.runs))

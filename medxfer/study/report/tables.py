@@ -1,17 +1,19 @@
-"""The report's tables (cells, comparisons, per-class Dice, localization, similarity) as formatted text, for HTML
-and Markdown."""
+"""The report's tables (cells, comparisons, pooled comparisons, per-class Dice, localization, similarity) as
+formatted text, for HTML and Markdown."""
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from .document import Table
-from .formatting import fmt3, fmt4g, fmt_ci, fmt_mean_sd, fmt_p, fmt_signed
-from .model import SIM_HEADERS, CellSummary, StudySummary
+from .formatting import finite, fmt3, fmt4g, fmt_ci, fmt_mean_sd, fmt_p, fmt_signed
+from .model import SIM_HEADERS, CellSummary, PooledGroup, StudySummary, sim_measures
 
 # right-aligned columns, by header
 NUMERIC_HEADERS = frozenset({"Runs", "Cases", "Pooled", "A", "B", "A − B", "p", "p (Holm)", "Transfer score",
+                             "Transfer score (per fold)", "Pairs", "A (matched runs)", "B (matched runs)",
                              "Hit rate", "Dice", "IoU", "Fréchet distance", "MMD²", "Intensity distance",
                              "Source images", "Sources"})
+FLAGGED_TRANSFER = "n/a (degenerate baseline)"  # a transfer score against a degenerate scratch cell
 LOC_MEASURES = {"loc_dice": "Dice (mean)", "loc_hit": "hit rate"}
 CLASS_METRIC_PREFIX = "dice_"  # a per-class comparison's metric: dice_<class>
 
@@ -28,16 +30,63 @@ def metric_label(c: CellSummary) -> str:
     return "AUC" if c.n_classes == 2 else "AUC (macro OvR)"
 
 
+def _cases(c: CellSummary) -> str:
+    """Distinct items pooled, and their patients when fewer (several items of one patient)."""
+    if c.n_patients is not None and c.n_patients < c.n_cases:
+        return f"{c.n_cases} ({c.n_patients} patients)"
+    return str(c.n_cases)
+
+
+def _fold_transfer(c: CellSummary) -> str:
+    """Mean ± SD over folds of the per-fold transfer score: ``+12.3 ± 4.5 %``; ``(3 folds)`` after it when folds
+    were left out (the Notes column says which)."""
+    if not finite(c.transfer_fold_mean):
+        return "n/a"
+    folds = f" ({c.transfer_folds} fold{'s' if c.transfer_folds != 1 else ''})" if c.transfer_fold_note else ""
+    if not finite(c.transfer_fold_sd):
+        return f"{c.transfer_fold_mean:+.1f} %{folds}"
+    return f"{c.transfer_fold_mean:+.1f} ± {c.transfer_fold_sd:.1f} %{folds}"
+
+
+def cell_notes(c: CellSummary) -> str:
+    """Why a cell or its transfer scores are not to be trusted ("" when they are): the cell's flag, its scratch
+    baseline's (both transfer scores then read n/a), else the folds left out of the per-fold score."""
+    return "; ".join(x for x in (c.flag, c.transfer_flag or c.transfer_fold_note) if x)
+
+
 def cell_table(s: StudySummary) -> Table:
-    """One row per cell: grid values, runs, mean ± SD per run, pooled metric with CI, transfer score."""
+    """One row per cell: grid values, runs, mean ± SD per run, pooled metric with CI, transfer scores (pooled and
+    per fold); a Notes column with the flags of degenerate cells and baselines when there are any."""
+    notes = any(cell_notes(c) for c in s.cells)
     header = ["Task", *s.grid_keys, "Runs", "Folds", "Seeds", "Metric", "Mean ± SD (per run)", "Pooled",
-              f"{int(s.level * 100)} % CI", "Cases", "Transfer score"]
+              f"{int(s.level * 100)} % CI", "Cases", "Transfer score", "Transfer score (per fold)",
+              *(["Notes"] if notes else [])]
     rows = []
     for c in s.cells:
+        flagged = bool(c.transfer_flag)
         rows.append([c.task, *[c.grid.get(k, "") for k in s.grid_keys], str(c.n_runs), ",".join(c.folds),
                      ",".join(c.seeds), metric_label(c), fmt_mean_sd(c.mean, c.sd), fmt3(c.pooled),
-                     fmt_ci(c.ci_low, c.ci_high), str(c.n_cases), fmt_signed(c.transfer_score, 1, " %")])
+                     fmt_ci(c.ci_low, c.ci_high), _cases(c),
+                     FLAGGED_TRANSFER if flagged else fmt_signed(c.transfer_score, 1, " %"),
+                     FLAGGED_TRANSFER if flagged else _fold_transfer(c), *([cell_notes(c)] if notes else [])])
     return _table("cells", header, rows, [c.cell for c in s.cells])
+
+
+def pooled_value_table(groups: list[PooledGroup], table_id: str) -> Table:
+    """One row per group and value of the compared key: runs pooled, mean ± SD of their test metric."""
+    by = groups[0].spec.by
+    header = ["Group", by, "Runs", "Mean ± SD (per run)"]
+    rows = [[g.group, v.value, str(v.n_runs), fmt_mean_sd(v.mean, v.sd)] for g in groups for v in g.values]
+    return _table(table_id, header, rows)
+
+
+def pooled_comparison_table(groups: list[PooledGroup], table_id: str) -> Table:
+    """One row per group and pair of values: matched runs, their means, the mean difference, Wilcoxon p."""
+    header = ["Group", "Value A", "Value B", "Pairs", "A (matched runs)", "B (matched runs)", "A − B", "p", "p (Holm)",
+              "Test"]
+    rows = [[g.group, c.value_a, c.value_b, str(c.n_pairs), fmt3(c.a), fmt3(c.b), fmt_signed(c.difference),
+             fmt_p(c.p), fmt_p(c.p_holm), c.test] for g in groups for c in g.comparisons]
+    return _table(table_id, header, rows)
 
 
 def comparison_table(s: StudySummary) -> Table:
@@ -92,9 +141,10 @@ def loc_comparison_table(s: StudySummary) -> Table:
 
 
 def similarity_table(s: StudySummary) -> Table:
-    """One row per pretrained source of a group: its three distances and its transfer score."""
-    header = ["Group", "Source", *SIM_HEADERS.values(), "Source images", "Transfer score"]
-    rows = [[r.group, r.source, fmt4g(r.frechet), fmt4g(r.mmd2), fmt4g(r.intensity),
+    """One row per pretrained source of a group: its distances (those some source has) and its transfer score."""
+    measures = [m for m, _ in sim_measures(s.similarity.rows)]
+    header = ["Group", "Source", *(SIM_HEADERS[m] for m in measures), "Source images", "Transfer score"]
+    rows = [[r.group, r.source, *(fmt4g(getattr(r, m)) for m in measures),
              str(r.n_source) if r.n_source is not None else "n/a", fmt_signed(r.transfer_score, 1, " %")]
             for r in s.similarity.rows]
     return _table("similarity", header, rows)

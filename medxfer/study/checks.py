@@ -5,7 +5,8 @@ Each check returns the problem as text (None when the value is fine); :mod:`.spe
 one :class:`~medxfer.study.spec.SpecError` line that names the key. Nothing here loads weights or
 opens the tracking store:
 
-- an encoder is a name of the encoder registry; a freeze policy parses (``none``, ``all``, ``top:K``);
+- an encoder is a name of the encoder registry; a freeze policy parses (``none``, ``all``, ``top:K``,
+  ``top_layers:K``; a ``top_layers`` cell of an encoder without Keras layers cannot exist);
 - a weights source is ``scratch``, a pretraining stage, ``SCHEME:REF`` with a registered scheme
   (``file:PATH`` must be a readable file; ``run:RUN_ID`` is looked up when its run starts, where
   the store is), or an imported name. An imported name the registry lacks for some encoders is a

@@ -256,6 +256,10 @@ def weights_import(file, name, arch, fmt, preprocessing, expected_sha256, note, 
       medxfer weights import resnet50-0676ba61.pth --name imagenet --arch resnet50
       medxfer weights import mobilenet_2_5_224_tf_no_top.h5 --name imagenet --arch mobilenet_v1_025
     """
+    from pathlib import Path
+
+    if not Path(file).is_file():  # before torch loads (seconds)
+        _fail(f"{file}: no such file")
     from .models import import_weights
 
     try:
@@ -316,13 +320,10 @@ def weights_archs():
         click.echo(f"{spec.name:18s} {spec.spatial_dims}D {spec.layout:12s} {spec.description}")
 
 
-def _extra_overrides(args: list[str]) -> dict:
-    """``--key value`` / ``--key=value`` pairs after the known options → bundle overrides (data only:
-    a value MONAI would evaluate or resolve, ``$…``, ``@…``, ``%…``, ``#``, is refused with its key)."""
-    from .engine import BundleError, parse_override
-    from .engine.bundles import check_overrides
-
-    overrides, i = {}, 0
+def _extra_options(args: list[str]) -> dict[str, str]:
+    """``--key value`` / ``--key=value`` pairs after the known options, as given (keys with ``-`` read as ``_``):
+    a malformed one is an argument error before any library loads."""
+    options, i = {}, 0
     while i < len(args):
         arg = args[i]
         if not arg.startswith("--") or len(arg) < 3:
@@ -332,10 +333,21 @@ def _extra_overrides(args: list[str]) -> dict:
             if i + 1 >= len(args):
                 _fail(f"override --{key} needs a value")
             value, i = args[i + 1], i + 1
-        overrides[key.replace("-", "_") if key not in ("bundle_root",) else key] = parse_override(value)
+        options[key.replace("-", "_") if key not in ("bundle_root",) else key] = value
         i += 1
+    return options
+
+
+def _bundle_overrides(bundle: str, options: dict[str, str]) -> dict:
+    """``options`` (:func:`_extra_options`) → bundle overrides: keys of ``bundle``'s settings (else the closest
+    one is named), values data only (a value MONAI would evaluate or resolve, ``$…``, ``@…``, ``%…``, ``#``, is
+    refused with its key)."""
+    from .core.bundle_files import BundleError, check_bundle_keys, check_overrides, parse_override  # no torch
+
+    overrides = {key: parse_override(value) for key, value in options.items()}
     try:
-        check_overrides(overrides, prefix="--")
+        check_overrides(overrides, prefix="--")  # first: a value MONAI would run is refused as such
+        check_bundle_keys(overrides, bundle)
     except BundleError as exc:
         _fail(str(exc))
     return overrides
@@ -372,17 +384,24 @@ def train(ctx, bundle, manifest, label, encoder, weights, freeze, fold):
       medxfer train classification --manifest cohort/manifest.csv --label finding \\
           --encoder resnet50_keras --weights radimagenet --freeze top:10 --fold 2 --epochs 30
     """
+    from pathlib import Path
+
+    options = _extra_options(ctx.args)
+    if not Path(manifest).is_file():  # before torch and MONAI load (seconds)
+        _fail(f"{manifest}: no such manifest (run medxfer ingest first)")
+    overrides = _bundle_overrides(bundle, options)  # before torch and MONAI load
     from .engine import train_bundle
 
-    overrides = _extra_overrides(ctx.args)
     overrides.update(manifest=manifest, label=label, encoder=encoder, weights=weights, freeze=freeze, fold=fold)
     try:
         result = train_bundle(bundle, **overrides)
     except Exception as exc:  # noqa: BLE001 - one line for the user, the chain under -v
         _fail_from(exc, "training failed")
     shown = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if k.startswith("test_"))
+    from .tracking import open_runs_command
+
     click.echo(f"run {result.run_name} ({result.run_id or 'not tracked'}): {shown}")
-    click.echo(f"outputs: {result.output_dir}; browse: medxfer ui")
+    click.echo(f"outputs: {result.output_dir}; browse: {open_runs_command()}")
 
 
 @main.command()
@@ -436,7 +455,9 @@ def _is_loopback(host: str) -> bool:
               help="Allow a --host beyond loopback. MLflow's UI and API have no authentication: whoever reaches "
                    "the port reads and changes every run. Put a reverse proxy with authentication in front.")
 def ui(host, port, expose):
-    """Start the MLflow UI on the project store (MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db).
+    """Start the MLflow UI on the store runs are written to: MLFLOW_TRACKING_URI, or
+    $MEDXFER_HOME/mlruns/mlflow.db (~/.medxfer unless MEDXFER_HOME is set), the same from every folder.
+    A store that does not exist or holds no run is refused (nothing is created).
 
     The UI stays on this machine unless exposed on purpose (--host ADDRESS --expose); for
     access from elsewhere keep it on loopback behind a reverse proxy with authentication.
@@ -448,10 +469,10 @@ def ui(host, port, expose):
     """
     import os
 
-    from .tracking import tracking_uri, ui_command
-    from .tracking.store import redact_credentials
+    from .tracking import check_store_has_runs, client, describe_store, resolve_tracking_uri, ui_command
+    from .tracking.ui import study_pages
 
-    uri = tracking_uri()
+    uri = resolve_tracking_uri()  # looked at, not created: an empty store is refused below
     if not uri.startswith(("sqlite:", "file:", "/", "mysql", "postgresql", "mssql")) and "://" in uri:
         _fail(f"MLFLOW_TRACKING_URI points at a tracking server ({uri.split('://')[0]}://…): open its own UI")
     if not _is_loopback(host):
@@ -462,9 +483,15 @@ def ui(host, port, expose):
         click.echo(f"medxfer: warning: the MLflow UI on {host}:{port} has no authentication: anyone who can reach "
                    "this port reads and changes every run and artifact. Put a reverse proxy with authentication "
                    "in front of it (README: Security).", err=True)
+    check_store_has_runs(uri)  # an EmptyStoreError names the store looked at and how to name another
     argv, env = ui_command(host, port)  # the store URI travels in env, never in argv (visible in `ps`)
     shown = f"[{host}]" if ":" in host else host
-    click.echo(f"MLflow UI on http://{shown}:{port} (store {redact_credentials(uri)})", err=True)
+    click.echo(f"MLflow UI on http://{shown}:{port} (store {describe_store(uri)})", err=True)
+    # MLflow 3 opens an experiment in its GenAI view: these links open each study's comparison table instead
+    # (listed for a local store; a database server is not connected to before MLflow's own server does)
+    if uri.startswith(("sqlite:", "file:", "/")):
+        for name, url in study_pages(client(), f"http://{shown}:{port}"):
+            click.echo(f"  {name}: {url}", err=True)
     os.execve(argv[0], argv, env)
 
 
@@ -480,11 +507,10 @@ def demo(out, quick):
 
     \b
     Example:
-      medxfer demo            # then open the printed report, or run `medxfer ui`
+      medxfer demo            # then open the printed report, or run the printed `medxfer ui` line
     """
-    import os
-
     from .demo import DemoSettings, run_demo
+    from .tracking import open_runs_command
 
     try:
         result = run_demo(out, DemoSettings.quick() if quick else DemoSettings(),
@@ -492,9 +518,9 @@ def demo(out, quick):
     except Exception as exc:  # noqa: BLE001
         _fail_from(exc, "demo failed")
     click.echo(f"report: {result.report}")
-    store = os.environ.get("MLFLOW_TRACKING_URI")
-    click.echo(f"browse the runs: {'MLFLOW_TRACKING_URI=' + store + ' ' if store else ''}medxfer ui   "
-               f"(experiment medxfer/{result.study}; {result.seconds / 60:.1f} min)")
+    click.echo(f"browse the runs: {open_runs_command(result.tracking_uri)}   "
+               f"(experiment medxfer/{result.study}; {result.seconds / 60:.1f} min); it prints the link that opens "
+               "the study's comparison")
 
 
 @main.group()
@@ -514,6 +540,8 @@ def study_run(spec, shard_text, dry_run):
     One MLflow experiment `medxfer/<name>`, a parent run `study/<name>` and a child run per
     cell × fold × seed tagged with its config_hash. Re-running skips finished runs and re-runs
     failed or orphaned (killed) ones. Exit code 1 when a run failed (the others still ran).
+    Progress goes to stderr: each run's epochs done / total, elapsed time, the run's ETA and the
+    study's (a bar on a terminal, one line per epoch otherwise).
 
     \b
     Example:
@@ -540,9 +568,14 @@ def study_run(spec, shard_text, dry_run):
         click.echo(f"{len(rows)} runs in this shard: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v),
                    err=True)
         return
+    from .tracking import describe_store
+
+    click.echo(f"runs go to the MLflow store {describe_store()}", err=True)
     try:
+        # per epoch: a tqdm bar on a terminal, a plain line in a log file (Slurm, nohup)
         outcome = run_study(parsed, shard_index, echo=lambda line: click.echo(line, err=True),
-                            quiet=not logging.getLogger().isEnabledFor(logging.INFO))
+                            quiet=not logging.getLogger().isEnabledFor(logging.INFO),
+                            progress="bars" if sys.stderr.isatty() else "lines")
     except Exception as exc:  # noqa: BLE001
         _fail_from(exc, "study failed")
     click.echo(f"study {parsed.name}: {len(outcome.ran)} ran, {len(outcome.already_done)} already done, "
@@ -577,11 +610,11 @@ def study_report(name, out, resamples, seed, compare_by, pool):
       medxfer study report dental-ceph-sex --out reports/dental
       medxfer study report dental-ceph-sex --compare weights --pool encoder,freeze
     """
-    from .study.report import PooledSpec, build_report
-
     pooled = [k.strip() for k in pool.split(",") if k.strip()]
     if pooled and not compare_by:
         raise click.UsageError("--pool needs --compare KEY")
+    from .study.report import PooledSpec, build_report
+
     compare = [PooledSpec(by=compare_by, pool=tuple(pooled))] if compare_by else None
     try:
         paths = build_report(name, out_dir=out, n_resamples=resamples, seed=seed, compare=compare)

@@ -11,12 +11,13 @@
    see the study's test patients: the spec check refuses it). Its grid is supernumerary teeth on the
    panoramics: encoders ResNet18 and EfficientNet-B0 × weights scratch / ceph-sex × freeze none / all
    × folds 0–2.
-4. Writes the report and prints where it is and how to browse the runs.
+4. Writes the report and prints where it is and the exact command that opens the runs.
 
 Everything lives under ``--out`` (default ``medxfer-demo/``): the export, the cohort, its own
-``MEDXFER_HOME`` (pseudonymisation secret), the report. Runs go to the
-project's MLflow store (``mlruns/`` or ``MLFLOW_TRACKING_URI``). Running it again reuses what
-is done: nothing is decoded or trained twice.
+``MEDXFER_HOME`` (``home/``: pseudonymisation secret and, unless ``MLFLOW_TRACKING_URI`` is set,
+the MLflow store ``home/mlruns/``), the report. Deleting the folder removes the demo, runs
+included; the user's own store is not touched. Running it again reuses what is done: nothing is
+decoded or trained twice.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from .ingest import ingest, split
 from .study.report import build_report
 from .study.runner import quiet_engines, run_study
 from .study.spec import parse_spec
+from .tracking import describe_store, resolve_tracking_uri
 
 STUDY_NAME = "demo-dental"
 SOURCE_NAME = "ceph-sex"
@@ -64,6 +66,7 @@ class DemoResult:
     study: str
     parent_run_id: str | None
     seconds: float
+    tracking_uri: str  # the absolute store the runs went to (the demo's own unless MLFLOW_TRACKING_URI is set)
 
 
 def run_demo(out: str | os.PathLike = "medxfer-demo", settings: DemoSettings | None = None,
@@ -111,10 +114,12 @@ def run_demo(out: str | os.PathLike = "medxfer-demo", settings: DemoSettings | N
     runs = len(settings.encoders) * 4 * len(settings.folds_run)
     echo(f"3/4 study {STUDY_NAME}: pretrain {SOURCE_NAME} per encoder (cephalometric sex), then {runs} runs "
          "(supernumerary teeth on the panoramics)")
+    store = resolve_tracking_uri()  # after MEDXFER_HOME is the demo's: its own store unless the env names one
+    echo(f"    runs go to the MLflow store {describe_store(store)}")
     outcome = run_study(spec, echo=lambda line: echo(f"    {line}"), runs_dir=out / "runs")
     if outcome.failed:
         raise RuntimeError(f"{len(outcome.failed)} study runs failed: {outcome.failed[0][0]}: {outcome.failed[0][1]}")
     echo("4/4 writing the report")
     paths = build_report(STUDY_NAME, out_dir=out / "report")
     return DemoResult(report=paths["report.html"], study=STUDY_NAME, parent_run_id=outcome.parent_run_id,
-                      seconds=time.perf_counter() - start)
+                      seconds=time.perf_counter() - start, tracking_uri=store)

@@ -227,7 +227,8 @@ def test_radimagenet_design_with_gradcam_localization(in_workspace, tmp_path):
     _run(spec)
     runs = mlflow.search_runs(experiment_names=["medxfer/radimagenet-4x6"], output_format="list")
     assert len(runs) == 3  # parent + 2 cells
-    assert {r.info.run_name for r in runs if r.data.tags.get("medxfer.role") != "study"} == {
+    assert {f"{r.data.tags['cell']}/fold{r.data.tags['fold']}/seed{r.data.tags['seed']}"
+            for r in runs if r.data.tags.get("medxfer.role") != "study"} == {
         "classification/resnet18/imagenet/none/lr0.0001/fold0/seed0",
         "classification/resnet18/imagenet/all/lr0.001/fold0/seed0"}
     for run in (r for r in runs if r.data.tags.get("medxfer.role") != "study"):

@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -64,6 +66,36 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, *, mode_bits: int |
                        **({} if binary else {"encoding": "utf-8"})) as f:
         f.write(data)
     return Path(path)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (nan, ±inf, numpy's too) replaced by None, in nested dicts, lists and
+    tuples (tuples become lists), so that ``json.dumps`` writes valid JSON (``null``, never ``NaN``); numpy scalars
+    and arrays become Python numbers and lists. Other values are returned as they are."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, bool) or value is None:
+        return value
+    if type(value).__module__ == "numpy" and hasattr(value, "tolist"):  # numpy scalars and arrays, without numpy
+        return json_safe(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def safe_json(doc: Any, **dumps_kwargs: Any) -> str:
+    """``doc`` as strictly valid JSON text: non-finite numbers as ``null`` (:func:`json_safe`); a value
+    ``json.dumps`` cannot write otherwise goes through ``dumps_kwargs``' ``default`` (e.g. ``default=str``)."""
+    return json.dumps(json_safe(doc), allow_nan=False, **dumps_kwargs)
+
+
+def run_folder_name(run_name: str) -> str:
+    """The output folder of a run named ``run_name``: ``/`` and the characters Windows and some file tools refuse
+    in a name (``:`` of ``top:4``, ``file:`` and ``run:`` weights; ``\\ * ? " < > |``) become ``_``; the MLflow run
+    name itself keeps them."""
+    return re.sub(r'[/\\:*?"<>|]', "_", run_name)
 
 
 def atomic_write_json(path: str | os.PathLike, doc: Any, *, indent: int | None = 1, **dumps_kwargs: Any) -> Path:

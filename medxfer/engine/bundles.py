@@ -1,7 +1,7 @@
 """Running medxfer's MONAI bundles from Python (``medxfer train`` is a thin layer over this).
 
-A bundle is named (``classification``, ``segmentation``: the folders under the repository's
-``bundles/``, or ``$MEDXFER_BUNDLES``) or given as a path. Overrides are bundle config ids with
+A bundle is named (``classification``, ``segmentation``: the folders of ``medxfer/bundles/``, shipped
+as package data, or of ``$MEDXFER_BUNDLES``) or given as a path. Overrides are bundle config ids with
 values, exactly what ``python -m monai.bundle run --config_file … --encoder resnet50`` takes.
 
 Overrides are data, never code. MONAI's config parser interprets some strings: ``$…`` is a Python
@@ -10,102 +10,24 @@ in another config (from any file), ``#`` is rewritten to its id separator ``::``
 relative ids ``@::``/``%::``), and a mapping with ``_target_`` is a component it instantiates.
 The bundles' own configs use all of that; a value given from outside (a spec, ``medxfer train
 --key value``, a library call) that MONAI would interpret is refused by :func:`check_overrides`,
-with its key, before anything runs.
+with its key, before anything runs. Finding bundles and checking settings is
+:mod:`medxfer.core.bundle_files` (torch-free, for the CLI), whose names are re-exported here.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core.bundle_files import (BUNDLE_NAMES, COMPONENT_KEYS, BundleError, bundle_config,  # noqa: F401 - re-exported
+                                  bundle_path, bundles_dir, check_bundle_keys, check_overrides, closest_hint,
+                                  config_data_problem, parse_override)
 from ..core.errors import MedxferError
 from ..models.encoders import ARCHS
 from ..models.segmenter import PLAIN_SEGMENTERS, segmenter_dims
-
-BUNDLE_NAMES = ("classification", "segmentation")
-
-
-class BundleError(MedxferError, ValueError):
-    """A bundle that cannot be found or run as asked."""
-
-
-def bundles_dir() -> Path:
-    """``$MEDXFER_BUNDLES`` or the ``bundles/`` folder beside the ``medxfer`` package."""
-    env = os.environ.get("MEDXFER_BUNDLES")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "bundles"
-
-
-def bundle_path(bundle: str | os.PathLike) -> Path:
-    """The bundle folder for a name or path (it must hold ``configs/train.json``)."""
-    path = Path(bundle)
-    if not (path / "configs" / "train.json").is_file():
-        path = bundles_dir() / str(bundle)
-    if not (path / "configs" / "train.json").is_file():
-        raise BundleError(f"no bundle {bundle!r}: give a bundle folder (with configs/train.json) or one of "
-                          f"{', '.join(BUNDLE_NAMES)} (looked in {bundles_dir()})")
-    return path
-
-
-# What MONAI's ConfigParser (monai/bundle: utils.py, config_item.py, reference_resolver.py,
-# config_parser.py) does with a string at the start of a config value.
-_INTERPRETED_PREFIXES = {
-    "$": "which MONAI would run as Python code",
-    "@": "which MONAI would replace with another config entry (a reference)",
-    "%": "which MONAI would replace with the content of another config, read from any file (a macro)",
-}
-_RELATIVE_ID = re.compile(r"[@%](?:::|#)")  # "@::x", "%#x": relative ids, rewritten anywhere in a string
-# ConfigComponent.non_arg_keys: a mapping with `_target_` is instantiated (any importable callable)
-COMPONENT_KEYS = frozenset({"_target_", "_disabled_", "_requires_", "_desc_", "_mode_"})
-# A top-level config id: "::" or "#" in a key would reach into the bundle's nested components
-_OVERRIDE_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-
-
-def _shown(text: str, limit: int = 40) -> str:
-    return repr(text if len(text) <= limit else text[:limit] + "…")
-
-
-def config_data_problem(value: Any) -> tuple[str, str] | None:
-    """Where in ``value`` (``""``, ``"[0]"``, ``".key[1]"``) and why MONAI's config parser would not
-    take it as plain data; None when it is data (strings, numbers, lists and mappings of them)."""
-    if isinstance(value, str):
-        if value[:1] in _INTERPRETED_PREFIXES:
-            return "", f"{_shown(value)} starts with {value[0]!r}, {_INTERPRETED_PREFIXES[value[0]]}"
-        if _RELATIVE_ID.search(value):
-            return "", f"{_shown(value)} holds a relative reference ('@::' or '%::'), which MONAI would rewrite"
-        if "#" in value:
-            return "", f"{_shown(value)} contains '#', which MONAI's config parser rewrites to '::'"
-        return None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if str(key) in COMPONENT_KEYS:
-                return f".{key}", f"the key {str(key)!r} would make MONAI instantiate or control a component"
-            found = config_data_problem(item)
-            if found:
-                return f".{key}{found[0]}", found[1]
-        return None
-    if isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            found = config_data_problem(item)
-            if found:
-                return f"[{i}]{found[0]}", found[1]
-    return None
-
-
-def check_overrides(overrides: dict[str, Any], prefix: str = "") -> None:
-    """Refuse an override that MONAI would not take as data (see the module docstring): a key that
-    is not a plain config id, or a value :func:`config_data_problem` finds. The one-line
-    :class:`BundleError` names the key (``prefix`` before it: ``--`` for the command line)."""
-    for key, value in overrides.items():
-        if not isinstance(key, str) or not _OVERRIDE_KEY.match(key):
-            raise BundleError(f"override {prefix}{key}: a bundle setting is a plain config key (letters, digits, "
-                              "'_'; '#' and '::' would reach into the bundle's components)")
-        found = config_data_problem(value)
-        if found:
-            raise BundleError(f"{prefix}{key}{found[0]}: {found[1]}; settings are data, never code")
+from .progress import EpochProgressHandler, ProgressCallback
 
 
 def encoder_dims_problem(encoder: Any, input: Any = "2d", task: str = "segmentation") -> str | None:
@@ -138,21 +60,32 @@ def encoder_task_problem(encoder: Any, task: str = "segmentation") -> str | None
     return None
 
 
+def encoder_problem(value: Any, task: str = "segmentation") -> str | None:
+    """An encoder that is not in the registry (``unknown encoder 'resnet81'; known: …; did you mean …``), a
+    plain 3D segmenter (``unet_3d``) named for classification, or a classification-only encoder (``alexnet``)
+    named for segmentation. Whether its dimensions fit the input is :func:`encoder_dims_problem`'s question."""
+    refused = encoder_task_problem(value, task)
+    if refused:
+        return refused
+    known = ([a for a in ARCHS if not encoder_task_problem(a, task)]
+             + (list(PLAIN_SEGMENTERS) if task == "segmentation" else []))
+    if isinstance(value, str) and value in known:
+        return None
+    if isinstance(value, str) and value in PLAIN_SEGMENTERS:
+        return (f"encoder {value!r} is a plain 3D segmentation network (a scratch baseline of the segmentation "
+                f"bundle); classification needs a registry encoder: {', '.join(ARCHS)}")
+    return f"unknown encoder {value!r}; known: {', '.join(known)}" + closest_hint([str(value)], known)
+
+
 def check_encoder_dims(encoder: Any, input: Any = "2d", task: str = "segmentation") -> None:
-    """Refuse an encoder that cannot serve ``task`` (:func:`encoder_task_problem`) or whose dimensions do
-    not fit ``input`` (:func:`encoder_dims_problem`) with a one-line :class:`BundleError`; first in the
-    bundles' ``initialize``, so before any network is built."""
-    problem = encoder_task_problem(encoder, task) or encoder_dims_problem(encoder, input, task)
+    """Refuse an encoder that is unknown or cannot serve ``task`` (:func:`encoder_problem`) or whose
+    dimensions do not fit ``input`` (:func:`encoder_dims_problem`) with a one-line :class:`BundleError`;
+    first in the bundles' ``initialize``, so before any network is built."""
+    if encoder is None:  # not set by the caller: the bundle's initialize checks its own default
+        return
+    problem = encoder_problem(encoder, task) or encoder_dims_problem(encoder, input, task)
     if problem:
         raise BundleError(problem)
-
-
-def parse_override(value: str) -> Any:
-    """Command-line text → JSON value when it parses (``2``, ``1e-4``, ``true``, ``["PX"]``), else the string."""
-    try:
-        return json.loads(value)
-    except (ValueError, TypeError):
-        return value
 
 
 def root_cause(exc: BaseException) -> BaseException:
@@ -189,7 +122,8 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def train_bundle(bundle: str | os.PathLike, config: str = "train", **overrides: Any) -> TrainResult:
+def train_bundle(bundle: str | os.PathLike, config: str = "train", *, progress: ProgressCallback | None = None,
+                 **overrides: Any) -> TrainResult:
     """Run ``configs/<config>.json`` of ``bundle`` with ``overrides`` (initialize, run, finalize).
 
     Relative ``manifest`` paths are resolved against the current directory first, so the bundle
@@ -197,8 +131,15 @@ def train_bundle(bundle: str | os.PathLike, config: str = "train", **overrides: 
     interpret (a ``$`` expression, an ``@``/``%`` reference, ``#``, a ``_target_`` component) is a
     :class:`BundleError` naming its key, before anything runs (:func:`check_overrides`); so is a
     key that is not a plain config id.
+
+    ``progress`` (a callable) gets an :class:`~medxfer.engine.progress.EpochProgress` when the
+    bundle's trainer (``train#trainer``) starts and after each epoch; None: nothing is reported. A
+    value that is not callable is a bundle setting named ``progress``, as before.
     """
     from monai.bundle import ConfigWorkflow
+
+    if progress is not None and not callable(progress):  # `medxfer train --progress …`: a bundle key
+        overrides["progress"], progress = progress, None
 
     root = bundle_path(bundle)
     configs = [root / "configs" / "train.json"]
@@ -228,6 +169,8 @@ def train_bundle(bundle: str | os.PathLike, config: str = "train", **overrides: 
         missing = workflow.check_properties()
         if missing:
             raise BundleError(f"{root}: the bundle lacks required properties {missing}")
+        if progress is not None and "train#trainer" in workflow.parser:
+            EpochProgressHandler(progress).attach(workflow.parser.get_parsed_content("train#trainer"))
         workflow.run()
         metrics = workflow.finalize()
     except BaseException:

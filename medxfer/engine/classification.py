@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from ignite.metrics import Metric
 
-from ..core.files import atomic_write, atomic_writer
+from ..core.files import atomic_write, atomic_writer, safe_json
 from ..core.hashing import sha256_file
 from ..ingest.manifest import escape_cell
 from ..explain.localization import localize, plot_overlays, summarize, write_localization_csv
@@ -30,7 +30,7 @@ from ..transforms.pipelines import classification_transforms
 from .batches import batch_values
 from .data import Cohort, class_values
 from .features import FeatureHead, predict_features
-from .mlflow_run import load_best_checkpoint, log_outcome
+from .mlflow_run import load_best_checkpoint, log_outcome, software_params
 from .multiview import DEFAULT_GROUP_BY
 from .slices import aggregate_probabilities
 
@@ -260,6 +260,7 @@ def run_params(config: dict[str, Any], cohort: Cohort, network, manifest: str | 
         params["data.class_values"] = json.dumps(grouped)
     params.update(weights_params(network.encoder))
     params.update(network.freeze_summary.params())
+    params.update(software_params())  # the versions the report's methods name
     return params
 
 
@@ -326,8 +327,8 @@ def finalize(network: torch.nn.Module, cohort: Cohort, run_config: dict[str, Any
                "youden_threshold_source": "validation" if thresholds is not None else "test",
                "youden_thresholds": thresholds, "classes": cohort.classes, "counts": cohort.counts(),
                "sample_counts": cohort.sample_counts(), "config": run_config}
-    atomic_write(out / METRICS_ARTIFACT, json.dumps(summary, indent=2, default=str) + "\n")
-    atomic_write(out / RUN_CONFIG_ARTIFACT, json.dumps(run_config, indent=2, default=str) + "\n")
+    atomic_write(out / METRICS_ARTIFACT, safe_json(summary, indent=2, default=str) + "\n")
+    atomic_write(out / RUN_CONFIG_ARTIFACT, safe_json(run_config, indent=2, default=str) + "\n")
     log_outcome(tracker, metrics, {"model_selection": selection,
                                    "youden_threshold_source": summary["youden_threshold_source"]},
                 [predictions, roc, out / METRICS_ARTIFACT, out / RUN_CONFIG_ARTIFACT, *localization], checkpoint,

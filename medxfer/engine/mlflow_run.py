@@ -9,14 +9,32 @@ from __future__ import annotations
 
 import math
 import os
+import platform
 import shutil
 import tempfile
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from ..tracking.layout import BUNDLE_CONFIGS_DIR, CHECKPOINT_ARTIFACT, TAG_PARENT_RUN
 from ..tracking.store import client as store_client
 from ..tracking.store import experiment_id
+
+
+SOFTWARE_PACKAGES = ("medxfer", "monai", "torch")  # logged as params software.<name>, with software.python
+
+
+def software_params() -> dict[str, str]:
+    """The versions a run's results depend on, as MLflow params (``software.medxfer``, ``software.monai``,
+    ``software.torch``, ``software.python``): the report's methods name them; "" for a package not installed."""
+    out = {}
+    for name in SOFTWARE_PACKAGES:
+        try:
+            out[f"software.{name}"] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[f"software.{name}"] = ""
+    out["software.python"] = platform.python_version()
+    return out
 
 
 def run_name(task: str, encoder: str, weights: str, freeze: str, lr: float, fold: int, seed: int) -> str:

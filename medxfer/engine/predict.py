@@ -221,14 +221,29 @@ def manifest_items(manifest: str | os.PathLike, modalities: list[str] | None = N
     if left_out["not_sliceable"]:
         log.warning("%s: %d item(s) left out: more than three spatial axes (a 4D series has no single slice "
                     "axis to cut)", path, left_out["not_sliceable"])
-    if not items and other_modality:
-        found = ", ".join(f"{n} {m}" for m, n in sorted(other_modality.items()))
-        raise CohortError(f"{path}: no {what} of modality {'/'.join(sorted(keep))} (the run's modalities) to "
-                          f"predict; the folder's {what}s are {found}")
     if not items:
-        hint = " (its volumes and cines need a run trained with slices)" if left_out["volume"] else ""
-        raise CohortError(f"{path}: no {what} to predict{hint}")
+        others = []
+        if left_out["volume"]:
+            others.append(f"{left_out['volume']} volume / cine items are left out (the run was trained on 2D items; "
+                          "they need a run trained with slices)")
+        if left_out["not_sliceable"]:
+            others.append(f"{left_out['not_sliceable']} items have more than three spatial axes (no slice axis)")
+        raise _nothing_to_predict(path, what, keep, other_modality, others)
     return items
+
+
+def _nothing_to_predict(path: Path, what: str, keep: set[str] | None, other_modality: dict[str, int],
+                        others: list[str]) -> CohortError:
+    """The error of a folder with nothing to predict, naming which filter left out which items, with counts:
+    ``no 2D item of modality PX to predict: the run's modality filter (the modalities it was trained on) left
+    out 8 DX, 8 MG items``; ``others`` (other filters' reasons) after it."""
+    reasons = list(others)
+    if other_modality:
+        found = ", ".join(f"{n} {m}" for m, n in sorted(other_modality.items()))
+        reasons.insert(0, f"the run's modality filter (the modalities it was trained on) left out {found} items")
+        what = f"{what} of modality {'/'.join(sorted(keep or ()))}"
+    return CohortError(f"{path}: no {what} to predict" + (": " + "; ".join(reasons) if reasons
+                                                          else " (the manifest lists none)"))
 
 
 def _volume_items(path: Path, modalities: list[str] | None) -> list[dict]:
@@ -250,13 +265,10 @@ def _volume_items(path: Path, modalities: list[str] | None) -> list[dict]:
     if not_volume:
         log.info("%s: %d item(s) left out: the run was trained on whole volumes (input: 3d); 2D images, cines "
                  "and 4D series are not", path, not_volume)
-    if not items and other_modality:
-        found = ", ".join(f"{n} {m}" for m, n in sorted(other_modality.items()))
-        raise CohortError(f"{path}: no volume of modality {'/'.join(sorted(keep))} (the run's modalities) to "
-                          f"predict; the folder's volumes are {found}")
     if not items:
-        raise CohortError(f"{path}: no volume to predict (the run was trained on whole volumes, input: 3d; "
-                          f"{not_volume} 2D image / cine item(s) left out)")
+        others = [f"{not_volume} 2D image / cine items are left out (the run was trained on whole volumes, "
+                  "input: 3d)"] if not_volume else []
+        raise _nothing_to_predict(path, "volume", keep, other_modality, others)
     return items
 
 

@@ -26,7 +26,6 @@ cohorts keep MONAI's ``MeanDice`` (mean of per-image Dice, images with an empty 
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ import numpy as np
 import torch
 from ignite.metrics import Metric
 
-from ..core.files import atomic_write, atomic_writer
+from ..core.files import atomic_write, atomic_writer, safe_json
 from ..core.hashing import sha256_file
 from ..models import save_checkpoint, weights_params
 from ..tracking.layout import (CHECKPOINT_ARTIFACT, METRICS_ARTIFACT, PER_CASE_ARTIFACT, PER_SLICE_ARTIFACT,
@@ -47,7 +46,7 @@ from ..transforms.pipelines import segmentation_transforms
 from ..transforms.pipelines3d import resolve_spacing, segmentation_transforms_3d
 from .batches import batch_values
 from .data import Cohort
-from .mlflow_run import load_best_checkpoint, log_outcome
+from .mlflow_run import load_best_checkpoint, log_outcome, software_params
 from .segmentation3d import case_columns, evaluate_volumes, hd95, summarize_volumes
 
 
@@ -352,6 +351,7 @@ def run_params(config: dict[str, Any], cohort: Cohort, network, manifest: str | 
                                            "per class, test_dice their mean)"})
     params.update(weights_params(network.encoder))
     params.update(network.freeze_summary.params())
+    params.update(software_params())  # the versions the report's methods name
     return params
 
 
@@ -405,8 +405,8 @@ def finalize(network: torch.nn.Module, cohort: Cohort, run_config: dict[str, Any
                "classes": cohort.classes}
     if cohort.sliced:
         summary["sample_counts"] = cohort.sample_counts()
-    atomic_write(out / METRICS_ARTIFACT, json.dumps(summary, indent=2, default=str) + "\n")
-    atomic_write(out / RUN_CONFIG_ARTIFACT, json.dumps(run_config, indent=2, default=str) + "\n")
+    atomic_write(out / METRICS_ARTIFACT, safe_json(summary, indent=2, default=str) + "\n")
+    atomic_write(out / RUN_CONFIG_ARTIFACT, safe_json(run_config, indent=2, default=str) + "\n")
     log_outcome(tracker, metrics, {"model_selection": selection},
                 [*artifacts, overlays, out / METRICS_ARTIFACT, out / RUN_CONFIG_ARTIFACT], checkpoint, config_files)
     return metrics

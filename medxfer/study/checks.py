@@ -9,9 +9,9 @@ opens the tracking store:
   ``top_layers:K``; a ``top_layers`` cell of an encoder without Keras layers cannot exist);
 - a weights source is ``scratch``, a pretraining stage, ``SCHEME:REF`` with a registered scheme
   (``file:PATH`` must be a readable file; ``run:RUN_ID`` is looked up when its run starts, where
-  the store is), or an imported name. An imported name the registry lacks for some encoders is a
-  warning (:func:`registry_notes`), not an error: those cells fail with the reason and the rest of
-  the grid runs (weights may exist for some encoders only, and a plan may be made before importing);
+  the store is), or an imported name; every cell that runs (and every pretraining stage, for the encoders it
+  trains) finds its imported name in the registry for its encoder (:func:`registry_problem`: weights that exist
+  for some encoders only, RadImageNet has no ResNet18, need those cells left out with ``exclude`` or blocks);
 - the label column is a column of its manifest; ``epochs`` and ``batch_size`` are whole numbers ≥ 1;
 - the volume / cine settings ``input``, ``slices`` and ``aggregate`` parse (:mod:`medxfer.engine.slices`)
   wherever the spec sets them (``train``, each ``grid`` value, each pretraining stage's ``train``),
@@ -45,7 +45,7 @@ from typing import Any, Iterable
 
 from ..core.hashing import canonical_numbers
 from ..engine import run_weights  # noqa: F401 - registers the run: weights scheme
-from ..engine.bundles import encoder_dims_problem, encoder_task_problem
+from ..engine.bundles import encoder_dims_problem, encoder_problem, encoder_task_problem  # noqa: F401 - encoder_problem: the study's too
 from ..engine.slices import SliceSettingError, check_aggregate, check_channels, check_input, check_slices
 from ..models.encoders import ARCHS
 from ..models.segmenter import PLAIN_SEGMENTERS, segmenter_dims
@@ -64,24 +64,6 @@ WEIGHTS_FORMS = "scratch, an imported NAME, file:PATH, run:RUN_ID or a pretrain 
 def _did_you_mean(value: str, known: Iterable[str]) -> str:
     match = difflib.get_close_matches(value, sorted(known), n=1)
     return f"; did you mean {match[0]!r}?" if match else ""
-
-
-def encoder_problem(value: Any, task: str = "segmentation") -> str | None:
-    """An encoder that is not in the registry (``unknown encoder 'resnet81'; known: …``), a plain 3D
-    segmenter (``unet_3d``) named for a classification study, or a classification-only encoder
-    (``alexnet``) named for a segmentation study. Whether its dimensions fit the input is a cell's
-    question (:func:`cell_problems`)."""
-    refused = encoder_task_problem(value, task)
-    if refused:
-        return refused
-    known = ([a for a in ARCHS if not encoder_task_problem(a, task)]
-             + (list(PLAIN_SEGMENTERS) if task == "segmentation" else []))
-    if isinstance(value, str) and value in known:
-        return None
-    if isinstance(value, str) and value in PLAIN_SEGMENTERS:
-        return (f"encoder {value!r} is a plain 3D segmentation network (a scratch baseline of the segmentation "
-                f"bundle); a classification study needs a registry encoder: {', '.join(ARCHS)}")
-    return f"unknown encoder {value!r}; known: {', '.join(known)}" + _did_you_mean(str(value), known)
 
 
 def similarity_encoder_problem(value: Any) -> str | None:
@@ -149,31 +131,40 @@ def label_problem(manifest: Path, label: str) -> str | None:
             + _did_you_mean(label, columns))
 
 
-def _imported_names() -> set[str]:
+def _imported_archs() -> dict[str, list[str]]:
+    """{imported name: the encoders it is imported for}, from the registry's records."""
     try:
-        return {r.name for r in list_weights()}
+        records = list_weights()
     except (OSError, ValueError, TypeError):  # an unreadable record: the run that needs it says so
-        return set()
+        return {}
+    out: dict[str, list[str]] = {}
+    for record in records:
+        out.setdefault(record.name, []).append(record.arch)
+    return out
 
 
-def registry_notes(names: Iterable[str], encoders: Iterable[str]) -> list[str]:
-    """Warnings for the imported weights ``names`` the grid uses with ``encoders`` that the registry
-    has no record of (records only, no weights are read): the cells that need them will fail with
-    the reason and the rest of the grid runs, as a grid whose weights exist for some encoders only
-    (RadImageNet has no ResNet18) is meant to."""
-    warnings = []
-    encoders = list(dict.fromkeys(encoders))
-    imported = None
-    for name in dict.fromkeys(names):
-        missing = [arch for arch in encoders if imported_record(name, arch) is None]
-        if not missing:
-            continue
-        if imported is None:
-            imported = _imported_names()
-        hint = _did_you_mean(name, imported - {name}) if name not in imported else ""
-        warnings.append(f"weights {name!r} are not imported for {', '.join(missing)}: those runs will fail; "
-                        f"import them first (medxfer weights import) or leave them out of the grid{hint}")
-    return warnings
+def registry_problem(pairs: Iterable[tuple[str, str]]) -> str | None:
+    """The (encoder, imported weights name) pairs that the registry has no record of, as one line: every
+    missing pair, what each name is imported for instead (or that it is imported for none, with the closest
+    imported name), and the ``medxfer weights import`` command that fixes the first. Records only, no weights
+    are read. ``pairs`` are those of the cells that run (a cell left out or excluded needs nothing); None when
+    every pair is imported."""
+    missing: dict[str, list[str]] = {}  # name → encoders it lacks, in the order the cells name them
+    for encoder, name in dict.fromkeys(pairs):
+        if imported_record(name, encoder) is None:
+            missing.setdefault(name, []).append(encoder)
+    if not missing:
+        return None
+    imported = _imported_archs()
+    parts = []
+    for name, encoders in missing.items():
+        elsewhere = imported.get(name)
+        why = (f"imported for {', '.join(elsewhere)} only" if elsewhere
+               else f"imported for no encoder{_did_you_mean(name, imported)}")
+        parts.append(f"{name!r} for {', '.join(encoders)} ({why})")
+    name, encoders = next(iter(missing.items()))
+    return (f"weights not imported: {'; '.join(parts)}; import each before the study runs (medxfer weights import "
+            f"FILE --name {name} --arch {encoders[0]}), or leave those cells out of the grid (exclude)")
 
 
 def _slice_problem(key: str, check: Callable[[Any], Any], value: Any) -> str | None:

@@ -34,18 +34,21 @@ import yaml
 from mlflow.entities import Param
 
 from ..core.errors import MedxferError
-from ..core.files import atomic_write, atomic_write_json
+from ..core.files import atomic_write, atomic_write_json, run_folder_name
 from ..engine.bundles import error_summary, train_bundle
+from ..engine.progress import StudyProgress, check_progress_mode
 from ..models.weights import source_label
 from ..tracking.layout import (GRID_ARTIFACT, ROLE_CELL, ROLE_PRETRAIN, ROLE_STUDY, SPEC_ARTIFACT, TAG_CHAIN,
                                TAG_CONFIG_HASH, TAG_HEARTBEAT, TAG_HOST, TAG_MACHINE, TAG_PID, TAG_PROGRESS, TAG_RESET,
                                TAG_ROLE, TAG_RUNNER, TAG_SPEC_HASH, TAG_STAGE, TAG_STUDY, role_filter)
+from ..tracking.layout import TAG_NOTE
 from ..tracking.store import client as mlflow_client
 from ..tracking.store import experiment_id, search_all_runs
+from ..tracking.ui import REPORT_PAGE, run_page, set_study_view, study_metrics, study_view_link
 from .grid import PlannedRun, expand, shard, weights_identity
 from .pretrain import chain, stage_hash
 from .similarity import log_study_similarity
-from .spec import StudySpec
+from .spec import NAME_KEYS, SpecError, StudySpec
 
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 30.0
@@ -294,6 +297,47 @@ def spec_text_for_log(spec: StudySpec) -> str:
     return yaml.safe_dump(_labelled(raw), sort_keys=False, allow_unicode=True)
 
 
+def parent_note(spec: StudySpec, exp_id: str, run_id: str) -> str:
+    """The parent run's description (Markdown, the MLflow UI's run page): where the comparison and the report are."""
+    metric = ", ".join(study_metrics(spec.task)) or "test metric"
+    return (f"Study **{spec.name}** ({spec.task}): one child run per cell × fold × seed, named by the grid values "
+            f"that differ.\n\n"
+            f"Comparison: [the child runs by {metric}, with the grid keys as columns]({study_view_link(exp_id)})"
+            f" (the runs table sorted on {metric} lists them flat).\n\n"
+            f"Report: [{REPORT_PAGE}]({run_page(exp_id, run_id, REPORT_PAGE)}) — written by "
+            f"`medxfer study report {spec.name}`, with the statistics a comparison needs.")
+
+
+def child_run_names(spec: StudySpec, runs: list[PlannedRun]) -> dict[str, str]:
+    """{config hash: MLflow run name} of the cell runs: the grid values that differ between the cells, then
+    ``fold<k>`` and ``seed<s>`` when the spec has more than one of them (``resnet18/imagenet/fold0``), so the
+    UI's run-name column shows what tells the runs apart; the full name stays in tag ``cell``."""
+    varying = [k for k in _grid_keys_named_first(spec) if len({str(r.cell_values.get(k)) for r in runs}) > 1]
+    names = {}
+    for r in runs:
+        parts = [_name_part(k, r.cell_values.get(k)) for k in varying] or [r.cell.split("/", 1)[-1]]
+        parts += [f"fold{r.fold}"] if len(spec.folds) > 1 or not varying else []
+        parts += [f"seed{r.seed}"] if len(spec.seeds) > 1 else []
+        names[r.config_hash] = "/".join(parts)
+    return names
+
+
+def _grid_keys_named_first(spec: StudySpec) -> list[str]:
+    """The grid keys, those of the run name first in its order (encoder, weights, freeze, lr)."""
+    return [k for k in NAME_KEYS if k in spec.grid] + [k for k in spec.grid if k not in NAME_KEYS]
+
+
+def _name_part(key: str, value) -> str:
+    if key in ("encoder", "weights", "freeze"):
+        return source_label(str(value)) if key == "weights" else str(value)
+    if key == "lr":
+        try:
+            return f"lr{float(value):g}"
+        except (TypeError, ValueError):
+            return f"lr{value}"
+    return f"{key}={_labelled(value)}"
+
+
 def _parent_run(client, spec: StudySpec, exp_id: str) -> str:
     """The study's parent run (created once; concurrent shards converge on the earliest)."""
     query = role_filter(spec.name, ROLE_STUDY)
@@ -302,9 +346,12 @@ def _parent_run(client, spec: StudySpec, exp_id: str) -> str:
         run_id = found[0].info.run_id
         if found[0].info.status != "RUNNING":
             client.update_run(run_id, status="RUNNING")
+        if TAG_NOTE not in found[0].data.tags:  # a study begun before parents carried their description
+            client.set_tag(run_id, TAG_NOTE, parent_note(spec, exp_id, run_id))
         return run_id
     run = client.create_run(exp_id, run_name=f"study/{spec.name}",
                             tags={TAG_STUDY: spec.name, TAG_ROLE: ROLE_STUDY, TAG_SPEC_HASH: spec.spec_hash()})
+    client.set_tag(run.info.run_id, TAG_NOTE, parent_note(spec, exp_id, run.info.run_id))
     params = {"bundle": Path(spec.bundle).name, "label": spec.label, "folds": spec.folds, "seeds": spec.seeds,
               **{f"grid.{k}": _labelled(v) for k, v in spec.grid.items()},
               **{f"train.{k}": _labelled(v) for k, v in spec.train.items()}}
@@ -340,10 +387,12 @@ class _Stages:
     another runner trains them, or trained here; each (stage, encoder) once."""
 
     def __init__(self, client, exp_id: str, spec: StudySpec, parent_run_id: str, beat: "_Heartbeat",
-                 echo: Callable[[str], None], runs_dir: Path, pins: dict[tuple[str, str], str] | None = None):
+                 echo: Callable[[str], None], runs_dir: Path, pins: dict[tuple[str, str], str] | None = None,
+                 progress: StudyProgress | None = None):
         self.client, self.exp_id, self.spec, self.parent = client, exp_id, spec, parent_run_id
         self.beat, self.echo, self.runs_dir = beat, echo, runs_dir
         self.pins = pins or {}
+        self.progress = progress or StudyProgress({}, mode=None)
         self.done: dict[tuple[str, str], str | StageFailed] = {}
 
     def run_id(self, name: str, encoder: str) -> str:
@@ -373,6 +422,7 @@ class _Stages:
             config_hash, runs = _stage_runs(self.client, self.exp_id, self.spec, name, encoder)
             finished = sorted((r for r in runs if r.info.status == "FINISHED"), key=lambda r: r.info.end_time or 0)
             if finished:
+                self.progress.drop(f"pretrain/{name}/{encoder}")
                 return finished[-1].info.run_id
             live = [r for r in runs if r.info.status == "RUNNING"]
             if len(_reset_orphans(self.client, live)) == len(live):
@@ -388,16 +438,19 @@ class _Stages:
         run_name = f"pretrain/{name}/{encoder}"
         self.echo(f"[pretrain] {run_name} (from {stage.start})")
         self.beat.config_hash = config_hash
+        on_epoch = self.progress.start(run_name)
         try:
             result = train_bundle("classification", manifest=str(stage.manifest), label=stage.label, fold=stage.fold,
                                   encoder=encoder, weights=start, experiment=self.spec.experiment,
                                   parent_run_id=self.parent, run_name=run_name, tags=tags,
-                                  output_dir=str(self.runs_dir / self.spec.name / run_name.replace("/", "_")),
-                                  **stage.data, **stage.train, **pin)
+                                  output_dir=str(self.runs_dir / self.spec.name / run_folder_name(run_name)),
+                                  progress=on_epoch, **stage.data, **stage.train, **pin)
         except Exception as exc:  # noqa: BLE001 - reported on every run that needs the stage
+            self.progress.end(finished=False)
             raise StageFailed(f"pretraining stage {name} for {encoder} failed: {error_summary(exc)}") from None
         finally:
             self.beat.config_hash = None
+        self.progress.end()
         self.echo(f"  done test_auc {result.metrics.get('test_auc', float('nan')):.3f} (source task)")
         return str(result.run_id)
 
@@ -424,11 +477,37 @@ def quiet_engines(quiet: bool) -> None:
         logging.getLogger(name).disabled = quiet
 
 
+def _epochs(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def planned_epochs(client, exp_id: str, spec: StudySpec, selected: list[PlannedRun],
+                   by_hash: dict[str, list]) -> dict[str, int | None]:
+    """{run name: epochs} of what this ``study run`` expects to train: the shard's runs not FINISHED
+    in the store, and the pretraining stages (with the stages they start from) those runs need and
+    the store has no FINISHED run of; None where the spec leaves the bundle's default epochs."""
+    todo = [r for r in selected if not any(c.info.status == "FINISHED" for c in by_hash.get(r.config_hash, []))]
+    planned: dict[str, int | None] = {}
+    needed = {(name, str(r.overrides.get("encoder"))) for r in todo if r.stage
+              for name in chain(spec.stages, r.stage) if name in spec.stages}
+    for name, encoder in sorted(needed):
+        _, runs = _stage_runs(client, exp_id, spec, name, encoder)
+        if not any(run.info.status == "FINISHED" for run in runs):
+            planned[f"pretrain/{name}/{encoder}"] = _epochs(spec.stages[name].train.get("epochs"))
+    planned.update({r.name: _epochs(r.overrides.get("epochs")) for r in todo})
+    return planned
+
+
 def run_study(spec: StudySpec, shard_index: tuple[int, int] = (1, 1),
               echo: Callable[[str], None] = lambda s: None, runs_dir: str | os.PathLike = "runs",
-              quiet: bool = True) -> StudyOutcome:
+              quiet: bool = True, progress: str | None = None) -> StudyOutcome:
     """Run every not-yet-finished run of the shard; failures are recorded and the rest go on.
-    ``quiet`` silences the per-epoch engine logs (the metrics are in MLflow)."""
+    ``quiet`` silences the per-epoch engine logs (the metrics are in MLflow). ``progress``: ``"lines"``
+    echoes one line per epoch (epochs done / total, elapsed, run and study ETA; see
+    :mod:`medxfer.engine.progress`), ``"bars"`` shows tqdm bars on stderr instead, None shows nothing."""
+    check_progress_mode(progress)
+    if spec.unimported_weights:  # before anything runs, not when the cells that need them are reached
+        raise SpecError(spec.unimported_weights)
     quiet_engines(quiet)
 
     client = mlflow_client()
@@ -437,21 +516,26 @@ def run_study(spec: StudySpec, shard_index: tuple[int, int] = (1, 1),
     selected = shard(runs, *shard_index)
     outcome = StudyOutcome(total=len(runs), selected=len(selected), left_out=spec.sparse_grid().notes())
     exp_id = experiment_id(client, spec.experiment, create=True)
+    set_study_view(client, exp_id, _grid_keys_named_first(spec), study_metrics(spec.task))
     outcome.parent_run_id = _parent_run(client, spec, exp_id)
+    display_names = child_run_names(spec, runs)
     _log_grid(client, outcome.parent_run_id, spec, runs, outcome.left_out)
     if spec.similarity and shard_index[0] == 1:  # one shard measures it; the report reads it
         log_study_similarity(spec, client, outcome.parent_run_id, echo)
     _, by_hash = study_state(spec, runs, client)
     me = runner_identity()
     grid_keys = list(spec.grid)
+    planned_runs = planned_epochs(client, exp_id, spec, selected, by_hash) if progress else {}
+    display = StudyProgress(planned_runs, echo=echo, mode=progress)
     with _Heartbeat(client, exp_id) as beat:
-        stages = _Stages(client, exp_id, spec, outcome.parent_run_id, beat, echo, Path(runs_dir), pins)
+        stages = _Stages(client, exp_id, spec, outcome.parent_run_id, beat, echo, Path(runs_dir), pins, display)
         for planned in selected:
             children = by_hash.get(planned.config_hash, [])
             if not any(c.info.status == "FINISHED" for c in children):
                 children = _children_with_hash(client, exp_id, spec, planned.config_hash)
             if any(c.info.status == "FINISHED" for c in children):
                 outcome.already_done.append(planned.name)
+                display.drop(planned.name)
                 continue
             live = [c for c in children if c.info.status == "RUNNING"]
             orphans = _reset_orphans(client, live)
@@ -459,6 +543,7 @@ def run_study(spec: StudySpec, shard_index: tuple[int, int] = (1, 1),
             if len(orphans) < len(live):
                 outcome.running_elsewhere.append(planned.name)
                 echo(f"skip {planned.name}: running elsewhere (heartbeat fresh)")
+                display.drop(planned.name)
                 continue
             tags = {**planned.tags(spec.name, grid_keys), **me.tags(), TAG_HEARTBEAT: f"{time.time():.0f}"}
             overrides = dict(planned.overrides)
@@ -471,25 +556,30 @@ def run_study(spec: StudySpec, shard_index: tuple[int, int] = (1, 1),
                 except StageFailed as exc:
                     outcome.failed.append((planned.name, str(exc)))
                     echo(f"  FAILED {planned.name}: {exc}")
+                    display.drop(planned.name)
                     continue
             config = "train_features" if planned.feature_cache else "train"
             overrides.update(experiment=spec.experiment, parent_run_id=outcome.parent_run_id, tags=tags,
-                             run_name=planned.name,
-                             output_dir=str(Path(runs_dir) / spec.name / planned.name.replace("/", "_")))
+                             run_name=display_names[planned.config_hash],
+                             output_dir=str(Path(runs_dir) / spec.name / run_folder_name(planned.name)))
             echo(f"[{planned.index + 1}/{len(runs)}] {planned.name}")
             beat.config_hash = planned.config_hash
+            on_epoch = display.start(planned.name)
             try:
-                result = train_bundle(spec.bundle, config=config, **overrides)
+                result = train_bundle(spec.bundle, config=config, progress=on_epoch, **overrides)
             except Exception as exc:  # noqa: BLE001 - one failed run must not stop the study
+                display.end(finished=False)
                 reason = error_summary(exc)
                 outcome.failed.append((planned.name, reason))
                 echo(f"  FAILED: {reason}")
                 continue
             finally:
                 beat.config_hash = None
+            display.end()
             outcome.ran.append((planned.name, result.run_id, result.metrics))
             metric = next((f"{k} {v:.3f}" for k, v in result.metrics.items() if k in ("test_auc", "test_dice")), "")
             echo(f"  done {metric}".rstrip())
+    display.close()
     _, by_hash = study_state(spec, runs, client)
     outcome.done_in_grid = sum(any(c.info.status == "FINISHED" for c in by_hash.get(r.config_hash, []))
                                for r in runs)

@@ -87,7 +87,6 @@ volume settings ``input``/``slices``/``aggregate`` (with ``in_channels`` for 2.5
 from __future__ import annotations
 
 import csv
-import difflib
 import json
 import logging
 import os
@@ -101,12 +100,12 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
 
 from ..core.errors import MedxferError
 from ..core.hashing import stable_digest
-from ..engine.bundles import BundleError, bundle_path, config_data_problem
+from ..engine.bundles import BundleError, bundle_config, bundle_path, closest_hint, config_data_problem
 from ..models.segmenter import PLAIN_SEGMENTERS
 from ..models.weights import is_weights_name  # one rule for what a weights name may be
 from ..tracking.layout import study_experiment
 from .checks import (COUNT_KEYS, SparseGrid, count_problem, encoder_problem, freeze_problem, label_problem,
-                     registry_notes, similarity_encoder_problem, slice_settings_problem, sparse_grid, stage_encoders,
+                     registry_problem, similarity_encoder_problem, slice_settings_problem, sparse_grid, stage_encoders,
                      stage_problem, weights_problem)
 from .leakage import StageCohort, TargetCohort, pretraining_leaks
 
@@ -231,11 +230,7 @@ def _manifest_folds(manifest: Path) -> list[int]:
 
 def _bundle_keys(bundle: str) -> set[str]:
     """The keys a spec may set for ``bundle``: its train config's, and the study's feature cache."""
-    return set(_bundle_config(bundle)) | {"feature_cache", "feature_cache_dir"}
-
-
-def _bundle_config(bundle: str) -> dict[str, Any]:
-    return json.loads((bundle_path(bundle) / "configs" / "train.json").read_text())
+    return set(bundle_config(bundle)) | {"feature_cache", "feature_cache_dir"}
 
 
 def bundle_task(bundle: str) -> str:
@@ -245,15 +240,8 @@ def bundle_task(bundle: str) -> str:
 
 def cell_defaults(bundle: str) -> dict[str, Any]:
     """The bundle's own values of the settings a cell's feasibility depends on (encoder, weights, freeze, input)."""
-    config = _bundle_config(bundle)
+    config = bundle_config(bundle)
     return {k: config[k] for k in CELL_DEFAULT_KEYS if k in config}
-
-
-def _closest(unknown: list[str], allowed: list[str] | set[str]) -> str:
-    """``; did you mean 'grid' for 'gird'?`` for the unknown keys that look like an allowed one."""
-    pairs = [(key, difflib.get_close_matches(str(key), sorted(allowed), n=1)) for key in unknown]
-    hints = [f"{match[0]!r} for {key!r}" for key, match in pairs if match]
-    return f"; did you mean {', '.join(hints)}?" if hints else ""
 
 
 YamlValue = Annotated[Any, BeforeValidator(yaml_number)]
@@ -290,7 +278,7 @@ class _Section(BaseModel):
         unknown = sorted(set(raw) - set(allowed), key=str)
         if unknown:
             message = cls.unknown_keys.format(where="{where}", keys=unknown, allowed=", ".join(allowed))
-            raise _Misplaced(message + _closest(unknown, allowed))
+            raise _Misplaced(message + closest_hint(unknown, allowed))
         return cls._prepare(dict(raw))
 
     @classmethod
@@ -639,7 +627,7 @@ class SpecDocument(_Section):
             unknown = sorted(set(keys) - config_keys)
             if unknown:
                 raise SpecError(f"{section}: {unknown} are not keys of the {info.data['bundle']} bundle"
-                                + _closest(unknown, config_keys))
+                                + closest_hint(unknown, config_keys))
         return keys
 
     @field_validator("seeds", mode="before")
@@ -724,7 +712,9 @@ class SpecDocument(_Section):
             problem = stage.data.problem()
             if problem:
                 raise SpecError(f"pretrain {stage.name}: {problem}")
-        self._check_imported(stages)
+        problem = self.unimported_weights(stages, sparse.kept)  # last: the cells that run are known
+        if problem:  # listed now (a dry run plans before the weights are imported); a real run refuses it
+            log.warning(problem)
         return self
 
     @model_validator(mode="after")
@@ -747,22 +737,28 @@ class SpecDocument(_Section):
         return sparse_grid(bundle_task(self.bundle), self.blocks or self.grid, self.train, cell_defaults(self.bundle),
                            self.exclude)
 
-    def _check_imported(self, stages: list[str]) -> None:
-        """Imported weights names against the registry: a name missing for some encoders is a
-        warning (:func:`.checks.registry_notes`; those cells fail with the reason, the others run)."""
-        defaults = _bundle_config(self.bundle)
-        encoders = [e for e in self.grid.get("encoder") or [self.train.get("encoder", defaults.get("encoder"))]
-                    if e not in PLAIN_SEGMENTERS]  # scratch only: they never load imported weights
-        sources = [*self.grid.get("weights", []), self.train.get("weights"), *(s.start for s in self.pretrain)]
-        names = [str(s) for s in sources
-                 if isinstance(s, str) and s != "scratch" and ":" not in s and s not in stages]
-        for warning in registry_notes(names, [str(e) for e in encoders]):
-            log.warning(warning)
+    def unimported_weights(self, stages: list[str], kept: list[dict[str, Any]]) -> str | None:
+        """Imported weights names against the registry, before anything runs: every cell that runs (``kept``:
+        :meth:`sparse_grid`'s) needs its name imported for its encoder, and every pretraining stage its start
+        for each encoder it trains (:func:`.checks.registry_problem`: one line listing them all, None when
+        every name is imported). A warning when the spec is read; ``study run`` refuses to start with it."""
+        fixed = {**cell_defaults(self.bundle), **self.train}
+        cells = [{**fixed, **cell} for cell in kept]
+        starts = {s.name: s.start for s in self.pretrain}
+        pairs = [(str(c.get("encoder")), str(c.get("weights"))) for c in cells]
+        pairs += [(encoder, starts[stage]) for stage, encoders in stage_encoders(starts, cells, fixed).items()
+                  for encoder in encoders]
+        return registry_problem((encoder, name) for encoder, name in pairs
+                                if encoder not in PLAIN_SEGMENTERS  # scratch only: never load imported weights
+                                and name != "scratch" and ":" not in name and name not in stages)
 
     def resolve(self, source: Path | None = None, text: str = "") -> StudySpec:
         """The :class:`StudySpec` of this document (read from ``source``, whose YAML is ``text``)."""
         stages = [stage.resolve(self.train) for stage in self.pretrain]
+        stage_names = [s.name for s in self.pretrain]
+        unimported = self.unimported_weights(stage_names, self.sparse_grid().kept)
         return StudySpec(name=self.name, bundle=self.bundle, manifest=self.data.manifest, label=self.data.label,
+                         unimported_weights=unimported or "",
                          folds=self.data.folds, grid=self.grid, blocks=self.blocks, exclude=self.exclude,
                          seeds=self.seeds, train=self.train, data=self.data.extras(), pretrain=stages,
                          similarity=self.similarity.settings(stages) if self.similarity else None,
@@ -789,6 +785,9 @@ class StudySpec(BaseModel):
     pretrain: list[PretrainStage] = Field(default_factory=list)
     similarity: dict[str, Any] | None = None  # dataset similarity of source cohorts to this one
     compare: list[dict[str, Any]] = Field(default_factory=list)  # [{by, pool}]: the report's pooled comparisons
+    # the (encoder, weights name) pairs of cells that run whose weights are not imported, as one line ("" when
+    # all are): study run refuses to start with it, a dry run lists it
+    unimported_weights: str = ""
     source: Path | None = None
     text: str = ""
 
@@ -813,7 +812,7 @@ class StudySpec(BaseModel):
 
     def bundle_defaults(self) -> dict[str, Any]:
         """The bundle's own values of the run-name keys (used when the grid does not set them)."""
-        config = _bundle_config(self.bundle)
+        config = bundle_config(self.bundle)
         return {k: config.get(k) for k in NAME_KEYS}
 
     def spec_hash(self) -> str:

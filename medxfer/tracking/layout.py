@@ -32,6 +32,11 @@ TAG_HEARTBEAT = "medxfer.heartbeat"  # unix seconds, refreshed while a run is al
 TAG_RESET = "medxfer.reset"  # why an orphaned run was marked FAILED
 TAG_PARENT_RUN = "mlflow.parentRunId"  # MLflow's own parent tag (mlflow.utils.mlflow_tags.MLFLOW_PARENT_RUN_ID)
 TAG_RUN_NAME = "mlflow.runName"
+TAG_NOTE = "mlflow.note.content"  # a run's description in the MLflow UI (Markdown): the parent's links the report
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"  # experiment tag: MLflow 3's type of an experiment …
+EXPERIMENT_KIND_TRAINING = "custom_model_development"  # … "model training", not the GenAI default
+TAG_SHARED_VIEW_PREFIX = "mlflow.sharedViewState."  # experiment tag + key: a runs-table view the UI opens by URL
+STUDY_VIEW_KEY = "medxfer-study"  # the key of a study's comparison view (``?viewStateShareKey=medxfer-study``)
 
 # ---- params
 PARAM_WEIGHTS_SHA256 = "weights.sha256"  # every training run: sha256 of the weights it loaded (not for scratch)

@@ -1,35 +1,111 @@
 """MLflow store location and small helpers shared by training, studies and weight sources.
 
-Default store: ``sqlite:///mlruns/mlflow.db`` with artifacts under ``mlruns/artifacts``
-(relative to the working directory); ``MLFLOW_TRACKING_URI`` overrides (a remote server works
-unchanged).
+Where runs go, from any folder and any process:
+
+1. ``$MLFLOW_TRACKING_URI`` when set (a tracking server, a database, a SQLite file; a relative
+   ``sqlite:///`` path is made absolute against the current folder once, here);
+2. otherwise the user's store ``sqlite:////<MEDXFER_HOME>/mlruns/mlflow.db``
+   (:func:`default_tracking_uri`; ``MEDXFER_HOME`` defaults to ``~/.medxfer``).
+
+Why ``$MEDXFER_HOME`` and not a project root: a clinical researcher runs medxfer from several
+folders — the cohort's, an examples folder, ``$HOME`` in a Slurm job, the bundle folder for
+``python -m monai.bundle run`` — and expects ``medxfer ui`` from any of them to show every run.
+A project root has to be guessed (a git root is often absent, or an unrelated repository such as
+a dotfiles one; a marker file needs a set-up step nobody remembers), and a command run outside
+the tree would silently fall back to a second store: the very split this module prevents.
+``$MEDXFER_HOME`` is already the one per-user place medxfer reads (the pseudonymisation secret,
+the weights registry that ``run:``/named weights resolve against), so the runs live beside the
+weights they name. Keep projects apart with experiments (one per study) or by setting
+``MLFLOW_TRACKING_URI`` (or ``MEDXFER_HOME``) per project; on a cluster, where SQLite on a
+network file system is fragile under concurrent writers, point ``MLFLOW_TRACKING_URI`` at a
+tracking server or database.
+
+The artifacts of a local SQLite store live beside its database, ``<database folder>/artifacts``
+(:func:`artifact_root`), fixed as an absolute path when medxfer creates an experiment — never the
+current folder of whichever process happened to create it (MLflow's own default).
 
 The first use of a database store in a process goes through :func:`ensure_store`: MLflow creates
 a new database's tables (and migrates an old one) when a client first opens it, and two processes
 doing that at once (two shards started together) break the store. A file lock — beside a SQLite
 file, in the temporary folder for a database server — lets one process create it at a time.
+
+``medxfer ui`` looks before it serves: :func:`check_store_has_runs` refuses a store that does not
+exist or holds no run (naming the store it looked at and how to point at another one) instead of
+letting MLflow create an empty one.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import re
+import shlex
+import sqlite3
 import tempfile
 import threading
+from contextlib import closing
 from pathlib import Path
 
 from ..core.errors import MedxferError
+from .layout import EXPERIMENT_KIND_TRAINING, TAG_EXPERIMENT_KIND
+from ..core.home import medxfer_home
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
-DEFAULT_ARTIFACT_ROOT = "mlruns/artifacts"
+STORE_FOLDER = "mlruns"  # the default store's folder under $MEDXFER_HOME
+DATABASE_FILE = "mlflow.db"
+ARTIFACTS_FOLDER = "artifacts"  # beside the database of a local SQLite store
+
+
+def sqlite_uri(path: str | os.PathLike) -> str:
+    """The ``sqlite:///`` URI of the database file ``path``, made absolute (``sqlite:////abs/mlflow.db``)."""
+    return f"sqlite:///{Path(path).expanduser().absolute()}"
+
+
+def default_tracking_uri() -> str:
+    """The user's store when ``$MLFLOW_TRACKING_URI`` is unset: ``$MEDXFER_HOME/mlruns/mlflow.db`` (absolute)."""
+    return sqlite_uri(medxfer_home() / STORE_FOLDER / DATABASE_FILE)
+
+
+def _sqlite_file(uri: str) -> str | None:
+    """The database path written in a ``sqlite:`` URI as given (maybe relative); None for another scheme
+    and for in-memory SQLite."""
+    if uri.split(":", 1)[0].split("+", 1)[0].lower() != "sqlite":
+        return None
+    path = uri.split("://", 1)[1].split("?", 1)[0] if "://" in uri else ""
+    path = path[1:] if path.startswith("/") else path  # sqlite:///rel, sqlite:////abs
+    return None if path in ("", ":memory:") else path
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The absolute database file of a local SQLite store URI; None for any other store."""
+    path = _sqlite_file(uri)
+    return Path(path).expanduser().absolute() if path is not None else None
+
+
+def resolve_tracking_uri() -> str:
+    """Where runs go, without touching the disk: ``$MLFLOW_TRACKING_URI`` (a relative SQLite path made
+    absolute) or :func:`default_tracking_uri`."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return default_tracking_uri()
+    path = _sqlite_file(uri)
+    if path is not None and not Path(path).expanduser().is_absolute():
+        query = uri.split("?", 1)[1] if "?" in uri.split("://", 1)[-1] else ""
+        return sqlite_uri(path) + (f"?{query}" if query else "")
+    return uri
 
 
 def tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI`` or the project default; creates ``mlruns/`` for the default."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    if uri == DEFAULT_TRACKING_URI:
-        Path("mlruns").mkdir(exist_ok=True)
+    """:func:`resolve_tracking_uri`, with the default store's folder created (for a process about to write)."""
+    uri = resolve_tracking_uri()
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        sqlite_path(uri).parent.mkdir(parents=True, exist_ok=True)
     return uri
+
+
+def artifact_root(uri: str | None = None) -> Path | None:
+    """Where a local SQLite store (default :func:`resolve_tracking_uri`) keeps artifacts:
+    ``<database folder>/artifacts``; None for any other store (a server or database keeps its own)."""
+    path = sqlite_path(uri or resolve_tracking_uri())
+    return path.parent / ARTIFACTS_FOLDER if path is not None else None
 
 
 # user@ or user:password@ (a password may hold an unencoded "/"), and password=… in a query string
@@ -65,11 +141,8 @@ def store_lock_path(uri: str) -> Path | None:
     if scheme not in _DATABASE_SCHEMES:
         return None
     if scheme == "sqlite":
-        path = uri.split("://", 1)[1].split("?", 1)[0] if "://" in uri else ""
-        path = path[1:] if path.startswith("/") else path  # sqlite:///rel, sqlite:////abs
-        if path in ("", ":memory:"):
-            return None
-        return Path(path).with_name(Path(path).name + ".lock")
+        path = _sqlite_file(uri)
+        return Path(path).with_name(Path(path).name + ".lock") if path is not None else None
     return Path(tempfile.gettempdir()) / f"medxfer-store-{hashlib.sha256(uri.encode()).hexdigest()[:16]}.lock"
 
 
@@ -134,18 +207,20 @@ def client():
 
 
 def experiment_id(mlflow_client, name: str, create: bool = True) -> str | None:
-    """The id of experiment ``name``; created (artifacts under ``mlruns/artifacts`` for the default
-    store) when absent and ``create``, else None. Safe when another process creates it concurrently."""
+    """The id of experiment ``name``; created when absent and ``create`` (artifacts in the absolute
+    :func:`artifact_root` of a local SQLite store), else None. Safe when another process creates it
+    concurrently."""
     exp = mlflow_client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     if not create:
         return None
-    location = None
-    if (os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI) == DEFAULT_TRACKING_URI:
-        location = Path(DEFAULT_ARTIFACT_ROOT).resolve().as_uri()
+    root = artifact_root(getattr(mlflow_client, "tracking_uri", None) or resolve_tracking_uri())
+    location = root.as_uri() if root is not None else None  # runs are <root>/<run id>/artifacts
     try:
-        return mlflow_client.create_experiment(name, artifact_location=location)
+        # typed for model training: MLflow 3's UI would open it in its GenAI view (see medxfer.tracking.ui)
+        return mlflow_client.create_experiment(name, artifact_location=location,
+                                               tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND_TRAINING})
     except Exception:  # noqa: BLE001 - created concurrently by another process
         return mlflow_client.get_experiment_by_name(name).experiment_id
 
@@ -178,4 +253,74 @@ def ui_command(host: str = "127.0.0.1", port: int = 5000) -> tuple[list[str], di
     if uri.startswith("sqlite:"):  # a new local store is created under its lock: no race with new shards
         ensure_store(uri)
     env = dict(os.environ, MLFLOW_BACKEND_STORE_URI=uri)
+    root = artifact_root(uri)
+    if root is not None:  # artifacts the UI itself creates go beside the database, not into its ./mlartifacts
+        env.setdefault("MLFLOW_ARTIFACTS_DESTINATION", str(root))
     return [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port)], env
+
+
+class EmptyStoreError(StoreError):
+    """A local store that does not exist or holds no run: ``medxfer ui`` would show (and create) an empty one."""
+
+
+def describe_store(uri: str | None = None) -> str:
+    """The store ``uri`` (default :func:`resolve_tracking_uri`) as printed for the user: credentials
+    removed, and where it comes from — ``$MLFLOW_TRACKING_URI`` or the default under ``$MEDXFER_HOME``."""
+    uri = uri or resolve_tracking_uri()
+    if os.environ.get("MLFLOW_TRACKING_URI") and uri == resolve_tracking_uri():
+        origin = "from MLFLOW_TRACKING_URI"
+    elif uri == default_tracking_uri():
+        origin = f"the default store in MEDXFER_HOME={medxfer_home()}"
+    else:
+        origin = ""
+    return redact_credentials(uri) + (f" ({origin})" if origin else "")
+
+
+def _store_problem(uri: str) -> str | None:
+    """Why the local store ``uri`` has nothing to show (None when it holds a run, or cannot be told
+    without connecting: a database server, a tracking server)."""
+    db = sqlite_path(uri)
+    if db is not None:
+        if not db.is_file():
+            return "does not exist"
+        try:  # read-only: looking must neither create nor migrate anything
+            with closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as con:
+                has_run = con.execute("SELECT 1 FROM runs LIMIT 1").fetchone() is not None
+        except sqlite3.Error:
+            return "is not an MLflow database"
+        return None if has_run else "holds no run"
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    if scheme in ("", "file"):  # an MLflow file store: <root>/<experiment id>/<run id>/meta.yaml
+        root = Path(uri.split("://", 1)[1] if scheme else uri).expanduser()
+        if not root.is_dir():
+            return "does not exist"
+        runs = (p for p in root.glob("*/*/meta.yaml") if p.parts[-3] != ".trash")
+        return None if next(runs, None) is not None else "holds no run"
+    return None
+
+
+def check_store_has_runs(uri: str | None = None) -> str:
+    """``uri`` (default :func:`resolve_tracking_uri`) when it holds at least one run, else
+    :class:`EmptyStoreError` naming the store looked at and how to point at another one. Creates
+    nothing; a database or tracking server is not checked (that would connect to it)."""
+    uri = uri or resolve_tracking_uri()
+    problem = _store_problem(uri)
+    if problem is None:
+        return uri
+    raise EmptyStoreError(
+        f"the MLflow store {describe_store(uri)} {problem}: nothing to show. Runs of `medxfer train`, "
+        "`medxfer study run` and `python -m monai.bundle run` go there; to open a store elsewhere, name it: "
+        "MLFLOW_TRACKING_URI=sqlite:////path/to/mlflow.db medxfer ui (or MEDXFER_HOME=/path/to/home medxfer ui)")
+
+
+def open_runs_command(uri: str | None = None) -> str:
+    """The shell command that opens the runs of store ``uri`` (default :func:`resolve_tracking_uri`) from
+    any folder: ``MLFLOW_TRACKING_URI=<uri> medxfer ui``; for a tracking server, its address. A URI with
+    credentials is not spelled out (``medxfer ui`` with ``MLFLOW_TRACKING_URI`` set as now)."""
+    uri = uri or resolve_tracking_uri()
+    shown = redact_credentials(uri)
+    if uri.split("://", 1)[0].lower() in ("http", "https"):
+        return f"open {shown} (the tracking server's own UI)"
+    if shown != uri:
+        return "medxfer ui   (with MLFLOW_TRACKING_URI set as now)"
+    return f"MLFLOW_TRACKING_URI={shlex.quote(uri)} medxfer ui"

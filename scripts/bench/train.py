@@ -8,7 +8,7 @@
 Rows (images/s over the timed epochs; the first epoch of each is a warm-up and not timed):
   baseline   bare loop: the same network, optimizer, loss and batch size on tensors already
              decoded, preprocessed and stacked in memory (no data loader, no augmentation)
-  bundle     `bundles/classification` through MONAI's ConfigWorkflow: CacheDataset, DataLoader,
+  bundle     `medxfer/bundles/classification` through MONAI's ConfigWorkflow: CacheDataset, DataLoader,
              augmentation, SupervisedTrainer, MLflow logging (validation time excluded)
 Target (issue 4): bundle / baseline >= 0.9 on CPU.
 """
@@ -29,7 +29,7 @@ def overrides(args, manifest: Path) -> dict:
                 epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size, in_channels=1,
                 augment=not args.no_augment, num_workers=args.workers, seed=0,
                 device=f"$torch.device('{args.device}')", amp=False, experiment="medxfer/bench",
-                bundle_root=str(Path(__file__).resolve().parents[2] / "bundles" / "classification"))
+                bundle_root=str(Path(__file__).resolve().parents[2] / "medxfer" / "bundles" / "classification"))
 
 
 def bundle_throughput(args, manifest: Path) -> tuple[float, int]:
@@ -37,7 +37,7 @@ def bundle_throughput(args, manifest: Path) -> tuple[float, int]:
     from ignite.engine import Events
     from monai.bundle import ConfigWorkflow
 
-    root = Path(__file__).resolve().parents[2] / "bundles" / "classification" / "configs"
+    root = Path(__file__).resolve().parents[2] / "medxfer" / "bundles" / "classification" / "configs"
     wf = ConfigWorkflow(config_file=str(root / "train.json"), meta_file=str(root / "metadata.json"),
                         logging_file=False, workflow_type="train", **overrides(args, manifest))
     wf.initialize()

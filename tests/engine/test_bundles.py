@@ -113,12 +113,24 @@ def test_tracking_is_the_bundles_setting_not_a_file_monai_loads(dental_cohort, m
     settings = tmp_path / "settings.json"
     settings.write_text(json.dumps({"handlers_id": {"trainer": {"id": "network_def", "handlers": "network_def#x"}},
                                     "configs": {"trainer": _touch(marker)}}))
-    with pytest.raises(Exception) as caught:  # the encoder name stops the run before it trains
-        train_bundle("classification", manifest=str(dental_cohort.manifest), label="supernumerary",
-                     encoder="resnet81", modalities=["PX"], tracking=str(settings), output_dir=str(tmp_path / "out"))
+    with pytest.raises(Exception) as caught:  # the label column stops the run in initialize, before it trains
+        train_bundle("classification", manifest=str(dental_cohort.manifest), label="no_such_column",
+                     encoder="resnet18", modalities=["PX"], tracking=str(settings), output_dir=str(tmp_path / "out"))
     assert not marker.exists()
-    # the one-line reason is medxfer's message, not the KeyError it replaced (`raise … from None`)
-    assert error_summary(caught.value).startswith("ValueError: unknown encoder 'resnet81'; known: resnet18, ")
+    assert "no_such_column" in error_summary(caught.value)
+
+
+def test_an_unknown_encoder_is_refused_before_monai_parses_the_bundle(dental_cohort, tmp_path, monkeypatch):
+    """Before any config is parsed or cohort read: medxfer's one line with the known encoders and the closest
+    one, not MONAI's wrapped KeyError / ValueError."""
+    import monai.bundle
+
+    monkeypatch.setattr(monai.bundle, "ConfigWorkflow", None)  # reached: a TypeError, not the encoder's error
+    with pytest.raises(BundleError) as caught:
+        train_bundle("classification", manifest=str(dental_cohort.manifest), label="supernumerary",
+                     encoder="resnet81", output_dir=str(tmp_path / "out"))
+    assert error_summary(caught.value).startswith("unknown encoder 'resnet81'; known: resnet18, resnet34, ")
+    assert error_summary(caught.value).endswith("; did you mean 'resnet18'?")
 
 
 def test_root_cause_follows_causes_but_not_a_suppressed_context():

@@ -158,7 +158,35 @@ def test_manifest_items_says_what_the_modality_filter_left_out(dental_cohort):
     a missing 2D item (the folder has 32 of them)."""
     with pytest.raises(CohortError) as err:
         manifest_items(dental_cohort.manifest, ["MG"])
-    assert "MG" in str(err.value)
+    with open(dental_cohort.manifest, newline="") as f:
+        modalities = [r["modality"] for r in csv.DictReader(f)]
+    found = ", ".join(f"{modalities.count(m)} {m}" for m in sorted(set(modalities)))
+    assert str(err.value) == (f"{dental_cohort.manifest}: no 2D item of modality MG to predict: the run's modality "
+                              f"filter (the modalities it was trained on) left out {found} items")
+
+
+def test_predict_cli_names_the_filter_that_left_every_item_out(trained, tmp_path):
+    """``medxfer predict`` of a PX run on a folder of cephalograms (DX) only: one line naming the modality
+    filter, the run's modality and what it left out, not a bare ``no 2D item to predict``."""
+    from click.testing import CliRunner
+
+    from medxfer.cli import main
+
+    with open(trained.manifest, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = [r for r in reader if r["modality"] == "DX"]
+        fields = reader.fieldnames
+    folder = tmp_path / "ceph"
+    folder.mkdir()
+    with open(folder / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    result = CliRunner().invoke(main, ["predict", trained.run_id, str(folder)])
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line == (f"medxfer: error: {folder / 'manifest.csv'}: no 2D item of modality PX to predict: the run's "
+                    f"modality filter (the modalities it was trained on) left out {len(rows)} DX items")
 
 
 def test_predict_writes_the_runs_predictions_for_a_new_folder(trained, tmp_path):

@@ -63,7 +63,7 @@ def _error(raw: dict) -> str:
      r"or use one of resnet18, "),
     ({"grid": {"encoder": ["unet_3d"]}},
      r"^grid.encoder\[0\]: encoder 'unet_3d' is a plain 3D segmentation network \(a scratch baseline of the "
-     r"segmentation bundle\); a classification study needs a registry encoder: resnet18, "),
+     r"segmentation bundle\); classification needs a registry encoder: resnet18, "),
     ({"train": {"epochs": 0}}, r"^train.epochs: 0 is not a whole number >= 1"),
     ({"train": {"epochs": 2.5}}, r"^train.epochs: 2.5 is not a whole number >= 1"),
     ({"train": {"batch_size": -4}}, r"^train.batch_size: -4 is not a whole number >= 1"),
@@ -118,23 +118,55 @@ def _import(name: str, arch: str, tmp_path: Path) -> None:
     import_weights(path, name=name, arch=arch, fmt="medxfer")
 
 
-def test_imported_names_missing_from_the_registry_are_a_warning_up_front(manifest, tmp_path, monkeypatch, caplog):
-    """Weights may exist for some encoders only (RadImageNet has no ResNet18): those cells fail with
-    the reason and the others run, as before, but the plan says so before anything starts."""
+def test_every_cell_needs_its_weights_imported_for_its_encoder_before_anything_runs(manifest, tmp_path,
+                                                                                     monkeypatch, caplog):
+    """Weights may exist for some encoders only (RadImageNet has no ResNet18): the cells that would fail
+    hours in are one error listing every missing (encoder, weights) pair and the import command, at --dry-run
+    and at the start of study run, before a parent run exists; the grid runs once those cells are left out."""
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MEDXFER_HOME", str(tmp_path / "home"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    _import("imagenet", "mobilenet_v1_025", tmp_path)
+    grid = {"encoder": ["mobilenet_v1_025", "resnet18", "densenet121"], "weights": ["scratch", "imagenet"]}
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(spec_dict(manifest, grid=grid)))
+    missing = ("weights not imported: 'imagenet' for resnet18, densenet121 (imported for mobilenet_v1_025 only); "
+               "import each before the study runs (medxfer weights import FILE --name imagenet --arch resnet18), or "
+               "leave those cells out of the grid (exclude)")
+    # the dry run plans (a grid is designed before its weights are imported) and lists what is missing
+    with caplog.at_level(logging.WARNING, logger="medxfer.study.spec"):  # the CLI prints warnings on stderr
+        planned = CliRunner().invoke(main, ["study", "run", str(spec), "--dry-run"])
+    assert planned.exit_code == 0 and missing in caplog.text
+    # the run refuses to start: one line, nothing created in the store
+    result = CliRunner().invoke(main, ["study", "run", str(spec)])
+    assert result.exit_code != 0
+    (line,) = [ln for ln in result.stderr.strip().splitlines() if ln.startswith("medxfer: error")]
+    assert line.endswith(missing)
+    assert mlflow.MlflowClient(uri).get_experiment_by_name("medxfer/checked") is None
+    # a typo imported for no encoder at all is listed with the closest imported name
+    assert parse_spec(spec_dict(manifest, grid={**grid, "weights": ["imagnet"]})).unimported_weights.startswith(
+        "weights not imported: 'imagnet' for mobilenet_v1_025, resnet18, densenet121 (imported for no encoder; "
+        "did you mean 'imagenet'?); import each")
+    # only the cells that run count: excluded ones need nothing
+    exclude = [{"encoder": "resnet18", "weights": "imagenet"}, {"encoder": "densenet121", "weights": "imagenet"}]
+    parsed = parse_spec(spec_dict(manifest, grid=grid, exclude=exclude))
+    assert parsed.unimported_weights == ""
+    assert {(c["encoder"], c["weights"]) for c in parsed.sparse_grid().kept} == {
+        ("mobilenet_v1_025", "scratch"), ("resnet18", "scratch"), ("densenet121", "scratch"),
+        ("mobilenet_v1_025", "imagenet")}
+
+
+def test_a_pretraining_stage_needs_its_start_imported_for_the_encoders_it_trains(manifest, source_manifest, tmp_path,
+                                                                                monkeypatch):
     monkeypatch.setenv("MEDXFER_HOME", str(tmp_path / "home"))
     _import("imagenet", "mobilenet_v1_025", tmp_path)
-    grid = {"encoder": ["mobilenet_v1_025", "resnet18"], "weights": ["scratch", "imagenet"]}
-    with caplog.at_level(logging.WARNING, logger="medxfer.study.spec"):
-        parse_spec(spec_dict(manifest, grid=grid))
-    assert [r.getMessage() for r in caplog.records] == [
-        "weights 'imagenet' are not imported for resnet18: those runs will fail; import them first "
-        "(medxfer weights import) or leave them out of the grid"]
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="medxfer.study.spec"):
-        parse_spec(spec_dict(manifest, grid={**grid, "weights": ["imagnet"]}))
-    assert caplog.records[0].getMessage().endswith(
-        "not imported for mobilenet_v1_025, resnet18: those runs will fail; import them first (medxfer weights "
-        "import) or leave them out of the grid; did you mean 'imagenet'?")
+    stage = {"name": "organs", "from": "imagenet", "data": {"manifest": str(source_manifest), "label": "organ"}}
+    grid = {"encoder": ["mobilenet_v1_025", "resnet18"], "weights": ["scratch", "organs"]}
+    assert parse_spec(spec_dict(manifest, grid=grid, pretrain=[stage])).unimported_weights.startswith(
+        "weights not imported: 'imagenet' for resnet18 (imported for mobilenet_v1_025 only)")
 
 
 def test_a_key_repeated_in_the_yaml_is_an_error(manifest, tmp_path):

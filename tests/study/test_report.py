@@ -288,7 +288,9 @@ def test_markdown_and_html_content(study):
     page = (tmp / paths["report.html"]).read_text()
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.I)
     assert "http://" not in page and "https://" not in page and "<script" not in page.lower()
-    assert page.count('<img class="figure"') == 3 and page.count('src="data:image/png;base64,') == 3
+    # bars, ΔAUC forest plot, encoder × weights heatmap (2 encoders × 2 weights), ROC × 2, calibration
+    assert page.count('<img class="figure"') == 6 and page.count('src="data:image/png;base64,') == 6
+    assert 'alt="Calibration plot: fraction of class 1 against the mean predicted probability' in page
     assert '<table id="cells">' in page and '<table id="comparisons">' in page
     assert page.count("<tr data-cell=") == 4
     for text in (page, md, (tmp / paths["results.csv"]).read_text(), (tmp / paths["comparisons.csv"]).read_text()):
@@ -327,18 +329,20 @@ def test_unknown_or_unfinished_study_errors(study):
 
 
 def _assert_reads_scale_with_runs(calls: dict, parent: str, n_runs: int, ignored: set[str] = frozenset()) -> None:
-    """A report reads each artifact it needs once: per chosen child run its test rows (and one try at
-    localization.csv), on the parent grid.json, similarity.json and spec.yaml (its compare); nothing of
-    ignored runs; and it finds the runs with one search per role (one page each), however many runs there are."""
+    """A report reads each artifact it needs once: per chosen child run its test rows and metrics.json (its
+    validation operating point; and one try at localization.csv), on the parent grid.json, similarity.json and
+    spec.yaml (its compare), one bundle config (the optimiser); nothing of ignored runs; and it finds the runs with
+    one search per role (study, cell, pretrain; one page each), however many runs there are."""
     downloads = calls["downloads"]
     assert len(downloads) == len(set(downloads)), Counter(downloads).most_common(3)  # nothing read twice
     per_artifact = Counter(path for _, path in downloads)
     assert per_artifact["predictions.csv"] == n_runs and per_artifact["localization.csv"] == n_runs
+    assert per_artifact["metrics.json"] == n_runs and per_artifact["bundle_configs/train.json"] == 1
     assert per_artifact["grid.json"] == per_artifact["similarity.json"] == per_artifact["spec.yaml"] == 1
-    assert len(downloads) == 2 * n_runs + 3
+    assert len(downloads) == 3 * n_runs + 4
     assert {run for run, path in downloads if path in ("grid.json", "similarity.json", "spec.yaml")} == {parent}
     assert not {run for run, _ in downloads} & ignored
-    assert calls["searches"] == 2
+    assert calls["searches"] == 3
 
 
 def test_report_reads_each_artifact_once(study):
@@ -463,7 +467,7 @@ def test_report_renders_in_headless_chromium(study, tmp_path):
     for cell in study["cls"]:
         assert f'data-cell="{cell}"' in cells.group(1)
     assert '<table id="comparisons">' in dom
-    assert len(re.findall(r'<img class="figure"', dom)) == 3
+    assert len(re.findall(r'<img class="figure"', dom)) == 6
 
     # the images decode: a test-only copy with a probe script records each image's natural size
     probe = tmp_path / "probe.html"
@@ -476,14 +480,14 @@ def test_report_renders_in_headless_chromium(study, tmp_path):
     decoded = re.search(r'data-decoded="([^"]*)"', out.stdout)
     assert decoded, out.stdout[:500]
     sizes = decoded.group(1).split()
-    assert len(sizes) == 3
+    assert len(sizes) == 6
     for s in sizes:
         w, h = map(int, s.split("x"))
         assert w > 200 and h > 200
 
     # and they are drawn: the screenshot has coloured (non-gray) pixels, which only the figures have
-    shot = tmp_path / "shot.png"
-    out = _chromium(html_path.as_uri(), tmp_path / "profile3", f"--screenshot={shot}", "--window-size=1200,2000",
+    shot = tmp_path / "shot.png"  # tall enough to reach the coloured figures below the growing tables
+    out = _chromium(html_path.as_uri(), tmp_path / "profile3", f"--screenshot={shot}", "--window-size=1200,4000",
                     "--run-all-compositor-stages-before-draw", "--virtual-time-budget=5000", "--hide-scrollbars")
     assert out.returncode == 0 and shot.is_file(), out.stderr[-2000:]
     img = np.asarray(Image.open(shot).convert("RGB")).astype(int)

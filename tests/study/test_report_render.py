@@ -83,7 +83,7 @@ def test_templates_ship_with_the_package():
 def test_html_and_markdown_follow_the_same_sections(with_loc, similarity):
     s = _summary(with_loc, similarity)
     sections = report_sections(s, _figures())
-    expected = ["Methods", "Cells", "Comparisons",
+    expected = ["Methods", "Methods (paste-ready)", "Cohort", "Cells", "Comparisons",
                 *(["Lesion localization (Grad-CAM)", "Localization comparisons"] if with_loc else []),
                 *(["Dataset similarity and transfer", "Spearman correlation with the transfer score"]
                   if similarity else []),
@@ -145,7 +145,7 @@ def test_html_escapes_every_value_and_markdown_its_table_cells(tmp_path):
     assert re.search(r'<tr data-cell="classification/' + re.escape(escaped) + '/imagenet">', page)  # attributes
     assert "&quot;Cats, not CAT scans&quot;" in page  # prose is escaped too
     # markup of the template itself is not escaped
-    assert page.count("<table id=") == 6 and "&lt;table" not in page and "<br>" in page
+    assert page.count("<table id=") == 7 and "&lt;table" not in page and "<br>" in page  # 6 + the cohort
     # Markdown: pipes and backslashes escaped in the title, list items and table cells; no HTML escaping
     assert md.startswith('# Study report: <script>alert("x")</script> & \'q\' \\| pipe\n')
     assert '- note: <script>alert("x")</script> & \'q\' \\| pipe\n' in md

@@ -106,7 +106,10 @@ def test_study_shards_resume_feature_cache_and_report(dental_cohort, mlflow_stor
     child = children(spec)[0]
     assert child.data.tags["mlflow.parentRunId"] == again.parent_run_id
     assert child.data.params["feature_cache"] == "True" and child.data.params["augment"] == "False"
-    assert child.info.run_name == f"{child.data.tags['cell']}/fold{child.data.tags['fold']}/seed0"
+    # short run name: the grid values that differ (weights, lr), then the fold; the full name is tag `cell`
+    tags = child.data.tags
+    assert child.info.run_name == f"{tags['weights']}/lr{float(tags['lr']):g}/fold{tags['fold']}"
+    assert tags["cell"] == f"classification/resnet18/{tags['weights']}/all/lr{float(tags['lr']):g}"
 
     report = runner.invoke(main, ["study", "report", "s", "--out", str(tmp_path / "report")])
     assert report.exit_code == 0, report.output
@@ -158,7 +161,8 @@ def test_killed_run_is_marked_failed_and_rerun(dental_cohort, mlflow_store, tmp_
     orphan = next(r for r in children(spec) if r.info.status == "RUNNING")  # kill -9 cannot close its run
 
     outcome = run_study(spec)
-    assert orphan.info.run_name in outcome.reset and not outcome.failed and outcome.complete
+    orphan_name = f"{orphan.data.tags['cell']}/fold{orphan.data.tags['fold']}/seed{orphan.data.tags['seed']}"
+    assert orphan_name in outcome.reset and not outcome.failed and outcome.complete
     runs = children(spec)
     statuses = {r.info.run_id: r.info.status for r in runs}
     assert statuses[orphan.info.run_id] == "FAILED"
@@ -167,13 +171,17 @@ def test_killed_run_is_marked_failed_and_rerun(dental_cohort, mlflow_store, tmp_
 
 
 def test_a_failing_cell_is_reported_and_the_rest_completes(dental_cohort, mlflow_store, tmp_path):
+    """A cell that fails when it runs (here a weights file that is not a weights file: the plan can only see that
+    it is readable) is reported, and the other cells complete."""
+    junk = tmp_path / "not-weights.pt"
+    junk.write_bytes(b"this is not a state dict")
     spec_file = write_spec(tmp_path / "study.yaml", dental_cohort.manifest,
-                           {"encoder": ["resnet18"], "weights": ["scratch", "nosuch"], "freeze": ["all"]},
+                           {"encoder": ["resnet18"], "weights": ["scratch", f"file:{junk}"], "freeze": ["all"]},
                            name="partial", data={"folds": [0]})
     result = CliRunner().invoke(main, ["study", "run", str(spec_file)])
     assert result.exit_code == 1
     assert "1 ran" in result.output and "1 failed" in result.output
-    assert "unknown weights source 'nosuch'" in result.output
+    assert "not-weights.pt" in result.output
     spec = load_spec(spec_file)
     assert len(finished_by_hash(spec)) == 1
     dry = CliRunner().invoke(main, ["study", "run", str(spec_file), "--dry-run"])

@@ -54,7 +54,9 @@ def test_a_3d_study_runs_a_3d_stage_and_reports_per_class_dice(store, tmp_path):
 
     client = mlflow.MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("medxfer/organs3d").experiment_id])
-    by_name = {r.info.run_name: r for r in runs}
+    # cell runs by their full name (tag `cell` + fold and seed; their MLflow run name is the short one)
+    by_name = {f"{r.data.tags['cell']}/fold{r.data.tags['fold']}/seed{r.data.tags['seed']}" if "cell" in r.data.tags
+               else r.info.run_name: r for r in runs}
     stage = by_name["pretrain/sizes/resnet10_3d"]
     target = by_name["segmentation/resnet10_3d/sizes/none/lr0.001/fold0/seed0"]
     assert target.data.params["weights"] == f"run:{stage.info.run_id}"  # the stage's checkpoint, same encoder

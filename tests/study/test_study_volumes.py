@@ -109,7 +109,9 @@ def test_a_volume_study_reports_per_volume_auc_cis_and_delong(volume_cohort, mlf
         params = run.data.params
         assert (params["input"], params["slices"], params["aggregate"]) == ("2.5d", "range:0.25-0.75", "mean")
         assert params["data.results_per"].startswith("item")
-        rows = _predictions(Path("runs") / "vols" / run.info.run_name.replace("/", "_") / "predictions.csv")
+        tags = run.data.tags  # the run folder is named by the full name: cell, fold, seed
+        folder = f"{tags['cell']}/fold{tags['fold']}/seed{tags['seed']}".replace("/", "_")
+        rows = _predictions(Path("runs") / "vols" / folder / "predictions.csv")
         assert len(rows) == int(params["data.n_test"]) == len({r["item_id"] for r in rows})
         assert int(params["data.n_test_samples"]) == SLICES_KEPT * len(rows)  # slices went in, volumes came out
         tested.setdefault(run.data.tags["cell"], []).extend(rows)
@@ -150,7 +152,7 @@ def test_a_volume_study_reports_per_volume_auc_cis_and_delong(volume_cohort, mlf
     assert "aggregate mean (an item's probability is the mean of its samples' probabilities)" in md
     assert f"{SLICES_KEPT:.1f} samples per tested item on average" in md
 
-    outputs = [tmp_path / p for p in ("report", "runs", "mlruns", "mlflow.db")] + [cache]
+    outputs = [tmp_path / p for p in ("report", "runs", "mlruns", "artifacts", "mlflow.db")] + [cache]
     leaks = [hit for root in outputs if root.exists()
              for hit in find_identifiers(root, NAMES + ["Quigley", "Zebediah"], (".png",))]
     assert leaks == [], leaks

@@ -10,8 +10,8 @@ import mlflow
 import pytest
 
 from medxfer.core import MedxferError
-from medxfer.tracking import (DEFAULT_TRACKING_URI, RunNotFound, client, download_run_artifact, experiment_id,
-                              get_run, search_all_runs, tracking_uri)
+from medxfer.tracking import (RunNotFound, client, download_run_artifact, experiment_id, get_run, search_all_runs,
+                              tracking_uri)
 
 MISSING = "0" * 32
 
@@ -36,17 +36,20 @@ def test_tracking_uri_follows_the_environment(store, tmp_path):
     assert not (tmp_path / "mlruns").exists()
 
 
-def test_the_default_store_lives_under_mlruns(tmp_path, monkeypatch, migrated_mlflow_db):
-    """Without $MLFLOW_TRACKING_URI: ``sqlite:///mlruns/mlflow.db`` in the working folder, artifacts in
-    ``mlruns/artifacts``."""
+def test_the_default_store_lives_under_medxfer_home(tmp_path, monkeypatch, migrated_mlflow_db):
+    """Without $MLFLOW_TRACKING_URI: ``$MEDXFER_HOME/mlruns/mlflow.db`` as an absolute URI, artifacts in
+    ``$MEDXFER_HOME/mlruns/artifacts``; nothing in the working folder."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.chdir(tmp_path)
-    assert tracking_uri() == DEFAULT_TRACKING_URI
-    assert (tmp_path / "mlruns").is_dir()
-    shutil.copyfile(migrated_mlflow_db, tmp_path / "mlruns" / "mlflow.db")
+    monkeypatch.setenv("MEDXFER_HOME", str(tmp_path / "home"))
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    assert tracking_uri() == f"sqlite:////{str(tmp_path).lstrip('/')}/home/mlruns/mlflow.db"
+    assert (tmp_path / "home" / "mlruns").is_dir()
+    shutil.copyfile(migrated_mlflow_db, tmp_path / "home" / "mlruns" / "mlflow.db")
     c = client()
     exp = c.get_experiment(experiment_id(c, "medxfer/train"))
-    assert exp.artifact_location == (tmp_path / "mlruns" / "artifacts").as_uri()
+    assert exp.artifact_location == (tmp_path / "home" / "mlruns" / "artifacts").as_uri()
+    assert list((tmp_path / "work").iterdir()) == []
 
 
 def test_get_run_finds_a_run_and_names_an_unknown_one(store, tmp_path):

@@ -58,7 +58,7 @@ def test_the_store_password_is_neither_in_argv_nor_printed(monkeypatch, tmp_path
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.3.2.1", "localhost", "::1", "[::1]"])
-def test_loopback_hosts_need_no_flag_and_get_no_warning(mlflow_store, exec_calls, host):
+def test_loopback_hosts_need_no_flag_and_get_no_warning(store_with_a_run, exec_calls, host):
     result = _ui("--host", host)
     assert result.exit_code == 0, result.output
     assert "warning" not in result.stderr.lower()
@@ -74,7 +74,7 @@ def test_binding_beyond_loopback_is_refused_without_expose(mlflow_store, exec_ca
     assert "--expose" in lines[0] and "no authentication" in lines[0]
 
 
-def test_expose_binds_with_a_warning_about_authentication(mlflow_store, exec_calls):
+def test_expose_binds_with_a_warning_about_authentication(store_with_a_run, exec_calls):
     result = _ui("--host", "0.0.0.0", "--expose", "--port", "5123")
     assert result.exit_code == 0, result.output
     assert "warning" in result.stderr and "no authentication" in result.stderr and "reverse proxy" in result.stderr

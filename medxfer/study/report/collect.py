@@ -25,12 +25,12 @@ import yaml
 
 from ...tracking import client as mlflow_client
 from ...tracking import search_all_runs
-from ...tracking.layout import (GRID_ARTIFACT, LOCALIZATION_ARTIFACT, PARAM_WEIGHTS_SHA256, ROLE_CELL, ROLE_STUDY,
-                                SIMILARITY_ARTIFACT, SPEC_ARTIFACT, TAG_CELL, TAG_CONFIG_HASH, TAG_FOLD,
-                                TAG_GRID_KEYS, TAG_ROLE, TAG_RUN_NAME, TAG_SEED, TAG_TASK, TASK_ARTIFACTS,
-                                study_experiment)
-from .model import (CLASS_DICE_PREFIX, METRICS, SAMPLING_PARAMS, ChildRun, Localization, PooledSpec, ReportError,
-                    StudyRuns)
+from ...tracking.layout import (BUNDLE_CONFIGS_DIR, GRID_ARTIFACT, LOCALIZATION_ARTIFACT, METRICS_ARTIFACT,
+                                PARAM_WEIGHTS_SHA256, ROLE_CELL, ROLE_PRETRAIN, ROLE_STUDY, SIMILARITY_ARTIFACT,
+                                SPEC_ARTIFACT, TAG_CELL, TAG_CHAIN, TAG_CONFIG_HASH, TAG_FOLD, TAG_GRID_KEYS, TAG_ROLE,
+                                TAG_RUN_NAME, TAG_SEED, TAG_STAGE, TAG_TASK, TASK_ARTIFACTS, study_experiment)
+from .model import (CLASS_DICE_PREFIX, METRICS, SAMPLING_PARAMS, ChildRun, Localization, PooledSpec, PretrainRun,
+                    ReportError, StudyRuns)
 
 DEFAULT_GRID_KEYS = ("encoder", "weights", "freeze", "lr")  # runs without a grid-keys tag: these, where tagged
 
@@ -216,13 +216,7 @@ def collect_study(name: str) -> StudyRuns:
                          "another cohort) are not part of the current grid and left out")
     finished = [r for r in children if r.info.status == "FINISHED"]
     n_not_finished = len(children) - len(finished)
-    latest: dict[str, Any] = {}
-    for r in finished:
-        key = r.data.tags.get(TAG_CONFIG_HASH) or r.info.run_id
-        rank = (r.info.end_time or 0, r.info.start_time or 0, r.info.run_id)
-        if key not in latest or rank > latest[key][0]:
-            latest[key] = (rank, r)
-    chosen = [v[1] for v in latest.values()]
+    chosen = _latest(finished)
     n_superseded = len(finished) - len(chosen)
     if not chosen:
         raise ReportError(f"study {name!r}: experiment '{experiment_name}' holds no finished run "
@@ -254,7 +248,65 @@ def collect_study(name: str) -> StudyRuns:
     compare = _read_compare(client, parent_id, grid_keys, notes)
     return StudyRuns(name=name, experiment_id=exp_id, parent_run_id=parent_id, grid_keys=grid_keys, runs=runs,
                      n_not_finished=n_not_finished, n_superseded=n_superseded, notes=notes, similarity=similarity,
-                     compare=compare)
+                     compare=compare, pretrain=_read_pretrain(client, exp_id),
+                     optimizer=_read_optimizer(client, runs))
+
+
+def _latest(runs: list) -> list:
+    """Of FINISHED runs sharing a config hash, the latest (end time)."""
+    latest: dict[str, Any] = {}
+    for r in runs:
+        if r.info.status != "FINISHED":
+            continue
+        key = r.data.tags.get(TAG_CONFIG_HASH) or r.info.run_id
+        rank = (r.info.end_time or 0, r.info.start_time or 0, r.info.run_id)
+        if key not in latest or rank > latest[key][0]:
+            latest[key] = (rank, r)
+    return [v[1] for v in latest.values()]
+
+
+def _read_pretrain(client, exp_id: str) -> list[PretrainRun]:
+    """The study's finished pretraining stage runs (latest per configuration), by stage and encoder."""
+    out = []
+    for r in _latest(search_all_runs(client, exp_id, _role_query(ROLE_PRETRAIN))):
+        tags, params = r.data.tags, r.data.params
+        n_test = params.get("data.n_test", "")
+        out.append(PretrainRun(stage=tags.get(TAG_STAGE, ""), chain=tags.get(TAG_CHAIN, ""),
+                               encoder=tags.get("encoder", params.get("encoder", "")),
+                               start=params.get("weights", ""),
+                               test_auc=float(r.data.metrics.get(METRICS["classification"], math.nan)),
+                               n_test=int(n_test) if n_test.isdigit() else None, epochs=params.get("epochs", "")))
+    return sorted(out, key=lambda p: (p.chain, p.stage, p.encoder))
+
+
+def _read_optimizer(client, runs: list[ChildRun]) -> str:
+    """The optimiser class (``torch.optim.AdamW``) of the bundle config the first run logged; "" when unknown."""
+    if not runs:
+        return ""
+    with tempfile.TemporaryDirectory(prefix="medxfer-report-") as tmp:
+        try:
+            path = client.download_artifacts(runs[0].run_id, f"{BUNDLE_CONFIGS_DIR}/train.json", tmp)
+            target = json.loads(Path(path).read_text(encoding="utf-8"))["optimizer"]["_target_"]
+        except Exception:  # noqa: BLE001 - absent or another layout: the methods say it is not recorded
+            return ""
+    return str(target) if isinstance(target, str) else ""
+
+
+def read_metrics_json(run: ChildRun, path: Path) -> None:
+    """Fill the run's validation operating point and bundle settings from its metrics.json (a file that is not
+    valid JSON — the NaN literals of an earlier medxfer are accepted — leaves them unset)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(data, dict):
+        return
+    run.threshold_source = str(data.get("youden_threshold_source") or "")
+    found = data.get("youden_thresholds")
+    if isinstance(found, list) and found and all(isinstance(t, (int, float)) and math.isfinite(t) for t in found):
+        run.thresholds = [float(t) for t in found]
+    if isinstance(data.get("config"), dict):
+        run.config = data["config"]
 
 
 def _read_child(client, r, grid_keys: list[str], tmp: Path, notes: list[str]) -> ChildRun | None:
@@ -268,7 +320,8 @@ def _read_child(client, r, grid_keys: list[str], tmp: Path, notes: list[str]) ->
                    seed=tags.get(TAG_SEED, ""), metric=float(r.data.metrics.get(METRICS.get(task, ""), math.nan)),
                    item_id=np.array([], dtype=object), config_hash=tags.get(TAG_CONFIG_HASH, ""),
                    end_time=r.info.end_time or 0, weights_sha256=r.data.params.get(PARAM_WEIGHTS_SHA256, ""),
-                   sampling={k: r.data.params[k] for k in SAMPLING_PARAMS if k in r.data.params})
+                   sampling={k: r.data.params[k] for k in SAMPLING_PARAMS if k in r.data.params},
+                   params=dict(r.data.params))
     artifact = TASK_ARTIFACTS.get(task)
     if artifact is None:
         notes.append(f"run {name}: unknown task {task!r}, left out")
@@ -281,6 +334,11 @@ def _read_child(client, r, grid_keys: list[str], tmp: Path, notes: list[str]) ->
         notes.append(f"run {name}: finished without {artifact}, left out")
         return None
     read_test_rows(run, path)
+    if task == "classification":  # optional: without it the run has no validation operating point
+        try:
+            read_metrics_json(run, Path(client.download_artifacts(r.info.run_id, METRICS_ARTIFACT, str(dst))))
+        except Exception:  # noqa: BLE001 - absent
+            pass
     if task == "classification":  # optional: its absence keeps the run in the AUC part
         try:
             loc_path = Path(client.download_artifacts(r.info.run_id, LOCALIZATION_ARTIFACT, str(dst)))

@@ -40,6 +40,10 @@ CLASS_SUFFIXES = ("", "_ci_low", "_ci_high", "_mean", "_sd", "_cases")
 # results.csv columns of every study, after scratch_cell
 CELL_COLUMNS = ["transfer_score_fold_mean", "transfer_score_fold_sd", "transfer_folds", "transfer_flag", "flag",
                 "n_patients"]
+# classification studies: the validation operating point pooled over folds and seeds, and the Brier score
+CLINICAL_RATES = ("sensitivity", "specificity", "ppv", "npv")
+CLINICAL_COLUMNS = ["threshold_runs", "threshold_min", "threshold_max", "tp", "fp", "fn", "tn",
+                    *(f"{r}{x}" for r in CLINICAL_RATES for x in ("", "_ci_low", "_ci_high")), "brier"]
 FOLD_NOTE_COLUMNS = ["transfer_fold_note"]  # only when some cell's per-fold transfer score left folds out
 SKIPPED_COLUMNS = ["ci_n_resamples", "ci_n_skipped"]  # only when some cell's CI rests on fewer than all resamples
 
@@ -59,6 +63,15 @@ def _class_values(c: CellSummary, names: list[str]) -> list[str]:
     return values
 
 
+def _clinical_values(c: CellSummary) -> list[str]:
+    m = c.clinical
+    if m is None:
+        return [""] * (len(CLINICAL_COLUMNS) - 1) + [csv_num(c.brier)]
+    rates = [getattr(m, r) for r in CLINICAL_RATES]
+    return [str(m.n_runs), csv_num(m.threshold_min), csv_num(m.threshold_max), str(m.tp), str(m.fp), str(m.fn),
+            str(m.tn), *(csv_num(x) for r in rates for x in (r.value, r.low, r.high)), csv_num(c.brier)]
+
+
 def write_results_csv(s: StudySummary, path: str | os.PathLike) -> None:
     """One row per cell; the ``loc_*`` columns only when some cell has localization, the ``dice_<class>*``
     columns only when some cell has per-class Dice."""
@@ -66,12 +79,14 @@ def write_results_csv(s: StudySummary, path: str | os.PathLike) -> None:
     names = s.class_names
     fold_notes = any(c.transfer_fold_note for c in s.cells)
     skipped = any(c.ci_n_skipped for c in s.cells)
+    clinical = any(c.task == "classification" for c in s.cells)
     with atomic_writer(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["study", "cell", "task", *s.grid_keys, "n_runs", "folds", "seeds", "metric", "mean", "sd",
                     "pooled", "ci_low", "ci_high", "transfer_score", "pooled_kind", "n_cases", "scratch_cell",
                     *CELL_COLUMNS, *(FOLD_NOTE_COLUMNS if fold_notes else []), *(SKIPPED_COLUMNS if skipped else []),
-                    *(LOC_COLUMNS if has_loc else []), *class_columns(names)])
+                    *(LOC_COLUMNS if has_loc else []), *class_columns(names),
+                    *(CLINICAL_COLUMNS if clinical else [])])
         for c in s.cells:
             w.writerow([s.name, c.cell, c.task, *[c.grid.get(k, "") for k in s.grid_keys], c.n_runs,
                         ";".join(c.folds), ";".join(c.seeds), c.metric, csv_num(c.mean), csv_num(c.sd),
@@ -81,7 +96,9 @@ def write_results_csv(s: StudySummary, path: str | os.PathLike) -> None:
                         c.flag, "" if c.n_patients is None else c.n_patients,
                         *([c.transfer_fold_note] if fold_notes else []),
                         *([s.n_resamples, c.ci_n_skipped] if skipped else []),
-                        *(_loc_values(c.loc) if has_loc else []), *_class_values(c, names)])
+                        *(_loc_values(c.loc) if has_loc else []), *_class_values(c, names),
+                        *((_clinical_values(c) if c.task == "classification" else [""] * len(CLINICAL_COLUMNS))
+                          if clinical else [])])
 
 
 def pooled_group_label(g: PooledGroup) -> str:
@@ -125,3 +142,27 @@ def write_similarity_csvs(s: StudySummary, rows_path: str | os.PathLike, spearma
         w.writerow(["study", "task", "group", "measure", "n", "rho", "p", "p_method", "note"])
         for c in sim.correlations:
             w.writerow([s.name, c.task, c.group, c.measure, c.n, csv_num(c.rho), csv_num(c.p), c.method, c.note])
+
+
+def write_cohort_csv(s: StudySummary, path: str | os.PathLike) -> None:
+    """One row per task and test fold (and ``all``): items, patients (empty when unnamed) and items per class."""
+    k = max((c.n_classes or 0 for c in s.cohort), default=0)
+    with atomic_writer(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["study", "task", "fold", "n_patients", "n_items", *(f"n_class_{j}" for j in range(k))])
+        for c in s.cohort:
+            for fold in [*c.folds, c.overall]:
+                counts = [str(n) for n in fold.class_counts]
+                w.writerow([s.name, c.task, fold.fold, "" if fold.n_patients is None else fold.n_patients,
+                            fold.n_items, *counts, *([""] * (k - len(counts)))])
+
+
+def write_calibration_csv(s: StudySummary, path: str | os.PathLike) -> None:
+    """The reliability data of every binary cell: one row per non-empty bin of P(class 1)."""
+    with atomic_writer(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["study", "cell", *s.grid_keys, "mean_predicted", "fraction_positive", "n"])
+        for c in s.cells:
+            for mean, frac, n in c.calibration:
+                w.writerow([s.name, c.cell, *[c.grid.get(k, "") for k in s.grid_keys], csv_num(mean),
+                            csv_num(frac), n])

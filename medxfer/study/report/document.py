@@ -12,11 +12,19 @@ from typing import ClassVar
 
 @dataclass(frozen=True)
 class Figure:
-    """A rendered figure: its file stem (``figures/<stem>.png``), its alt text and the PNG bytes."""
+    """A rendered figure: its file stem (``figures/<stem>.png``), its alt text, the PNG bytes and the same figure as
+    vector files (SVG, PDF; empty when not rendered) written next to the PNG for a journal."""
 
     stem: str
     alt: str
     png: bytes = field(repr=False)
+    svg: bytes = field(default=b"", repr=False)
+    pdf: bytes = field(default=b"", repr=False)
+
+    @property
+    def vector_formats(self) -> tuple[str, ...]:
+        """The vector files this figure has, as file suffixes: ``("svg", "pdf")``."""
+        return tuple(fmt for fmt in ("svg", "pdf") if getattr(self, fmt))
 
     @property
     def base64(self) -> str:

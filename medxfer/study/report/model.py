@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
 import numpy as np
 
 from ...core.errors import MedxferError
 
 LEVEL = 0.95  # confidence level of every CI of the report
+Z_LEVEL = NormalDist().inv_cdf(0.5 + LEVEL / 2)  # two-sided normal quantile of LEVEL (1.96)
 METRICS = {"classification": "test_auc", "segmentation": "test_dice"}  # each run's own test metric, per task
 SIM_MEASURES = (("frechet", "Fréchet distance"), ("mmd2", "MMD²"), ("intensity", "intensity distance"),
                 ("task2vec", "Task2Vec distance"))
@@ -70,6 +72,12 @@ class ChildRun:
     # names none); None when the run has no such column (written before medxfer recorded patients). An item
     # without a pseudonym is its own resampling unit
     patient: np.ndarray | None = None
+    # the operating point of each class (binary: class 1's) the run chose on its validation predictions (Youden's J),
+    # from its metrics.json; None when the run recorded none (no metrics.json, or a one-class validation set)
+    thresholds: list[float] | None = None
+    threshold_source: str = ""  # "validation" | "test" (metrics.json's youden_threshold_source); "" unknown
+    params: dict[str, str] = field(default_factory=dict, repr=False)  # every MLflow param of the run
+    config: dict = field(default_factory=dict, repr=False)  # metrics.json's "config" (the run's bundle settings)
 
     @property
     def volumetric(self) -> bool:
@@ -137,9 +145,77 @@ class StudyRuns:
     notes: list[str] = field(default_factory=list)
     similarity: dict | None = None  # the parent run's similarity.json, when it has a readable one
     compare: list[PooledSpec] = field(default_factory=list)  # the pooled comparisons of the parent's spec.yaml
+    pretrain: list[PretrainRun] = field(default_factory=list)  # finished pretraining stage runs of the study
+    optimizer: str = ""  # the optimiser class of the runs' bundle (its logged train.json), "" when unknown
+
+
+@dataclass
+class PretrainRun:
+    """A finished pretraining stage run of the study: the stage trained for one encoder, and its own
+    source-task result (test AUC on the stage's cohort)."""
+
+    stage: str
+    chain: str  # "imagenet → stageA → stageB"
+    encoder: str
+    start: str  # the weights the stage started from (its weights param)
+    test_auc: float
+    n_test: int | None  # test items of the stage's cohort
+    epochs: str = ""
 
 
 # ---- summarised
+@dataclass
+class FoldCount:
+    """The tested items of one test fold (or of all folds, ``fold`` "all"), from the pooled predictions."""
+
+    fold: str
+    n_items: int
+    n_patients: int | None  # distinct patient pseudonyms (None: the predictions name no patient)
+    class_counts: list[int] = field(default_factory=list)  # items per class index (classification; binary [neg, pos])
+
+
+@dataclass
+class CohortCounts:
+    """Who was tested in one task's runs: items, patients and classes per test fold and overall."""
+
+    task: str
+    n_classes: int | None  # None for segmentation
+    folds: list[FoldCount]
+    overall: FoldCount
+    patient_split: bool | None  # every patient's items in one test fold (None: no patient pseudonyms)
+    n_without_patient: int = 0  # items whose predictions name no patient
+
+
+@dataclass
+class Rate:
+    """A proportion ``num / den`` with its patient-clustered Wilson CI (nan when ``den`` is 0)."""
+
+    value: float
+    low: float
+    high: float
+    num: int
+    den: int
+
+
+@dataclass
+class ClinicalSummary:
+    """A binary cell at the operating points its runs chose on validation (each run's own Youden threshold),
+    pooled over folds and seeds: the confusion counts and sensitivity, specificity, PPV, NPV with CIs."""
+
+    n_runs: int  # runs with a validation threshold (the others are left out)
+    n_runs_without: int  # runs without one (no metrics.json, or the threshold chosen on test)
+    tp: int
+    fp: int
+    fn: int
+    tn: int
+    sensitivity: Rate
+    specificity: Rate
+    ppv: Rate
+    npv: Rate
+    threshold_min: float
+    threshold_max: float
+
+
 @dataclass
 class LocSummary:
     """A cell's Grad-CAM localization, pooled over its runs' scored cases (seeds averaged per case)."""
@@ -217,6 +293,15 @@ class CellSummary:
     # below chance in folds 0, 1)"; "" when every fold both cells have counts
     transfer_fold_note: str = ""
     ci_n_skipped: int = 0  # bootstrap resamples of the pooled CI left out for lacking a class (of the study's)
+    clinical: ClinicalSummary | None = None  # binary classification: metrics at the validation operating points
+    # confusion counts pooled over folds and seeds (an item once per seed), rows true class, columns predicted:
+    # binary at each run's validation threshold ([[TN, FP], [FN, TP]]), more classes by argmax; None: segmentation
+    confusion: list[list[int]] | None = None
+    confusion_rule: str = ""  # "validation Youden threshold" | "argmax"
+    brier: float = float("nan")  # mean over predictions of Σ_k (p_k − 1[y = k])² / (1 for 2 classes: (p − y)²)
+    # reliability of P(class 1) (binary): 10 equal-width bins of [0, 1], non-empty ones only, as
+    # (mean predicted probability, observed fraction of class 1, predictions in the bin); pooled over folds and seeds
+    calibration: list[tuple[float, float, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -240,6 +325,19 @@ class Comparison:
     # "Wilcoxon signed-rank" | "McNemar exact" | "n/a (…)"
     test: str
     n_skipped: int = 0  # resamples of a paired bootstrap test left out for lacking a class (of the study's)
+    # standard error of ``difference``: DeLong's (Obuchowski's when clustered by patient), or the SD of the paired
+    # bootstrap differences (multi-class); nan for the Dice and localization tests, which have none
+    se: float = float("nan")
+
+    @property
+    def ci_low(self) -> float:
+        """Lower bound of the Wald :data:`LEVEL` CI of ``difference`` (difference − z·se; nan without an SE)."""
+        return self.difference - Z_LEVEL * self.se
+
+    @property
+    def ci_high(self) -> float:
+        """Upper bound of the Wald :data:`LEVEL` CI of ``difference`` (difference + z·se; nan without an SE)."""
+        return self.difference + Z_LEVEL * self.se
 
 
 @dataclass
@@ -375,6 +473,13 @@ class StudySummary:
     pooled: list[PooledGroup] = field(default_factory=list)  # pooled comparisons, a Holm family of their own
     # classification runs whose predictions.csv has no patient column (written by an earlier medxfer)
     n_no_patient_column: int = 0
+    cohort: list[CohortCounts] = field(default_factory=list)  # per task: tested items, patients, classes per fold
+    pretrain: list[PretrainRun] = field(default_factory=list)  # the study's pretraining stage runs
+    # the runs' settings for the paste-ready methods: {name: value} where all runs agree, else "a, b (varies)"
+    settings: dict[str, str] = field(default_factory=dict)
+    preprocessing: dict[str, str] = field(default_factory=dict)  # weights source -> its input preprocessing
+    software: dict[str, str] = field(default_factory=dict)  # package -> version
+    software_source: str = ""  # "the runs' params" | "the environment that wrote this report (the runs logged none)"
 
     @property
     def loc_cells(self) -> list[CellSummary]:

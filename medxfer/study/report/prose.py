@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from .model import ItemSampling, NativeInput, PooledSpec, StudySummary, sim_measures
+from .model import CohortCounts, ItemSampling, NativeInput, PooledSpec, StudySummary, sim_measures
 
 INPUT_WORDS = {"2d": "one slice or frame per sample",
                "2.5d": "slice k with its neighbours k−1 and k+1 as the three channels, the end slice repeated at "
@@ -292,3 +292,142 @@ def similarity_methods(s: StudySummary) -> str:
         "(all n! orderings) for up to 9 sources and the t approximation above; not adjusted for multiplicity "
         "(exploratory, few sources). The hypothesis that a more similar source transfers better predicts a "
         "negative ρ. With fewer than 3 sources ρ is undefined (n < 3).")
+
+
+def clinical_methods(s: StudySummary) -> str:
+    """How the operating point is chosen and the clinical metrics, confusion counts, Brier score and reliability
+    data are computed."""
+    pct = int(s.level * 100)
+    return ("Operating point: each run chose its threshold on P(class 1) on its own validation fold, maximising "
+            "Youden's J (sensitivity + specificity − 1; recorded in the run's metrics.json), and applied it to its "
+            "test fold (a prediction at or above the threshold is positive). Per cell, TP, FP, FN and TN are summed "
+            "over all folds and seeds, each prediction at its own run's threshold (an item counts once per seed), "
+            f"and sensitivity, specificity, PPV and NPV are computed from these sums, with {pct} % Wilson score "
+            "intervals clustered by patient: the sample size is divided by the design effect (the patient-clustered "
+            "variance of the proportion, all items and seeds' predictions of a patient one cluster, over the "
+            "binomial variance; at least 1), and a proportion of 0 or 1 counts each patient once (an item without "
+            "a patient pseudonym is its own cluster). PPV and NPV depend "
+            "on the cohort's prevalence (see Cohort). Runs that recorded no validation threshold are left out, as "
+            "Runs and the notes say. The Brier score is the mean over the pooled predictions of (p − y)² for two "
+            "classes and of Σₖ (pₖ − 1[y = k])² for more; cells with more than two classes get their confusion "
+            "counts by the most probable class (argmax). The reliability (calibration) data bin the pooled "
+            "P(class 1) into 10 equal-width bins: mean predicted probability against the "
+            "observed fraction of class 1.")
+
+
+def _count_words(c: CohortCounts) -> str:
+    o = c.overall
+    who = f"{o.n_patients} patients with {o.n_items} items" if o.n_patients is not None else f"{o.n_items} items"
+    if c.n_classes == 2 and o.class_counts:
+        who += f" ({o.class_counts[1]} positive, {o.class_counts[0]} negative)"
+    elif c.n_classes and o.class_counts:
+        who += " (" + ", ".join(f"{n} of class {k}" for k, n in enumerate(o.class_counts)) + ")"
+    return who
+
+
+def _split_words(c: CohortCounts) -> str:
+    k = len(c.folds)
+    if c.patient_split is None:
+        unit = "by item (the predictions name no patients, so a patient-level split cannot be confirmed)"
+    elif c.patient_split:
+        unit = "at the patient level (no patient has items in two test folds)"
+    else:
+        unit = "by item (some patients have items in more than one test fold)"
+    return (f"{k}-fold cross-validation, split {unit}; each fold served once as the test set, the next fold "
+            "as the validation set (checkpoint choice and operating point) and the remaining folds for training")
+
+
+AUGMENT_WORDS = ("random affine transforms (rotation up to ±0.15 rad, scaling ±10 %, translation ±8 px; probability "
+                 "0.5) and gamma contrast changes (γ 0.8–1.25; probability 0.3), no flips")
+SETTING_WORDS = {"epochs": "{} epochs", "batch_size": "batch size {}", "image_size": "images resized to {0} × {0} px",
+                 "lr": "learning rate {}", "encoder_lr_scale": "encoder learning rate × {}",
+                 "weight_decay": "weight decay {}", "dropout": "dropout {} before the head",
+                 "class_weighting": "inverse-frequency class weights in the loss: {}", "freeze": "freezing {}"}
+
+
+def _grid_words(s: StudySummary) -> str:
+    values = {k: sorted({c.grid.get(k, "") for c in s.cells} - {""}) for k in s.grid_keys}
+    return "; ".join(f"{k} ∈ {{{', '.join(v)}}}" for k, v in values.items() if v)
+
+
+def _training_words(s: StudySummary) -> str:
+    st = s.settings
+    optimiser = st.get("optimizer", "").rsplit(".", 1)[-1] or "the bundle's optimiser (not recorded)"
+    parts = [SETTING_WORDS[k].format(st[k]) for k in SETTING_WORDS if k in st and k not in ("lr", "freeze")]
+    lr = f", learning rate {st['lr']}" if "lr" in st else ""
+    text = f"{optimiser} optimiser{lr}; " + ", ".join(parts) if parts else f"{optimiser} optimiser{lr}"
+    augment = st.get("augment", "")
+    if augment.lower() == "true":
+        text += f"; augmentation of the training images: {AUGMENT_WORDS}"
+    elif augment.lower() == "false":
+        text += "; no augmentation"
+    elif augment:
+        text += f"; augmentation {augment}"
+    return text
+
+
+def _pretrain_words(s: StudySummary) -> str:
+    if not s.pretrain:
+        return ""
+    stages = []
+    for p in s.pretrain:
+        auc = f"test AUC {p.test_auc:.3f}" if p.test_auc == p.test_auc else "no test AUC recorded"
+        n = f" on {p.n_test} test items" if p.n_test is not None else ""
+        epochs = f", {p.epochs} epochs" if p.epochs else ""
+        stages.append(f"{p.stage} for {p.encoder} (chain {p.chain or p.stage}, from {p.start}{epochs}): {auc}{n} "
+                      "of its own source task")
+    return ("Pretraining stages (each trained as a classification run on its own cohort and tested on that cohort's "
+            "test fold, starting from the weights before it in its chain): " + "; ".join(stages) + ".")
+
+
+def _statistics_words(s: StudySummary) -> str:
+    pct = int(s.level * 100)
+    tasks = {c.task for c in s.cells}
+    parts = []
+    if "classification" in tasks:
+        parts.append(f"Discrimination is the pooled out-of-fold AUC (all test folds' predictions concatenated) with a "
+                     f"{pct} % percentile bootstrap CI resampling patients (items where no patient is named; "
+                     f"{s.n_resamples} resamples); weights "
+                     "sources were compared by DeLong's test for correlated ROC curves (Obuchowski's clustered "
+                     "version where a patient has several items; a paired bootstrap test of the macro one-vs-rest "
+                     "AUC for more than two classes)")
+        parts.append("The operating point was chosen on each run's validation fold by Youden's J and applied to its "
+                     "test fold; sensitivity, specificity, PPV and NPV were pooled over folds and seeds with "
+                     f"{pct} % Wilson intervals adjusted for clustering by patient (design effect), and calibration "
+                     "assessed by the Brier score and "
+                     "reliability diagrams (10 bins)")
+    if "segmentation" in tasks:
+        parts.append(f"Segmentation is scored by the mean per-case Dice with a {pct} % percentile bootstrap CI; "
+                     "weights sources were compared by the Wilcoxon signed-rank test on per-case Dice")
+    parts.append("p-values were adjusted for multiple comparisons by Holm's method; the transfer score is the "
+                 "relative change of the pooled metric against training from scratch, (source − scratch) / scratch "
+                 "× 100 (van den Brandt et al. 2021)")
+    return ". ".join(parts) + "."
+
+
+def paste_ready_methods(s: StudySummary) -> list[str]:
+    """The methods as paragraphs a paper can take over: cohort and split, training, preprocessing per weights
+    source, pretraining chain with each stage's source-task result, statistics, software versions."""
+    out = []
+    for c in s.cohort:
+        task = "classification" if c.task == "classification" else "segmentation"
+        out.append(f"The {task} cohort comprised {_count_words(c)}, evaluated by {_split_words(c)}. "
+                   "Per test fold: " + "; ".join(
+                       f"fold {f.fold}, {_count_words(CohortCounts(c.task, c.n_classes, [], f, None))}"
+                       for f in c.folds) + ".")
+    seeds = sorted({x for c in s.cells for x in c.seeds})
+    training = (f"Each configuration ({_grid_words(s)}) was trained once per fold and seed "
+                f"({len(seeds)} seed{'s' if len(seeds) != 1 else ''}): {_training_words(s)}. The checkpoint with "
+                "the best validation AUC (Dice for segmentation) was tested.")
+    if s.preprocessing:
+        training += (" Input preprocessing per weights source (images first scaled to [0, 1]): "
+                     + "; ".join(f"{w}: {words}" for w, words in s.preprocessing.items()) + ".")
+    out.append(training)
+    if s.pretrain:
+        out.append(_pretrain_words(s))
+    out.append(_statistics_words(s))
+    names = {"medxfer": "medxfer", "monai": "MONAI", "torch": "PyTorch", "python": "Python"}
+    versions = ", ".join(f"{names.get(k, k)} {v}" for k, v in s.software.items() if v)
+    if versions:
+        out.append(f"Software: {versions} ({s.software_source}).")
+    return out

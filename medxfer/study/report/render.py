@@ -41,12 +41,14 @@ def _environment(markup: str) -> jinja2.Environment:
     return env
 
 
-def render_html(document: Document) -> str:
-    """The report as one self-contained HTML page."""
-    return _environment("html").get_template(HTML_TEMPLATE).render(doc=document)
+def render_html(document: Document, figure_dir: str = "figures") -> str:
+    """The report as one self-contained HTML page (figures embedded as PNG); each figure's caption links its vector
+    files as ``<figure_dir>/<stem>.svg`` / ``.pdf``."""
+    return _environment("html").get_template(HTML_TEMPLATE).render(doc=document, figure_dir=figure_dir)
 
 
 def render_markdown(document: Document, figure_dir: str = "figures") -> str:
-    """The report as Markdown; figures are linked as ``<figure_dir>/<stem>.png``. Ends with one newline."""
+    """The report as Markdown; figures are shown as ``<figure_dir>/<stem>.png`` with links to their vector files
+    (``.svg``, ``.pdf``). Ends with one newline."""
     text = _environment("markdown").get_template(MARKDOWN_TEMPLATE).render(doc=document, figure_dir=figure_dir)
     return text.rstrip("\n") + "\n"

@@ -40,7 +40,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import platform
 import time
+from importlib import metadata
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -48,9 +51,17 @@ import numpy as np
 from ..stats import (auc, bootstrap_auc_ci, bootstrap_auc_test, bootstrap_macro_auc_ci, bootstrap_mean_ci, delong_test,
                      holm, macro_ovr_auc, mcnemar_exact, mean_sd, spearman, transfer_score, wilcoxon_signed_rank)
 from ...tracking.layout import SIMILARITY_ARTIFACT
-from .model import (LEVEL, METRICS, SIM_MEASURES, CellSummary, ChildRun, ClassSummary, Comparison, ItemSampling,
-                    LocSummary, NativeInput, PooledComparison, PooledGroup, PooledSpec, PooledValue, ReportError,
-                    SimilarityCorrelation, SimilarityRow, SimilaritySummary, StudyRuns, StudySummary)
+from .model import (LEVEL, METRICS, SIM_MEASURES, CellSummary, ChildRun, ClassSummary, ClinicalSummary,
+                    CohortCounts, Comparison, FoldCount, ItemSampling, LocSummary, NativeInput, PooledComparison,
+                    PooledGroup, PooledSpec, PooledValue, Rate, ReportError, SimilarityCorrelation, SimilarityRow,
+                    SimilaritySummary, StudyRuns, StudySummary)
+
+CALIBRATION_BINS = 10  # equal-width bins of P(class 1) in the reliability data
+SOFTWARE = ("medxfer", "monai", "torch", "python")  # versions the methods name (runs' params software.<name>)
+SOFTWARE_PARAM = "software."
+# run params (or metrics.json config keys) the paste-ready methods report, in this order
+SETTING_KEYS = ("epochs", "batch_size", "image_size", "lr", "encoder_lr_scale", "weight_decay", "dropout",
+                "augment", "class_weighting", "freeze")
 
 
 def _natural(value: str) -> tuple:
@@ -347,13 +358,13 @@ def _compare(ca: CellSummary, cb: CellSummary, ra: list[ChildRun], rb: list[Chil
         res = delong_test(y, a[:, 1], b[:, 1], clusters=clusters)
         test = "DeLong" + (f" (Obuchowski {by_patient})" if by_patient else "")
         found = dict(n_cases=res.n_positive + res.n_negative, a=res.auc1, b=res.auc2, difference=res.difference,
-                     p=res.p_value)
+                     p=res.p_value, se=res.se)
     else:
         res = bootstrap_auc_test(y, a, b, n_resamples=n_resamples, seed=seed, clusters=clusters)
         used = f"{n_resamples - res.n_skipped} of {n_resamples}" if res.n_skipped else f"{n_resamples}"
         test = f"paired bootstrap ({used} resamples" + (f", {by_patient})" if by_patient else ")")
         found = dict(n_cases=res.n_cases, a=res.auc1, b=res.auc2, difference=res.difference, p=res.p_value,
-                     n_skipped=res.n_skipped)
+                     n_skipped=res.n_skipped, se=res.se)
     if not math.isfinite(found["p"]):
         test = _too_few(y, clusters, binary)
     return Comparison(**base, metric=metric, test=test, **found)
@@ -729,7 +740,11 @@ def summarize(runs: StudyRuns, n_resamples: int = 2000, seed: int = 0,
             adjusted = holm([c.p for c in family])
             for c, q in zip(family, adjusted):
                 c.p_holm = float(q)
-    notes = list(runs.notes) + skipped_notes(cells, comparisons, n_resamples)
+    for c in cells:
+        if c.task == "classification":
+            add_operating_point(c, ordered[c.cell], patients)
+    notes = list(runs.notes) + skipped_notes(cells, comparisons, n_resamples) + operating_point_notes(cells)
+    software, software_source = software_versions(runs.runs)
     similarity = _similarity(runs.similarity, cells, list(keys), tasks, notes)
     return StudySummary(name=runs.name, parent_run_id=runs.parent_run_id, grid_keys=list(keys), cells=cells,
                         comparisons=comparisons, n_resamples=int(n_resamples), seed=int(seed),
@@ -738,4 +753,246 @@ def summarize(runs: StudyRuns, n_resamples: int = 2000, seed: int = 0,
                         loc_comparisons=loc_comparisons, similarity=similarity, sampling=item_sampling(runs.runs),
                         native=native_inputs(runs.runs), class_comparisons=class_comparisons,
                         pooled=pooled_comparisons(specs, runs.runs, list(keys)),
-                        n_no_patient_column=sum(r.task == "classification" and r.patient is None for r in runs.runs))
+                        n_no_patient_column=sum(r.task == "classification" and r.patient is None for r in runs.runs),
+                        cohort=cohort_counts(runs.runs, patients), pretrain=list(runs.pretrain),
+                        settings=run_settings(runs.runs, runs.optimizer),
+                        preprocessing=preprocessing_by_source(runs.runs),
+                        software=software, software_source=software_source)
+
+
+# ---- cohort counts, operating points, calibration, settings for the paste-ready methods
+def _fold_count(fold: str, items: dict[str, tuple[int, str]], n_classes: int | None) -> FoldCount:
+    """Counts of ``items`` ({item: (class index, patient or "")}) of one fold (or all)."""
+    named = {patient for _, patient in items.values() if patient}
+    counts = [0] * n_classes if n_classes else []
+    for y, _ in items.values():
+        if n_classes and 0 <= y < n_classes:
+            counts[y] += 1
+    unnamed = sum(not patient for _, patient in items.values())
+    return FoldCount(fold=fold, n_items=len(items), n_patients=len(named) + unnamed if named else None,
+                     class_counts=counts)
+
+
+def cohort_counts(runs: list[ChildRun], patients: dict[str, str]) -> list[CohortCounts]:
+    """Per task, the distinct tested items of all its runs, per test fold and overall: items, patients (the
+    predictions' pseudonyms; an item without one counts as its own patient) and, for classification, items per
+    class; whether every patient's items lie in one test fold (a patient-level split)."""
+    out = []
+    for task in sorted({r.task for r in runs}):
+        members = [r for r in runs if r.task == task]
+        widths = {r.prob.shape[1] for r in members if r.prob is not None}
+        n_classes = max(widths) if task == "classification" and widths else None
+        by_fold: dict[str, dict[str, tuple[int, str]]] = {}
+        for r in members:
+            labels = r.y if r.y is not None else np.full(len(r.item_id), -1)
+            fold_items = by_fold.setdefault(r.fold, {})
+            for item, y in zip(r.item_id.astype(str), labels):
+                fold_items.setdefault(item, (int(y), patients.get(item, "")))
+        every: dict[str, tuple[int, str]] = {}
+        for fold_items in by_fold.values():
+            every.update(fold_items)
+        folds_of: dict[str, set[str]] = {}
+        for fold, fold_items in by_fold.items():
+            for _, patient in fold_items.values():
+                if patient:
+                    folds_of.setdefault(patient, set()).add(fold)
+        out.append(CohortCounts(
+            task=task, n_classes=n_classes,
+            folds=[_fold_count(f, by_fold[f], n_classes) for f in sorted(by_fold, key=_natural)],
+            overall=_fold_count("all", every, n_classes),
+            patient_split=all(len(f) == 1 for f in folds_of.values()) if folds_of else None,
+            n_without_patient=sum(not patient for _, patient in every.values())))
+    return out
+
+
+def clustered_wilson(num: np.ndarray, den: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    """Wilson score interval of the proportion ``Σ num / Σ den`` over clusters (one entry per patient: its
+    counts summed over its items and seeds), with the effective sample size ``n / deff``: deff is the design
+    effect (Rao & Scott), the cluster-robust (linearised ratio) variance over the binomial one, at least 1. When the
+    proportion is 0 or 1 there is no variance to estimate it from and ``n_eff`` is the number of clusters (the
+    upper bound of deff: a patient counts once). (nan, nan) without a denominator."""
+    num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    used = den > 0
+    num, den = num[used], den[used]
+    n, k = float(den.sum()), int(used.sum())
+    if n == 0:
+        return math.nan, math.nan
+    phat = float(num.sum()) / n
+    binomial = phat * (1 - phat) / n
+    if binomial > 0:
+        robust = float(((num - phat * den) ** 2).sum()) / n ** 2  # = binomial when every cluster is one row
+        n_eff = n / max(1.0, robust / binomial)
+    else:
+        n_eff = float(k)
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    centre = (phat + z * z / (2 * n_eff)) / (1 + z * z / n_eff)
+    half = z / (1 + z * z / n_eff) * math.sqrt(phat * (1 - phat) / n_eff + z * z / (4 * n_eff ** 2))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _rate(num: np.ndarray, den: np.ndarray, level: float) -> Rate:
+    """A proportion from per-cluster counts, with its :func:`clustered_wilson` interval."""
+    top, bottom = int(num.sum()), int(den.sum())
+    low, high = clustered_wilson(num, den, level)
+    return Rate(value=top / bottom if bottom else math.nan, low=low, high=high, num=top, den=bottom)
+
+
+def clinical_summary(runs: list[ChildRun], patients: dict[str, str], level: float = LEVEL) -> ClinicalSummary | None:
+    """A binary cell at each run's validation operating point (P(class 1) >= its Youden threshold, as the run
+    scored itself), pooled over the runs that recorded one: TP, FP, FN, TN and sensitivity, specificity, PPV, NPV
+    with Wilson intervals clustered by patient (:func:`clustered_wilson`; an item without a patient is its own
+    cluster, all seeds' predictions of an item in its cluster). None when no run recorded a validation threshold."""
+    used = [r for r in runs if r.binary and r.thresholds and r.threshold_source != "test"]
+    if not used:
+        return None
+    items, y, called = [], [], []
+    for r in used:
+        ok = np.isfinite(r.prob).all(axis=1)
+        items.append(r.item_id.astype(str)[ok])
+        y.append(r.y[ok] == 1)
+        called.append(r.prob[ok, 1] >= r.thresholds[0])
+    item, pos, call = np.concatenate(items), np.concatenate(y), np.concatenate(called)
+    cells = {"tp": pos & call, "fp": ~pos & call, "fn": pos & ~call, "tn": ~pos & ~call}
+    _, cluster = np.unique(_clusters(item, patients).astype(str), return_inverse=True)
+    n_clusters = int(cluster.max()) + 1 if cluster.size else 0
+    per = {k: np.bincount(cluster, weights=v.astype(float), minlength=n_clusters) for k, v in cells.items()}
+    tp, fp, fn, tn = (per[k] for k in ("tp", "fp", "fn", "tn"))
+    thresholds = [r.thresholds[0] for r in used]
+    return ClinicalSummary(n_runs=len(used), n_runs_without=len(runs) - len(used), tp=int(tp.sum()),
+                           fp=int(fp.sum()), fn=int(fn.sum()), tn=int(tn.sum()),
+                           sensitivity=_rate(tp, tp + fn, level), specificity=_rate(tn, tn + fp, level),
+                           ppv=_rate(tp, tp + fp, level), npv=_rate(tn, tn + fn, level),
+                           threshold_min=min(thresholds), threshold_max=max(thresholds))
+
+
+def brier_score(y: np.ndarray, prob: np.ndarray) -> float:
+    """Mean Brier score: (p − y)² of P(class 1) for two classes, Σ_k (p_k − 1[y = k])² (Brier 1950) for more."""
+    if len(y) == 0:
+        return math.nan
+    if prob.shape[1] == 2:
+        return float(np.mean((prob[:, 1] - (y == 1)) ** 2))
+    onehot = np.eye(prob.shape[1])[np.clip(y, 0, prob.shape[1] - 1)]
+    return float(np.mean(((prob - onehot) ** 2).sum(axis=1)))
+
+
+def calibration_bins(y: np.ndarray, p: np.ndarray, n_bins: int = CALIBRATION_BINS) -> list[tuple[float, float, int]]:
+    """Reliability data of P(class 1): equal-width bins of [0, 1] (the last one closed), the non-empty ones as
+    (mean predicted probability, observed fraction of class 1, predictions)."""
+    which = np.clip((np.asarray(p, dtype=float) * n_bins).astype(int), 0, n_bins - 1)
+    out = []
+    for b in range(n_bins):
+        inside = which == b
+        if inside.any():
+            out.append((float(p[inside].mean()), float((y[inside] == 1).mean()), int(inside.sum())))
+    return out
+
+
+def add_operating_point(c: CellSummary, runs: list[ChildRun], patients: dict[str, str]) -> None:
+    """Fill a classification cell's clinical metrics, confusion counts, Brier score and reliability data."""
+    y = np.concatenate([r.y for r in runs])
+    prob = np.concatenate([r.prob for r in runs])
+    keep = np.isfinite(prob).all(axis=1)
+    y, prob = y[keep], prob[keep]
+    c.brier = brier_score(y, prob)
+    k = prob.shape[1]
+    if k == 2:
+        c.calibration = calibration_bins(y, prob[:, 1])
+        c.clinical = clinical_summary(runs, patients)
+        if c.clinical is not None:
+            m = c.clinical
+            c.confusion, c.confusion_rule = [[m.tn, m.fp], [m.fn, m.tp]], "validation Youden threshold"
+        return
+    confusion = np.zeros((k, k), dtype=int)
+    np.add.at(confusion, (np.clip(y, 0, k - 1), prob.argmax(axis=1)), 1)
+    c.confusion, c.confusion_rule = confusion.tolist(), "argmax"
+
+
+def operating_point_notes(cells: list[CellSummary]) -> list[str]:
+    """Notes on binary cells whose runs recorded no validation operating point (left out of the clinical metrics)."""
+    out = []
+    for c in cells:
+        if c.task != "classification" or c.n_classes != 2:
+            continue
+        if c.clinical is None:
+            out.append(f"{c.cell}: no run recorded a validation operating point (metrics.json's youden_thresholds): "
+                       "no sensitivity / specificity / PPV / NPV")
+        elif c.clinical.n_runs_without:
+            out.append(f"{c.cell}: {c.clinical.n_runs_without} of {c.n_runs} run(s) recorded no validation operating "
+                       "point and are left out of the clinical metrics")
+    return out
+
+
+def _agreed(values: list[str]) -> str:
+    """One value when all agree, else the distinct values with "(varies)"."""
+    distinct = sorted({v for v in values if v not in ("", "None")}, key=_natural)
+    if not distinct:
+        return ""
+    return distinct[0] if len(distinct) == 1 else f"{', '.join(distinct)} (varies)"
+
+
+def run_settings(runs: list[ChildRun], optimizer: str = "") -> dict[str, str]:
+    """The runs' training settings the methods name (:data:`SETTING_KEYS` from their params, else their
+    metrics.json config), each as one value or the distinct values; and the optimiser when known."""
+    out = {}
+    for key in SETTING_KEYS:
+        value = _agreed([r.params.get(key, str(r.config.get(key, ""))) for r in runs])
+        if value:
+            out[key] = value
+    if optimizer:
+        out["optimizer"] = optimizer
+    return out
+
+
+def _preprocessing_words(params: dict[str, str]) -> str:
+    """A run's ``preprocessing.*`` params in words: mode, channel order, scaling, mean and SD."""
+    pp = {k.removeprefix("preprocessing."): v for k, v in params.items() if k.startswith("preprocessing.")}
+    if not pp:
+        return ""
+    parts = [pp.get("mode", "")]
+    if pp.get("channel_order"):
+        parts.append(f"{pp['channel_order']} channels")
+    if pp.get("scale", "1.0") not in ("1", "1.0"):
+        parts.append(f"[0, 1] × {pp['scale']}")
+    if pp.get("mean"):
+        parts.append(f"mean {pp['mean']}")
+    if pp.get("std"):
+        parts.append(f"SD {pp['std']}")
+    if pp.get("post_scale", "1.0") not in ("1", "1.0"):
+        parts.append(f"then × {pp['post_scale']}")
+    if pp.get("intensity"):
+        parts.append(f"intensity {pp['intensity']}")
+    return ", ".join(p for p in parts if p)
+
+
+def preprocessing_by_source(runs: list[ChildRun]) -> dict[str, str]:
+    """Each weights source's input preprocessing, from its runs' ``preprocessing.*`` params (sources in grid order)."""
+    out: dict[str, list[str]] = {}
+    for r in runs:
+        source = r.grid.get("weights") or r.params.get("weights", "")
+        words = _preprocessing_words(r.params)
+        if source and words:
+            out.setdefault(source, []).append(words)
+    return {source: _agreed(values) for source, values in sorted(out.items(), key=lambda kv: _value_key("weights",
+                                                                                                     kv[0]))}
+
+
+def _installed(name: str) -> str:
+    if name == "python":
+        return platform.python_version()
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return ""
+
+
+def software_versions(runs: list[ChildRun]) -> tuple[dict[str, str], str]:
+    """The software versions the runs logged (params ``software.<name>``), else those of the environment writing
+    the report; with the words saying which."""
+    logged = {name: _agreed([r.params.get(SOFTWARE_PARAM + name, "") for r in runs]) for name in SOFTWARE}
+    if all(logged.values()):
+        return logged, "as the runs logged them"
+    here = {name: _installed(name) for name in SOFTWARE}
+    if any(logged.values()):
+        return ({n: logged[n] or here[n] for n in SOFTWARE},
+                "as the runs logged them; where a run logged none, of the environment that wrote this report")
+    return here, "of the environment that wrote this report (the runs logged no versions)"

@@ -6,13 +6,14 @@ from collections.abc import Sequence
 
 from .document import Table
 from .formatting import finite, fmt3, fmt4g, fmt_ci, fmt_mean_sd, fmt_p, fmt_signed
-from .model import SIM_HEADERS, CellSummary, PooledGroup, StudySummary, sim_measures
+from .model import SIM_HEADERS, CellSummary, CohortCounts, PooledGroup, Rate, StudySummary, sim_measures
 
 # right-aligned columns, by header
 NUMERIC_HEADERS = frozenset({"Runs", "Cases", "Pooled", "A", "B", "A − B", "p", "p (Holm)", "Transfer score",
                              "Transfer score (per fold)", "Pairs", "A (matched runs)", "B (matched runs)",
                              "Hit rate", "Dice", "IoU", "Fréchet distance", "MMD²", "Intensity distance",
-                             "Source images", "Sources"})
+                             "Source images", "Sources", "Patients", "Items", "TP", "FP", "FN", "TN",
+                             "Sensitivity", "Specificity", "PPV", "NPV", "Brier", "Predictions"})
 FLAGGED_TRANSFER = "n/a (degenerate baseline)"  # a transfer score against a degenerate scratch cell
 LOC_MEASURES = {"loc_dice": "Dice (mean)", "loc_hit": "hit rate"}
 CLASS_METRIC_PREFIX = "dice_"  # a per-class comparison's metric: dice_<class>
@@ -160,3 +161,71 @@ def correlation_table(s: StudySummary) -> Table:
         else:
             rows.append([c.group, SIM_HEADERS[c.measure], str(c.n), f"{c.rho:+.3f}", fmt_p(c.p), c.method])
     return _table("similarity-spearman", header, rows)
+
+
+def _class_headers(n_classes: int | None) -> list[str]:
+    if not n_classes:
+        return []
+    if n_classes == 2:
+        return ["Negatives (class 0)", "Positives (class 1)"]
+    return [f"Class {k}" for k in range(n_classes)]
+
+
+def cohort_table(counts: CohortCounts, table_id: str = "cohort") -> Table:
+    """One row per test fold and one for all folds: patients, items and (classification) items per class."""
+    header = ["Test fold", "Patients", "Items", *_class_headers(counts.n_classes)]
+    rows = [[f.fold, "n/a" if f.n_patients is None else str(f.n_patients), str(f.n_items),
+             *(str(n) for n in f.class_counts)] for f in [*counts.folds, counts.overall]]
+    return Table(table_id=table_id, header=tuple(header), rows=tuple(tuple(r) for r in rows),
+                 numeric=(False, True, True, *([True] * len(_class_headers(counts.n_classes)))))
+
+
+def _rate_cells(r: Rate) -> list[str]:
+    return [fmt3(r.value), fmt_ci(r.low, r.high)]
+
+
+def _threshold_range(c: CellSummary) -> str:
+    m = c.clinical
+    if m.threshold_min == m.threshold_max:
+        return f"{m.threshold_min:.3f}"
+    return f"{m.threshold_min:.3f}–{m.threshold_max:.3f}"
+
+
+def clinical_table(s: StudySummary) -> Table:
+    """One row per binary classification cell at its runs' validation operating points: the runs used, the
+    thresholds' range, TP / FP / FN / TN pooled over folds and seeds, sensitivity, specificity, PPV and NPV with
+    their CIs, the Brier score; a Notes column with the flags of degenerate cells when there are any."""
+    pct = f"{int(s.level * 100)} % CI"
+    cells = [c for c in s.cells if c.task == "classification" and c.n_classes == 2]
+    notes = any(c.flag for c in cells)
+    header = [*s.grid_keys, "Runs", "Thresholds", "TP", "FP", "FN", "TN", "Sensitivity", pct, "Specificity", pct,
+              "PPV", pct, "NPV", pct, "Brier", *(["Notes"] if notes else [])]
+    rows = []
+    for c in cells:
+        m = c.clinical
+        grid = [c.grid.get(k, "") for k in s.grid_keys]
+        if m is None:
+            rows.append([*grid, f"0 of {c.n_runs}", "n/a", *(["n/a"] * 12), fmt3(c.brier),
+                         *([c.flag] if notes else [])])
+            continue
+        runs = str(m.n_runs) if not m.n_runs_without else f"{m.n_runs} of {m.n_runs + m.n_runs_without}"
+        rows.append([*grid, runs, _threshold_range(c), str(m.tp), str(m.fp), str(m.fn), str(m.tn),
+                     *_rate_cells(m.sensitivity), *_rate_cells(m.specificity), *_rate_cells(m.ppv),
+                     *_rate_cells(m.npv), fmt3(c.brier), *([c.flag] if notes else [])])
+    return _table("clinical", header, rows, [c.cell for c in cells])
+
+
+def confusion_table(s: StudySummary) -> Table:
+    """One row per multi-class cell and true class: predictions of each class (argmax), pooled over folds and
+    seeds, and the cell's Brier score on its first row."""
+    cells = [c for c in s.cells if c.task == "classification" and c.n_classes not in (None, 2) and c.confusion]
+    k = max((c.n_classes for c in cells), default=0)
+    header = [*s.grid_keys, "True class", *(f"Predicted {j}" for j in range(k)), "Brier"]
+    rows, ids = [], []
+    for c in cells:
+        for true, counts in enumerate(c.confusion):
+            rows.append([*[c.grid.get(key, "") for key in s.grid_keys], str(true), *(str(n) for n in counts),
+                         *([""] * (k - len(counts))), fmt3(c.brier) if true == 0 else ""])
+            ids.append(c.cell)
+    return Table(table_id="confusion", header=tuple(header), rows=tuple(tuple(r) for r in rows),
+                 numeric=tuple(h not in s.grid_keys and h != "True class" for h in header), row_ids=tuple(ids))

@@ -114,6 +114,7 @@ def test_out_of_disk_inside_a_long_job_is_named_as_such(tmp_path, monkeypatch):
             raise RuntimeError("checkpoint handler failed") from exc
 
     monkeypatch.setattr(medxfer.engine, "train_bundle", train_bundle)
+    (tmp_path / "m.csv").write_text("item_id,image,y,fold\n")  # a manifest: the command checks it exists first
     line = _one_line(_run(["train", "classification", "--manifest", tmp_path / "m.csv", "--label", "y",
                            "--encoder", "resnet18"]))
     assert f"no space left on device writing {tmp_path / 'runs' / 'model.pt'} (" in line

@@ -96,8 +96,9 @@ def resolve_tracking_uri() -> str:
 def tracking_uri() -> str:
     """:func:`resolve_tracking_uri`, with the default store's folder created (for a process about to write)."""
     uri = resolve_tracking_uri()
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
-        sqlite_path(uri).parent.mkdir(parents=True, exist_ok=True)
+    path = sqlite_path(uri)
+    if path is not None and not os.environ.get("MLFLOW_TRACKING_URI"):
+        path.parent.mkdir(parents=True, exist_ok=True)
     return uri
 
 

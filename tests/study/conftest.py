@@ -2,8 +2,10 @@
 weights registry of its own (``MEDXFER_HOME``), so imported names never meet across tests."""
 from __future__ import annotations
 
+import contextlib
 import csv
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,20 @@ def write_manifest(tmp_path: Path, columns: dict[str, Callable[[int], object]], 
 def mlflow_store(mlflow_store, tmp_path, monkeypatch):
     monkeypatch.setenv("MEDXFER_HOME", str(tmp_path / "home"))
     return mlflow_store
+
+
+@contextlib.contextmanager
+def fabricated_store(folder: Path, migrated_mlflow_db: Path) -> Iterator:
+    """A copy of the migrated MLflow database in ``folder`` (a module's fabricated study writes it once): while the
+    block runs, the working folder is ``folder`` and ``MLFLOW_TRACKING_URI`` names the copy; yields its client."""
+    import mlflow
+
+    shutil.copyfile(migrated_mlflow_db, folder / "mlflow.db")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        yield mlflow.MlflowClient(tracking_uri=uri)
 
 
 class FabricatedStudy:

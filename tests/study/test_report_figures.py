@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import shutil
 import xml.etree.ElementTree as ET
 from statistics import NormalDist
 
@@ -19,7 +18,7 @@ from sklearn.metrics import roc_auc_score
 from medxfer.study import report as rep
 from medxfer.study.report.figures import (FOREST_STEM, draw_bar, draw_forest, draw_heatmap, forest_rows,
                                           heatmap_groups)
-from tests.study.conftest import FabricatedStudy
+from tests.study.conftest import FabricatedStudy, fabricated_store
 
 STUDY = "figures-demo"
 ENCODERS = ("resnet18", "densenet121")
@@ -49,15 +48,8 @@ def _delong(y: np.ndarray, p1: np.ndarray, p2: np.ndarray) -> tuple[float, float
 def study(tmp_path_factory, migrated_mlflow_db):
     """Two encoders × {imagenet, radimagenet} × freeze {none, all} plus scratch × freeze none, 2 folds, 1 seed, one
     item per patient; summarised and written. Yields the fabricated probabilities, the summary and the paths."""
-    import mlflow
-
     tmp = tmp_path_factory.mktemp("figures")
-    shutil.copyfile(migrated_mlflow_db, tmp / "mlflow.db")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(tmp)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        client = mlflow.MlflowClient(tracking_uri=uri)
+    with fabricated_store(tmp, migrated_mlflow_db) as client:
         fab = FabricatedStudy(client, STUDY, tmp / "staging")
         y = np.arange(N_ITEMS) % 2
         fold_of = (np.arange(N_ITEMS) // 2) % len(FOLDS)  # both classes in every fold

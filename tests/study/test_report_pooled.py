@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import itertools
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from medxfer.study import report as rep
 from medxfer.study import stats
 from medxfer.study.report.collect import parse_compare
 from medxfer.study.spec import SpecError, parse_spec
-from tests.study.conftest import FabricatedStudy, write_manifest
+from tests.study.conftest import FabricatedStudy, fabricated_store, write_manifest
 
 STUDY = "pooled-demo"
 ENCODERS = ("resnet18", "densenet121")
@@ -55,15 +54,8 @@ def study(tmp_path_factory, migrated_mlflow_db):
     """Two encoders × {imagenet, radimagenet} × freeze {none, all} plus scratch × freeze none, 3 folds, 2 seeds;
     two items per patient (patient-level labels and folds); the parent's spec.yaml asks to compare weights
     pooled over encoder and freeze. Yields the fabricated truths and the report's paths."""
-    import mlflow
-
     tmp = tmp_path_factory.mktemp("pooled")
-    shutil.copyfile(migrated_mlflow_db, tmp / "mlflow.db")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(tmp)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        client = mlflow.MlflowClient(tracking_uri=uri)
+    with fabricated_store(tmp, migrated_mlflow_db) as client:
         fab = FabricatedStudy(client, STUDY, tmp / "staging", spec_text=SPEC)
         patient = np.repeat(np.arange(N_PATIENTS), 2)
         y = patient % 2  # a patient's items share the label …

@@ -390,11 +390,13 @@ def train(ctx, bundle, manifest, label, encoder, weights, freeze, fold):
     if not Path(manifest).is_file():  # before torch and MONAI load (seconds)
         _fail(f"{manifest}: no such manifest (run medxfer ingest first)")
     overrides = _bundle_overrides(bundle, options)  # before torch and MONAI load
+    from .core.signals import terminate_raises
     from .engine import train_bundle
 
     overrides.update(manifest=manifest, label=label, encoder=encoder, weights=weights, freeze=freeze, fold=fold)
     try:
-        result = train_bundle(bundle, **overrides)
+        with terminate_raises():  # SIGTERM (a scheduler's time limit) marks the run FAILED, as Ctrl-C does
+            result = train_bundle(bundle, **overrides)
     except Exception as exc:  # noqa: BLE001 - one line for the user, the chain under -v
         _fail_from(exc, "training failed")
     shown = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if k.startswith("test_"))

@@ -35,6 +35,7 @@ from mlflow.entities import Param
 
 from ..core.errors import MedxferError
 from ..core.files import atomic_write, atomic_write_json, run_folder_name
+from ..core.signals import terminate_raises
 from ..engine.bundles import error_summary, train_bundle
 from ..engine.progress import StudyProgress, check_progress_mode
 from ..models.weights import source_label
@@ -527,6 +528,31 @@ def run_study(spec: StudySpec, shard_index: tuple[int, int] = (1, 1),
     grid_keys = list(spec.grid)
     planned_runs = planned_epochs(client, exp_id, spec, selected, by_hash) if progress else {}
     display = StudyProgress(planned_runs, echo=echo, mode=progress)
+    try:
+        with terminate_raises():  # SIGTERM unwinds: the run in progress and the parent are marked FAILED
+            _run_selected(client, exp_id, spec, selected, by_hash, outcome, runs_dir, pins, display, display_names,
+                          grid_keys, me, echo)
+    except BaseException as exc:  # Ctrl-C, SIGTERM (a SLURM time limit, a preemption): nothing stays RUNNING
+        client.set_tag(outcome.parent_run_id, TAG_RESET, f"runner stopped ({type(exc).__name__}); marked FAILED")
+        client.set_terminated(outcome.parent_run_id, status="FAILED")
+        raise
+    display.close()
+    _, by_hash = study_state(spec, runs, client)
+    outcome.done_in_grid = sum(any(c.info.status == "FINISHED" for c in by_hash.get(r.config_hash, []))
+                               for r in runs)
+    client.set_tag(outcome.parent_run_id, TAG_PROGRESS, f"{outcome.done_in_grid}/{outcome.total}")
+    if outcome.complete:
+        client.set_terminated(outcome.parent_run_id, status="FINISHED")
+    elif outcome.failed:
+        client.set_terminated(outcome.parent_run_id, status="FAILED")
+    return outcome
+
+
+def _run_selected(client, exp_id: str, spec: StudySpec, selected: list[PlannedRun], by_hash: dict[str, list],
+                  outcome: StudyOutcome, runs_dir: str | os.PathLike, pins: dict, display: StudyProgress,
+                  display_names: dict[str, str], grid_keys: list[str], me, echo: Callable[[str], None]) -> None:
+    """The runs of the shard in order (:func:`run_study`'s loop): skip what is done or running elsewhere, reset
+    orphans, train the rest with a heartbeat; a failed run is recorded in ``outcome`` and the rest go on."""
     with _Heartbeat(client, exp_id) as beat:
         stages = _Stages(client, exp_id, spec, outcome.parent_run_id, beat, echo, Path(runs_dir), pins, display)
         for planned in selected:
@@ -562,7 +588,7 @@ def run_study(spec: StudySpec, shard_index: tuple[int, int] = (1, 1),
             overrides.update(experiment=spec.experiment, parent_run_id=outcome.parent_run_id, tags=tags,
                              run_name=display_names[planned.config_hash],
                              output_dir=str(Path(runs_dir) / spec.name / run_folder_name(planned.name)))
-            echo(f"[{planned.index + 1}/{len(runs)}] {planned.name}")
+            echo(f"[{planned.index + 1}/{outcome.total}] {planned.name}")
             beat.config_hash = planned.config_hash
             on_epoch = display.start(planned.name)
             try:
@@ -579,13 +605,3 @@ def run_study(spec: StudySpec, shard_index: tuple[int, int] = (1, 1),
             outcome.ran.append((planned.name, result.run_id, result.metrics))
             metric = next((f"{k} {v:.3f}" for k, v in result.metrics.items() if k in ("test_auc", "test_dice")), "")
             echo(f"  done {metric}".rstrip())
-    display.close()
-    _, by_hash = study_state(spec, runs, client)
-    outcome.done_in_grid = sum(any(c.info.status == "FINISHED" for c in by_hash.get(r.config_hash, []))
-                               for r in runs)
-    client.set_tag(outcome.parent_run_id, TAG_PROGRESS, f"{outcome.done_in_grid}/{outcome.total}")
-    if outcome.complete:
-        client.set_terminated(outcome.parent_run_id, status="FINISHED")
-    elif outcome.failed:
-        client.set_terminated(outcome.parent_run_id, status="FAILED")
-    return outcome

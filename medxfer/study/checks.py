@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import csv
 import json
-import difflib
 import itertools
 import math
 import os
@@ -43,6 +42,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..core.bundle_files import closest_hint
 from ..core.hashing import canonical_numbers
 from ..engine import run_weights  # noqa: F401 - registers the run: weights scheme
 from ..engine.bundles import encoder_dims_problem, encoder_problem, encoder_task_problem  # noqa: F401 - encoder_problem: the study's too
@@ -59,11 +59,6 @@ COUNT_KEYS = ("epochs", "batch_size")
 # Settings of volumes / cines as 2D samples (medxfer.engine.slices), in the order they are checked
 SLICE_KEYS = ("input", "slices", "aggregate")
 WEIGHTS_FORMS = "scratch, an imported NAME, file:PATH, run:RUN_ID or a pretrain stage"
-
-
-def _did_you_mean(value: str, known: Iterable[str]) -> str:
-    match = difflib.get_close_matches(value, sorted(known), n=1)
-    return f"; did you mean {match[0]!r}?" if match else ""
 
 
 def similarity_encoder_problem(value: Any) -> str | None:
@@ -128,7 +123,7 @@ def label_problem(manifest: Path, label: str) -> str | None:
     if label in columns:
         return None
     return (f"{label!r} is not a column of {manifest} (columns: {', '.join(columns)})"
-            + _did_you_mean(label, columns))
+            + closest_hint([label], columns))
 
 
 def _imported_archs() -> dict[str, list[str]]:
@@ -160,7 +155,7 @@ def registry_problem(pairs: Iterable[tuple[str, str]]) -> str | None:
     for name, encoders in missing.items():
         elsewhere = imported.get(name)
         why = (f"imported for {', '.join(elsewhere)} only" if elsewhere
-               else f"imported for no encoder{_did_you_mean(name, imported)}")
+               else f"imported for no encoder{closest_hint([name], imported)}")
         parts.append(f"{name!r} for {', '.join(encoders)} ({why})")
     name, encoders = next(iter(missing.items()))
     return (f"weights not imported: {'; '.join(parts)}; import each before the study runs (medxfer weights import "
@@ -427,11 +422,11 @@ def exclude_problem(blocks: Sequence[Mapping[str, Sequence[Any]]], exclude: Sequ
         for key, value in entry.items():
             if key not in values:
                 return (f"exclude[{i}]: {key!r} is not a grid key (grid keys: {', '.join(keys)})"
-                        + _did_you_mean(str(key), keys))
+                        + closest_hint([str(key)], keys))
             if not any(value == v for v in values[key]):
                 known = list(dict.fromkeys(_text(v) for v in values[key]))
                 return (f"exclude[{i}].{key}: {value!r} is not a value of grid.{key} ({', '.join(known)})"
-                        + _did_you_mean(_text(value), known))
+                        + closest_hint([_text(value)], known))
         if not any(_matches(c, entry) for c in cells):
             written = ", ".join(f"{k}: {_text(v)}" for k, v in entry.items())
             return f"exclude[{i}] {{{written}}} matches no cell of the grid (no block has that combination)"

@@ -372,8 +372,11 @@ def _fail_from(exc: BaseException, what: str) -> None:
 @click.option("--freeze", default="none", show_default=True, help="none, all or top:K.")
 @click.option("--fold", type=int, default=0, show_default=True,
               help="Test fold K (validation is the next fold, training the rest).")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes for this one run (DistributedDataParallel, torchrun underneath): one per GPU, "
+                   "or CPU processes sharing the cores when there is no GPU.")
 @click.pass_context
-def train(ctx, bundle, manifest, label, encoder, weights, freeze, fold):
+def train(ctx, bundle, manifest, label, encoder, weights, freeze, fold, nproc):
     """Train BUNDLE (classification | segmentation | a bundle folder) on one fold, tracked in MLflow.
 
     Any other bundle setting is an override: --epochs 30 --lr 1e-4 --image_size 256
@@ -383,6 +386,7 @@ def train(ctx, bundle, manifest, label, encoder, weights, freeze, fold):
     Example:
       medxfer train classification --manifest cohort/manifest.csv --label finding \\
           --encoder resnet50_keras --weights radimagenet --freeze top:10 --fold 2 --epochs 30
+      medxfer train classification --manifest cohort/manifest.csv --label finding --encoder resnet50 --nproc 4
     """
     from pathlib import Path
 
@@ -396,7 +400,12 @@ def train(ctx, bundle, manifest, label, encoder, weights, freeze, fold):
     overrides.update(manifest=manifest, label=label, encoder=encoder, weights=weights, freeze=freeze, fold=fold)
     try:
         with terminate_raises():  # SIGTERM (a scheduler's time limit) marks the run FAILED, as Ctrl-C does
-            result = train_bundle(bundle, **overrides)
+            if nproc > 1:  # one run on nproc processes; rank 0 writes the run
+                from .engine.distributed import launch_training
+
+                result = launch_training(bundle, nproc, overrides)
+            else:
+                result = train_bundle(bundle, **overrides)
     except Exception as exc:  # noqa: BLE001 - one line for the user, the chain under -v
         _fail_from(exc, "training failed")
     shown = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if k.startswith("test_"))
@@ -536,7 +545,16 @@ def study() -> None:
               help="Run the I-th of N disjoint slices of the grid (Slurm arrays, several machines on one "
                    "tracking server).")
 @click.option("--dry-run", is_flag=True, help="Print the runs and which are already done; run nothing.")
-def study_run(spec, shard_text, dry_run):
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this machine (one run at a time, or a process pool with --max-parallel / --gpus); "
+                   "ray: Ray tasks on a local Ray instance or the cluster at --address (pip install 'medxfer[ray]').")
+@click.option("--gpus", "gpus_text", default=None, metavar="0,1,…|all",
+              help="GPUs to use, one run per GPU at a time (CUDA_VISIBLE_DEVICES per run).")
+@click.option("--max-parallel", type=click.IntRange(min=1), default=None,
+              help="Runs at once (default: one per GPU, else 1); CPU runs share the cores evenly.")
+@click.option("--address", default=None, metavar="auto|HOST:PORT",
+              help="The Ray cluster to run on (with --executor ray; default: start a local Ray instance).")
+def study_run(spec, shard_text, dry_run, executor, gpus_text, max_parallel, address):
     """Run every cell × fold × seed of SPEC that is not finished yet.
 
     One MLflow experiment `medxfer/<name>`, a parent run `study/<name>` and a child run per
@@ -545,17 +563,35 @@ def study_run(spec, shard_text, dry_run):
     Progress goes to stderr: each run's epochs done / total, elapsed time, the run's ETA and the
     study's (a bar on a terminal, one line per epoch otherwise).
 
+    Several runners may work on one spec at once (shards, executors, machines sharing one tracking
+    server): each configuration is claimed atomically and trained once. SIGTERM or Ctrl-C marks the
+    runs in progress FAILED before exiting (a SLURM time limit leaves nothing RUNNING).
+
     \b
     Example:
       medxfer study run study.yaml --dry-run
       medxfer study run study.yaml --shard 2/4      # e.g. SLURM_ARRAY_TASK_ID=2 of 4
+      medxfer study run study.yaml --gpus all       # one run per GPU of this machine
+      medxfer study run study.yaml --max-parallel 2 # two CPU runs, the cores divided
+      medxfer study run study.yaml --executor ray --address auto
       medxfer study report dental-ceph-sex
     """
     from .study import load_spec, parse_shard
+    from .study.executors import parse_gpus
     from .study.runner import dry_run as plan, run_study, stage_states
+    from .tracking.store import use_tracking
 
     parsed = load_spec(spec)
     shard_index = parse_shard(shard_text)
+    use_tracking(parsed.tracking.get("uri"), parsed.tracking.get("artifact_root"))  # the spec's store, if it names one
+    gpus = None
+    if gpus_text is not None:
+        import torch
+
+        gpus = parse_gpus(gpus_text, torch.cuda.device_count())
+    from .tracking import describe_store
+
+    click.echo(f"runs {'are looked up in' if dry_run else 'go to'} the MLflow store {describe_store()}", err=True)
     if dry_run:
         try:
             rows = plan(parsed, shard_index)
@@ -570,14 +606,12 @@ def study_run(spec, shard_text, dry_run):
         click.echo(f"{len(rows)} runs in this shard: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v),
                    err=True)
         return
-    from .tracking import describe_store
-
-    click.echo(f"runs go to the MLflow store {describe_store()}", err=True)
     try:
         # per epoch: a tqdm bar on a terminal, a plain line in a log file (Slurm, nohup)
         outcome = run_study(parsed, shard_index, echo=lambda line: click.echo(line, err=True),
                             quiet=not logging.getLogger().isEnabledFor(logging.INFO),
-                            progress="bars" if sys.stderr.isatty() else "lines")
+                            progress="bars" if sys.stderr.isatty() else "lines", executor=executor, gpus=gpus,
+                            max_parallel=max_parallel, address=address)
     except Exception as exc:  # noqa: BLE001
         _fail_from(exc, "study failed")
     click.echo(f"study {parsed.name}: {len(outcome.ran)} ran, {len(outcome.already_done)} already done, "

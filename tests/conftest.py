@@ -155,3 +155,6 @@ def find_identifiers(root: Path, identifiers: list[str], skip_suffixes: tuple[st
         low = data.lower()
         hits.extend((str(p.relative_to(root)), s) for s, n in needles if n in low)
     return sorted(set(hits))
+
+
+from tests.tracking_server import shared_store, shared_tracking_server  # noqa: E402,F401

@@ -20,6 +20,9 @@ class Terminated(SystemExit):
     def __init__(self) -> None:
         super().__init__(128 + signal.SIGTERM)
 
+    def __reduce__(self):  # pickled back from a worker process: rebuilt without the exit code argument
+        return (Terminated, ())
+
 
 def _raise_terminated(signum, frame) -> None:
     raise Terminated()
@@ -37,3 +40,16 @@ def terminate_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_terminated_once(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the marking it started
+    raise Terminated()
+
+
+def worker_signals() -> None:
+    """For a worker process whose parent stops it: SIGINT ignored (Ctrl-C reaches the whole process group;
+    the parent decides), the first SIGTERM raises :class:`Terminated` and later ones are ignored, so the code
+    that marks its run FAILED runs once, uninterrupted. Call it in the worker's main thread."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _raise_terminated_once)

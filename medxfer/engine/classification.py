@@ -29,6 +29,7 @@ from ..tracking.layout import (CHECKPOINT_ARTIFACT, LOCALIZATION_ARTIFACT, METRI
 from ..transforms.pipelines import classification_transforms
 from .batches import batch_values
 from .data import Cohort, class_values
+from .distributed import gather_objects
 from .features import FeatureHead, predict_features
 from .mlflow_run import load_best_checkpoint, log_outcome, software_params
 from .multiview import DEFAULT_GROUP_BY
@@ -78,13 +79,22 @@ class ValidationAUC(Metric):
         self._y.append(_labels(label).cpu())
 
     def compute(self) -> float:
-        """AUC, or -inf when undefined (one class in the validation set): never "best"."""
-        if not self._y:
+        """AUC of the whole validation set, or -inf when undefined (one class in it): never "best".
+
+        Under DDP each rank saw its shard: the probabilities, labels and item ids of all ranks are
+        gathered first (every rank computes, so every rank gets the same value)."""
+        local = ((torch.cat(self._p).numpy(), torch.cat(self._y).numpy()) if self._y else None,
+                 self._ids, self._item_y)
+        shards = gather_objects(local)
+        arrays = [pair for pair, _, _ in shards if pair is not None]
+        if not arrays:
             return -math.inf
-        y, p = torch.cat(self._y).numpy(), torch.cat(self._p).numpy()
+        p = np.concatenate([a[0] for a in arrays])
+        y = np.concatenate([a[1] for a in arrays])
         if self.aggregate:
-            ids, p = aggregate_probabilities(p, self._ids, self.aggregate)
-            y = np.array([self._item_y[i] for i in ids])
+            item_y = {k: v for _, _, labels in shards for k, v in labels.items()}
+            ids, p = aggregate_probabilities(p, [i for _, shard_ids, _ in shards for i in shard_ids], self.aggregate)
+            y = np.array([item_y[i] for i in ids])
         value = roc_auc(y, p)
         return value if math.isfinite(value) else -math.inf
 
@@ -103,7 +113,9 @@ class ValidationLoss(Metric):
         self._n += int(label.numel())
 
     def compute(self) -> float:
-        return self._sum / max(self._n, 1)
+        """Mean over the whole validation set (the sums of all DDP ranks)."""
+        shards = gather_objects((self._sum, self._n))
+        return sum(s for s, _ in shards) / max(sum(n for _, n in shards), 1)
 
 
 def roc_auc(y: np.ndarray, prob: np.ndarray) -> float:

@@ -50,13 +50,15 @@ class RunTracker:
     """Start, fill and close one MLflow run; a no-op on ranks other than 0 or when disabled."""
 
     def __init__(self, experiment: str, name: str, params: dict[str, Any] | None = None,
-                 tags: dict[str, str] | None = None, enabled: bool = True, parent_run_id: str | None = None):
+                 tags: dict[str, str] | None = None, enabled: bool = True, parent_run_id: str | None = None,
+                 run_id: str | None = None):
         self.experiment = experiment
         self.name = name
         self.params = {k: str(v) for k, v in (params or {}).items()}
         self.tags = dict(tags or {})
         self.enabled = enabled and _is_rank_zero()
         self.parent_run_id = parent_run_id
+        self.claimed_run_id = run_id  # a run created (claimed) by a study runner, which this tracker fills
         self.run_id: str | None = None
         self._client = None
 
@@ -67,14 +69,21 @@ class RunTracker:
         return self._client
 
     def start(self) -> str | None:
-        """Create the run and log params and tags; returns the run id (None when disabled)."""
+        """Create the run (or take the claimed one) and log params and tags; returns the run id (None
+        when disabled)."""
         if not self.enabled:
             return None
         tags = dict(self.tags)
         if self.parent_run_id:
             tags[TAG_PARENT_RUN] = self.parent_run_id
-        run = self.client.create_run(experiment_id(self.client, self.experiment), run_name=self.name, tags=tags)
-        self.run_id = run.info.run_id
+        if self.claimed_run_id:  # the study runner created it to claim the configuration (medxfer.study.claims)
+            from mlflow.entities import RunTag
+
+            self.run_id = self.claimed_run_id
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        else:
+            run = self.client.create_run(experiment_id(self.client, self.experiment), run_name=self.name, tags=tags)
+            self.run_id = run.info.run_id
         self.log_params(self.params)
         return self.run_id
 
@@ -118,26 +127,46 @@ class RunTracker:
     # --- ignite glue -----------------------------------------------------------------------
     def attach(self, trainer, evaluator=None) -> None:
         """Log ``train_loss`` (epoch mean) from ``trainer`` and every metric of ``evaluator``
-        (``val_*``) after each validation, with the training epoch as step."""
+        (``val_*``) after each validation, with the training epoch as step.
+
+        The per-step losses are summed on the device (:class:`EpochLoss`) and read once, after the
+        epoch's last step (also into ``trainer.state.metrics["train_loss"]``, which MONAI's
+        ``StatsHandler`` prints at the epoch's end); under ``torch.distributed`` the mean is over every
+        rank's steps. Call on every rank: the reduction is collective."""
         from ignite.engine import Events
 
-        losses: list[float] = []
+        epoch_loss = EpochLoss()
+
+        def _last_step(engine, _event) -> bool:
+            length = engine.state.epoch_length
+            return bool(length) and engine.state.iteration % length == 0
+
+        def _reduce(engine) -> None:
+            if "train_loss" not in engine.state.metrics:
+                mean = epoch_loss.mean()
+                if mean is not None:
+                    engine.state.metrics["train_loss"] = mean
 
         @trainer.on(Events.EPOCH_STARTED)
         def _reset(engine):
-            losses.clear()
+            epoch_loss.reset()
+            engine.state.metrics.pop("train_loss", None)
 
         @trainer.on(Events.ITERATION_COMPLETED)
         def _collect(engine):
             out = engine.state.output
             out = out[0] if isinstance(out, list) else out
             if isinstance(out, dict) and "loss" in out:
-                losses.append(float(out["loss"]))
+                epoch_loss.add(out["loss"])
+
+        # after the epoch's last step, before any EPOCH_COMPLETED handler (validation, StatsHandler) runs
+        trainer.add_event_handler(Events.ITERATION_COMPLETED(event_filter=_last_step), _reduce)
 
         @trainer.on(Events.EPOCH_COMPLETED)
         def _log_train(engine):
-            if losses:
-                self.log_metrics({"train_loss": sum(losses) / len(losses)}, step=engine.state.epoch)
+            _reduce(engine)  # an epoch of unknown length, or cut short
+            if "train_loss" in engine.state.metrics:
+                self.log_metrics({"train_loss": engine.state.metrics["train_loss"]}, step=engine.state.epoch)
 
         if evaluator is not None:
             @evaluator.on(Events.EPOCH_COMPLETED)
@@ -148,6 +177,51 @@ class RunTracker:
         def _failed(engine, exc):  # also for `python -m monai.bundle run` and torchrun, not only train_bundle
             self.finish("FAILED")
             raise exc
+
+
+class EpochLoss:
+    """The mean of an epoch's per-step training losses without a host sync per step: the losses are
+    summed as a detached tensor on their device and read once, by :meth:`mean`. When
+    ``torch.distributed`` is initialised, :meth:`mean` all-reduces the sum and the step count, so every
+    rank gets the mean over all ranks' steps (a collective call: every rank must make it)."""
+
+    def __init__(self) -> None:
+        self.total = None
+        self.steps = 0
+
+    def reset(self) -> None:
+        """Forget the steps so far (a new epoch)."""
+        self.total, self.steps = None, 0
+
+    def add(self, loss: Any) -> None:
+        """Add one step's loss (a tensor, kept on its device, or a number)."""
+        import torch
+
+        value = loss.detach().float() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
+        self.total = value if self.total is None else self.total + value
+        self.steps += 1
+
+    def mean(self) -> float | None:
+        """The epoch's mean loss (across ranks under ``torch.distributed``); None without any step."""
+        import torch
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            if self.total is not None:
+                device = self.total.device
+            elif dist.get_backend() == "nccl":
+                device = torch.device("cuda", torch.cuda.current_device())
+            else:
+                device = torch.device("cpu")
+            total = self.total if self.total is not None else torch.zeros((), device=device)
+            pair = torch.stack([total.reshape(()).to(device, torch.float64),
+                                torch.tensor(float(self.steps), dtype=torch.float64, device=device)])
+            dist.all_reduce(pair, op=dist.ReduceOp.SUM)
+            total_sum, steps = pair.tolist()
+            return total_sum / steps if steps else None
+        if self.total is None or not self.steps:
+            return None
+        return float(self.total) / self.steps
 
 
 def load_best_checkpoint(model, output_dir: str | os.PathLike, evaluator=None, metric: str = "validation AUC") -> str:

@@ -46,6 +46,7 @@ from ..transforms.pipelines import segmentation_transforms
 from ..transforms.pipelines3d import resolve_spacing, segmentation_transforms_3d
 from .batches import batch_values
 from .data import Cohort
+from .distributed import gather_objects
 from .mlflow_run import load_best_checkpoint, log_outcome, software_params
 from .segmentation3d import case_columns, evaluate_volumes, hd95, summarize_volumes
 
@@ -106,10 +107,17 @@ class VolumeDice(Metric):
             sums[1] += int(n)
 
     def compute(self) -> float:
-        """Mean per-item Dice; -inf without any item (never "best")."""
-        if not self._sums:
+        """Mean per-item Dice of the whole validation set (under DDP the sums of all ranks, item by item);
+        -inf without any item (never "best")."""
+        sums: dict[str, list[int]] = {}
+        for shard in gather_objects(self._sums):  # every rank computes: every rank gets the same value
+            for item_id, (inter, total) in shard.items():
+                both = sums.setdefault(item_id, [0, 0])
+                both[0] += inter
+                both[1] += total
+        if not sums:
             return -math.inf
-        return float(np.mean([2.0 * i / n if n else 1.0 for i, n in self._sums.values()]))
+        return float(np.mean([2.0 * i / n if n else 1.0 for i, n in sums.values()]))
 
 
 def validation_dice(per_volume: bool):

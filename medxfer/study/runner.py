@@ -1,31 +1,17 @@
 """Running a study: a parent MLflow run per study, one child bundle run per cell × fold × seed.
 
-Resuming is by ``config_hash``: a FINISHED child with the hash is never run again. A child left
-RUNNING by a runner that died (``kill -9``, a lost node) is marked FAILED and run again. A child
-is known to be orphaned when its runner's process is gone on this machine, or when its heartbeat
-(a tag the runner refreshes every 30 s) is older than ``MEDXFER_STALE_SECONDS`` (default 600) —
-the rule for runners on other machines sharing one tracking server. A runner is identified by a
-random id per process start and its machine by the kernel's boot id and pid namespace (hostnames
-repeat across containers and nodes): a process id is only checked on the machine it belongs to.
-
-Weights are pinned when the study is planned: the runner passes the sha256 of each ``file:`` and
-imported source (what the config hash holds) to the bundle as ``weights_sha256``, and a run that
-loads other bytes (the file replaced, the name re-imported meanwhile) fails instead of mixing two
-sets of weights in one cell.
-
-``freeze: all`` classification cells train their heads from the frozen encoder's cached features
-(:mod:`medxfer.engine.features`, bundle config ``train_features.json``) unless the spec sets
-``feature_cache: false``.
+Resuming is by ``config_hash``: a FINISHED child with the hash is never run again; a child left RUNNING
+by a runner that died is marked FAILED and run again; two runners never train one configuration
+(claims, orphans and heartbeats: :mod:`.claims`). Each run is trained by
+:func:`~medxfer.study.execute.run_planned`, under the executor asked for (:mod:`.executors`: this process,
+a local process pool, Ray). This module plans and records: the parent run, its grid and spec artifacts,
+the shard's runs not yet done, the outcome.
 """
 from __future__ import annotations
 
 import logging
 import os
-import socket
 import tempfile
-import threading
-import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -33,30 +19,24 @@ from typing import Callable
 import yaml
 from mlflow.entities import Param
 
-from ..core.errors import MedxferError
-from ..core.files import atomic_write, atomic_write_json, run_folder_name
+from ..core.files import atomic_write, atomic_write_json
 from ..core.signals import terminate_raises
-from ..engine.bundles import error_summary, train_bundle
 from ..engine.progress import StudyProgress, check_progress_mode
 from ..models.weights import source_label
-from ..tracking.layout import (GRID_ARTIFACT, ROLE_CELL, ROLE_PRETRAIN, ROLE_STUDY, SPEC_ARTIFACT, TAG_CHAIN,
-                               TAG_CONFIG_HASH, TAG_HEARTBEAT, TAG_HOST, TAG_MACHINE, TAG_PID, TAG_PROGRESS, TAG_RESET,
-                               TAG_ROLE, TAG_RUNNER, TAG_SPEC_HASH, TAG_STAGE, TAG_STUDY, role_filter)
-from ..tracking.layout import TAG_NOTE
+from ..tracking.layout import (GRID_ARTIFACT, ROLE_CELL, ROLE_STUDY, SPEC_ARTIFACT, TAG_CONFIG_HASH, TAG_NOTE,
+                               TAG_PROGRESS, TAG_RESET, TAG_ROLE, TAG_SPEC_HASH, TAG_STUDY, role_filter)
 from ..tracking.store import client as mlflow_client
-from ..tracking.store import experiment_id, search_all_runs
+from ..tracking.store import experiment_id, retry_on_conflict, search_all_runs, use_tracking
 from ..tracking.ui import REPORT_PAGE, run_page, set_study_view, study_metrics, study_view_link
+from .execute import RunReport, StudyContext, quiet_engines, stage_filter  # noqa: F401 - quiet_engines re-exported
+from .executors import run_local_pool, run_sequential, settings_for
 from .grid import PlannedRun, expand, shard, weights_identity
-from .pretrain import chain, stage_hash
+from .pretrain import chain
+from .ray_executor import run_ray
 from .similarity import log_study_similarity
 from .spec import NAME_KEYS, SpecError, StudySpec
 
 log = logging.getLogger(__name__)
-HEARTBEAT_SECONDS = 30.0
-
-
-def stale_seconds() -> float:
-    return float(os.environ.get("MEDXFER_STALE_SECONDS", "600"))
 
 
 @dataclass
@@ -79,134 +59,10 @@ class StudyOutcome:
         return self.done_in_grid == self.total
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def machine_id() -> str:
-    """This machine, as far as process ids go: the kernel's boot id and this process's pid namespace
-    (``boot:<uuid>/pid:[<inode>]``; two containers of one host differ) where ``/proc`` has them, else
-    ``host:<hostname>``."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        boot = ""
-    if not boot:
-        return f"host:{socket.gethostname()}"
-    try:
-        namespace = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        namespace = ""
-    return f"boot:{boot}/{namespace}"
-
-
-@dataclass(frozen=True)
-class RunnerIdentity:
-    """Who runs a run: host (for people), machine (:func:`machine_id`), process id and a random id
-    of the process start (a restarted container may reuse both the hostname and the pid)."""
-
-    host: str
-    machine: str
-    pid: int
-    runner: str
-
-    def tags(self) -> dict[str, str]:
-        """The MLflow tags of a run this runner starts."""
-        return {TAG_HOST: self.host, TAG_MACHINE: self.machine, TAG_PID: str(self.pid), TAG_RUNNER: self.runner}
-
-
-_identity: RunnerIdentity | None = None
-
-
-def runner_identity() -> RunnerIdentity:
-    """This process's :class:`RunnerIdentity` (a new runner id in a forked child)."""
-    global _identity
-    if _identity is None or _identity.pid != os.getpid():
-        _identity = RunnerIdentity(host=socket.gethostname(), machine=machine_id(), pid=os.getpid(),
-                                   runner=uuid.uuid4().hex)
-    return _identity
-
-
-def _orphaned(run, me: RunnerIdentity, now: float) -> bool:
-    """A RUNNING child whose runner is gone: started by this very runner (which runs one child at a
-    time and has not started this one), or on this machine by a process that is dead or whose pid
-    is now this process's (a restarted container); on another machine — a different machine id,
-    whatever the hostname — its heartbeat is older than ``stale_seconds()``, never judged by pid.
-    Runs of an older medxfer (no runner tag) are on this machine when their hostname is this one."""
-    tags = run.data.tags
-    if tags.get(TAG_RUNNER):
-        if tags[TAG_RUNNER] == me.runner:
-            return True
-        local = tags.get(TAG_MACHINE) == me.machine
-    else:
-        local = tags.get(TAG_HOST) == me.host
-    if local and tags.get(TAG_PID, "").isdigit():
-        pid = int(tags[TAG_PID])
-        if pid == me.pid or not _pid_alive(pid):
-            return True
-    beat = float(tags.get(TAG_HEARTBEAT) or run.info.start_time / 1000.0)
-    return now - beat > stale_seconds()
-
-
-def _reset_orphans(client, runs: list) -> list:
-    """Mark the orphaned RUNNING runs among ``runs`` FAILED; returns the orphans (the other RUNNING
-    runs are alive somewhere)."""
-    me = runner_identity()
-    orphans = [r for r in runs if r.info.status == "RUNNING" and _orphaned(r, me, time.time())]
-    for r in orphans:
-        client.set_terminated(r.info.run_id, status="FAILED")
-        client.set_tag(r.info.run_id, TAG_RESET, "runner gone; marked FAILED and re-run")
-    return orphans
-
-
-def _stage_runs(client, exp_id: str | None, spec: StudySpec, name: str, encoder: str) -> tuple[str, list]:
-    """(config hash, runs in the store) of pretraining stage ``name`` for ``encoder``."""
-    config_hash = stage_hash(spec.stages, name, encoder, weights_identity)
-    query = role_filter(spec.name, ROLE_PRETRAIN, **{TAG_CONFIG_HASH: config_hash})
-    return config_hash, (search_all_runs(client, exp_id, query) if exp_id else [])
-
-
-def _children_with_hash(client, exp_id: str, spec: StudySpec, config_hash: str) -> list:
-    """The study's child runs of one configuration, as the store has them now (another runner on
-    the same shard may have finished it since this one started)."""
-    return search_all_runs(client, exp_id, role_filter(spec.name, ROLE_CELL, **{TAG_CONFIG_HASH: config_hash}))
-
-
-class _Heartbeat:
-    """Refresh the heartbeat tag on the RUNNING child of this process with a given hash."""
-
-    def __init__(self, client, experiment_id: str):
-        self.client, self.experiment_id = client, experiment_id
-        self.config_hash: str | None = None
-        self.runner = runner_identity().runner
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="medxfer-heartbeat")
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(HEARTBEAT_SECONDS):
-            h = self.config_hash
-            if not h:
-                continue
-            try:
-                for run in self.client.search_runs(
-                        [self.experiment_id], filter_string=f"tags.`{TAG_CONFIG_HASH}` = '{h}' and "
-                        f"tags.`{TAG_RUNNER}` = '{self.runner}' and attributes.status = 'RUNNING'"):
-                    self.client.set_tag(run.info.run_id, TAG_HEARTBEAT, f"{time.time():.0f}")
-            except Exception as exc:  # noqa: BLE001 - a missed beat is not an error
-                log.debug("heartbeat failed: %s", exc)
+def _stage_runs(client, exp_id: str | None, spec: StudySpec, name: str, encoder: str) -> list:
+    """The runs in the store of pretraining stage ``name`` for ``encoder``."""
+    _, query = stage_filter(spec, name, encoder)
+    return search_all_runs(client, exp_id, query) if exp_id else []
 
 
 def study_state(spec: StudySpec, runs: list[PlannedRun], client=None) -> tuple[str | None, dict[str, list]]:
@@ -247,7 +103,7 @@ def stage_states(spec: StudySpec) -> list[tuple[str, str]]:
     exp_id = experiment_id(client, spec.experiment, create=False)
     rows = []
     for name, encoder in needed:
-        _, runs = _stage_runs(client, exp_id, spec, name, encoder)
+        runs = _stage_runs(client, exp_id, spec, name, encoder)
         labels = {"FINISHED": "done", "RUNNING": "running"}
         rows.append((f"pretrain/{name}/{encoder}", labels.get(_status(runs), "todo")))
     return rows
@@ -348,7 +204,7 @@ def _parent_run(client, spec: StudySpec, exp_id: str) -> str:
         if found[0].info.status != "RUNNING":
             client.update_run(run_id, status="RUNNING")
         if TAG_NOTE not in found[0].data.tags:  # a study begun before parents carried their description
-            client.set_tag(run_id, TAG_NOTE, parent_note(spec, exp_id, run_id))
+            retry_on_conflict(client.set_tag, run_id, TAG_NOTE, parent_note(spec, exp_id, run_id))
         return run_id
     run = client.create_run(exp_id, run_name=f"study/{spec.name}",
                             tags={TAG_STUDY: spec.name, TAG_ROLE: ROLE_STUDY, TAG_SPEC_HASH: spec.spec_hash()})
@@ -379,83 +235,6 @@ def weights_pins(spec: StudySpec, runs: list[PlannedRun]) -> dict[tuple[str, str
     return pins
 
 
-class StageFailed(MedxferError, RuntimeError):
-    """A pretraining stage that could not produce its checkpoint (the runs that need it fail)."""
-
-
-class _Stages:
-    """Pretraining stage runs of one ``study run``: found FINISHED in the store, waited for while
-    another runner trains them, or trained here; each (stage, encoder) once."""
-
-    def __init__(self, client, exp_id: str, spec: StudySpec, parent_run_id: str, beat: "_Heartbeat",
-                 echo: Callable[[str], None], runs_dir: Path, pins: dict[tuple[str, str], str] | None = None,
-                 progress: StudyProgress | None = None):
-        self.client, self.exp_id, self.spec, self.parent = client, exp_id, spec, parent_run_id
-        self.beat, self.echo, self.runs_dir = beat, echo, runs_dir
-        self.pins = pins or {}
-        self.progress = progress or StudyProgress({}, mode=None)
-        self.done: dict[tuple[str, str], str | StageFailed] = {}
-
-    def run_id(self, name: str, encoder: str) -> str:
-        """The MLflow run id of stage ``name`` for ``encoder`` (trained first if needed)."""
-        key = (name, encoder)
-        if key not in self.done:
-            try:
-                self.done[key] = self._ensure(name, encoder)
-            except StageFailed as exc:
-                self.done[key] = exc
-        result = self.done[key]
-        if isinstance(result, StageFailed):
-            raise result
-        return result
-
-    def _ensure(self, name: str, encoder: str) -> str:
-        stages = self.spec.stages
-        stage = stages[name]
-        start = stage.start
-        if start in stages:
-            try:
-                start = f"run:{self.run_id(start, encoder)}"
-            except StageFailed as exc:
-                raise StageFailed(f"pretraining stage {name} needs {stage.start}: {exc}") from None
-        announced = False
-        while True:
-            config_hash, runs = _stage_runs(self.client, self.exp_id, self.spec, name, encoder)
-            finished = sorted((r for r in runs if r.info.status == "FINISHED"), key=lambda r: r.info.end_time or 0)
-            if finished:
-                self.progress.drop(f"pretrain/{name}/{encoder}")
-                return finished[-1].info.run_id
-            live = [r for r in runs if r.info.status == "RUNNING"]
-            if len(_reset_orphans(self.client, live)) == len(live):
-                break
-            if not announced:
-                self.echo(f"waiting for pretrain/{name}/{encoder}: another runner is training it")
-                announced = True
-            time.sleep(HEARTBEAT_SECONDS / 2)
-        tags = {TAG_STUDY: self.spec.name, TAG_ROLE: ROLE_PRETRAIN, TAG_CONFIG_HASH: config_hash,
-                TAG_STAGE: name, TAG_CHAIN: " → ".join(chain(stages, name)), "encoder": encoder,
-                **runner_identity().tags(), TAG_HEARTBEAT: f"{time.time():.0f}"}
-        pin = {"weights_sha256": self.pins[(start, encoder)]} if (start, encoder) in self.pins else {}
-        run_name = f"pretrain/{name}/{encoder}"
-        self.echo(f"[pretrain] {run_name} (from {stage.start})")
-        self.beat.config_hash = config_hash
-        on_epoch = self.progress.start(run_name)
-        try:
-            result = train_bundle("classification", manifest=str(stage.manifest), label=stage.label, fold=stage.fold,
-                                  encoder=encoder, weights=start, experiment=self.spec.experiment,
-                                  parent_run_id=self.parent, run_name=run_name, tags=tags,
-                                  output_dir=str(self.runs_dir / self.spec.name / run_folder_name(run_name)),
-                                  progress=on_epoch, **stage.data, **stage.train, **pin)
-        except Exception as exc:  # noqa: BLE001 - reported on every run that needs the stage
-            self.progress.end(finished=False)
-            raise StageFailed(f"pretraining stage {name} for {encoder} failed: {error_summary(exc)}") from None
-        finally:
-            self.beat.config_hash = None
-        self.progress.end()
-        self.echo(f"  done test_auc {result.metrics.get('test_auc', float('nan')):.3f} (source task)")
-        return str(result.run_id)
-
-
 def _log_grid(client, parent_run_id: str, spec: StudySpec, runs: list[PlannedRun], left_out: list[str]) -> None:
     """The parent run's ``grid.json``: the config hashes of the spec as last run, so the report
     shows this grid and not runs of an earlier version of the spec (other epochs, cohort, …), and
@@ -469,13 +248,6 @@ def _log_grid(client, parent_run_id: str, spec: StudySpec, runs: list[PlannedRun
         client.log_artifact(parent_run_id, str(path))
         path = atomic_write(Path(tmp) / SPEC_ARTIFACT, spec_text_for_log(spec))
         client.log_artifact(parent_run_id, str(path))
-
-
-def quiet_engines(quiet: bool) -> None:
-    """Per-epoch engine logs (MONAI's StatsHandler) off: a study prints one line per run instead."""
-    for name in ("monai.handlers.StatsHandler", "ignite.engine.engine.SupervisedTrainer",
-                 "ignite.engine.engine.SupervisedEvaluator"):
-        logging.getLogger(name).disabled = quiet
 
 
 def _epochs(value) -> int | None:
@@ -492,7 +264,7 @@ def planned_epochs(client, exp_id: str, spec: StudySpec, selected: list[PlannedR
     needed = {(name, str(r.overrides.get("encoder"))) for r in todo if r.stage
               for name in chain(spec.stages, r.stage) if name in spec.stages}
     for name, encoder in sorted(needed):
-        _, runs = _stage_runs(client, exp_id, spec, name, encoder)
+        runs = _stage_runs(client, exp_id, spec, name, encoder)
         if not any(run.info.status == "FINISHED" for run in runs):
             planned[f"pretrain/{name}/{encoder}"] = _epochs(spec.stages[name].train.get("epochs"))
     planned.update({r.name: _epochs(r.overrides.get("epochs")) for r in todo})
@@ -501,14 +273,23 @@ def planned_epochs(client, exp_id: str, spec: StudySpec, selected: list[PlannedR
 
 def run_study(spec: StudySpec, shard_index: tuple[int, int] = (1, 1),
               echo: Callable[[str], None] = lambda s: None, runs_dir: str | os.PathLike = "runs",
-              quiet: bool = True, progress: str | None = None) -> StudyOutcome:
+              quiet: bool = True, progress: str | None = None, executor: str = "local",
+              gpus: tuple[int, ...] | None = None, max_parallel: int | None = None,
+              address: str | None = None) -> StudyOutcome:
     """Run every not-yet-finished run of the shard; failures are recorded and the rest go on.
-    ``quiet`` silences the per-epoch engine logs (the metrics are in MLflow). ``progress``: ``"lines"``
-    echoes one line per epoch (epochs done / total, elapsed, run and study ETA; see
-    :mod:`medxfer.engine.progress`), ``"bars"`` shows tqdm bars on stderr instead, None shows nothing."""
+
+    ``executor``: ``local`` runs them in this process one after the other, or on a pool of worker
+    processes with ``max_parallel`` > 1 or ``gpus`` (one run per GPU); ``ray`` as Ray tasks (a local Ray
+    instance, or the cluster at ``address``). The spec's ``resources`` size each run; its ``tracking``
+    names the shared store. ``quiet`` silences the per-epoch engine logs (the metrics are in MLflow).
+    ``progress`` (this process's runs only): ``"lines"`` echoes one line per epoch (epochs done / total,
+    elapsed, run and study ETA; see :mod:`medxfer.engine.progress`), ``"bars"`` shows tqdm bars on stderr
+    instead, None shows nothing."""
     check_progress_mode(progress)
+    settings = settings_for(executor, gpus, max_parallel, address, spec.resources)
     if spec.unimported_weights:  # before anything runs, not when the cells that need them are reached
         raise SpecError(spec.unimported_weights)
+    use_tracking(spec.tracking.get("uri"), spec.tracking.get("artifact_root"))
     quiet_engines(quiet)
 
     client = mlflow_client()
@@ -519,28 +300,38 @@ def run_study(spec: StudySpec, shard_index: tuple[int, int] = (1, 1),
     exp_id = experiment_id(client, spec.experiment, create=True)
     set_study_view(client, exp_id, _grid_keys_named_first(spec), study_metrics(spec.task))
     outcome.parent_run_id = _parent_run(client, spec, exp_id)
-    display_names = child_run_names(spec, runs)
     _log_grid(client, outcome.parent_run_id, spec, runs, outcome.left_out)
     if spec.similarity and shard_index[0] == 1:  # one shard measures it; the report reads it
         log_study_similarity(spec, client, outcome.parent_run_id, echo)
     _, by_hash = study_state(spec, runs, client)
-    me = runner_identity()
-    grid_keys = list(spec.grid)
-    planned_runs = planned_epochs(client, exp_id, spec, selected, by_hash) if progress else {}
-    display = StudyProgress(planned_runs, echo=echo, mode=progress)
+    done = {r.name for r in selected if any(c.info.status == "FINISHED" for c in by_hash.get(r.config_hash, []))}
+    outcome.already_done.extend(r.name for r in selected if r.name in done)
+    todo = [r for r in selected if r.name not in done]
+    context = StudyContext(spec=spec, experiment_id=exp_id, parent_run_id=outcome.parent_run_id,
+                           runs_dir=str(Path(runs_dir).absolute()), pins=pins, run_names=child_run_names(spec, runs),
+                           total=len(runs), num_workers=spec.resources.get("num_workers"), quiet=quiet)
+    in_process = settings.executor == "local" and settings.parallel() == 1 and not settings.gpus
+    planned_runs = planned_epochs(client, exp_id, spec, todo, by_hash) if progress and in_process else {}
+    display = StudyProgress(planned_runs, echo=echo, mode=progress if in_process else None)
     try:
-        with terminate_raises():  # SIGTERM unwinds: the run in progress and the parent are marked FAILED
-            _run_selected(client, exp_id, spec, selected, by_hash, outcome, runs_dir, pins, display, display_names,
-                          grid_keys, me, echo)
+        with terminate_raises():  # SIGTERM unwinds: the runs in progress and the parent are marked FAILED
+            if settings.executor == "ray":
+                reports = run_ray(context, todo, settings, echo)
+            elif in_process:
+                reports = run_sequential(context, todo, echo, display)
+            else:
+                reports = run_local_pool(context, todo, settings, echo)
     except BaseException as exc:  # Ctrl-C, SIGTERM (a SLURM time limit, a preemption): nothing stays RUNNING
-        client.set_tag(outcome.parent_run_id, TAG_RESET, f"runner stopped ({type(exc).__name__}); marked FAILED")
+        retry_on_conflict(client.set_tag, outcome.parent_run_id, TAG_RESET,
+                          f"runner stopped ({type(exc).__name__}); marked FAILED")
         client.set_terminated(outcome.parent_run_id, status="FAILED")
         raise
     display.close()
+    _record(outcome, reports)
     _, by_hash = study_state(spec, runs, client)
     outcome.done_in_grid = sum(any(c.info.status == "FINISHED" for c in by_hash.get(r.config_hash, []))
                                for r in runs)
-    client.set_tag(outcome.parent_run_id, TAG_PROGRESS, f"{outcome.done_in_grid}/{outcome.total}")
+    retry_on_conflict(client.set_tag, outcome.parent_run_id, TAG_PROGRESS, f"{outcome.done_in_grid}/{outcome.total}")
     if outcome.complete:
         client.set_terminated(outcome.parent_run_id, status="FINISHED")
     elif outcome.failed:
@@ -548,60 +339,15 @@ def run_study(spec: StudySpec, shard_index: tuple[int, int] = (1, 1),
     return outcome
 
 
-def _run_selected(client, exp_id: str, spec: StudySpec, selected: list[PlannedRun], by_hash: dict[str, list],
-                  outcome: StudyOutcome, runs_dir: str | os.PathLike, pins: dict, display: StudyProgress,
-                  display_names: dict[str, str], grid_keys: list[str], me, echo: Callable[[str], None]) -> None:
-    """The runs of the shard in order (:func:`run_study`'s loop): skip what is done or running elsewhere, reset
-    orphans, train the rest with a heartbeat; a failed run is recorded in ``outcome`` and the rest go on."""
-    with _Heartbeat(client, exp_id) as beat:
-        stages = _Stages(client, exp_id, spec, outcome.parent_run_id, beat, echo, Path(runs_dir), pins, display)
-        for planned in selected:
-            children = by_hash.get(planned.config_hash, [])
-            if not any(c.info.status == "FINISHED" for c in children):
-                children = _children_with_hash(client, exp_id, spec, planned.config_hash)
-            if any(c.info.status == "FINISHED" for c in children):
-                outcome.already_done.append(planned.name)
-                display.drop(planned.name)
-                continue
-            live = [c for c in children if c.info.status == "RUNNING"]
-            orphans = _reset_orphans(client, live)
-            outcome.reset.extend(planned.name for _ in orphans)
-            if len(orphans) < len(live):
-                outcome.running_elsewhere.append(planned.name)
-                echo(f"skip {planned.name}: running elsewhere (heartbeat fresh)")
-                display.drop(planned.name)
-                continue
-            tags = {**planned.tags(spec.name, grid_keys), **me.tags(), TAG_HEARTBEAT: f"{time.time():.0f}"}
-            overrides = dict(planned.overrides)
-            pin = pins.get((str(overrides.get("weights")), str(overrides.get("encoder"))))
-            if pin and not planned.stage:
-                overrides["weights_sha256"] = pin
-            if planned.stage:
-                try:
-                    overrides["weights"] = f"run:{stages.run_id(planned.stage, str(overrides.get('encoder')))}"
-                except StageFailed as exc:
-                    outcome.failed.append((planned.name, str(exc)))
-                    echo(f"  FAILED {planned.name}: {exc}")
-                    display.drop(planned.name)
-                    continue
-            config = "train_features" if planned.feature_cache else "train"
-            overrides.update(experiment=spec.experiment, parent_run_id=outcome.parent_run_id, tags=tags,
-                             run_name=display_names[planned.config_hash],
-                             output_dir=str(Path(runs_dir) / spec.name / run_folder_name(planned.name)))
-            echo(f"[{planned.index + 1}/{outcome.total}] {planned.name}")
-            beat.config_hash = planned.config_hash
-            on_epoch = display.start(planned.name)
-            try:
-                result = train_bundle(spec.bundle, config=config, progress=on_epoch, **overrides)
-            except Exception as exc:  # noqa: BLE001 - one failed run must not stop the study
-                display.end(finished=False)
-                reason = error_summary(exc)
-                outcome.failed.append((planned.name, reason))
-                echo(f"  FAILED: {reason}")
-                continue
-            finally:
-                beat.config_hash = None
-            display.end()
-            outcome.ran.append((planned.name, result.run_id, result.metrics))
-            metric = next((f"{k} {v:.3f}" for k, v in result.metrics.items() if k in ("test_auc", "test_dice")), "")
-            echo(f"  done {metric}".rstrip())
+def _record(outcome: StudyOutcome, reports: list[RunReport]) -> None:
+    """The executors' :class:`~medxfer.study.execute.RunReport` s in ``outcome``."""
+    for report in reports:
+        outcome.reset.extend(report.name for _ in range(report.reset))
+        if report.state == "ran":
+            outcome.ran.append((report.name, report.run_id, report.metrics))
+        elif report.state == "failed":
+            outcome.failed.append((report.name, report.reason))
+        elif report.state == "done":
+            outcome.already_done.append(report.name)
+        else:
+            outcome.running_elsewhere.append(report.name)

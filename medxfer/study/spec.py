@@ -92,7 +92,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo,
@@ -114,12 +114,13 @@ log = logging.getLogger(__name__)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # Keys the study owns: set per run, never by the spec's grid or train sections.
 RESERVED = {"manifest", "label", "fold", "seed", "experiment", "parent_run_id", "tags", "tracking", "run_name",
-            "output_dir", "bundle_root", "task", "mlflow_run_id", "weights_sha256"}
+            "output_dir", "bundle_root", "task", "mlflow_run_id", "weights_sha256", "claimed_run_id"}
 # Keys that identify a run in its name: always present in a cell (bundle default when not in the grid).
 NAME_KEYS = ("encoder", "weights", "freeze", "lr")
 # Settings that change where or how fast a run computes, not what it computes: left out of config_hash,
 # so a study can be sharded over a CPU machine and a GPU machine and still be one grid.
-NOT_HASHED = {"num_workers", "cache_rate", "cuda", "amp", "amp_dtype", "device", "feature_cache_dir"}
+NOT_HASHED = {"num_workers", "cache_rate", "cuda", "amp", "amp_dtype", "device", "feature_cache_dir", "item_cache",
+              "item_cache_dir", "augment_on_device", "loader_workers", "device_side"}
 # Keys a pretraining stage's train may not set: the stage's data and the grid's encoder decide them.
 STAGE_RESERVED = {"manifest", "label", "fold", "weights", "encoder", "experiment", "run_name"}
 # Settings a stage takes from the study's `train` unless it sets them: the input must match (3D weights
@@ -502,6 +503,40 @@ class SimilaritySection(_Section):
                 "in_channels": self.in_channels, "task2vec": task2vec, "sources": sources}
 
 
+class ResourcesSection(_Section):
+    """``resources``: what each run of the study takes from a machine or cluster — ``gpus_per_run``
+    (default 1 when the executor is given GPUs, else 0), ``cpus_per_run`` (default: the cores divided
+    among the runs in parallel), ``num_workers`` (data loader processes per run; ``auto`` or a number;
+    default the bundle's), ``retries`` (re-runs of a run whose worker was lost; default 2). Where and how
+    fast runs compute, not what: left out of the config hash."""
+
+    not_mapping = "resources is a mapping: {gpus_per_run, cpus_per_run, num_workers, retries}"
+
+    gpus_per_run: float | None = Field(default=None, ge=0)
+    cpus_per_run: int | None = Field(default=None, ge=1)
+    num_workers: int | Literal["auto"] | None = None
+    retries: int = Field(default=2, ge=0)
+
+    @field_validator("num_workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        if value is None or value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            return value
+        raise _Misplaced(f"{{where}} is 'auto' or a number of loader processes (0 or more), not {value!r}")
+
+
+class TrackingSection(_Section):
+    """``tracking``: the MLflow store the study's runners share (``uri``: a tracking server, a database)
+    and where its artifacts go (``artifact_root``: shared by every runner; never the current folder of
+    whichever process created the experiment). Each overrides ``MLFLOW_TRACKING_URI`` /
+    ``MEDXFER_ARTIFACT_ROOT``; left out of the config hash."""
+
+    not_mapping = "tracking is a mapping: {uri, artifact_root}"
+
+    uri: str | None = None
+    artifact_root: str | None = None
+
+
 class CompareSection(_Section):
     """One entry of ``compare``: a report section comparing the values of grid key ``by`` on the runs'
     test metric, pooled over the grid keys ``pool`` (and folds and seeds), per combination of the other
@@ -536,6 +571,8 @@ class SpecDocument(_Section):
     pretrain: list[StageSection] = Field(default_factory=list)
     similarity: SimilaritySection | None = None
     compare: list[CompareSection] = Field(default_factory=list)  # pooled comparisons of the report
+    resources: ResourcesSection = Field(default_factory=dict, validate_default=True)  # not hashed
+    tracking: TrackingSection = Field(default_factory=dict, validate_default=True)  # not hashed
 
     @field_validator("compare", mode="before")
     @classmethod
@@ -762,7 +799,8 @@ class SpecDocument(_Section):
                          folds=self.data.folds, grid=self.grid, blocks=self.blocks, exclude=self.exclude,
                          seeds=self.seeds, train=self.train, data=self.data.extras(), pretrain=stages,
                          similarity=self.similarity.settings(stages) if self.similarity else None,
-                         compare=[c.model_dump() for c in self.compare], source=source, text=text)
+                         compare=[c.model_dump() for c in self.compare], resources=self.resources.model_dump(),
+                         tracking=self.tracking.model_dump(), source=source, text=text)
 
 
 # ---- the resolved spec
@@ -785,6 +823,10 @@ class StudySpec(BaseModel):
     pretrain: list[PretrainStage] = Field(default_factory=list)
     similarity: dict[str, Any] | None = None  # dataset similarity of source cohorts to this one
     compare: list[dict[str, Any]] = Field(default_factory=list)  # [{by, pool}]: the report's pooled comparisons
+    # {gpus_per_run, cpus_per_run, num_workers, retries} and {uri, artifact_root}: where runs compute and are
+    # tracked, not what they compute (neither is in the config hash nor the spec hash)
+    resources: dict[str, Any] = Field(default_factory=lambda: ResourcesSection().model_dump())
+    tracking: dict[str, Any] = Field(default_factory=lambda: TrackingSection().model_dump())
     # the (encoder, weights name) pairs of cells that run whose weights are not imported, as one line ("" when
     # all are): study run refuses to start with it, a dry run lists it
     unimported_weights: str = ""

@@ -24,6 +24,16 @@ The artifacts of a local SQLite store live beside its database, ``<database fold
 (:func:`artifact_root`), fixed as an absolute path when medxfer creates an experiment — never the
 current folder of whichever process happened to create it (MLflow's own default).
 
+A study (or a team) names its store and artifact root explicitly with :func:`use_tracking` (the spec's
+``tracking: {uri, artifact_root}``, which wins over ``$MLFLOW_TRACKING_URI`` / ``$MEDXFER_ARTIFACT_ROOT``):
+it validates them and sets both environment variables, so that every worker process (a process pool, a
+Ray worker) inherits the same store. When ``$MEDXFER_ARTIFACT_ROOT`` is set, a new experiment keeps its
+artifacts there, whatever the store (:func:`new_experiment_artifact_location`). A database server
+(PostgreSQL, MySQL, SQL Server) has no artifact store of its own: without a root MLflow would write to
+``./mlruns`` of whichever process created the experiment, so medxfer refuses to create one. SQLite on a
+network filesystem (NFS, CIFS, Lustre…) is refused too (:func:`check_sqlite_filesystem`): its file
+locking is unreliable there, and concurrent runners corrupt or lock the store.
+
 The first use of a database store in a process goes through :func:`ensure_store`: MLflow creates
 a new database's tables (and migrates an old one) when a client first opens it, and two processes
 doing that at once (two shards started together) break the store. A file lock — beside a SQLite
@@ -42,8 +52,11 @@ import shlex
 import sqlite3
 import tempfile
 import threading
+import time
 from contextlib import closing
 from pathlib import Path
+from typing import NamedTuple
+from urllib.parse import urlsplit
 
 from ..core.errors import MedxferError
 from .layout import EXPERIMENT_KIND_TRAINING, TAG_EXPERIMENT_KIND
@@ -87,10 +100,15 @@ def resolve_tracking_uri() -> str:
     if not uri:
         return default_tracking_uri()
     path = _sqlite_file(uri)
-    if path is not None and not Path(path).expanduser().is_absolute():
-        query = uri.split("?", 1)[1] if "?" in uri.split("://", 1)[-1] else ""
-        return sqlite_uri(path) + (f"?{query}" if query else "")
-    return uri
+    return _absolute_sqlite_uri(uri, path) if path is not None else uri
+
+
+def _absolute_sqlite_uri(uri: str, path: str) -> str:
+    """SQLite ``uri`` (database file ``path`` as written in it) with a relative path made absolute."""
+    if Path(path).expanduser().is_absolute():
+        return uri
+    query = uri.split("?", 1)[1] if "?" in uri.split("://", 1)[-1] else ""
+    return sqlite_uri(path) + (f"?{query}" if query else "")
 
 
 def tracking_uri() -> str:
@@ -124,7 +142,184 @@ class RunNotFound(MedxferError, ValueError):
 
 
 class StoreError(MedxferError, RuntimeError):
-    """A tracking store that cannot be opened (its creation lock is held too long)."""
+    """A tracking store or artifact root that medxfer cannot use: an invalid URI, a database server
+    without an artifact root, SQLite on a network filesystem, a creation lock held too long."""
+
+
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+ARTIFACT_ROOT_ENV = "MEDXFER_ARTIFACT_ROOT"  # the shared artifact root of new experiments, any store
+ALLOW_NETWORK_SQLITE_ENV = "MEDXFER_ALLOW_NETWORK_SQLITE"
+_SERVER_DATABASES = ("postgresql", "mysql", "mssql")  # database servers: no artifact store of their own
+_TRACKING_SCHEMES = ("sqlite", *_SERVER_DATABASES, "http", "https", "file", "databricks")
+_URI_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*):")
+
+
+def _scheme(uri: str) -> str:
+    """The scheme of ``uri`` without its driver (``postgresql+psycopg2`` → ``postgresql``), lower case; "" if none."""
+    match = _URI_SCHEME.match(uri)
+    return match.group("scheme").split("+", 1)[0].lower() if match else ""
+
+
+def _checked_tracking_uri(uri: str) -> str:
+    """``uri`` validated as a tracking store every process can reach: a relative SQLite path made absolute."""
+    uri = uri.strip()
+    shown = redact_credentials(uri)
+    scheme = "databricks" if uri.lower() == "databricks" else _scheme(uri)  # MLflow's bare "databricks"
+    if scheme not in _TRACKING_SCHEMES:
+        kind = f"an unsupported scheme {scheme!r}" if scheme else "no scheme"
+        raise StoreError(f"tracking URI {shown!r} has {kind}: use sqlite:////abs/path/mlflow.db, "
+                         "postgresql://user@host/db (or mysql://, mssql://), http(s)://tracking-server:5000, "
+                         "file:///abs/mlruns or databricks")
+    if scheme == "sqlite":
+        path = _sqlite_file(uri)
+        if path is None:  # each process would get its own empty database
+            raise StoreError(f"tracking URI {shown!r} is an in-memory SQLite store, private to each process: "
+                             "name a database file, sqlite:////abs/path/mlflow.db")
+        return _absolute_sqlite_uri(uri, path)
+    if scheme in ("http", "https") and not urlsplit(uri).hostname:
+        raise StoreError(f"tracking URI {shown!r} names no host: write {scheme}://host:port")
+    if scheme in _SERVER_DATABASES and "://" not in uri:
+        raise StoreError(f"tracking URI {shown!r} is not a database URL: write {scheme}://user@host:port/database")
+    if scheme == "file" and not urlsplit(uri).path.startswith("/"):
+        raise StoreError(f"tracking URI {shown!r}: a file store needs an absolute path, file:///abs/mlruns")
+    return uri
+
+
+def _checked_artifact_root(root: str) -> str:
+    """``root`` validated as an artifact root every process agrees on: a URI (``s3://…``,
+    ``file:///…``, ``mlflow-artifacts:/…``) as given, or an absolute path (``~`` expanded), normalised."""
+    root = root.strip()
+    if not root:
+        raise StoreError("the artifact root is empty: give an absolute path or a URI such as s3://bucket/medxfer")
+    match = _URI_SCHEME.match(root)
+    if match and len(match.group("scheme")) > 1:  # a URI (a one-letter "scheme" would be a Windows drive)
+        if match.group("scheme").lower() == "file" and not urlsplit(root).path.startswith("/"):
+            raise StoreError(f"artifact root {root!r}: a file URI needs an absolute path, file:///abs/artifacts")
+        return root
+    path = Path(root).expanduser()
+    if not path.is_absolute():  # each process would resolve it against its own current folder
+        raise StoreError(f"artifact root {root!r} is a relative path: each process would put artifacts under its "
+                         "own current folder; give an absolute path (on storage all runners share) or a URI")
+    return os.path.normpath(path)
+
+
+def use_tracking(uri: str | None, artifact_root: str | None) -> None:
+    """Use tracking store ``uri`` and artifact root ``artifact_root`` (a study spec's ``tracking:``) in this
+    process and every process it starts: validated, then set as ``$MLFLOW_TRACKING_URI`` and
+    ``$MEDXFER_ARTIFACT_ROOT`` (the spec wins over the environment; None leaves a variable as it is).
+
+    Refuses (:class:`StoreError`, before connecting to anything) an invalid URI, a relative artifact root,
+    and a database server store (PostgreSQL, MySQL, SQL Server) with no artifact root at all."""
+    checked_uri = _checked_tracking_uri(uri) if uri is not None else None
+    checked_root = _checked_artifact_root(artifact_root) if artifact_root is not None else None
+    effective_uri = checked_uri or resolve_tracking_uri()
+    new_experiment_artifact_location(effective_uri, checked_root)  # refuse now, not in a worker later
+    if checked_uri is not None:
+        os.environ[TRACKING_URI_ENV] = checked_uri
+    if checked_root is not None:
+        os.environ[ARTIFACT_ROOT_ENV] = checked_root
+
+
+def shared_artifact_root() -> str | None:
+    """``$MEDXFER_ARTIFACT_ROOT`` validated (an absolute path or a URI); None when unset."""
+    root = os.environ.get(ARTIFACT_ROOT_ENV, "")
+    return _checked_artifact_root(root) if root.strip() else None
+
+
+def new_experiment_artifact_location(uri: str | None = None, root: str | None = None) -> str | None:
+    """The ``artifact_location`` medxfer gives a new experiment of store ``uri`` (default
+    :func:`resolve_tracking_uri`); runs then keep their artifacts in ``<location>/<run id>/artifacts``.
+
+    ``root`` (default ``$MEDXFER_ARTIFACT_ROOT``) when given, for any store; otherwise the absolute
+    :func:`artifact_root` beside a local SQLite database; None for a tracking server (``http(s)://``, its
+    own default, e.g. ``--serve-artifacts``) and a file store. A database server without a root is
+    refused: MLflow would put the artifacts in ``./mlruns`` of whichever process created the experiment."""
+    uri = uri or resolve_tracking_uri()
+    root = _checked_artifact_root(root) if root is not None else shared_artifact_root()
+    if root is not None:
+        return root if len(_scheme(root)) > 1 else Path(root).as_uri()
+    if _scheme(uri) in _SERVER_DATABASES:
+        raise StoreError(
+            f"the tracking store {redact_credentials(uri)} is a database server with no artifact root: MLflow "
+            "would put each new experiment's artifacts in ./mlruns of whichever process created it, which the other "
+            "runners (and you, later) cannot see. Name a root all runners share: tracking.artifact_root in the study "
+            f"spec or {ARTIFACT_ROOT_ENV}=/shared/path (or s3://bucket/prefix), or run an MLflow tracking server "
+            "(mlflow server --backend-store-uri <this database> --serve-artifacts --artifacts-destination <root>) "
+            "and set the tracking URI to http://host:port")
+    local_root = artifact_root(uri)
+    return local_root.as_uri() if local_root is not None else None
+
+
+# the network filesystems on which SQLite's file locking cannot be trusted (fstype of /proc/self/mountinfo;
+# a FUSE one also as fuse.<name>)
+NETWORK_FILESYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smb2", "smbfs", "ncpfs", "9p", "afs", "lustre", "gpfs", "beegfs", "glusterfs",
+    "ceph", "cephfs", "sshfs", "davfs", "s3fs", "gcsfuse", "rclone", "juicefs", "wekafs", "panfs", "pvfs2",
+    "orangefs", "quobyte",
+})
+
+
+class Mount(NamedTuple):
+    """One line of ``/proc/self/mountinfo``: where a filesystem is mounted, its type and its source."""
+
+    point: str
+    fstype: str
+    source: str
+
+
+def _unescape_mount_field(field: str) -> str:
+    """A mountinfo field with its octal escapes (``\\040`` for a space) decoded."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mount_of(path: str | os.PathLike, mountinfo: str | None = None) -> Mount | None:
+    """The mount holding ``path`` (symlinks resolved; it need not exist yet): the longest mount point
+    that is a prefix of it in ``mountinfo`` (default: this process's ``/proc/self/mountinfo``; the last
+    one of equal length, mounted on top). None when there is no mount table (not Linux)."""
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return None
+    target = os.path.realpath(path)
+    best: Mount | None = None
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if "-" not in fields[6:]:
+            continue
+        sep = fields.index("-", 6)  # id parent dev root point options [optional…] - fstype source superoptions
+        point = _unescape_mount_field(fields[4])
+        inside = point == "/" or target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(fields) > sep + 1 and (best is None or len(point) >= len(best.point)):
+            source = _unescape_mount_field(fields[sep + 2]) if len(fields) > sep + 2 else ""
+            best = Mount(point, fields[sep + 1], source)
+    return best
+
+
+def is_network_filesystem(fstype: str) -> bool:
+    """Whether a mountinfo filesystem type is a network or cluster one (``nfs4``, ``fuse.sshfs``, ``lustre``…)."""
+    fstype = fstype.lower()
+    return fstype in NETWORK_FILESYSTEMS or fstype.removeprefix("fuse.") in NETWORK_FILESYSTEMS
+
+
+def check_sqlite_filesystem(uri: str, mountinfo: str | None = None) -> None:
+    """Refuse (:class:`StoreError`) a SQLite store ``uri`` whose database folder is on a network filesystem
+    (by ``mountinfo``, default this process's mount table), unless ``$MEDXFER_ALLOW_NETWORK_SQLITE=1``.
+    Any other store passes."""
+    db = sqlite_path(uri)
+    if db is None or os.environ.get(ALLOW_NETWORK_SQLITE_ENV, "") == "1":
+        return
+    mount = mount_of(db.parent, mountinfo)
+    if mount is None or not is_network_filesystem(mount.fstype):
+        return
+    raise StoreError(
+        f"{db}: the MLflow SQLite store is on a network filesystem ({mount.fstype} {mount.source} mounted at "
+        f"{mount.point}). SQLite's file locking is unreliable over NFS, CIFS, Lustre and other network "
+        "filesystems: concurrent runners corrupt the store or lock each other out. Use a tracking server "
+        "(mlflow server with a PostgreSQL backend and --serve-artifacts; set the study spec's tracking.uri or "
+        "MLFLOW_TRACKING_URI to http://host:port) or a database server, or keep the SQLite file on a local disk "
+        f"(MLFLOW_TRACKING_URI=sqlite:////local/disk/mlflow.db). A single runner that knows no other process "
+        f"writes this store may set {ALLOW_NETWORK_SQLITE_ENV}=1.")
 
 
 STORE_LOCK_SECONDS = 600.0  # how long a process waits for another one creating the store
@@ -150,7 +345,8 @@ def store_lock_path(uri: str) -> Path | None:
 def ensure_store(uri: str | None = None) -> str:
     """Open the store ``uri`` (default :func:`tracking_uri`) once per process under its
     :func:`store_lock_path`, so that concurrent first uses of a new database create its tables one
-    after the other; returns the URI. Later calls in the process cost nothing."""
+    after the other; returns the URI. Later calls in the process cost nothing. A SQLite store on a
+    network filesystem is refused first (:func:`check_sqlite_filesystem`)."""
     import mlflow
     from filelock import FileLock, Timeout
 
@@ -160,6 +356,7 @@ def ensure_store(uri: str | None = None) -> str:
     with _ready_guard:
         if key in _ready:
             return uri
+        check_sqlite_filesystem(uri)  # before the lock: a lock file on NFS is no better
         if lock is not None and lock.parent.is_dir():
             try:
                 with FileLock(str(lock), timeout=STORE_LOCK_SECONDS):
@@ -169,6 +366,25 @@ def ensure_store(uri: str | None = None) -> str:
                                  f"{STORE_LOCK_SECONDS:.0f} s; is a medxfer or mlflow process stuck?") from None
         _ready.add(key)
     return uri
+
+
+_CONFLICT_MARKERS = ("UniqueViolation", "IntegrityError", "UNIQUE constraint", "duplicate key")
+
+
+def retry_on_conflict(call, *args, attempts: int = 5, **kwargs):
+    """``call(*args, **kwargs)`` again when the store reports a write conflict: MLflow's SQL store sets a
+    tag as read-then-insert, so two runners setting one tag at once (an experiment's view, a study's parent
+    run, an orphan both reset) make one of them fail with a duplicate key (PostgreSQL) or a UNIQUE
+    constraint (SQLite); the retry finds the row and updates it."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            return call(*args, **kwargs)
+        except MlflowException as exc:
+            if attempt == attempts - 1 or not any(m in str(exc) for m in _CONFLICT_MARKERS):
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 def get_run(run_id: str):
@@ -208,16 +424,17 @@ def client():
 
 
 def experiment_id(mlflow_client, name: str, create: bool = True) -> str | None:
-    """The id of experiment ``name``; created when absent and ``create`` (artifacts in the absolute
-    :func:`artifact_root` of a local SQLite store), else None. Safe when another process creates it
-    concurrently."""
+    """The id of experiment ``name``; created when absent and ``create``, else None. A new experiment keeps
+    its artifacts in :func:`new_experiment_artifact_location` (``$MEDXFER_ARTIFACT_ROOT``, or the absolute
+    :func:`artifact_root` of a local SQLite store; a database server without a root is refused). Safe
+    when another process creates it concurrently."""
     exp = mlflow_client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     if not create:
         return None
-    root = artifact_root(getattr(mlflow_client, "tracking_uri", None) or resolve_tracking_uri())
-    location = root.as_uri() if root is not None else None  # runs are <root>/<run id>/artifacts
+    # runs are <location>/<run id>/artifacts
+    location = new_experiment_artifact_location(getattr(mlflow_client, "tracking_uri", None) or resolve_tracking_uri())
     try:
         # typed for model training: MLflow 3's UI would open it in its GenAI view (see medxfer.tracking.ui)
         return mlflow_client.create_experiment(name, artifact_location=location,

@@ -22,6 +22,7 @@ from urllib.parse import urlencode
 
 from .layout import (EXPERIMENT_KIND_TRAINING, REPORT_DIR, STUDY_VIEW_KEY, TAG_EXPERIMENT_KIND, TAG_FOLD, TAG_SEED,
                      TAG_SHARED_VIEW_PREFIX)
+from .store import retry_on_conflict
 
 WORKFLOW_TYPE = "machine_learning"  # the UI's "model training" workflow (its other one is "genai")
 REPORT_PAGE = f"{REPORT_DIR}/report.html"  # the parent run's artifact that `study report` logs
@@ -56,9 +57,9 @@ def study_view_state(grid_keys: Sequence[str], metrics: Sequence[str]) -> dict:
 
 def set_study_view(client, experiment_id: str, grid_keys: Sequence[str], metrics: Sequence[str]) -> None:
     """Type experiment ``experiment_id`` for model training and store its comparison view (see the module)."""
-    client.set_experiment_tag(experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND_TRAINING)
-    client.set_experiment_tag(experiment_id, TAG_SHARED_VIEW_PREFIX + STUDY_VIEW_KEY,
-                              json.dumps(study_view_state(grid_keys, metrics), separators=(",", ":")))
+    retry_on_conflict(client.set_experiment_tag, experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND_TRAINING)
+    retry_on_conflict(client.set_experiment_tag, experiment_id, TAG_SHARED_VIEW_PREFIX + STUDY_VIEW_KEY,
+                      json.dumps(study_view_state(grid_keys, metrics), separators=(",", ":")))
 
 
 def study_page(base_url: str, experiment_id: str) -> str:

@@ -11,6 +11,8 @@ from monai.transforms import Compose, RandAdjustContrastd, RandAffined, RandFlip
 
 from ..models.classifier import view_channels
 from ..models.preprocessing import Preprocessing
+from .device_augment import (AFFINE_PROB, CONTRAST_SHARE, FLIP_PROB, GAMMA_RANGE, ROTATE_RANGE, SCALE_RANGE,
+                             TRANSLATE_RANGE, device_side_applies)
 from .masks import LoadMaskd, MirrorLikePresetd
 from .multiview import FuseViewsd, LoadViewsd
 from .pipelines3d import classification_transforms_3d, segmentation_transforms_3d
@@ -26,34 +28,40 @@ def deterministic_transforms(image_size: int, in_channels: int, keys: Sequence[s
 
 
 def augmentations(keys: Sequence[str] = ("image",), flip: bool = False, modes: Sequence[str] = ("bilinear",),
-                  prob: float = 0.5, image_size: int | None = None,
+                  prob: float = AFFINE_PROB, image_size: int | None = None,
                   intensity_keys: Sequence[str] | None = None) -> list:
     """Mild geometric and contrast augmentation (no flips by default: laterality can matter).
 
     The contrast change applies to ``intensity_keys`` (default: the first key, the image; not a
-    mask). With ``image_size`` the affine's sampling grid is built once and reused (``cache_grid``)."""
+    mask). With ``image_size`` the affine's sampling grid is built once and reused (``cache_grid``).
+    The ranges are :mod:`.device_augment`'s, which applies the same distributions batch-wise on a GPU."""
     size = {"spatial_size": (image_size, image_size), "cache_grid": True} if image_size else {}
-    out = [RandAffined(list(keys), prob=prob, rotate_range=0.15, scale_range=0.1, translate_range=8,
-                       mode=list(modes), padding_mode="zeros", **size),
-           RandAdjustContrastd(list(intensity_keys or keys[:1]), prob=prob * 0.6, gamma=(0.8, 1.25))]
+    out = [RandAffined(list(keys), prob=prob, rotate_range=ROTATE_RANGE, scale_range=SCALE_RANGE,
+                       translate_range=TRANSLATE_RANGE, mode=list(modes), padding_mode="zeros", **size),
+           RandAdjustContrastd(list(intensity_keys or keys[:1]), prob=prob * CONTRAST_SHARE, gamma=GAMMA_RANGE)]
     if flip:
-        out.append(RandFlipd(list(keys), prob=0.5, spatial_axis=0))
+        out.append(RandFlipd(list(keys), prob=FLIP_PROB, spatial_axis=0))
     return out
 
 
 def classification_transforms(image_size: int, in_channels: int, preprocessing: Preprocessing | dict,
                               augment: bool, views: Sequence[str] | None = None, fusion: str = "late",
                               input: str | None = "2d", roi_size: Sequence[int] | None = None,
-                              spacing: Sequence[float] | None = None) -> Compose:
+                              spacing: Sequence[float] | None = None, on_device: bool = False) -> Compose:
     """The full pipeline: deterministic part, augmentation (training only), weights normalisation.
 
     With ``views`` the items are multi-view samples (:mod:`medxfer.engine.multiview`); with
-    ``input: 3d`` whole volumes fitted to ``roi_size`` (:mod:`.pipelines3d`)."""
+    ``input: 3d`` whole volumes fitted to ``roi_size`` (:mod:`.pipelines3d`). With ``on_device`` (2D
+    images and slice samples, :func:`.device_augment.device_side_applies`) the pipeline stops at the
+    [0, 1] image at network size: augmentation and normalisation then run on the training device
+    (:class:`medxfer.engine.batches.DevicePrepareBatch`)."""
     if str(input or "2d").lower() == "3d":
         return classification_transforms_3d(roi_size, in_channels, preprocessing, augment, spacing)
     if views:
         return multiview_transforms(image_size, in_channels, preprocessing, augment, views, fusion)
     steps = deterministic_transforms(image_size, in_channels)
+    if on_device and device_side_applies(input, views):
+        return Compose(steps + [ToTensord(["image", "label"], track_meta=False)])
     if augment:
         steps += augmentations(image_size=image_size)
     steps += [WeightsNormalized("image", preprocessing, in_channels), ToTensord(["image", "label"], track_meta=False)]

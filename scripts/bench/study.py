@@ -37,7 +37,7 @@ def spec_for(args, manifest: Path, name: str, cache_dir: Path, use_cache: bool):
 
     train = {"epochs": args.epochs, "image_size": args.image_size, "batch_size": args.batch_size,
              "augment": False, "feature_cache": use_cache, "feature_cache_dir": str(cache_dir),
-             "num_workers": 0, "device": f"$torch.device('{args.device}')", "amp": False}
+             "num_workers": 0, "amp": False}  # the device: CUDA_VISIBLE_DEVICES (main)
     return parse_spec({"name": name, "bundle": "classification",
                        "data": {"manifest": str(manifest), "label": "supernumerary", "folds": [0]},
                        "grid": {"encoder": [args.encoder], "weights": ["scratch"], "freeze": ["all"],
@@ -80,6 +80,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workdir", type=Path, default=None, help="Keep the cohort here between invocations.")
     args = parser.parse_args()
+    if args.device == "cpu":  # a spec holds data, not a device expression: hide the GPUs instead
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     import logging
 
     import torch

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from medxfer.cli import main
 from medxfer.engine.bundles import TrainResult
 from medxfer.engine.mlflow_run import RunTracker
-from medxfer.study import load_spec, run_study, runner
+from medxfer.study import execute, load_spec, run_study, runner
 from medxfer.study.grid import expand
 from medxfer.tracking import client, experiment_id
 from medxfer.tracking.ui import study_page
@@ -38,7 +38,7 @@ def _spec(tmp_path: Path, manifest: Path, folds=(0, 1)):
 def _logging_stub(bundle, config="train", progress=None, **overrides) -> TrainResult:
     """``train_bundle`` without training: the run as the engine opens it, a test AUC per freeze policy."""
     tracker = RunTracker(overrides["experiment"], overrides["run_name"], tags=overrides["tags"],
-                         parent_run_id=overrides["parent_run_id"])
+                         parent_run_id=overrides["parent_run_id"], run_id=overrides.get("claimed_run_id"))
     tracker.start()
     metrics = {"test_auc": 0.8 if overrides["freeze"] == "none" else 0.6}
     tracker.log_metrics(metrics)
@@ -62,7 +62,7 @@ def test_child_run_names_keep_what_tells_runs_apart(dental_cohort, mlflow_store,
 
 def test_study_run_types_the_experiment_and_stores_its_comparison_view(dental_cohort, mlflow_store, tmp_path,
                                                                          monkeypatch):
-    monkeypatch.setattr(runner, "train_bundle", _logging_stub)
+    monkeypatch.setattr(execute, "train_bundle", _logging_stub)
     spec = _spec(tmp_path, dental_cohort.manifest)
     outcome = run_study(spec, runs_dir=tmp_path / "runs")
     assert outcome.complete and len(outcome.ran) == 8
@@ -104,7 +104,7 @@ def test_study_run_types_the_experiment_and_stores_its_comparison_view(dental_co
 
 
 def test_an_older_study_parent_gets_its_description(dental_cohort, mlflow_store, tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "train_bundle", _logging_stub)
+    monkeypatch.setattr(execute, "train_bundle", _logging_stub)
     spec = _spec(tmp_path, dental_cohort.manifest, folds=(0,))
     c = client()
     exp = experiment_id(c, spec.experiment)

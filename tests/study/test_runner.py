@@ -185,7 +185,7 @@ def test_a_failing_cell_is_reported_and_the_rest_completes(dental_cohort, mlflow
     spec = load_spec(spec_file)
     assert len(finished_by_hash(spec)) == 1
     dry = CliRunner().invoke(main, ["study", "run", str(spec_file), "--dry-run"])
-    assert "done" in dry.output and "todo" in dry.output  # the failed cell is still to do
+    assert "done" in dry.output and "failed" in dry.output  # the failed cell (its claimed run FAILED) runs again
 
 
 def test_feature_cache_gives_the_full_networks_predictions(dental_cohort, mlflow_store):
@@ -253,7 +253,8 @@ def test_the_runner_is_identified_by_more_than_its_hostname(monkeypatch):
     """Issue 20 item 8: hosts sharing a hostname (containers, cloned nodes) never judge each other's
     runs by pid — only by heartbeat age; on this machine a dead pid, a reused pid or this very
     runner still mean orphaned; runs of an older medxfer (no runner tag) keep the hostname rule."""
-    from medxfer.study.runner import _orphaned, machine_id, runner_identity
+    from medxfer.study.claims import is_orphaned as _orphaned
+    from medxfer.study.claims import machine_id, runner_identity
 
     me = runner_identity()
     assert me.host == socket.gethostname() and me.pid == os.getpid() and len(me.runner) == 32
@@ -279,22 +280,22 @@ def test_the_runner_is_identified_by_more_than_its_hostname(monkeypatch):
     assert not _orphaned(_fake_run({**old, "medxfer.host": "gpu-node-7", "medxfer.pid": str(dead)}), me, now)
 
 
-def test_the_heartbeat_refreshes_this_runners_runs_only(store, monkeypatch):
+def test_the_heartbeat_refreshes_this_runners_run_only(store, monkeypatch):
     """A twin machine's run with this hostname and pid keeps its own heartbeat: were it refreshed
     here, a dead twin's run would look alive for ever."""
-    from medxfer.study import runner
+    from medxfer.study import claims
     from medxfer.tracking import client, experiment_id
 
-    monkeypatch.setattr(runner, "HEARTBEAT_SECONDS", 0.2)
-    me, c = runner.runner_identity(), client()
+    monkeypatch.setattr(claims, "HEARTBEAT_SECONDS", 0.2)
+    me, c = claims.runner_identity(), client()
     exp = experiment_id(c, "medxfer/beat")
     tags = {"config_hash": "h" * 20, "medxfer.heartbeat": "1000", "medxfer.host": me.host,
             "medxfer.pid": str(me.pid)}
     mine = c.create_run(exp, tags={**tags, **me.tags()}).info.run_id
     twin_tags = {**tags, "medxfer.machine": "boot:twin/pid:[1]", "medxfer.runner": "0" * 32}
     twin = c.create_run(exp, tags=twin_tags).info.run_id
-    with runner._Heartbeat(c, exp) as beat:
-        beat.config_hash = "h" * 20
+    with claims.Heartbeat(c) as beat:
+        beat.run_id = mine
         deadline = time.time() + 60
         while c.get_run(mine).data.tags["medxfer.heartbeat"] == "1000" and time.time() < deadline:
             time.sleep(0.2)
@@ -309,7 +310,7 @@ def test_a_live_run_of_a_machine_with_the_same_hostname_and_pid_is_left_alone(de
     identity (hostname, machine, pid, runner id)."""
     import mlflow
 
-    from medxfer.study.runner import runner_identity
+    from medxfer.study.claims import runner_identity
     from medxfer.tracking import experiment_id
 
     spec = load_spec(write_spec(tmp_path / "study.yaml", dental_cohort.manifest,

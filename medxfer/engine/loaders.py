@@ -23,9 +23,18 @@ CPUS_PER_RUN_ENV = "MEDXFER_CPUS_PER_RUN"  # set by the study executors: the cor
 MAX_AUTO_WORKERS = 16  # beyond this, more processes cost memory and start-up without feeding a device faster
 
 
+def machine_cpus() -> int:
+    """The cores of this machine this process may run on: its CPU affinity set (a SLURM allocation, a
+    container's cpuset), ``os.cpu_count()`` where the platform has no affinity."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def available_cpus() -> int:
-    """The cores this process may use: ``$MEDXFER_CPUS_PER_RUN`` when set (a positive integer), else
-    the size of its CPU affinity set (``os.cpu_count()`` where the platform has no affinity)."""
+    """The cores this run may use: ``$MEDXFER_CPUS_PER_RUN`` when set (a positive integer: an executor's
+    share for the run), else :func:`machine_cpus`."""
     value = os.environ.get(CPUS_PER_RUN_ENV, "").strip()
     if value:
         try:
@@ -35,10 +44,7 @@ def available_cpus() -> int:
         if cpus < 1:
             raise ValueError(f"{CPUS_PER_RUN_ENV}={value!r}: a number of cores (a positive integer)")
         return cpus
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
+    return machine_cpus()
 
 
 def auto_num_workers() -> int:

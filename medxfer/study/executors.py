@@ -27,7 +27,7 @@ import torch
 
 from ..core.errors import MedxferError
 from ..core.signals import Terminated, terminate_raises, worker_signals
-from ..engine.loaders import CPUS_PER_RUN_ENV, available_cpus
+from ..engine.loaders import CPUS_PER_RUN_ENV, machine_cpus
 from ..engine.progress import StudyProgress
 from .execute import RunReport, StageFailed, StageResolver, StudyContext, run_planned, run_stage, run_with_stages
 from .grid import PlannedRun
@@ -63,7 +63,7 @@ class ExecutorSettings:
 
     def cpus_each(self) -> int:
         """Cores per run: ``resources.cpus_per_run``, else this machine's cores divided among the parallel runs."""
-        return self.cpus_per_run or max(1, available_cpus() // self.parallel())
+        return self.cpus_per_run or max(1, machine_cpus() // self.parallel())
 
 
 def parse_gpus(text: str | None, visible: int) -> tuple[int, ...] | None:

@@ -26,7 +26,7 @@ from typing import Callable
 
 from .claims import TASK_ENV
 from .execute import RunReport, StudyContext, run_planned, run_stage
-from ..engine.loaders import available_cpus
+from ..engine.loaders import machine_cpus
 from .executors import ExecutorError, ExecutorSettings, device_ids, share_cores
 from .grid import PlannedRun
 
@@ -80,7 +80,7 @@ def _start_ray(settings: ExecutorSettings) -> bool:
     if settings.gpus:  # only those; else Ray detects this machine's GPUs
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(device_ids(settings.gpus))
         gpus = {"num_gpus": len(settings.gpus)}
-    ray.init(address="local", num_cpus=available_cpus(), include_dashboard=False, logging_level=logging.WARNING,
+    ray.init(address="local", num_cpus=machine_cpus(), include_dashboard=False, logging_level=logging.WARNING,
              **gpus)
     return True
 

@@ -103,7 +103,7 @@ def test_local_pool_runs_two_at_once_and_retries_a_killed_worker(dental_cohort, 
     assert "FAILED" in killed  # the killed attempt, marked by the retry (its worker's pid is gone)
 
 
-def test_ray_runs_the_grid_as_tasks_and_retries_a_killed_worker(dental_cohort, store, tmp_path):
+def test_ray_runs_the_grid_as_tasks_and_retries_a_killed_worker(dental_cohort, any_store, tmp_path):
     pytest.importorskip("ray")
     _, spec = _six_run_spec(tmp_path, dental_cohort.manifest, "rays", epochs=12)
     killer = _KillOneWorker(spec)

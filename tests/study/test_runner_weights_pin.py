@@ -62,7 +62,9 @@ def test_weights_changed_during_a_study_fail_the_runs_that_would_mix_them(dental
     loaded = {r.data.tags["cell"].split("/")[2]: r.data.params["weights.sha256"] for r in finished}
     assert loaded == {"file:w.pt": file_sha, "mine": imported.sha256}  # what each run actually loaded
     runs = client.search_runs([finished[0].info.experiment_id], "tags.`medxfer.role` = 'cell'")
-    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]  # a refused pin starts no MLflow run
+    # a refused pin trains nothing: its claimed run is FAILED, with no weights loaded
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FAILED", "FINISHED", "FINISHED"]
+    assert not any("weights.sha256" in r.data.params for r in runs if r.info.status == "FAILED")
     parent = client.get_run(outcome.parent_run_id)
     assert parent.info.status == "FAILED"
     paths = build_report("pinned", out_dir=tmp_path / "report")  # one sha256 per cell: it reports

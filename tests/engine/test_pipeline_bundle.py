@@ -30,7 +30,8 @@ def _pipeline_of(description: dict) -> tuple:
 def test_device_side_pipeline_learns_and_the_second_run_reads_the_cache(dental_cohort, mlflow_store, caplog):
     manifest = str(dental_cohort.manifest)
     with caplog.at_level(logging.INFO, logger="medxfer.engine.item_cache"):
-        result = train_bundle("classification", manifest=manifest, epochs=6, augment_on_device=True, **SMALL)
+        result = train_bundle("classification", manifest=manifest, epochs=6, augment_on_device=True, item_cache=True,
+                              **SMALL)
     client = mlflow.MlflowClient(mlflow_store)
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
@@ -51,6 +52,7 @@ def test_device_side_pipeline_learns_and_the_second_run_reads_the_cache(dental_c
 
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="medxfer.engine.item_cache"):
-        train_bundle("classification", manifest=manifest, epochs=1, lr=0.01, augment_on_device=True, **SMALL)
+        train_bundle("classification", manifest=manifest, epochs=1, lr=0.01, augment_on_device=True, item_cache=True,
+                     **SMALL)
     reports = [r.getMessage() for r in caplog.records if "items read from the cache" in r.getMessage()]
     assert len(reports) == 2 and all(m.endswith(" 0 computed") for m in reports), reports  # train and validation

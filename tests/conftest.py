@@ -9,11 +9,6 @@ from pathlib import Path
 
 import pytest
 
-# The test cohorts are tiny: starting and stopping a loader worker costs more than it loads (a bundle test
-# took 22 s with `num_workers: auto` = 1 worker on 2 cores, 10 s without), so `auto` resolves to 0 workers
-# here (one core per run). Tests of the worker path set num_workers or this variable themselves.
-os.environ.setdefault("MEDXFER_CPUS_PER_RUN", "1")
-
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -12,8 +12,10 @@ from medxfer.engine.loaders import (CPUS_PER_RUN_ENV, MAX_AUTO_WORKERS, PassThro
 
 @pytest.fixture
 def cores(monkeypatch):
-    """Pretend this process may run on ``n`` cores (its CPU affinity), with no executor share set."""
+    """Pretend this process may run on ``n`` cores (its CPU affinity), with no executor share set, and
+    has a GPU to feed."""
     monkeypatch.delenv(CPUS_PER_RUN_ENV, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
 
     def set_cores(n: int) -> None:
         monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(n)))
@@ -90,3 +92,11 @@ def test_the_pass_through_scaler_steps_the_optimizer():
     scaler.step(optimizer)
     scaler.update()
     assert torch.equal(weight.detach(), torch.zeros(2))
+
+
+def test_auto_is_no_worker_when_training_on_the_cpu(cores, monkeypatch):
+    """Without a GPU the cores train: workers would compete with them."""
+    cores(16)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert auto_num_workers() == 0 == resolve_num_workers("auto") and auto_num_workers(cuda=True) == 15
+    assert loader_settings("auto", "cpu")["num_workers"] == 0

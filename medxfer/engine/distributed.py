@@ -48,7 +48,7 @@ from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from ..core.errors import MedxferError
 from ..core.signals import Terminated, terminate_raises
 from .bundles import BundleError, TrainResult, error_summary, train_bundle
-from .loaders import CPUS_PER_RUN_ENV, available_cpus
+from .loaders import available_cpus, cores_environment
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +175,7 @@ def log_shards(tracker, **datasets: Sequence) -> dict[str, list[int]]:
 def rank_environment(nproc: int) -> dict[str, str]:
     """Environment every rank starts with: its share of the cores this run may use (``MEDXFER_CPUS_PER_RUN``,
     which sizes its loader workers, and ``OMP_NUM_THREADS``), so N ranks do not oversubscribe the machine."""
-    share = str(max(1, available_cpus() // nproc))
-    return {CPUS_PER_RUN_ENV: share, "OMP_NUM_THREADS": share}
+    return cores_environment(max(1, available_cpus() // nproc))
 
 
 @contextlib.contextmanager

@@ -47,6 +47,13 @@ def available_cpus() -> int:
     return machine_cpus()
 
 
+def cores_environment(cpus: int) -> dict[str, str]:
+    """The environment that gives a process ``cpus`` cores: ``MEDXFER_CPUS_PER_RUN`` (what ``num_workers:
+    auto`` counts) and ``OMP_NUM_THREADS`` (torch's threads, read when it is imported). The study executors
+    and ``medxfer train --nproc`` give each run or rank its share this way."""
+    return {CPUS_PER_RUN_ENV: str(cpus), "OMP_NUM_THREADS": str(cpus)}
+
+
 def auto_num_workers(cuda: bool | None = None) -> int:
     """Loader worker processes for this run when it trains on a GPU (``cuda``; default: one is available):
     :func:`available_cpus` less one core for the training loop, at most :data:`MAX_AUTO_WORKERS`; 0 when

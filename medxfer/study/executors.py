@@ -27,7 +27,7 @@ import torch
 
 from ..core.errors import MedxferError
 from ..core.signals import Terminated, terminate_raises, worker_signals
-from ..engine.loaders import CPUS_PER_RUN_ENV, machine_cpus
+from ..engine.loaders import cores_environment, machine_cpus
 from ..engine.progress import StudyProgress
 from .execute import RunReport, StageFailed, StageResolver, StudyContext, run_planned, run_stage, run_with_stages
 from .grid import PlannedRun
@@ -110,9 +110,7 @@ def settings_for(executor: str, gpus: tuple[int, ...] | None, max_parallel: int 
 
 def share_cores(cpus: int) -> None:
     """Give this process ``cpus`` cores: OpenMP / torch threads and the loader's ``num_workers: auto``."""
-    os.environ["OMP_NUM_THREADS"] = str(cpus)
-    os.environ["MKL_NUM_THREADS"] = str(cpus)
-    os.environ[CPUS_PER_RUN_ENV] = str(cpus)
+    os.environ.update(cores_environment(cpus), MKL_NUM_THREADS=str(cpus))
     torch.set_num_threads(cpus)  # torch read OMP_NUM_THREADS when it was imported
 
 

@@ -123,15 +123,35 @@ def is_orphaned(run, me: RunnerIdentity, now: float) -> bool:
         pid = int(tags[TAG_PID])
         if pid == me.pid or not _pid_alive(pid):
             return True
-    beat = float(tags.get(TAG_HEARTBEAT) or run.info.start_time / 1000.0)
-    return now - beat > stale_seconds()
+    return now - last_heartbeat(run) > stale_seconds()
+
+
+CLOCK_SKEW_WARN_SECONDS = 60.0
+
+
+def last_heartbeat(run) -> float:
+    """The time of a run's last heartbeat (its start time before the first), by its runner's clock."""
+    return float(run.data.tags.get(TAG_HEARTBEAT) or run.info.start_time / 1000.0)
+
+
+def warn_clock_skew(runs: list, now: float) -> list:
+    """Log a warning for each RUNNING run whose heartbeat is more than :data:`CLOCK_SKEW_WARN_SECONDS` in
+    this machine's future (heartbeats are compared across machines: their clocks must agree); returns them."""
+    ahead = [r for r in runs if r.info.status == "RUNNING" and last_heartbeat(r) - now > CLOCK_SKEW_WARN_SECONDS]
+    for r in ahead:
+        log.warning("clock skew: run %s's heartbeat from %s is %.0f s ahead of this machine's clock; heartbeats "
+                    "tell a lost runner only when the machines' clocks agree (NTP / chrony) to well within "
+                    "MEDXFER_STALE_SECONDS (%.0f s)", r.info.run_id, r.data.tags.get(TAG_HOST, "?"),
+                    last_heartbeat(r) - now, stale_seconds())
+    return ahead
 
 
 def reset_orphans(client, runs: list) -> list:
     """Mark the orphaned RUNNING runs among ``runs`` FAILED; returns the orphans (the other RUNNING
     runs are alive somewhere)."""
-    me = runner_identity()
-    orphans = [r for r in runs if r.info.status == "RUNNING" and is_orphaned(r, me, time.time())]
+    me, now = runner_identity(), time.time()
+    warn_clock_skew(runs, now)
+    orphans = [r for r in runs if r.info.status == "RUNNING" and is_orphaned(r, me, now)]
     for r in orphans:
         client.set_terminated(r.info.run_id, status="FAILED")
         retry_on_conflict(client.set_tag, r.info.run_id, TAG_RESET, "runner gone; marked FAILED and re-run")

@@ -7,9 +7,10 @@ once). The local pool's workers are spawned processes (never forked from a proce
 torch threads); each is pinned to its GPU with ``CUDA_VISIBLE_DEVICES`` or given its share of the cores
 (``OMP_NUM_THREADS``, ``torch.set_num_threads``, ``MEDXFER_CPUS_PER_RUN`` for the loader's
 ``num_workers: auto``) before it imports torch's kernels. A worker that dies (killed, out of memory) is
-replaced and its run tried again up to ``resources.retries`` times: the dead worker's run, left RUNNING,
-is an orphan (its pid is gone) that the retry marks FAILED and runs again. SIGTERM / Ctrl-C stop the
-workers first (each marks its run FAILED), then the runner.
+replaced and its run — only its run: the other workers' runs go on — tried again up to
+``resources.retries`` times: the dead worker's run, left RUNNING, is an orphan (its pid is gone) that the
+retry marks FAILED and runs again. SIGTERM / Ctrl-C stop the workers first (each marks its run FAILED),
+then the runner.
 """
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ import os
 import signal
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from collections import deque
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as connection_wait
 from typing import Callable
 
 import torch
@@ -131,11 +133,10 @@ def _stderr_echo(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _init_worker(slots, devices: list[str] | None, per_run: int, cpus: int) -> None:
-    """A pool worker's start: pin it to its GPU(s) (one slot per worker), share the cores; SIGTERM (sent by
-    the runner when it is stopped, or by the pool when another worker died) unwinds its run, marked FAILED,
-    and ends the worker (:func:`_stopped`) instead of killing it mid-write."""
-    slot = slots.get()
+def _init_worker(slot: int, devices: list[str] | None, per_run: int, cpus: int) -> None:
+    """A pool worker's start: pin it to its slot's GPU(s), share the cores; SIGTERM (sent by the runner when
+    it is stopped) unwinds its run, marked FAILED, and ends the worker (:func:`_stopped`) instead of killing
+    it mid-write."""
     if devices:
         first = (slot * per_run) % len(devices)
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(devices[first:first + per_run])
@@ -144,8 +145,7 @@ def _init_worker(slots, devices: list[str] | None, per_run: int, cpus: int) -> N
 
 
 def _stopped() -> None:
-    """A worker whose run was stopped (and marked FAILED) exits at once: the pool's worker loop would
-    otherwise report the signal and start the next queued run, with SIGTERM now ignored."""
+    """A worker whose run was stopped (and marked FAILED) exits at once, before it could take another job."""
     sys.stderr.flush()
     os._exit(143)
 
@@ -164,6 +164,28 @@ def _pool_stage(context: StudyContext, name: str, encoder: str) -> str:
         _stopped()
 
 
+def _worker_main(conn: Connection, slot: int, devices: list[str] | None, per_run: int, cpus: int) -> None:
+    """A pool worker's life: set up once (:func:`_init_worker`), then run the jobs the runner sends over
+    ``conn`` one at a time, answering ``("ok", result)``, ``("stage", reason)`` (a stage that cannot be
+    had) or ``("error", reason)``; ends on None or when the runner is gone."""
+    _init_worker(slot, devices, per_run, cpus)
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        kind, args = task
+        try:
+            answer = ("ok", _pool_stage(*args) if kind == "stage" else _pool_run(*args))
+        except StageFailed as exc:
+            answer = ("stage", str(exc))
+        except Exception as exc:  # noqa: BLE001 - a run's unexpected error fails that run, not the worker
+            answer = ("error", f"{type(exc).__name__}: {exc}")
+        conn.send(answer)
+
+
 @dataclass
 class _Job:
     planned: PlannedRun | None  # None for a pretraining stage
@@ -171,17 +193,65 @@ class _Job:
     stage_run_id: str | None = None
     attempts: int = 0
 
+    @property
+    def name(self) -> str:
+        return self.planned.name if self.planned is not None else f"pretraining stage {self.stage[0]}"
+
+    def task(self, context: StudyContext) -> tuple[str, tuple]:
+        """What a worker is sent for this job."""
+        if self.planned is None:
+            return "stage", (context, *self.stage)
+        return "run", (context, self.planned, self.stage_run_id)
+
+
+class _Worker:
+    """One spawned worker process of the local pool, bound for life to a slot (its GPUs), fed one job at a
+    time over a pipe. Unlike a ``concurrent.futures`` pool, where one dead worker breaks the whole pool and
+    takes every run in progress with it, a worker that dies here loses its own job only."""
+
+    def __init__(self, ctx, slot: int, settings: ExecutorSettings, cpus: int):
+        self.slot = slot
+        self.conn, child = ctx.Pipe()
+        devices = device_ids(settings.gpus) if settings.gpus else None
+        per_run = max(1, int(settings.gpus_per_run or 1))
+        self.process = ctx.Process(target=_worker_main, args=(child, slot, devices, per_run, cpus),
+                                   name=f"medxfer-worker-{slot}")
+        self.process.start()
+        child.close()
+        self.job: _Job | None = None
+
+    def send(self, job: _Job, context: StudyContext) -> bool:
+        """Give the worker ``job``; False when it is gone (the job was never started)."""
+        try:
+            self.conn.send(job.task(context))
+        except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
+            return False
+        self.job = job
+        return True
+
+    def lost_reason(self) -> str:
+        """Why the worker's process ended, in words (a signal's name: SIGKILL is the out-of-memory killer's)."""
+        self.process.join(timeout=5)
+        code = self.process.exitcode
+        if code is not None and code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exited with code {code}"
+
 
 def run_local_pool(context: StudyContext, runs: list[PlannedRun], settings: ExecutorSettings,
                    echo: Callable[[str], None]) -> list[RunReport]:
-    """The runs on a pool of ``settings.parallel()`` spawned worker processes; a run that needs a
-    pretraining stage starts when the stage's run is FINISHED (stages of different encoders in parallel)."""
+    """The runs on ``settings.parallel()`` spawned worker processes; a run that needs a pretraining stage
+    starts when the stage's run is FINISHED (stages of different encoders in parallel). A worker that dies
+    is replaced; its job (only) is tried again, up to ``resources.retries`` times."""
     parallel, cpus = settings.parallel(), settings.cpus_each()
     echo(f"local executor: {parallel} run(s) at once, {cpus} core(s) each"
          + (f", GPUs {','.join(device_ids(settings.gpus))}" if settings.gpus else ""))
     reports: dict[str, RunReport] = {}
     waiting: dict[tuple[str, str], list[PlannedRun]] = {}
-    queue: list[_Job] = []
+    queue: deque[_Job] = deque()
     for planned in runs:
         if planned.stage:
             key = (planned.stage, str(planned.overrides.get("encoder")))
@@ -190,89 +260,68 @@ def run_local_pool(context: StudyContext, runs: list[PlannedRun], settings: Exec
             waiting.setdefault(key, []).append(planned)
         else:
             queue.append(_Job(planned))
-    while queue:
-        queue = _drain(context, queue, settings, parallel, cpus, waiting, reports, echo)
+    ctx = multiprocessing.get_context("spawn")
+    workers: list[_Worker | None] = [None] * parallel
+    unstartable = 0  # workers in a row that were gone before they took a job
+    try:
+        with terminate_raises():
+            while queue or any(w is not None and w.job is not None for w in workers):
+                for slot in range(parallel):
+                    while queue and (workers[slot] is None or workers[slot].job is None):
+                        if workers[slot] is None or not workers[slot].process.is_alive():
+                            workers[slot] = _Worker(ctx, slot, settings, cpus)
+                        job = queue.popleft()
+                        if not workers[slot].send(job, context):  # died meanwhile: a new one, job uncharged
+                            queue.appendleft(job)
+                            reason = workers[slot].lost_reason()
+                            workers[slot], unstartable = None, unstartable + 1
+                            if unstartable > 2 * parallel + 2:
+                                raise ExecutorError(f"the local pool's worker processes die as they start "
+                                                    f"({reason}): see the messages above")
+                        else:
+                            unstartable = 0
+                busy = [w for w in workers if w is not None and w.job is not None]
+                connection_wait([h for w in busy for h in (w.conn, w.process.sentinel)], timeout=1.0)
+                for w in busy:
+                    queue.extend(_collect(w, settings, waiting, reports, echo))
+                    if w.job is None and not w.process.is_alive():
+                        workers[w.slot] = None
+    except BaseException:
+        _stop_workers([w for w in workers if w is not None])
+        raise
+    _close_workers([w for w in workers if w is not None])
     return [reports[r.name] for r in runs if r.name in reports]
 
 
-def _new_pool(parallel: int, settings: ExecutorSettings, cpus: int):
-    """A spawned pool of ``parallel`` workers and the queue of GPU slots its initializer takes from."""
-    ctx = multiprocessing.get_context("spawn")
-    slots = ctx.Queue()
-    for i in range(parallel * 64):  # a slot per worker start, replacements included
-        slots.put(i % parallel)
-    per_run = max(1, int(settings.gpus_per_run or 1))
-    devices = device_ids(settings.gpus) if settings.gpus else None
-    pool = ProcessPoolExecutor(max_workers=parallel, mp_context=ctx, initializer=_init_worker,
-                               initargs=(slots, devices, per_run, cpus))
-    return pool, slots
-
-
-def _submit(pool: ProcessPoolExecutor, context: StudyContext, job: _Job) -> Future:
-    if job.planned is None:
-        return pool.submit(_pool_stage, context, *job.stage)
-    return pool.submit(_pool_run, context, job.planned, job.stage_run_id)
-
-
-def _drain(context: StudyContext, queue: list[_Job], settings: ExecutorSettings, parallel: int, cpus: int,
-           waiting: dict[tuple[str, str], list[PlannedRun]], reports: dict[str, RunReport],
-           echo: Callable[[str], None]) -> list[_Job]:
-    """Run ``queue`` (and the runs that wait for its stages) on one pool until all are done or the pool
-    breaks (a worker died); returns the jobs to try again on a new pool. Only a job that had started when
-    the pool broke is charged an attempt (``resources.retries``); those still queued are not."""
-    pool, slots = _new_pool(parallel, settings, cpus)
-    retry: list[_Job] = []
-    futures: dict[Future, _Job] = {}
-    started: set[Future] = set()
-
-    def submit(job: _Job) -> None:
-        try:
-            futures[_submit(pool, context, job)] = job
-        except BrokenProcessPool:  # broke meanwhile: the job goes to the next pool, uncharged
-            retry.append(job)
-
+def _collect(worker: _Worker, settings: ExecutorSettings, waiting: dict, reports: dict,
+             echo: Callable[[str], None]) -> list[_Job]:
+    """The worker's answer, when it has one (or its death): the job recorded, and the jobs it releases (the
+    runs that waited for a stage) or its retry."""
+    job = worker.job
     try:
-        with terminate_raises():
-            for job in queue:
-                submit(job)
-            while futures:
-                done, _ = wait(futures, timeout=1.0, return_when=FIRST_COMPLETED)
-                started |= {f for f in futures if f.running()}
-                for future in done:
-                    job = futures.pop(future)
-                    for extra in _collect(future, job, future in started, settings, waiting, reports, retry, echo):
-                        submit(extra)
-    except BaseException:
-        _stop_workers(pool)
-        raise
-    finally:
-        slots.close()
-    pool.shutdown(wait=True, cancel_futures=True)
-    return retry
-
-
-def _collect(future: Future, job: _Job, had_started: bool, settings: ExecutorSettings, waiting: dict,
-             reports: dict, retry: list[_Job], echo: Callable[[str], None]) -> list[_Job]:
-    """Record a finished job; returns the jobs it releases (the runs waiting for a stage)."""
-    try:
-        result = future.result()
-    except BrokenProcessPool:
-        job.attempts += int(had_started)
+        answered = worker.conn.poll()
+        status, value = worker.conn.recv() if answered else (None, None)
+    except (EOFError, OSError):
+        answered, status, value = False, None, None
+    if not answered:
+        if worker.process.is_alive():
+            return []  # still working
+        worker.job = None
+        job.attempts += 1
+        reason = f"its worker was {worker.lost_reason()}"
         if job.attempts <= settings.retries:
-            retry.append(job)
-        else:
-            _give_up(job, f"its worker was lost {job.attempts} time(s)", waiting, reports, echo)
+            echo(f"  {job.name}: {reason}; trying again ({job.attempts} of {settings.retries} retries)")
+            return [job]
+        _give_up(job, f"{reason}, {job.attempts} time(s)", waiting, reports, echo)
         return []
-    except StageFailed as exc:
-        _give_up(job, str(exc), waiting, reports, echo)
-        return []
-    except Exception as exc:  # noqa: BLE001 - a worker's unexpected error fails its run, not the study
-        _give_up(job, f"{type(exc).__name__}: {exc}", waiting, reports, echo)
+    worker.job = None
+    if status != "ok":
+        _give_up(job, value, waiting, reports, echo)
         return []
     if job.planned is not None:
-        reports[job.planned.name] = result
+        reports[job.planned.name] = value
         return []
-    return [_Job(p, stage_run_id=result) for p in waiting.pop(job.stage, [])]
+    return [_Job(p, stage_run_id=value) for p in waiting.pop(job.stage, [])]
 
 
 def _give_up(job: _Job, reason: str, waiting: dict, reports: dict, echo: Callable[[str], None]) -> None:
@@ -285,24 +334,38 @@ def _give_up(job: _Job, reason: str, waiting: dict, reports: dict, echo: Callabl
 STOP_GRACE_SECONDS = 20.0  # workers marking their runs FAILED; SLURM's default kill wait is 30 s
 
 
-def _stop_workers(pool: ProcessPoolExecutor) -> None:
-    """Cancel what is queued, SIGTERM every worker (each marks its run FAILED and exits), wait for them
-    together for at most :data:`STOP_GRACE_SECONDS`, then SIGKILL the stragglers (their runs, left RUNNING,
-    are orphans the next ``study run`` resets: their pids are gone)."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
+def _close_workers(workers: list[_Worker]) -> None:
+    """The idle workers told to end, and waited for (killed after :data:`STOP_GRACE_SECONDS`)."""
+    for w in workers:
         try:
-            os.kill(process.pid, signal.SIGTERM)
+            w.conn.send(None)
+        except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
+            pass
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for w in workers:
+        w.process.join(timeout=max(0.0, deadline - time.monotonic()))
+        if w.process.is_alive():
+            w.process.kill()
+            w.process.join(timeout=5)
+        w.conn.close()
+
+
+def _stop_workers(workers: list[_Worker]) -> None:
+    """SIGTERM every worker (each marks its run FAILED and exits), wait for them together for at most
+    :data:`STOP_GRACE_SECONDS`, then SIGKILL the stragglers (their runs, left RUNNING, are orphans the next
+    ``study run`` resets: their pids are gone)."""
+    for w in workers:
+        try:
+            os.kill(w.process.pid, signal.SIGTERM)
         except (ProcessLookupError, TypeError):
             pass
     deadline = time.monotonic() + STOP_GRACE_SECONDS
-    for process in processes:
-        process.join(timeout=max(0.0, deadline - time.monotonic()))
-    for process in processes:
-        if process.is_alive():
-            process.kill()
-            process.join(timeout=5)
+    for w in workers:
+        w.process.join(timeout=max(0.0, deadline - time.monotonic()))
+    for w in workers:
+        if w.process.is_alive():
+            w.process.kill()
+            w.process.join(timeout=5)
 
 
 __all__ = ["EXECUTORS", "ExecutorError", "ExecutorSettings", "device_ids", "parse_gpus",

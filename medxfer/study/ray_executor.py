@@ -10,8 +10,11 @@ node it lands on. Every task trains through :func:`~medxfer.study.execute.run_pl
 :func:`~medxfer.study.execute.run_stage`, whose claims keep two runners (any executor) off one config.
 
 Workers get the driver's ``MLFLOW_*`` and ``MEDXFER_*`` environment (the tracking store, its artifact
-root, ``MEDXFER_HOME``) through the job's runtime environment; on a cluster the nodes need medxfer
-installed and the cohort, weights and store reachable at the same paths (``docs/clusters.md``).
+root, ``MEDXFER_HOME``) through the job's runtime environment — less its secrets (passwords, tokens, a
+tracking URI's ``user:password@``): Ray shows a job's runtime environment to whoever reaches its dashboard
+or job API, so those are the nodes' own to hold (a Kubernetes Secret, the SLURM job's environment). On a
+cluster the nodes need medxfer installed and the cohort, weights and store reachable at the same paths
+(``docs/clusters.md``).
 
 Ray is an optional extra (``pip install 'medxfer[ray]'``): imported here, at the top, guarded, so that
 ``--executor local`` works without it and ``--executor ray`` says what to install.
@@ -20,13 +23,15 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 from typing import Callable
 
+from ..engine.loaders import machine_cpus
+from ..tracking.store import redact_credentials
 from .claims import TASK_ENV
 from .execute import RunReport, StudyContext, run_planned, run_stage
-from ..engine.loaders import machine_cpus
 from .executors import ExecutorError, ExecutorSettings, device_ids, share_cores
 from .grid import PlannedRun
 
@@ -36,6 +41,7 @@ except ImportError:  # pragma: no cover - exercised where ray is not installed
     ray = None
 
 FORWARDED_ENV_PREFIXES = ("MLFLOW_", "MEDXFER_")
+SECRET_ENV_NAME = re.compile(r"PASSWORD|PASSWD|TOKEN|SECRET|CREDENTIAL|(^|_)KEY($|_)", re.IGNORECASE)
 RAY_MISSING = ("--executor ray needs Ray, an optional extra: pip install 'medxfer[ray]' "
                "(or use --executor local)")
 
@@ -60,12 +66,27 @@ def _ray_stage(context: StudyContext, name: str, encoder: str, start_run_id: str
     return run_stage(context, name, encoder, start_run_id, echo=_echo)
 
 
-def forwarded_env() -> dict[str, str]:
-    """The driver's environment a worker needs: every ``MLFLOW_*`` and ``MEDXFER_*`` variable."""
-    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+def forwarded_env(environ: dict[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
+    """``(variables, withheld)``: the driver's environment (``environ``, default ``os.environ``) a
+    cluster's workers need — every ``MLFLOW_*`` and ``MEDXFER_*`` variable — less the secrets among them
+    (names with PASSWORD, TOKEN, SECRET, CREDENTIAL or KEY: ``withheld``), with a URI's
+    ``user:password@`` removed (its name in ``withheld`` too)."""
+    environ = dict(os.environ if environ is None else environ)
+    variables, withheld = {}, []
+    for name, value in sorted(environ.items()):
+        if not name.startswith(FORWARDED_ENV_PREFIXES):
+            continue
+        if SECRET_ENV_NAME.search(name):
+            withheld.append(name)
+            continue
+        clean = redact_credentials(value)
+        if clean != value:
+            withheld.append(name)
+        variables[name] = clean
+    return variables, withheld
 
 
-def _start_ray(settings: ExecutorSettings) -> bool:
+def _start_ray(settings: ExecutorSettings, echo: Callable[[str], None]) -> bool:
     """Connect to the cluster at ``settings.address`` (or ``$RAY_ADDRESS``) or start a local Ray instance
     (with the GPUs asked for, ``--gpus``, else the machine's); returns whether this call connected (and so
     disconnects at the end). A cluster's workers get the tracking settings through the job's runtime
@@ -74,7 +95,11 @@ def _start_ray(settings: ExecutorSettings) -> bool:
         return False
     address = settings.address or os.environ.get("RAY_ADDRESS")  # Ray's own variable names a cluster too
     if address:
-        ray.init(address=address, runtime_env={"env_vars": forwarded_env()}, logging_level=logging.WARNING)
+        variables, withheld = forwarded_env()
+        if withheld:
+            echo(f"ray: not sent to the cluster's workers (Ray shows a job's environment on its dashboard): the "
+                 f"secrets in {', '.join(withheld)}; the nodes must hold their own (docs/clusters.md)")
+        ray.init(address=address, runtime_env={"env_vars": variables}, logging_level=logging.WARNING)
         return True
     gpus = {}
     if settings.gpus:  # only those; else Ray detects this machine's GPUs
@@ -114,7 +139,7 @@ def run_ray(context: StudyContext, runs: list[PlannedRun], settings: ExecutorSet
     if ray is None:
         raise ExecutorError(RAY_MISSING)
     began = time.monotonic()
-    owned = _start_ray(settings)
+    owned = _start_ray(settings, echo)
     resources = ray.cluster_resources()
     local = not (settings.address or os.environ.get("RAY_ADDRESS"))
     try:

@@ -31,8 +31,9 @@ Ray worker) inherits the same store. When ``$MEDXFER_ARTIFACT_ROOT`` is set, a n
 artifacts there, whatever the store (:func:`new_experiment_artifact_location`). A database server
 (PostgreSQL, MySQL, SQL Server) has no artifact store of its own: without a root MLflow would write to
 ``./mlruns`` of whichever process created the experiment, so medxfer refuses to create one. SQLite on a
-network filesystem (NFS, CIFS, Lustre…) is refused too (:func:`check_sqlite_filesystem`): its file
-locking is unreliable there, and concurrent runners corrupt or lock the store.
+network filesystem (NFS, CIFS, Lustre…) is refused too (:func:`check_store_filesystem`): its file
+locking is unreliable there, and concurrent runners corrupt or lock the store; so is an MLflow file store
+there (folder listings are cached per client: a claim made on one node is not seen at once on another).
 
 The first use of a database store in a process goes through :func:`ensure_store`: MLflow creates
 a new database's tables (and migrates an old one) when a client first opens it, and two processes
@@ -93,6 +94,22 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(path).expanduser().absolute() if path is not None else None
 
 
+def file_store_path(uri: str) -> Path | None:
+    """The absolute folder of an MLflow file store (``file:///path``, or a bare path as MLflow takes one);
+    None for any other store."""
+    if uri.split(":", 1)[0].lower() in ("databricks", "databricks-uc"):  # MLflow's scheme-less exceptions
+        return None
+    scheme = _URI_SCHEME.match(uri)
+    if scheme and len(scheme.group("scheme")) > 1:  # a URI (one letter: a Windows drive, a path)
+        if scheme.group("scheme").lower() != "file":
+            return None
+        path = uri.split(":", 1)[1]
+        path = "/" + path[2:].lstrip("/") if path.startswith("//") else path  # file:///abs, file:/abs
+    else:
+        path = uri
+    return Path(path).expanduser().absolute() if path else None
+
+
 def resolve_tracking_uri() -> str:
     """Where runs go, without touching the disk: ``$MLFLOW_TRACKING_URI`` (a relative SQLite path made
     absolute) or :func:`default_tracking_uri`."""
@@ -143,12 +160,12 @@ class RunNotFound(MedxferError, ValueError):
 
 class StoreError(MedxferError, RuntimeError):
     """A tracking store or artifact root that medxfer cannot use: an invalid URI, a database server
-    without an artifact root, SQLite on a network filesystem, a creation lock held too long."""
+    without an artifact root, SQLite or a file store on a network filesystem, a creation lock held too long."""
 
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 ARTIFACT_ROOT_ENV = "MEDXFER_ARTIFACT_ROOT"  # the shared artifact root of new experiments, any store
-ALLOW_NETWORK_SQLITE_ENV = "MEDXFER_ALLOW_NETWORK_SQLITE"
+ALLOW_NETWORK_STORE_ENV = "MEDXFER_ALLOW_NETWORK_STORE"
 _SERVER_DATABASES = ("postgresql", "mysql", "mssql")  # database servers: no artifact store of their own
 _TRACKING_SCHEMES = ("sqlite", *_SERVER_DATABASES, "http", "https", "file", "databricks")
 _URI_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*):")
@@ -302,24 +319,30 @@ def is_network_filesystem(fstype: str) -> bool:
     return fstype in NETWORK_FILESYSTEMS or fstype.removeprefix("fuse.") in NETWORK_FILESYSTEMS
 
 
-def check_sqlite_filesystem(uri: str, mountinfo: str | None = None) -> None:
-    """Refuse (:class:`StoreError`) a SQLite store ``uri`` whose database folder is on a network filesystem
-    (by ``mountinfo``, default this process's mount table), unless ``$MEDXFER_ALLOW_NETWORK_SQLITE=1``.
-    Any other store passes."""
-    db = sqlite_path(uri)
-    if db is None or os.environ.get(ALLOW_NETWORK_SQLITE_ENV, "") == "1":
+def check_store_filesystem(uri: str, mountinfo: str | None = None) -> None:
+    """Refuse (:class:`StoreError`) a SQLite store or an MLflow file store ``uri`` on a network filesystem
+    (by ``mountinfo``, default this process's mount table), unless ``$MEDXFER_ALLOW_NETWORK_STORE=1``.
+    Any other store (a tracking server, a database server) passes."""
+    db, folder = sqlite_path(uri), file_store_path(uri)
+    where = db.parent if db is not None else folder
+    if where is None or os.environ.get(ALLOW_NETWORK_STORE_ENV, "") == "1":
         return
-    mount = mount_of(db.parent, mountinfo)
+    mount = mount_of(where, mountinfo)
     if mount is None or not is_network_filesystem(mount.fstype):
         return
+    if db is not None:
+        what, why = (f"{db}: the MLflow SQLite store", "SQLite's file locking is unreliable over NFS, CIFS, Lustre "
+                     "and other network filesystems: concurrent runners corrupt the store or lock each other out.")
+    else:
+        what, why = (f"{folder}: the MLflow file store", "a network filesystem's client caches folder listings "
+                     "(NFS: up to acdirmax, 60 s by default), so a runner on another node may not see a run just "
+                     "created there, and two runners could both claim one configuration.")
     raise StoreError(
-        f"{db}: the MLflow SQLite store is on a network filesystem ({mount.fstype} {mount.source} mounted at "
-        f"{mount.point}). SQLite's file locking is unreliable over NFS, CIFS, Lustre and other network "
-        "filesystems: concurrent runners corrupt the store or lock each other out. Use a tracking server "
-        "(mlflow server with a PostgreSQL backend and --serve-artifacts; set the study spec's tracking.uri or "
-        "MLFLOW_TRACKING_URI to http://host:port) or a database server, or keep the SQLite file on a local disk "
-        f"(MLFLOW_TRACKING_URI=sqlite:////local/disk/mlflow.db). A single runner that knows no other process "
-        f"writes this store may set {ALLOW_NETWORK_SQLITE_ENV}=1.")
+        f"{what} is on a network filesystem ({mount.fstype} {mount.source} mounted at {mount.point}). {why} "
+        "Use a tracking server (mlflow server with a PostgreSQL backend and --serve-artifacts; set the study "
+        "spec's tracking.uri or MLFLOW_TRACKING_URI to http://host:port) or a database server, or keep the store "
+        "on a local disk (MLFLOW_TRACKING_URI=sqlite:////local/disk/mlflow.db). A single runner that knows no "
+        f"other process writes this store may set {ALLOW_NETWORK_STORE_ENV}=1.")
 
 
 STORE_LOCK_SECONDS = 600.0  # how long a process waits for another one creating the store
@@ -346,7 +369,7 @@ def ensure_store(uri: str | None = None) -> str:
     """Open the store ``uri`` (default :func:`tracking_uri`) once per process under its
     :func:`store_lock_path`, so that concurrent first uses of a new database create its tables one
     after the other; returns the URI. Later calls in the process cost nothing. A SQLite store on a
-    network filesystem is refused first (:func:`check_sqlite_filesystem`)."""
+    network filesystem is refused first, as is a file store there (:func:`check_store_filesystem`)."""
     import mlflow
     from filelock import FileLock, Timeout
 
@@ -356,7 +379,7 @@ def ensure_store(uri: str | None = None) -> str:
     with _ready_guard:
         if key in _ready:
             return uri
-        check_sqlite_filesystem(uri)  # before the lock: a lock file on NFS is no better
+        check_store_filesystem(uri)  # before the lock: a lock file on NFS is no better
         if lock is not None and lock.parent.is_dir():
             try:
                 with FileLock(str(lock), timeout=STORE_LOCK_SECONDS):

@@ -4,6 +4,7 @@
     python scripts/bench/executors.py                  # 96 panoramics, ResNet18 at 128^2, 10 epochs per run
     python scripts/bench/executors.py --quick          # a smoke check: 24 panoramics, 64^2, 2 epochs, batch 8
     python scripts/bench/executors.py --num-workers auto   # the bundles' default loader setting in every row
+    python scripts/bench/executors.py --background-load 1  # a shared machine: one core kept busy by another job
 
 Grid: ResNet18, weights scratch, freeze none, lr {1e-3, 3e-4, 1e-4, 3e-5} x dropout {0, 0.3} = 8 runs,
 fold 0, seed 0, no augmentation, on the CPU. Every row runs the whole grid through
@@ -29,6 +30,7 @@ import argparse
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -70,7 +72,7 @@ def spec_for(args, manifest: Path, name: str, grid: dict, epochs: int | None = N
     from medxfer.study import parse_spec
 
     train = {"epochs": epochs or args.epochs, "image_size": args.image_size, "batch_size": args.batch_size,
-             "augment": False}
+             "augment": args.augment}
     workers = args.num_workers if args.num_workers == "auto" else int(args.num_workers)
     return parse_spec({"name": name, "bundle": "classification",
                        "data": {"manifest": str(manifest), "label": "supernumerary", "folds": [0]},
@@ -146,6 +148,11 @@ def main() -> None:
                              "the run's process, so that the rows differ only by their executor)")
     parser.add_argument("--rows", default=",".join(r for r, _, _ in ROWS),
                         help="the rows to time, comma-separated (default all)")
+    parser.add_argument("--augment", action="store_true",
+                        help="the bundles' default CPU augmentation in every run (default: none)")
+    parser.add_argument("--background-load", type=int, default=0, metavar="N",
+                        help="N single-threaded busy loops running through every row, as another user's jobs "
+                             "on a shared machine would (default 0: an idle machine)")
     parser.add_argument("--workdir", type=Path, default=None, help="Keep the cohort here between invocations.")
     parser.add_argument("--verbose", action="store_true", help="echo each row's runner lines to stderr")
     args = parser.parse_args()
@@ -167,7 +174,7 @@ def main() -> None:
     work = (args.workdir or Path(tempfile.mkdtemp(prefix="medxfer-bench-executors-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MEDXFER_HOME", str(work / "home"))
-    from medxfer.study.executors import available_cpus
+    from medxfer.engine.loaders import available_cpus
     from medxfer.synthetic import dental_cohort
 
     manifest, _ = dental_cohort(work, n_patients=args.patients, ceph=False, workers=2)
@@ -181,16 +188,23 @@ def main() -> None:
             wanted.remove("ray x2")
             print("# ray is not installed (pip install 'medxfer[ray]'): the ray row is left out")
     print(f"# {RUNS}-run grid, {args.patients} patients (fold 0), resnet18 at {args.image_size}^2, {args.epochs} "
-          f"epochs, batch {args.batch_size}, num_workers {args.num_workers}, CPU; {available_cpus()} cores, "
+          f"epochs, batch {args.batch_size}, num_workers {args.num_workers}, augment {args.augment}, CPU; "
+          f"{available_cpus()} cores, {args.background_load} busy loop(s) beside, "
           f"torch {torch.__version__}" + (f", ray {ray_version}" if ray_version else ""), flush=True)
     began = time.perf_counter()
     warm_up(args, manifest, work)
     print(f"# warm-up (item cache filled, untimed): {time.perf_counter() - began:.1f} s", flush=True)
+    load = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.background_load)]
     timings = {}
-    for row, executor, max_parallel in ROWS:
-        if row in wanted:
-            timings[row] = timed_row(args, manifest, work, row, executor, max_parallel)
-            print(f"# {row}: {timings[row].seconds:.1f} s", flush=True)
+    try:
+        for row, executor, max_parallel in ROWS:
+            if row in wanted:
+                timings[row] = timed_row(args, manifest, work, row, executor, max_parallel)
+                print(f"# {row}: {timings[row].seconds:.1f} s", flush=True)
+    finally:
+        for process in load:
+            process.kill()
+            process.wait()
     base = timings.get("sequential")
     print(f"{'row':<12} {'seconds':>8} {'start-up':>9} {'first run':>10} {'runs/min':>9} {'ratio':>6}")
     for row, t in timings.items():

@@ -30,8 +30,7 @@ def _pipeline_of(description: dict) -> tuple:
 def test_device_side_pipeline_learns_and_the_second_run_reads_the_cache(dental_cohort, mlflow_store, caplog):
     manifest = str(dental_cohort.manifest)
     with caplog.at_level(logging.INFO, logger="medxfer.engine.item_cache"):
-        result = train_bundle("classification", manifest=manifest, epochs=6, augment_on_device=True, item_cache=True,
-                              **SMALL)
+        result = train_bundle("classification", manifest=manifest, epochs=6, augment_on_device=True, **SMALL)
     client = mlflow.MlflowClient(mlflow_store)
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
@@ -41,6 +40,7 @@ def test_device_side_pipeline_learns_and_the_second_run_reads_the_cache(dental_c
     assert 0.0 <= run.data.metrics["test_auc"] <= 1.0
     config = json.loads((result.output_dir / "run_config.json").read_text())
     assert config["augment_on_device"] is True  # the record says where the augmentation ran
+    assert config["item_cache"] is True  # on by default, and recorded
 
     # the items at network size, on disk beside the dataset, named by digests only
     folders = [p for p in dental_cohort.manifest.parent.glob(".medxfer/items/*/pipeline.json")  # other tests' too
@@ -52,7 +52,6 @@ def test_device_side_pipeline_learns_and_the_second_run_reads_the_cache(dental_c
 
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="medxfer.engine.item_cache"):
-        train_bundle("classification", manifest=manifest, epochs=1, lr=0.01, augment_on_device=True, item_cache=True,
-                     **SMALL)
+        train_bundle("classification", manifest=manifest, epochs=1, lr=0.01, augment_on_device=True, **SMALL)
     reports = [r.getMessage() for r in caplog.records if "items read from the cache" in r.getMessage()]
     assert len(reports) == 2 and all(m.endswith(" 0 computed") for m in reports), reports  # train and validation

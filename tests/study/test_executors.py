@@ -64,7 +64,7 @@ class _KillOneWorker(threading.Thread):
 
     def __init__(self, spec):
         super().__init__(daemon=True)
-        self.spec, self.killed = spec, None
+        self.spec, self.killed, self.bystander = spec, None, None
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -82,6 +82,10 @@ class _KillOneWorker(threading.Thread):
                 except ProcessLookupError:
                     continue
                 self.killed = run.data.tags["config_hash"]
+                pids = (None, str(os.getpid()), run.data.tags["medxfer.pid"])
+                others = [r for r in children(self.spec)
+                          if r.info.status == "RUNNING" and r.data.tags.get("medxfer.pid") not in pids]
+                self.bystander = others[0].data.tags["config_hash"] if others else None
                 return
             time.sleep(0.3)
 
@@ -101,6 +105,9 @@ def test_local_pool_runs_two_at_once_and_retries_a_killed_worker(dental_cohort, 
     _assert_one_finished_per_config(spec)
     killed = _statuses_by_config(spec)[killer.killed]
     assert "FAILED" in killed  # the killed attempt, marked by the retry (its worker's pid is gone)
+    assert any("its worker was killed by SIGKILL; trying again" in line for line in lines), lines
+    if killer.bystander:  # the run training beside it in the other worker went on, undisturbed
+        assert _statuses_by_config(spec)[killer.bystander] == ["FINISHED"]
 
 
 def test_ray_runs_the_grid_as_tasks_and_retries_a_killed_worker(dental_cohort, any_store, tmp_path):
@@ -270,3 +277,32 @@ def test_ray_sizes_each_run_from_the_cluster_and_refuses_what_no_node_has():
     assert _per_run(settings_for("ray", None, 2, None, {}), {"CPU": 2}, local=True) == (1, 0)
     with pytest.raises(ExecutorError, match="1 GPU"):
         _per_run(settings_for("ray", None, None, None, {"gpus_per_run": 1}), {"CPU": 2}, local=True)
+
+
+def test_a_clusters_workers_get_the_store_but_not_its_secrets(monkeypatch):
+    """Ray shows a job's runtime environment to whoever reaches its dashboard: the tracking settings go to the
+    cluster's workers, the passwords and tokens stay on the driver (the nodes hold their own), and the
+    runner names what it kept back."""
+    ray = pytest.importorskip("ray")
+    from medxfer.study import ray_executor
+
+    started = {}
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: started.update(kwargs))
+    for name in [n for n in os.environ if n.startswith(("MLFLOW_", "MEDXFER_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:s3cret@mlflow.lab:5000")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret")
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "tok-9f2")
+    monkeypatch.setenv("MEDXFER_HOME", "/shared/medxfer")
+    monkeypatch.setenv("MEDXFER_ARTIFACT_ROOT", "s3://bucket/artifacts")
+    said = []
+    assert ray_executor._start_ray(settings_for("ray", None, None, "ray://head:10001", {}), said.append)
+    sent = started["runtime_env"]["env_vars"]
+    assert started["address"] == "ray://head:10001"
+    assert sent == {"MLFLOW_TRACKING_URI": "http://mlflow.lab:5000", "MLFLOW_TRACKING_USERNAME": "alice",
+                    "MEDXFER_HOME": "/shared/medxfer", "MEDXFER_ARTIFACT_ROOT": "s3://bucket/artifacts"}
+    (line,) = said
+    assert "MLFLOW_TRACKING_PASSWORD" in line and "MLFLOW_TRACKING_TOKEN" in line and "MLFLOW_TRACKING_URI" in line
+    assert "s3cret" not in line + repr(sent) and "tok-9f2" not in line + repr(sent)

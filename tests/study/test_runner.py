@@ -280,6 +280,22 @@ def test_the_runner_is_identified_by_more_than_its_hostname(monkeypatch):
     assert not _orphaned(_fake_run({**old, "medxfer.host": "gpu-node-7", "medxfer.pid": str(dead)}), me, now)
 
 
+def test_a_heartbeat_from_the_future_is_reported_as_clock_skew(caplog):
+    """Heartbeats are compared across machines: one well ahead of this clock says the clocks disagree (and a
+    run of a machine whose clock runs behind would look orphaned too early), so the runner says so."""
+    import logging
+
+    from medxfer.study.claims import warn_clock_skew
+
+    now = time.time()
+    ahead = _fake_run({"medxfer.host": "gpu-node-7", "medxfer.heartbeat": f"{now + 900:.0f}"})
+    fine = _fake_run({"medxfer.host": "gpu-node-8", "medxfer.heartbeat": f"{now + 20:.0f}"})  # jitter, not skew
+    with caplog.at_level(logging.WARNING, logger="medxfer.study.claims"):
+        assert warn_clock_skew([ahead, fine], now) == [ahead]
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "clock skew" in message and "gpu-node-7" in message and "900 s ahead" in message and "NTP" in message
+
+
 def test_the_heartbeat_refreshes_this_runners_run_only(store, monkeypatch):
     """A twin machine's run with this hostname and pid keeps its own heartbeat: were it refreshed
     here, a dead twin's run would look alive for ever."""

@@ -13,7 +13,7 @@ import mlflow
 import pytest
 
 from medxfer.tracking import store
-from medxfer.tracking.store import (ARTIFACT_ROOT_ENV, StoreError, check_sqlite_filesystem, client, ensure_store,
+from medxfer.tracking.store import (ARTIFACT_ROOT_ENV, StoreError, check_store_filesystem, client, ensure_store,
                                     experiment_id, is_network_filesystem, mount_of, new_experiment_artifact_location,
                                     resolve_tracking_uri, use_tracking)
 
@@ -32,7 +32,7 @@ MOUNTINFO = """\
 def tracking_env(monkeypatch, tmp_path) -> Path:
     """Neither tracking variable set (both restored after the test, even if the code under test sets them),
     ``MEDXFER_HOME`` in the test's folder, cwd = tmp_path."""
-    for name in ("MLFLOW_TRACKING_URI", ARTIFACT_ROOT_ENV, "MEDXFER_ALLOW_NETWORK_SQLITE"):
+    for name in ("MLFLOW_TRACKING_URI", ARTIFACT_ROOT_ENV, "MEDXFER_ALLOW_NETWORK_STORE"):
         monkeypatch.setenv(name, "")  # records the original value, so that the test's writes are undone
         monkeypatch.delenv(name)
     monkeypatch.setenv("MEDXFER_HOME", str(tmp_path / "home"))
@@ -158,15 +158,28 @@ def test_network_filesystem_types():
 def test_sqlite_on_a_network_filesystem_is_refused_with_the_reason_and_the_fix(tracking_env, monkeypatch):
     uri = "sqlite:////nfshome/alice/.medxfer/mlruns/mlflow.db"
     with pytest.raises(StoreError) as refused:
-        check_sqlite_filesystem(uri, MOUNTINFO)
+        check_store_filesystem(uri, MOUNTINFO)
     message = str(refused.value)
     assert message.startswith("/nfshome/alice/.medxfer/mlruns/mlflow.db: ")
     assert "nfs4 fileserver:/export/home mounted at /nfshome" in message
-    assert "file locking" in message and "tracking server" in message and "MEDXFER_ALLOW_NETWORK_SQLITE=1" in message
-    check_sqlite_filesystem("sqlite:////nfshome/alice/localdisk/mlflow.db", MOUNTINFO)  # local disk: fine
-    check_sqlite_filesystem("http://tracking:5000", MOUNTINFO)  # not SQLite: not its business
-    monkeypatch.setenv("MEDXFER_ALLOW_NETWORK_SQLITE", "1")  # a single runner who knows
-    check_sqlite_filesystem(uri, MOUNTINFO)
+    assert "file locking" in message and "tracking server" in message and "MEDXFER_ALLOW_NETWORK_STORE=1" in message
+    check_store_filesystem("sqlite:////nfshome/alice/localdisk/mlflow.db", MOUNTINFO)  # local disk: fine
+    check_store_filesystem("http://tracking:5000", MOUNTINFO)  # a server: not its business
+    check_store_filesystem("postgresql://db.invalid/mlflow", MOUNTINFO)
+    monkeypatch.setenv("MEDXFER_ALLOW_NETWORK_STORE", "1")  # a single runner who knows
+    check_store_filesystem(uri, MOUNTINFO)
+
+
+@pytest.mark.parametrize("uri", ["file:///nfshome/alice/mlruns", "file:/scratch/study/mlruns", "/mnt/lab share/mlruns"])
+def test_a_file_store_on_a_network_filesystem_is_refused_too(uri, tracking_env):
+    """MLflow's file store: a claim is a new folder, which another node's cached listing may not show yet."""
+    with pytest.raises(StoreError) as refused:
+        check_store_filesystem(uri, MOUNTINFO)
+    message = str(refused.value)
+    assert "the MLflow file store is on a network filesystem" in message and "claim" in message
+    assert "tracking server" in message and "MEDXFER_ALLOW_NETWORK_STORE=1" in message
+    check_store_filesystem("file:///nfshome/alice/localdisk/mlruns", MOUNTINFO)  # a local disk inside: fine
+    check_store_filesystem("databricks", MOUNTINFO)  # MLflow's one bare word that is not a folder
 
 
 def test_ensure_store_refuses_a_sqlite_store_on_a_network_filesystem(tracking_env, monkeypatch):

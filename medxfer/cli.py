@@ -591,7 +591,9 @@ def study_run(spec, shard_text, dry_run, executor, gpus_text, max_parallel, addr
         gpus = parse_gpus(gpus_text, torch.cuda.device_count())
     from .tracking import describe_store
 
-    click.echo(f"runs {'are looked up in' if dry_run else 'go to'} the MLflow store {describe_store()}", err=True)
+    origin = "from the spec's tracking.uri" if parsed.tracking.get("uri") else None
+    click.echo(f"runs {'are looked up in' if dry_run else 'go to'} the MLflow store {describe_store(origin=origin)}",
+               err=True)
     if dry_run:
         try:
             rows = plan(parsed, shard_index)

@@ -24,7 +24,18 @@ class Terminated(SystemExit):
         return (Terminated, ())
 
 
+_sigterm_received = threading.Event()
+
+
+def sigterm_received() -> bool:
+    """Whether a SIGTERM handler of this module has run in this process: code that gets the exception as
+    something else (Ray's ``ray.wait`` turns any ``SystemExit`` raised in a signal handler into
+    ``SystemExit(1)``) can still tell that the process was terminated."""
+    return _sigterm_received.is_set()
+
+
 def _raise_terminated(signum, frame) -> None:
+    _sigterm_received.set()
     raise Terminated()
 
 
@@ -44,6 +55,7 @@ def terminate_raises() -> Iterator[None]:
 
 def _raise_terminated_once(signum, frame) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the marking it started
+    _sigterm_received.set()
     raise Terminated()
 
 

@@ -135,9 +135,12 @@ def last_heartbeat(run) -> float:
 
 
 def warn_clock_skew(runs: list, now: float) -> list:
-    """Log a warning for each RUNNING run whose heartbeat is more than :data:`CLOCK_SKEW_WARN_SECONDS` in
-    this machine's future (heartbeats are compared across machines: their clocks must agree); returns them."""
-    ahead = [r for r in runs if r.info.status == "RUNNING" and last_heartbeat(r) - now > CLOCK_SKEW_WARN_SECONDS]
+    """Log a warning for each RUNNING run whose heartbeat is more than :data:`CLOCK_SKEW_WARN_SECONDS` (or
+    half of :func:`stale_seconds`, if less) in this machine's future; returns them. Heartbeats are compared
+    across machines, so their clocks must agree. (A clock running ahead here cannot be told from a dead
+    runner's old heartbeat: only the other machine, reading this one's heartbeats, sees that skew.)"""
+    limit = min(CLOCK_SKEW_WARN_SECONDS, stale_seconds() / 2)
+    ahead = [r for r in runs if r.info.status == "RUNNING" and last_heartbeat(r) - now > limit]
     for r in ahead:
         log.warning("clock skew: run %s's heartbeat from %s is %.0f s ahead of this machine's clock; heartbeats "
                     "tell a lost runner only when the machines' clocks agree (NTP / chrony) to well within "

@@ -23,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as connection_wait
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -167,8 +167,10 @@ def _pool_stage(context: StudyContext, name: str, encoder: str) -> str:
 def _worker_main(conn: Connection, slot: int, devices: list[str] | None, per_run: int, cpus: int) -> None:
     """A pool worker's life: set up once (:func:`_init_worker`), then run the jobs the runner sends over
     ``conn`` one at a time, answering ``("ok", result)``, ``("stage", reason)`` (a stage that cannot be
-    had) or ``("error", reason)``; ends on None or when the runner is gone."""
+    had) or ``("error", reason)``; ends on None or when the runner is gone. ``("ready", None)`` first, once
+    set up: a worker that dies before it is an :class:`_Worker` that could not start, not a lost run."""
     _init_worker(slot, devices, per_run, cpus)
+    conn.send(("ready", None))
     while True:
         try:
             task = conn.recv()
@@ -183,7 +185,12 @@ def _worker_main(conn: Connection, slot: int, devices: list[str] | None, per_run
             answer = ("stage", str(exc))
         except Exception as exc:  # noqa: BLE001 - a run's unexpected error fails that run, not the worker
             answer = ("error", f"{type(exc).__name__}: {exc}")
-        conn.send(answer)
+        try:
+            conn.send(answer)
+        except (EOFError, OSError):
+            return  # the runner is gone
+        except Exception as exc:  # noqa: BLE001 - an answer that cannot be pickled: say so, stay alive
+            conn.send(("error", f"its result could not be sent back ({type(exc).__name__}: {exc})"))
 
 
 @dataclass
@@ -219,6 +226,20 @@ class _Worker:
         self.process.start()
         child.close()
         self.job: _Job | None = None
+        self.ready = False  # set up (its "ready" message read): from then on its death loses its job
+
+    def answer(self) -> tuple[str, Any] | None:
+        """The worker's answer to its job when one has come (a "ready" message on the way is noted)."""
+        while True:
+            try:
+                if not self.conn.poll():
+                    return None
+                status, value = self.conn.recv()
+            except (EOFError, OSError):
+                return None
+            if status != "ready":
+                return status, value
+            self.ready = True
 
     def send(self, job: _Job, context: StudyContext) -> bool:
         """Give the worker ``job``; False when it is gone (the job was never started)."""
@@ -262,7 +283,17 @@ def run_local_pool(context: StudyContext, runs: list[PlannedRun], settings: Exec
             queue.append(_Job(planned))
     ctx = multiprocessing.get_context("spawn")
     workers: list[_Worker | None] = [None] * parallel
-    unstartable = 0  # workers in a row that were gone before they took a job
+    unstartable = 0  # workers in a row that died before they were set up
+
+    def not_started(worker: _Worker, job: _Job) -> None:
+        """``worker`` died before it was set up: ``job`` never ran (queued again, uncharged)."""
+        nonlocal unstartable
+        queue.appendleft(job)
+        workers[worker.slot], unstartable = None, unstartable + 1
+        if unstartable > 2 * parallel + 2:
+            raise ExecutorError(f"the local pool's worker processes die as they start (the last "
+                                f"{worker.lost_reason()}): see the messages above")
+
     try:
         with terminate_raises():
             while queue or any(w is not None and w.job is not None for w in workers):
@@ -272,18 +303,21 @@ def run_local_pool(context: StudyContext, runs: list[PlannedRun], settings: Exec
                             workers[slot] = _Worker(ctx, slot, settings, cpus)
                         job = queue.popleft()
                         if not workers[slot].send(job, context):  # died meanwhile: a new one, job uncharged
-                            queue.appendleft(job)
-                            reason = workers[slot].lost_reason()
-                            workers[slot], unstartable = None, unstartable + 1
-                            if unstartable > 2 * parallel + 2:
-                                raise ExecutorError(f"the local pool's worker processes die as they start "
-                                                    f"({reason}): see the messages above")
-                        else:
-                            unstartable = 0
+                            not_started(workers[slot], job)
                 busy = [w for w in workers if w is not None and w.job is not None]
                 connection_wait([h for w in busy for h in (w.conn, w.process.sentinel)], timeout=1.0)
                 for w in busy:
-                    queue.extend(_collect(w, settings, waiting, reports, echo))
+                    alive = w.process.is_alive()  # before reading: an answer sent before dying is read
+                    answer = w.answer()
+                    if answer is not None:
+                        queue.extend(_record(w, answer, waiting, reports, echo))
+                    elif not alive and not w.ready:
+                        job, w.job = w.job, None
+                        not_started(w, job)
+                    elif not alive:
+                        queue.extend(_lost(w, settings, waiting, reports, echo))
+                    if w.ready:
+                        unstartable = 0
                     if w.job is None and not w.process.is_alive():
                         workers[w.slot] = None
     except BaseException:
@@ -293,28 +327,12 @@ def run_local_pool(context: StudyContext, runs: list[PlannedRun], settings: Exec
     return [reports[r.name] for r in runs if r.name in reports]
 
 
-def _collect(worker: _Worker, settings: ExecutorSettings, waiting: dict, reports: dict,
-             echo: Callable[[str], None]) -> list[_Job]:
-    """The worker's answer, when it has one (or its death): the job recorded, and the jobs it releases (the
-    runs that waited for a stage) or its retry."""
-    job = worker.job
-    try:
-        answered = worker.conn.poll()
-        status, value = worker.conn.recv() if answered else (None, None)
-    except (EOFError, OSError):
-        answered, status, value = False, None, None
-    if not answered:
-        if worker.process.is_alive():
-            return []  # still working
-        worker.job = None
-        job.attempts += 1
-        reason = f"its worker was {worker.lost_reason()}"
-        if job.attempts <= settings.retries:
-            echo(f"  {job.name}: {reason}; trying again ({job.attempts} of {settings.retries} retries)")
-            return [job]
-        _give_up(job, f"{reason}, {job.attempts} time(s)", waiting, reports, echo)
-        return []
-    worker.job = None
+def _record(worker: _Worker, answer: tuple[str, Any], waiting: dict, reports: dict,
+            echo: Callable[[str], None]) -> list[_Job]:
+    """The worker's answer to its job, recorded; returns the jobs it releases (the runs that waited for a
+    stage)."""
+    job, worker.job = worker.job, None
+    status, value = answer
     if status != "ok":
         _give_up(job, value, waiting, reports, echo)
         return []
@@ -322,6 +340,19 @@ def _collect(worker: _Worker, settings: ExecutorSettings, waiting: dict, reports
         reports[job.planned.name] = value
         return []
     return [_Job(p, stage_run_id=value) for p in waiting.pop(job.stage, [])]
+
+
+def _lost(worker: _Worker, settings: ExecutorSettings, waiting: dict, reports: dict,
+          echo: Callable[[str], None]) -> list[_Job]:
+    """The worker died in its job: the job again (charged an attempt), or failed after ``retries``."""
+    job, worker.job = worker.job, None
+    job.attempts += 1
+    reason = f"its worker was {worker.lost_reason()}"
+    if job.attempts <= settings.retries:
+        echo(f"  {job.name}: {reason}; trying again ({job.attempts} of {settings.retries} retries)")
+        return [job]
+    _give_up(job, f"{reason}, {job.attempts} time(s)", waiting, reports, echo)
+    return []
 
 
 def _give_up(job: _Job, reason: str, waiting: dict, reports: dict, echo: Callable[[str], None]) -> None:
@@ -355,10 +386,11 @@ def _stop_workers(workers: list[_Worker]) -> None:
     :data:`STOP_GRACE_SECONDS`, then SIGKILL the stragglers (their runs, left RUNNING, are orphans the next
     ``study run`` resets: their pids are gone)."""
     for w in workers:
-        try:
-            os.kill(w.process.pid, signal.SIGTERM)
-        except (ProcessLookupError, TypeError):
-            pass
+        if w.process.exitcode is None:  # never a pid that was this worker's and may be another's now
+            try:
+                os.kill(w.process.pid, signal.SIGTERM)
+            except (ProcessLookupError, TypeError):
+                pass
     deadline = time.monotonic() + STOP_GRACE_SECONDS
     for w in workers:
         w.process.join(timeout=max(0.0, deadline - time.monotonic()))

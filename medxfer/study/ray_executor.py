@@ -24,12 +24,15 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from typing import Callable
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..engine.loaders import machine_cpus
-from ..tracking.store import redact_credentials
+from ..core.signals import Terminated, sigterm_received
 from .claims import TASK_ENV
 from .execute import RunReport, StudyContext, run_planned, run_stage
 from .executors import ExecutorError, ExecutorSettings, device_ids, share_cores
@@ -66,24 +69,79 @@ def _ray_stage(context: StudyContext, name: str, encoder: str, start_run_id: str
     return run_stage(context, name, encoder, start_run_id, echo=_echo)
 
 
+_SECRET_QUERY_KEYS = frozenset({"password", "passwd", "pwd", "token", "secret", "access_token", "api_key"})
+
+
+def without_password(value: str) -> str | None:
+    """``value`` with a URI's password (``user:password@`` → ``user@``) and secret query parameters
+    (``password=``, ``token=``…) left out: the user name stays, so a node's own ``~/.pgpass`` or
+    ``MLFLOW_TRACKING_PASSWORD`` still matches. None when the URI cannot be taken apart safely (the value is
+    then not sent at all). A value that is not a URI comes back as it is."""
+    if "://" not in value:
+        return value
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return None
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")  # a password may hold an unencoded "@"
+        netloc = f"{userinfo.split(':', 1)[0]}@{host}"
+    elif "@" in value.split("://", 1)[1].split("?", 1)[0]:
+        return None  # an "@" outside the netloc (a password with an unencoded "/"): cannot tell what is what
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    kept = [(k, v) for k, v in pairs if k.lower() not in _SECRET_QUERY_KEYS]
+    query = urlencode(kept) if len(kept) < len(pairs) else parts.query
+    if netloc == parts.netloc and query == parts.query:
+        return value  # nothing secret: exactly as given
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
 def forwarded_env(environ: dict[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
     """``(variables, withheld)``: the driver's environment (``environ``, default ``os.environ``) a
-    cluster's workers need — every ``MLFLOW_*`` and ``MEDXFER_*`` variable — less the secrets among them
-    (names with PASSWORD, TOKEN, SECRET, CREDENTIAL or KEY: ``withheld``), with a URI's
-    ``user:password@`` removed (its name in ``withheld`` too)."""
+    cluster's workers need — every ``MLFLOW_*`` and ``MEDXFER_*`` variable — less the secrets among them:
+    variables named with PASSWORD, TOKEN, SECRET, CREDENTIAL or KEY are not sent, a URI is sent without its
+    password (:func:`without_password`); ``withheld`` names both kinds."""
     environ = dict(os.environ if environ is None else environ)
     variables, withheld = {}, []
     for name, value in sorted(environ.items()):
         if not name.startswith(FORWARDED_ENV_PREFIXES):
             continue
-        if SECRET_ENV_NAME.search(name):
-            withheld.append(name)
-            continue
-        clean = redact_credentials(value)
+        clean = None if SECRET_ENV_NAME.search(name) else without_password(value)
         if clean != value:
             withheld.append(name)
-        variables[name] = clean
+        if clean is not None:
+            variables[name] = clean
     return variables, withheld
+
+
+def cluster_unreachable(address: str, exc: BaseException) -> str:
+    """Why ``study run`` could not join the Ray cluster at ``address``, with what to check: the address, and
+    Ray's token authentication (on by default for clusters started with ``ray start`` since Ray 2.59; a
+    driver that does not set ``RAY_AUTH_MODE=token`` is turned away)."""
+    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    mode = os.environ.get("RAY_AUTH_MODE")
+    auth = ("RAY_AUTH_MODE=token is set: check that the token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or "
+            "~/.ray/auth_token) is the cluster's" if mode == "token" else
+            f"RAY_AUTH_MODE is {'unset' if mode is None else repr(mode)}: a cluster with token authentication "
+            "(the default of `ray start` since Ray 2.59) turns this driver away; set RAY_AUTH_MODE=token, with the "
+            "cluster's token in ~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN")
+    return (f"--executor ray: cannot join the Ray cluster at {address} ({type(exc).__name__}: {first}). Check that "
+            f"the address is the head node's (ray start --head prints it) and reachable from here; {auth} "
+            "(docs/clusters.md).")
+
+
+def _init_ray(**kwargs) -> None:
+    """``ray.init(**kwargs)``, with this process's SIGTERM handler put back afterwards: ``ray.init`` replaces
+    it with one that calls ``sys.exit``, which would end the driver without cancelling its tasks (a SLURM time
+    limit would leave the runs to Ray's shutdown, and the exit code would not say SIGTERM)."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        ray.init(**kwargs)
+    finally:
+        if main and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _start_ray(settings: ExecutorSettings, echo: Callable[[str], None]) -> bool:
@@ -99,14 +157,17 @@ def _start_ray(settings: ExecutorSettings, echo: Callable[[str], None]) -> bool:
         if withheld:
             echo(f"ray: not sent to the cluster's workers (Ray shows a job's environment on its dashboard): the "
                  f"secrets in {', '.join(withheld)}; the nodes must hold their own (docs/clusters.md)")
-        ray.init(address=address, runtime_env={"env_vars": variables}, logging_level=logging.WARNING)
+        try:
+            _init_ray(address=address, runtime_env={"env_vars": variables}, logging_level=logging.WARNING)
+        except (ConnectionError, RuntimeError) as exc:
+            raise ExecutorError(cluster_unreachable(address, exc)) from exc
         return True
     gpus = {}
     if settings.gpus:  # only those; else Ray detects this machine's GPUs
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(device_ids(settings.gpus))
         gpus = {"num_gpus": len(settings.gpus)}
-    ray.init(address="local", num_cpus=machine_cpus(), include_dashboard=False, logging_level=logging.WARNING,
-             **gpus)
+    _init_ray(address="local", num_cpus=machine_cpus(), include_dashboard=False, logging_level=logging.WARNING,
+              **gpus)
     return True
 
 
@@ -176,13 +237,15 @@ def run_ray(context: StudyContext, runs: list[PlannedRun], settings: ExecutorSet
             for ref in ready:
                 planned = pending.pop(ref)
                 reports[planned.name] = _report(ref, planned, echo)
-    except BaseException:  # SIGTERM / Ctrl-C: each task's run is marked FAILED before the workers go
+    except BaseException as exc:  # SIGTERM / Ctrl-C: each task's run is marked FAILED before the workers go
         refs = list(pending) + list(stage_refs.values())
         for ref in refs:
             ray.cancel(ref)
         ray.wait(refs, num_returns=len(refs), timeout=20)
         if owned:
             ray.shutdown()
+        if isinstance(exc, SystemExit) and not isinstance(exc, Terminated) and sigterm_received():
+            raise Terminated() from exc  # ray.wait made the handler's Terminated a SystemExit(1)
         raise
     if owned:
         ray.shutdown()
@@ -203,4 +266,4 @@ def _report(ref, planned: PlannedRun, echo: Callable[[str], None]) -> RunReport:
     return RunReport(planned.name, "failed", reason=reason)
 
 
-__all__ = ["RAY_MISSING", "forwarded_env", "run_ray"]
+__all__ = ["RAY_MISSING", "cluster_unreachable", "forwarded_env", "run_ray"]

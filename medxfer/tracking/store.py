@@ -57,7 +57,7 @@ import time
 from contextlib import closing
 from pathlib import Path
 from typing import NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from ..core.errors import MedxferError
 from .layout import EXPERIMENT_KIND_TRAINING, TAG_EXPERIMENT_KIND
@@ -103,8 +103,9 @@ def file_store_path(uri: str) -> Path | None:
     if scheme and len(scheme.group("scheme")) > 1:  # a URI (one letter: a Windows drive, a path)
         if scheme.group("scheme").lower() != "file":
             return None
-        path = uri.split(":", 1)[1]
-        path = "/" + path[2:].lstrip("/") if path.startswith("//") else path  # file:///abs, file:/abs
+        # file:///abs, file://localhost/abs, file:/abs, file:rel; %20 is a space; a host is ignored, as
+        # MLflow's own file store ignores it (local_file_uri_to_path)
+        path = unquote(urlsplit(uri).path)
     else:
         path = uri
     return Path(path).expanduser().absolute() if path else None
@@ -166,6 +167,7 @@ class StoreError(MedxferError, RuntimeError):
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 ARTIFACT_ROOT_ENV = "MEDXFER_ARTIFACT_ROOT"  # the shared artifact root of new experiments, any store
 ALLOW_NETWORK_STORE_ENV = "MEDXFER_ALLOW_NETWORK_STORE"
+_ALLOW_NETWORK_SQLITE_ENV_OLD = "MEDXFER_ALLOW_NETWORK_SQLITE"  # its earlier name, still read
 _SERVER_DATABASES = ("postgresql", "mysql", "mssql")  # database servers: no artifact store of their own
 _TRACKING_SCHEMES = ("sqlite", *_SERVER_DATABASES, "http", "https", "file", "databricks")
 _URI_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*):")
@@ -325,7 +327,8 @@ def check_store_filesystem(uri: str, mountinfo: str | None = None) -> None:
     Any other store (a tracking server, a database server) passes."""
     db, folder = sqlite_path(uri), file_store_path(uri)
     where = db.parent if db is not None else folder
-    if where is None or os.environ.get(ALLOW_NETWORK_STORE_ENV, "") == "1":
+    allowed = os.environ.get(ALLOW_NETWORK_STORE_ENV) or os.environ.get(_ALLOW_NETWORK_SQLITE_ENV_OLD)
+    if where is None or allowed == "1":
         return
     mount = mount_of(where, mountinfo)
     if mount is None or not is_network_filesystem(mount.fstype):
@@ -504,16 +507,15 @@ class EmptyStoreError(StoreError):
     """A local store that does not exist or holds no run: ``medxfer ui`` would show (and create) an empty one."""
 
 
-def describe_store(uri: str | None = None) -> str:
+def describe_store(uri: str | None = None, origin: str | None = None) -> str:
     """The store ``uri`` (default :func:`resolve_tracking_uri`) as printed for the user: credentials
-    removed, and where it comes from — ``$MLFLOW_TRACKING_URI`` or the default under ``$MEDXFER_HOME``."""
+    removed, and where it comes from — ``origin`` when given (e.g. a study spec's ``tracking.uri``), else
+    ``$MLFLOW_TRACKING_URI`` or the default under ``$MEDXFER_HOME``."""
     uri = uri or resolve_tracking_uri()
-    if os.environ.get("MLFLOW_TRACKING_URI") and uri == resolve_tracking_uri():
+    if origin is None and os.environ.get("MLFLOW_TRACKING_URI") and uri == resolve_tracking_uri():
         origin = "from MLFLOW_TRACKING_URI"
-    elif uri == default_tracking_uri():
+    elif origin is None and uri == default_tracking_uri():
         origin = f"the default store in MEDXFER_HOME={medxfer_home()}"
-    else:
-        origin = ""
     return redact_credentials(uri) + (f" ({origin})" if origin else "")
 
 

@@ -177,10 +177,17 @@ def test_claims_are_atomic_when_six_processes_race_for_one_config(any_store):
     assert [r.info.status for r in runs] == ["FINISHED"]  # withdrawn claims are deleted, not left behind
 
 
-def test_sigterm_stops_the_pool_workers_and_leaves_nothing_running(dental_cohort, store, tmp_path):
-    path, spec = _six_run_spec(tmp_path, dental_cohort.manifest, "stop", epochs=200)
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_sigterm_stops_the_workers_and_leaves_nothing_running(executor, dental_cohort, store, tmp_path):
+    """As a SLURM time limit (``--signal=B:TERM@…``) stops a runner: the runs in progress are marked FAILED and
+    the runner exits with 143. For Ray, ``ray.init`` installs its own SIGTERM handler (``sys.exit``), which
+    would end the driver without cancelling its tasks: the runner's is put back."""
+    if executor == "ray":
+        pytest.importorskip("ray")
+    path, spec = _six_run_spec(tmp_path, dental_cohort.manifest, f"stop-{executor}", epochs=200)
     env = {**os.environ, "MLFLOW_TRACKING_URI": store}
-    runner = subprocess.Popen([sys.executable, "-m", "medxfer.cli", "study", "run", str(path), "--max-parallel", "2"],
+    runner = subprocess.Popen([sys.executable, "-m", "medxfer.cli", "study", "run", str(path), "--max-parallel", "2",
+                               "--executor", executor],
                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     try:
@@ -248,7 +255,8 @@ def test_resources_and_tracking_are_not_in_the_config_hash_and_the_spec_names_th
     monkeypatch.delenv("MEDXFER_ARTIFACT_ROOT")
     result = CliRunner().invoke(main, ["study", "run", str(path), "--dry-run"])
     assert result.exit_code == 0, result.output
-    assert f"runs are looked up in the MLflow store sqlite:///{other_store}" in result.output  # the spec's store
+    assert (f"runs are looked up in the MLflow store sqlite:///{other_store} (from the spec's tracking.uri)"
+            in result.output)  # the spec's store, and where it came from
     assert os.environ["MEDXFER_ARTIFACT_ROOT"] == str(tmp_path / "art")  # workers inherit both
 
     path.write_text(text.replace("num_workers: auto", "num_workers: many"))
@@ -301,8 +309,47 @@ def test_a_clusters_workers_get_the_store_but_not_its_secrets(monkeypatch):
     assert ray_executor._start_ray(settings_for("ray", None, None, "ray://head:10001", {}), said.append)
     sent = started["runtime_env"]["env_vars"]
     assert started["address"] == "ray://head:10001"
-    assert sent == {"MLFLOW_TRACKING_URI": "http://mlflow.lab:5000", "MLFLOW_TRACKING_USERNAME": "alice",
+    assert sent == {"MLFLOW_TRACKING_URI": "http://alice@mlflow.lab:5000", "MLFLOW_TRACKING_USERNAME": "alice",
                     "MEDXFER_HOME": "/shared/medxfer", "MEDXFER_ARTIFACT_ROOT": "s3://bucket/artifacts"}
     (line,) = said
     assert "MLFLOW_TRACKING_PASSWORD" in line and "MLFLOW_TRACKING_TOKEN" in line and "MLFLOW_TRACKING_URI" in line
     assert "s3cret" not in line + repr(sent) and "tok-9f2" not in line + repr(sent)
+
+
+@pytest.mark.parametrize("uri, sent", [
+    ("postgresql://alice:p@ss@db.lab/mlflow", "postgresql://alice@db.lab/mlflow"),  # an "@" in the password
+    ("postgresql+psycopg2://alice@db:5432/m?sslmode=require&password=pw", "postgresql+psycopg2://alice@db:5432/m?sslmode=require"),
+    ("http://mlflow:5000/base?x=a%20b", "http://mlflow:5000/base?x=a%20b"),  # nothing secret: exactly as given
+    ("http://alice:pa/ss@mlflow:5000", None),  # a "/" in the password: not sent at all
+])
+def test_a_uri_goes_to_the_cluster_with_its_user_but_never_its_password(uri, sent):
+    """The user name stays, so a node's own ``~/.pgpass`` line (host:port:db:user:password) or
+    ``MLFLOW_TRACKING_PASSWORD`` still matches the URI the task gets."""
+    pytest.importorskip("ray")
+    from medxfer.study.ray_executor import forwarded_env
+
+    variables, withheld = forwarded_env({"MLFLOW_TRACKING_URI": uri, "PATH": "/usr/bin"})
+    assert variables.get("MLFLOW_TRACKING_URI") == sent and "PATH" not in variables
+    assert withheld == ([] if sent == uri else ["MLFLOW_TRACKING_URI"])
+
+
+def test_a_ray_cluster_that_turns_the_driver_away_is_one_clear_error(monkeypatch):
+    """Ray >= 2.59 starts clusters with token authentication: a driver without ``RAY_AUTH_MODE=token`` is refused
+    after Ray's retries, with an error that names neither the cause nor the fix; ``study run`` says both."""
+    ray = pytest.importorskip("ray")
+    from medxfer.study import ray_executor
+
+    def refused(**kwargs):
+        raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.5:6379")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refused)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    with pytest.raises(ExecutorError) as error:
+        ray_executor._start_ray(settings_for("ray", None, None, "10.0.0.5:6379", {}), print)
+    message = str(error.value)
+    assert "cannot join the Ray cluster at 10.0.0.5:6379" in message and "Failed to connect" in message
+    assert "RAY_AUTH_MODE is unset" in message and "set RAY_AUTH_MODE=token" in message
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # set, yet refused: the token is the suspect
+    with pytest.raises(ExecutorError, match="check that the token"):
+        ray_executor._start_ray(settings_for("ray", None, None, "10.0.0.5:6379", {}), print)

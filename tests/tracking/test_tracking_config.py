@@ -32,7 +32,8 @@ MOUNTINFO = """\
 def tracking_env(monkeypatch, tmp_path) -> Path:
     """Neither tracking variable set (both restored after the test, even if the code under test sets them),
     ``MEDXFER_HOME`` in the test's folder, cwd = tmp_path."""
-    for name in ("MLFLOW_TRACKING_URI", ARTIFACT_ROOT_ENV, "MEDXFER_ALLOW_NETWORK_STORE"):
+    for name in ("MLFLOW_TRACKING_URI", ARTIFACT_ROOT_ENV, "MEDXFER_ALLOW_NETWORK_STORE",
+                 "MEDXFER_ALLOW_NETWORK_SQLITE"):
         monkeypatch.setenv(name, "")  # records the original value, so that the test's writes are undone
         monkeypatch.delenv(name)
     monkeypatch.setenv("MEDXFER_HOME", str(tmp_path / "home"))
@@ -168,9 +169,13 @@ def test_sqlite_on_a_network_filesystem_is_refused_with_the_reason_and_the_fix(t
     check_store_filesystem("postgresql://db.invalid/mlflow", MOUNTINFO)
     monkeypatch.setenv("MEDXFER_ALLOW_NETWORK_STORE", "1")  # a single runner who knows
     check_store_filesystem(uri, MOUNTINFO)
+    monkeypatch.delenv("MEDXFER_ALLOW_NETWORK_STORE")
+    monkeypatch.setenv("MEDXFER_ALLOW_NETWORK_SQLITE", "1")  # the variable's earlier name still works
+    check_store_filesystem(uri, MOUNTINFO)
 
 
-@pytest.mark.parametrize("uri", ["file:///nfshome/alice/mlruns", "file:/scratch/study/mlruns", "/mnt/lab share/mlruns"])
+@pytest.mark.parametrize("uri", ["file:///nfshome/alice/mlruns", "file:/scratch/study/mlruns", "/mnt/lab share/mlruns",
+                                 "file://localhost/scratch/mlruns", "file:///mnt/lab%20share/mlruns"])
 def test_a_file_store_on_a_network_filesystem_is_refused_too(uri, tracking_env):
     """MLflow's file store: a claim is a new folder, which another node's cached listing may not show yet."""
     with pytest.raises(StoreError) as refused:

@@ -29,10 +29,10 @@ import sys
 import threading
 import time
 from typing import Callable
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..engine.loaders import machine_cpus
 from ..core.signals import Terminated, sigterm_received
+from ..tracking.store import without_password
 from .claims import TASK_ENV
 from .execute import RunReport, StudyContext, run_planned, run_stage
 from .executors import ExecutorError, ExecutorSettings, device_ids, share_cores
@@ -67,34 +67,6 @@ def _ray_run(context: StudyContext, planned: PlannedRun, stage_run_id: str | Non
 def _ray_stage(context: StudyContext, name: str, encoder: str, start_run_id: str | None, cpus: int) -> str:
     _as_task(cpus)
     return run_stage(context, name, encoder, start_run_id, echo=_echo)
-
-
-_SECRET_QUERY_KEYS = frozenset({"password", "passwd", "pwd", "token", "secret", "access_token", "api_key"})
-
-
-def without_password(value: str) -> str | None:
-    """``value`` with a URI's password (``user:password@`` → ``user@``) and secret query parameters
-    (``password=``, ``token=``…) left out: the user name stays, so a node's own ``~/.pgpass`` or
-    ``MLFLOW_TRACKING_PASSWORD`` still matches. None when the URI cannot be taken apart safely (the value is
-    then not sent at all). A value that is not a URI comes back as it is."""
-    if "://" not in value:
-        return value
-    try:
-        parts = urlsplit(value)
-    except ValueError:
-        return None
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, host = netloc.rpartition("@")  # a password may hold an unencoded "@"
-        netloc = f"{userinfo.split(':', 1)[0]}@{host}"
-    elif "@" in value.split("://", 1)[1].split("?", 1)[0]:
-        return None  # an "@" outside the netloc (a password with an unencoded "/"): cannot tell what is what
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
-    kept = [(k, v) for k, v in pairs if k.lower() not in _SECRET_QUERY_KEYS]
-    query = urlencode(kept) if len(kept) < len(pairs) else parts.query
-    if netloc == parts.netloc and query == parts.query:
-        return value  # nothing secret: exactly as given
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def forwarded_env(environ: dict[str, str] | None = None) -> tuple[dict[str, str], list[str]]:

@@ -57,7 +57,7 @@ import time
 from contextlib import closing
 from pathlib import Path
 from typing import NamedTuple
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from ..core.errors import MedxferError
 from .layout import EXPERIMENT_KIND_TRAINING, TAG_EXPERIMENT_KIND
@@ -153,6 +153,34 @@ _QUERY_SECRET = re.compile(r"(?P<key>[?&](?:password|passwd|pwd|token|secret)=)[
 def redact_credentials(text: str) -> str:
     """``text`` with the ``user:password@`` part and query-string passwords of every URL in it removed."""
     return _QUERY_SECRET.sub(lambda m: m.group("key") + "***", _CREDENTIALS.sub(lambda m: m.group("scheme"), text))
+
+
+_SECRET_QUERY_KEYS = frozenset({"password", "passwd", "pwd", "token", "secret", "access_token", "api_key"})
+
+
+def without_password(value: str) -> str | None:
+    """``value`` with a URI's password (``user:password@`` → ``user@``) and secret query parameters
+    (``password=``, ``token=``…) left out: the user name stays, so a node's own ``~/.pgpass`` or
+    ``MLFLOW_TRACKING_PASSWORD`` still matches (the Ray executor sends URIs to a cluster this way). None when
+    the URI cannot be taken apart safely: leave the value out. A value that is not a URI comes back as it is."""
+    if "://" not in value:
+        return value
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return None
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")  # a password may hold an unencoded "@"
+        netloc = f"{userinfo.split(':', 1)[0]}@{host}"
+    elif "@" in value.split("://", 1)[1].split("?", 1)[0]:
+        return None  # an "@" outside the netloc (a password with an unencoded "/"): cannot tell what is what
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    kept = [(k, v) for k, v in pairs if k.lower() not in _SECRET_QUERY_KEYS]
+    query = urlencode(kept) if len(kept) < len(pairs) else parts.query
+    if netloc == parts.netloc and query == parts.query:
+        return value  # nothing secret: exactly as given
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 class RunNotFound(MedxferError, ValueError):
